@@ -1,0 +1,217 @@
+"""Open a LUT database by path or URL, keep its schema current, and hand out sessions.
+
+``--db PATH`` (or ``LATLAB_DB``) is a SQLite file; anything containing ``://`` is an SQLAlchemy URL
+(e.g. ``postgresql+psycopg://user@host/latlab``). SQLite runs in WAL mode with a busy timeout so that
+several processes can share one file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.errors import DatabaseError, LatlabError, SchemaError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "latlab.db"
+ENV_VAR = "LATLAB_DB"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def resolve_url(db: str | os.PathLike[str] | None = None) -> URL:
+    """Turn ``--db`` / ``LATLAB_DB`` / the default ``./latlab.db`` into a validated URL."""
+    raw = str(db) if db is not None else os.environ.get(ENV_VAR) or DEFAULT_DB
+    if "://" not in raw:
+        return URL.create("sqlite", database=str(Path(raw).expanduser().resolve()))
+    try:
+        return make_url(raw)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseError(f"invalid database URL {raw!r}: {exc}") from None
+
+
+def describe_url(url: URL) -> str:
+    """The URL with any password hidden, for messages."""
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _check_sqlite_file(path: Path, create: bool) -> None:
+    if not path.exists():
+        if not create:
+            raise DatabaseError(f"no LUT database at {path} (pass --db PATH or set {ENV_VAR})")
+        if not path.parent.exists():
+            raise DatabaseError(f"cannot create {path}: directory {path.parent} does not exist")
+        return
+    if path.is_dir():
+        raise DatabaseError(f"{path} is a directory, not a SQLite database file")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise DatabaseError(f"cannot read {path}: {exc.strerror}") from None
+    if head and head != _SQLITE_MAGIC:
+        raise DatabaseError(f"{path} is not a SQLite database (corrupt, or another kind of file)")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_connection.cursor()
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return cfg
+
+
+def head_revision() -> str:
+    """Newest schema revision this version of latlab knows."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+class Database:
+    """A LUT database: an engine, its schema revision and a session helper.
+
+    Use :func:`open_database` rather than the constructor.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = engine.url
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def revision(self) -> str | None:
+        """Current schema revision, or None for an empty database."""
+        with self._wrap_errors(), self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply migrations up to ``revision`` (idempotent)."""
+        cfg = _alembic_config()
+        with self._wrap_errors(), self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    def check_schema(self) -> None:
+        """Raise :class:`SchemaError` unless the schema is at this latlab's head revision."""
+        current = self.revision()
+        if current == head_revision():
+            return
+        if current is None:
+            with self.engine.connect() as conn:
+                tables = inspect(conn).get_table_names()
+            what = "an empty database" if not tables else "not a latlab database"
+            raise SchemaError(f"{describe_url(self.url)} is {what} (no latlab schema revision)")
+        raise SchemaError(
+            f"{describe_url(self.url)} is at schema revision {current}, this latlab needs "
+            f"{head_revision()}: run `latlab db upgrade`"
+        )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on any error.
+
+        Driver errors come out as :class:`DatabaseError`; latlab's own errors pass through.
+        """
+        session = self._sessions()
+        try:
+            with self._wrap_errors():
+                yield session
+                session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def _wrap_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except LatlabError:
+            raise
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"database error on {describe_url(self.url)}: {_short(exc)}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _short(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_database(
+    db: str | os.PathLike[str] | None = None, *, create: bool = True, upgrade: bool | None = None,
+    check_schema: bool = True, echo: bool = False,
+) -> Database:
+    """Open (and by default create and migrate) the LUT database at ``db``.
+
+    Args:
+        db: SQLite path or SQLAlchemy URL; None uses ``LATLAB_DB`` then ``./latlab.db``.
+        create: create a missing SQLite file. Read-only commands pass False so a typo writes nothing.
+        upgrade: migrate to the newest schema (default: same as ``create``). Without it the schema
+            must already be current, else :class:`SchemaError` (unless ``check_schema`` is False).
+    """
+    url = resolve_url(db)
+    path = _sqlite_path(url)
+    if path is not None:
+        _check_sqlite_file(path, create)
+    kwargs: dict[str, object] = {"echo": echo, "future": True}
+    if url.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ArgumentError) as exc:
+        raise DatabaseError(f"cannot use database URL {describe_url(url)}: {exc}") from None
+    except ImportError as exc:
+        raise DatabaseError(
+            f"database driver for {url.drivername} is not installed ({exc.name}); "
+            "for PostgreSQL: pip install 'latlab[postgres]'"
+        ) from None
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    database = Database(engine)
+    try:
+        if (create if upgrade is None else upgrade):
+            database.upgrade()
+        elif check_schema:
+            database.check_schema()
+    except BaseException:
+        engine.dispose()
+        raise
+    return database

@@ -1,0 +1,227 @@
+"""Import and export the HALP/MDP pickle LUT format, loading pickles safely.
+
+The format is a ``dict`` from ``"{bs}_{cin}_{cout}_{fmap}_{k}_{stride}"`` (MDP, 6 tokens) or
+``"..._{groups}"`` (HALP, 7 tokens) to milliseconds per batch. It carries no padding, dilation, dtype,
+layout or timing protocol: on import, padding is taken as ``k // 2`` and dilation 1 (true for every
+ResNet/MobileNet conv), and dtype/layout/op are what the user declares; the sweep row records these
+assumptions and the file's SHA-256.
+
+Pickles are untrusted input. :func:`safe_load_pickle` refuses every global except the numpy scalar
+constructors (a LUT written from numpy timings contains ``numpy.float64`` values), so a crafted file
+cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from db.engine import Database
+from db.errors import InvalidKeyError, LegacyFormatError
+from db.keys import ConvConfig, ConvFamily, parse_legacy_key
+from db.lut import (
+    MeasurementValues,
+    get_or_create_hardware,
+    get_or_create_sweep,
+    record_measurement,
+    row_config,
+)
+from db.models import Measurement, Sweep
+
+FORMATS = ("halp", "mdp")
+MAX_PICKLE_BYTES = 512 * 1024 * 1024
+
+# (module, name) pairs a legacy LUT may reference: numpy scalars only, rebuilt then cast to float.
+_NUMPY_SCALAR_GLOBALS = {
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "dtype"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_SCALAR_GLOBALS:
+            import numpy  # noqa: F401  (only numpy's scalar constructors are admitted)
+
+            return super().find_class(module, name)
+        raise LegacyFormatError(
+            f"refusing to load: the pickle references {module}.{name}; a legacy LUT may contain only "
+            "dict, str, int and float values (a pickle that names other globals can execute code)"
+        )
+
+
+def safe_load_pickle(data: bytes, source: str = "pickle") -> Any:
+    """Unpickle ``data`` admitting only builtin containers/scalars and numpy scalars."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except LegacyFormatError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError,
+            UnicodeDecodeError, MemoryError) as exc:
+        raise LegacyFormatError(f"{source} is not a readable pickle (truncated or corrupt: {exc})") from None
+
+
+def read_legacy_lut(path: str | Path) -> dict[str, float]:
+    """Read and validate a HALP/MDP LUT pickle into ``{key: ms}``."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise LegacyFormatError(f"{path} is {size} bytes; refusing pickles over {MAX_PICKLE_BYTES} bytes")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LegacyFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    obj = safe_load_pickle(data, str(path))
+    if not isinstance(obj, dict):
+        raise LegacyFormatError(f"{path} holds a {type(obj).__name__}, expected a dict of key -> latency")
+    if not obj:
+        raise LegacyFormatError(f"{path} holds an empty dict")
+    out: dict[str, float] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise LegacyFormatError(f"{path}: key {key!r} is a {type(key).__name__}, expected str")
+        try:
+            parse_legacy_key(key)
+        except InvalidKeyError as exc:
+            raise LegacyFormatError(f"{path}: {exc}") from None
+        try:
+            ms = float(value)
+        except (TypeError, ValueError):
+            raise LegacyFormatError(f"{path}: value of {key!r} is {type(value).__name__}, expected a number") from None
+        if isinstance(value, bool) or not math.isfinite(ms) or ms < 0:
+            raise LegacyFormatError(f"{path}: value of {key!r} is {value!r}, expected a finite latency >= 0")
+        out[key] = ms
+    return out
+
+
+def legacy_key_to_config(key: str, dtype: str = "fp32", layout: str = "nchw", op: str = "conv") -> ConvConfig:
+    """A legacy key as a :class:`ConvConfig` (padding k//2, dilation 1; g == cin == cout > 1 is depthwise)."""
+    bs, cin, cout, fmap, k, stride, groups = parse_legacy_key(key)
+    depthwise = groups is not None and groups > 1 and groups == cin == cout
+    family = ConvFamily.square(fmap, k, stride, groups=1 if depthwise or groups is None else groups,
+                               depthwise=depthwise)
+    return ConvConfig(family, cin, cout, bs, dtype, layout, op)
+
+
+@dataclass
+class ImportReport:
+    sweep_id: int
+    hardware: str
+    keys: int
+    inserted: int
+    already_present: int
+    skipped_zero_channels: int
+
+
+def import_legacy(
+    db: Database, path: str | Path, *, hardware: str, dtype: str = "fp32", layout: str = "nchw",
+    op: str = "conv",
+) -> ImportReport:
+    """Import a HALP/MDP LUT pickle as a sweep of hardware profile ``hardware``. Idempotent.
+
+    Keys with a zero channel count (the repos' "layer removed", latency 0) carry no measurement and
+    are skipped; the count is reported.
+    """
+    path = Path(path)
+    lut = read_legacy_lut(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    configs: list[tuple[ConvConfig, float]] = []
+    zero = 0
+    for key, ms in lut.items():
+        bs, cin, cout, *_ = parse_legacy_key(key)
+        if cin == 0 or cout == 0:
+            zero += 1
+            continue
+        try:
+            configs.append((legacy_key_to_config(key, dtype, layout, op), ms))
+        except InvalidKeyError as exc:
+            raise LegacyFormatError(f"{path}: {exc}") from None
+    n_tokens = len(next(iter(lut)).split("_"))
+    info = {
+        "kind": "imported", "name": hardware,
+        "fingerprint": hashlib.sha256(f"imported:{hardware}".encode()).hexdigest()[:16],
+    }
+    protocol = {"timer": "unknown"}
+    inserted = 0
+    with db.session() as session:
+        hw = get_or_create_hardware(session, info)
+        sweep = get_or_create_sweep(
+            session, hw, backend="legacy", protocol=protocol,
+            protocol_hash=f"legacy-{sha[:12]}-{dtype}-{layout}-{op}", name=path.name,
+            settings={
+                "source_file": path.name, "sha256": sha, "keys": len(lut), "key_tokens": n_tokens,
+                "assumed": "padding = k // 2, dilation = 1; dtype/layout/op as declared at import; "
+                           "timing protocol unknown (not recorded in the legacy format)",
+            },
+            plan={"n_configs": len(configs), "source": "legacy import"}, status="imported",
+        )
+        for config, ms in configs:
+            values = MeasurementValues(status="ok", median_ms=ms, mean_ms=ms, n=None,
+                                       message="imported from legacy pickle")
+            inserted += record_measurement(session, sweep.id, config, values)
+        sweep_id = sweep.id
+    return ImportReport(sweep_id, hardware, len(lut), inserted, len(configs) - inserted, zero)
+
+
+def export_legacy(
+    db: Database, sweep_id: int, path: str | Path | None, fmt: str = "halp",
+    where: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Write the ok measurements of a sweep as a HALP (7-token) or MDP (6-token) pickle.
+
+    ``where`` filters rows by column value (e.g. ``{"dtype": "fp16", "batch": 256}``). Returns the dict
+    written. Raises :class:`LegacyFormatError` if the format cannot express the
+    sweep (non-square convs, grouped convs in MDP format, two families mapping to one key).
+    """
+    if fmt not in FORMATS:
+        raise LegacyFormatError(f"unknown legacy format {fmt!r}; choose from {', '.join(FORMATS)}")
+    out: dict[str, float] = {}
+    origin: dict[str, str] = {}
+    with db.session() as session:
+        if session.get(Sweep, sweep_id) is None:
+            raise LegacyFormatError(f"no sweep with id {sweep_id}")
+        query = select(Measurement).where(Measurement.sweep_id == sweep_id, Measurement.status == "ok")
+        for column, value in (where or {}).items():
+            query = query.where(getattr(Measurement, column) == value)
+        rows = session.scalars(query.order_by(Measurement.family, Measurement.cin, Measurement.cout)).all()
+        for row in rows:
+            config = row_config(row)
+            if fmt == "mdp" and config.family.conv_groups(config.cin) != 1:
+                raise LegacyFormatError(
+                    f"MDP's 6-token keys cannot express grouped conv {config.describe()}; use --format halp"
+                )
+            try:
+                key = config.legacy_key(with_groups=fmt == "halp")
+            except InvalidKeyError as exc:
+                raise LegacyFormatError(str(exc)) from None
+            if key in out and origin[key] != config.describe():
+                raise LegacyFormatError(
+                    f"legacy key {key} would hold two configurations ({origin[key]} and {config.describe()}); "
+                    "the legacy format has no padding/dilation/dtype/layout/op fields — filter the export"
+                )
+            out[key] = float(row.median_ms)
+            origin[key] = config.describe()
+    if not out:
+        raise LegacyFormatError(f"sweep {sweep_id} has no successful measurements to export")
+    if path is not None:
+        Path(path).write_bytes(pickle.dumps(out, protocol=4))
+    return out
+
+
+def legacy_dict_summary(lut: Mapping[str, float]) -> dict[str, Any]:
+    """Counts of keys, batch sizes and (fmap, k, stride) configs, for printing."""
+    parsed = [parse_legacy_key(k) for k in lut]
+    return {
+        "keys": len(parsed),
+        "batches": sorted({p[0] for p in parsed}),
+        "families": sorted({(p[3], p[4], p[5]) for p in parsed}),
+    }

@@ -1,0 +1,286 @@
+"""Reading and writing LUT rows: hardware profiles, sweeps, measurements and lookups."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.errors import LatlabError, LUTMissError
+from db.keys import ConvConfig, ConvFamily
+from db.models import Hardware, Measurement, ModelMeasurement, Sweep, utcnow
+
+_HARDWARE_COLUMNS = {c.key for c in Hardware.__table__.columns} - {"id", "created_at", "details"}
+_TELEMETRY_COLUMNS = ("sm_clock_mhz", "mem_clock_mhz", "temperature_c", "power_w", "throttle_reasons")
+KEY_COLUMNS = ("family", "cin", "cout", "batch", "dtype", "layout", "op")
+
+
+def get_or_create_hardware(session: Session, info: Mapping[str, Any]) -> Hardware:
+    """The hardware row with ``info['fingerprint']``, created from ``info`` if new."""
+    fingerprint = info["fingerprint"]
+    row = session.scalar(select(Hardware).where(Hardware.fingerprint == fingerprint))
+    if row is not None:
+        return row
+    values = {k: v for k, v in info.items() if k in _HARDWARE_COLUMNS}
+    details = {k: v for k, v in info.items() if k not in _HARDWARE_COLUMNS}
+    row = Hardware(**values, details=details)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # another worker created it first
+        row = session.scalars(select(Hardware).where(Hardware.fingerprint == fingerprint)).one()
+    return row
+
+
+def get_or_create_sweep(
+    session: Session, hardware: Hardware, *, backend: str, protocol: Mapping[str, Any], protocol_hash: str,
+    name: str = "", settings: Mapping[str, Any] | None = None, plan: Mapping[str, Any] | None = None,
+    command: str | None = None, git_sha: str | None = None, status: str = "running",
+) -> Sweep:
+    """The sweep of (hardware, protocol, name), created if new; a resumed sweep is set running."""
+    query = select(Sweep).where(
+        Sweep.hardware_id == hardware.id, Sweep.protocol_hash == protocol_hash, Sweep.name == name
+    )
+    row = session.scalar(query)
+    if row is None:
+        cols = {c.key for c in Sweep.__table__.columns}
+        row = Sweep(
+            hardware_id=hardware.id, name=name, backend=backend, protocol_hash=protocol_hash,
+            settings=dict(settings or {}), plan=dict(plan or {}), command=command, git_sha=git_sha,
+            status=status, **{k: v for k, v in protocol.items() if k in cols},
+        )
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            row = session.scalars(query).one()
+    else:
+        row.status = status
+        if plan:
+            row.plan = dict(plan)
+        if command:
+            row.command = command
+    row.updated_at = utcnow()
+    return row
+
+
+def measured_keys(session: Session, sweep_id: int, statuses: Iterable[str] = ("ok", "oom", "error")) -> set[tuple]:
+    """Keys ``(family, cin, cout, batch, dtype, layout, op)`` already stored for a sweep."""
+    cols = [getattr(Measurement, c) for c in KEY_COLUMNS]
+    rows = session.execute(
+        select(*cols).where(Measurement.sweep_id == sweep_id, Measurement.status.in_(tuple(statuses)))
+    )
+    return {tuple(r) for r in rows}
+
+
+def config_key(config: ConvConfig) -> tuple:
+    return (config.family.key, config.cin, config.cout, config.batch, config.dtype, config.layout, config.op)
+
+
+@dataclass
+class MeasurementValues:
+    """What a backend produced for one configuration (or why it failed)."""
+
+    status: str = "ok"
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    mean_ms: float | None = None
+    min_ms: float | None = None
+    n: int | None = None
+    message: str | None = None
+    telemetry: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in ("ok", "oom", "error"):
+            raise LatlabError(f"unknown measurement status {self.status!r}")
+        bad_median = self.median_ms is None or not math.isfinite(self.median_ms) or self.median_ms < 0
+        if self.status == "ok" and bad_median:
+            raise LatlabError(f"an ok measurement needs a finite median >= 0, got {self.median_ms}")
+
+
+def record_measurement(
+    session: Session, sweep_id: int, config: ConvConfig, values: MeasurementValues, *, replace: bool = False,
+) -> bool:
+    """Insert one measurement row; returns False if the key was already there.
+
+    The insert is idempotent on the unique key (``ON CONFLICT DO NOTHING`` on SQLite/PostgreSQL), so
+    re-running or concurrently running a sweep never duplicates rows. ``replace=True`` overwrites an
+    existing row (used to retry failed configurations).
+    """
+    row: dict[str, Any] = config.as_row()
+    row.update(
+        sweep_id=sweep_id, status=values.status, median_ms=values.median_ms, iqr_ms=values.iqr_ms,
+        mean_ms=values.mean_ms, min_ms=values.min_ms, n=values.n, message=values.message,
+        created_at=utcnow(),
+    )
+    telemetry = dict(values.telemetry or {})
+    for col in _TELEMETRY_COLUMNS:
+        row[col] = telemetry.get(col)
+    if replace:
+        existing = session.scalar(_key_query(sweep_id, config))
+        if existing is not None:
+            for k, v in row.items():
+                setattr(existing, k, v)
+            return True
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        stmt = insert(Measurement).values(**row).on_conflict_do_nothing(
+            index_elements=["sweep_id", *KEY_COLUMNS]
+        ).returning(Measurement.id)
+        return session.execute(stmt).scalar() is not None
+    try:
+        with session.begin_nested():
+            session.add(Measurement(**row))
+        return True
+    except IntegrityError:
+        return False
+
+
+def _key_query(sweep_id: int, config: ConvConfig):  # type: ignore[no-untyped-def]
+    key = dict(zip(KEY_COLUMNS, config_key(config), strict=True))
+    return select(Measurement).where(
+        Measurement.sweep_id == sweep_id, *[getattr(Measurement, k) == v for k, v in key.items()]
+    )
+
+
+def find_hardware(session: Session, selector: str) -> Hardware:
+    """A hardware profile by id, exact name or fingerprint prefix; ambiguous or unknown raises."""
+    rows: list[Hardware] = []
+    if selector.isdigit():
+        row = session.get(Hardware, int(selector))
+        rows = [row] if row is not None else []
+    if not rows:
+        rows = list(session.scalars(select(Hardware).where(Hardware.name == selector)))
+    if not rows and len(selector) >= 4:
+        rows = list(session.scalars(select(Hardware).where(Hardware.fingerprint.startswith(selector))))
+    if not rows:
+        known = ", ".join(f"{h.id}: {h.name}" for h in session.scalars(select(Hardware))) or "none"
+        raise LatlabError(f"no hardware profile {selector!r} in the database (known: {known})")
+    if len(rows) > 1:
+        ids = ", ".join(f"{h.id} ({h.fingerprint})" for h in rows)
+        raise LatlabError(f"hardware {selector!r} is ambiguous: profiles {ids}; pass the id or fingerprint")
+    return rows[0]
+
+
+def find_sweep(session: Session, sweep: int | None = None, hardware: str | None = None) -> Sweep:
+    """Choose one sweep: by id, or the only/most recent sweep of a hardware profile, or the only one."""
+    if sweep is not None:
+        row = session.get(Sweep, sweep)
+        if row is None:
+            raise LatlabError(f"no sweep with id {sweep} (see `latlab lut list`)")
+        return row
+    query = select(Sweep).order_by(Sweep.updated_at.desc(), Sweep.id.desc())
+    if hardware is not None:
+        query = query.where(Sweep.hardware_id == find_hardware(session, hardware).id)
+    rows = list(session.scalars(query))
+    if not rows:
+        where = f" for hardware {hardware!r}" if hardware else ""
+        raise LatlabError(f"no sweeps{where} in the database; run `latlab profile` or `latlab lut import`")
+    if len(rows) > 1:
+        ids = ", ".join(f"{s.id} ({s.hardware.name}, {s.backend}{', ' + s.name if s.name else ''})" for s in rows)
+        raise LatlabError(f"several sweeps match: {ids}; choose one with --sweep ID")
+    return rows[0]
+
+
+def lookup(session: Session, sweep_id: int, config: ConvConfig) -> float:
+    """Median latency (ms) of ``config`` in a sweep; raises :class:`LUTMissError` naming it."""
+    row = session.scalar(_key_query(sweep_id, config))
+    if row is None:
+        raise LUTMissError(f"LUT miss: no measurement of {config.describe()} in sweep {sweep_id}")
+    if row.status != "ok":
+        raise LUTMissError(
+            f"LUT miss: {config.describe()} in sweep {sweep_id} failed to measure ({row.status}: {row.message})"
+        )
+    assert row.median_ms is not None
+    return row.median_ms
+
+
+def load_lut(session: Session, sweep_id: int) -> dict[ConvConfig, float]:
+    """All ok measurements of a sweep as ``{ConvConfig: median_ms}``."""
+    rows = session.scalars(
+        select(Measurement).where(Measurement.sweep_id == sweep_id, Measurement.status == "ok")
+    )
+    return {row_config(r): float(r.median_ms) for r in rows if r.median_ms is not None}
+
+
+def row_config(row: Measurement) -> ConvConfig:
+    """The :class:`ConvConfig` a measurement row describes."""
+    return ConvConfig(ConvFamily.from_key(row.family), row.cin, row.cout, row.batch, row.dtype, row.layout, row.op)
+
+
+def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[str, Any]]:
+    """One dict per sweep with hardware name, backend, protocol and counts by status."""
+    query = select(Sweep).order_by(Sweep.id)
+    if hardware is not None:
+        query = query.where(Sweep.hardware_id == find_hardware(session, hardware).id)
+    counts: dict[tuple[int, str], int] = {
+        (sid, status): n
+        for sid, status, n in session.execute(
+            select(Measurement.sweep_id, Measurement.status, func.count()).group_by(
+                Measurement.sweep_id, Measurement.status
+            )
+        )
+    }
+    families = dict(
+        session.execute(
+            select(Measurement.sweep_id, func.count(func.distinct(Measurement.family))).group_by(
+                Measurement.sweep_id
+            )
+        ).all()
+    )
+    out = []
+    for s in session.scalars(query):
+        out.append({
+            "sweep": s.id, "hardware": s.hardware.name, "hardware_id": s.hardware_id, "backend": s.backend,
+            "name": s.name, "timer": s.timer, "status": s.status, "planned": s.plan.get("n_configs"),
+            "ok": counts.get((s.id, "ok"), 0), "oom": counts.get((s.id, "oom"), 0),
+            "error": counts.get((s.id, "error"), 0), "families": families.get(s.id, 0),
+            "updated": s.updated_at.strftime("%Y-%m-%d %H:%M") if s.updated_at else "",
+        })
+    return out
+
+
+def family_summaries(session: Session, sweep_id: int) -> list[dict[str, Any]]:
+    """Per shape family: configurations ok/failed, channel ranges and latency range."""
+    stats: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"ok": 0, "failed": 0, "cin": set(), "cout": set(), "min_ms": None, "max_ms": None, "rel_iqr": []}
+    )
+    for m in session.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)):
+        s = stats[m.family]
+        s["cin"].add(m.cin)
+        s["cout"].add(m.cout)
+        if m.status != "ok" or m.median_ms is None:
+            s["failed"] += 1
+            continue
+        s["ok"] += 1
+        s["min_ms"] = m.median_ms if s["min_ms"] is None else min(s["min_ms"], m.median_ms)
+        s["max_ms"] = m.median_ms if s["max_ms"] is None else max(s["max_ms"], m.median_ms)
+        if m.iqr_ms is not None and m.median_ms > 0:
+            s["rel_iqr"].append(m.iqr_ms / m.median_ms)
+    rows = []
+    for fam, s in sorted(stats.items(), key=lambda kv: ConvFamily.from_key(kv[0])):
+        rel = sorted(s["rel_iqr"])
+        rows.append({
+            "family": fam, "ok": s["ok"], "failed": s["failed"],
+            "cin": f"{min(s['cin'])}..{max(s['cin'])} ({len(s['cin'])})",
+            "cout": f"{min(s['cout'])}..{max(s['cout'])} ({len(s['cout'])})",
+            "min_ms": s["min_ms"], "max_ms": s["max_ms"],
+            "median_rel_iqr": rel[len(rel) // 2] if rel else None,
+        })
+    return rows
+
+
+def record_model_measurement(session: Session, hardware: Hardware, **values: Any) -> ModelMeasurement:
+    """Store one whole-network latency row."""
+    row = ModelMeasurement(hardware_id=hardware.id, **values)
+    session.add(row)
+    session.flush()
+    return row

@@ -1,0 +1,1 @@
+"""latency_models: see README.md (under construction in issues #4-#6)."""

@@ -1,0 +1,1 @@
+"""latlab: the command line and public API."""

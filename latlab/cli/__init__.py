@@ -1,0 +1,39 @@
+"""The ``latlab`` command line (Typer). Every error latlab raises on purpose prints as one line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from db.errors import LatlabError
+from latlab.cli import db_cmd, demo, hw, lut, measure, profile
+
+app = typer.Typer(
+    name="latlab",
+    help="Latency LUTs for your GPU or CPU, latency models on them, and latency-constrained pruning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("hw")(hw.hw)
+app.command("profile")(profile.profile)
+app.command("measure")(measure.measure)
+app.command("demo")(demo.demo)
+app.add_typer(lut.app, name="lut")
+app.add_typer(db_cmd.app, name="db")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``latlab`` script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, prog_name="latlab")
+    except LatlabError as exc:
+        typer.echo(f"latlab: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("latlab: interrupted (stored rows are kept; re-run the same command to resume)", err=True)
+        sys.exit(130)

@@ -1,0 +1,20 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from db.engine import ENV_VAR
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", envvar=ENV_VAR, help="SQLite file or SQLAlchemy URL [default: ./latlab.db]",
+                 show_default=False),
+]
+SweepOption = Annotated[int | None, typer.Option("--sweep", help="Sweep id (see `latlab lut list`).")]
+HardwareOption = Annotated[
+    str | None, typer.Option("--hardware", help="Hardware profile: id, exact name or fingerprint prefix.")
+]
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="table | csv | markdown | json")]

@@ -1,0 +1,29 @@
+"""``latlab db``: schema migrations."""
+
+from __future__ import annotations
+
+import typer
+
+from db.engine import describe_url, head_revision, open_database
+from latlab.cli._options import DbOption
+
+app = typer.Typer(help="Database schema: show the revision, upgrade to the newest.", no_args_is_help=True)
+
+
+@app.command()
+def upgrade(db: DbOption = None) -> None:
+    """Create the database if needed and migrate it to the newest schema (safe to repeat).
+
+    Example: latlab db upgrade --db postgresql+psycopg://me@gpu-fleet/latlab
+    """
+    database = open_database(db, create=True, upgrade=True)
+    typer.echo(f"{describe_url(database.url)}: schema at revision {database.revision()}")
+
+
+@app.command()
+def current(db: DbOption = None) -> None:
+    """Print the schema revision of an existing database and the newest this latlab knows."""
+    database = open_database(db, create=False, upgrade=False, check_schema=False)
+    typer.echo(
+        f"{describe_url(database.url)}: revision {database.revision() or 'none'} (newest: {head_revision()})"
+    )

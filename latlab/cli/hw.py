@@ -1,0 +1,33 @@
+"""``latlab hw``: describe the hardware a backend would measure on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from latlab.cli._options import FormatOption
+from latlab.tables import render
+from profiler.hardware import detect_hardware, gpu_telemetry
+
+
+def hw(
+    backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
+    device: Annotated[int, typer.Option(help="GPU index for --backend cuda.")] = 0,
+    fmt: FormatOption = "table",
+) -> None:
+    """Show the device, host and software versions that a sweep would record, and its fingerprint.
+
+    Examples:
+
+      latlab hw                   # this CPU
+
+      latlab hw --backend cuda    # GPU 0 via NVML + torch (fails clearly without a GPU)
+    """
+    info = detect_hardware(backend, device_index=device).to_dict()
+    if backend == "cuda":
+        info.update({f"now_{k}": v for k, v in gpu_telemetry(device).items()})
+    notes = info.pop("notes", [])
+    rows = [{"field": k, "value": v} for k, v in info.items() if v not in (None, "")]
+    rows += [{"field": "note", "value": n} for n in notes]
+    typer.echo(render(rows, fmt, title=f"hardware ({backend})"))

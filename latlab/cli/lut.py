@@ -1,0 +1,176 @@
+"""``latlab lut``: list, inspect, query, export and import latency lookup tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from db.engine import open_database
+from db.errors import LatlabError
+from db.keys import ConvConfig, ConvFamily, check_exec_settings
+from db.legacy import export_legacy, import_legacy, read_legacy_lut
+from db.lut import family_summaries, find_sweep, lookup, sweep_summaries
+from db.models import Measurement
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
+from latlab.tables import render
+
+app = typer.Typer(help="Inspect, query, export and import latency lookup tables.", no_args_is_help=True)
+
+_ROW_COLUMNS = ("family", "cin", "cout", "batch", "dtype", "layout", "op", "median_ms", "iqr_ms", "mean_ms",
+                "n", "status", "message", "sm_clock_mhz", "temperature_c", "power_w")
+
+
+@app.command("list")
+def list_(hardware: HardwareOption = None, fmt: FormatOption = "table", db: DbOption = None) -> None:
+    """List the sweeps in the database with their hardware, backend and row counts.
+
+    Example: latlab lut list --db rn50.db
+    """
+    database = open_database(db, create=False)
+    with database.session() as session:
+        rows = sweep_summaries(session, hardware)
+    if not rows:
+        typer.echo("no sweeps yet: run `latlab profile` or `latlab lut import`")
+        return
+    typer.echo(render(rows, fmt, title="sweeps"))
+
+
+@app.command()
+def show(
+    sweep: SweepOption = None, hardware: HardwareOption = None,
+    family: Annotated[str | None, typer.Option(help="Rows of one family, e.g. f56x56_k3x3_s1x1_p1x1_d1x1_g1")] = None,
+    rows: Annotated[bool, typer.Option("--rows", help="Print rows instead of the per-family summary.")] = False,
+    status: Annotated[str | None, typer.Option(help="Only rows with this status (ok | oom | error).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows with --rows (0: all).")] = 50,
+    fmt: FormatOption = "table", db: DbOption = None,
+) -> None:
+    """Summarize a sweep per shape family, or print its rows.
+
+    Examples:
+
+      latlab lut show --sweep 1
+
+      latlab lut show --hardware "TITAN V" --rows --family f7x7_k3x3_s1x1_p1x1_d1x1_g1 -f csv
+    """
+    database = open_database(db, create=False)
+    with database.session() as session:
+        sweep_id = find_sweep(session, sweep, hardware).id
+        if not rows and family is None and status is None:
+            typer.echo(render(family_summaries(session, sweep_id), fmt, title=f"sweep {sweep_id}"))
+            return
+    query = select(Measurement).where(Measurement.sweep_id == sweep_id)
+    if family:
+        query = query.where(Measurement.family == ConvFamily.from_key(family).key)
+    if status:
+        query = query.where(Measurement.status == status)
+    query = query.order_by(Measurement.family, Measurement.cin, Measurement.cout)
+    if limit:
+        query = query.limit(limit)
+    with database.session() as session:
+        out = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in session.scalars(query)]
+    typer.echo(render(out, fmt, title=f"sweep {sweep_id}") if out else "no matching rows")
+
+
+@app.command()
+def query(
+    cin: Annotated[int, typer.Option(help="Input channels.")],
+    cout: Annotated[int, typer.Option(help="Output channels.")],
+    family: Annotated[str | None, typer.Option(help="Family key (see `lut show`).")] = None,
+    fmap: Annotated[int | None, typer.Option(help="Square input size (instead of --family).")] = None,
+    k: Annotated[int | None, typer.Option(help="Square kernel size (with --fmap).")] = None,
+    stride: Annotated[int, typer.Option(help="Stride (with --fmap).")] = 1,
+    groups: Annotated[int, typer.Option(help="Conv groups (with --fmap); use --depthwise for dw.")] = 1,
+    depthwise: Annotated[bool, typer.Option(help="Depthwise conv (with --fmap).")] = False,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    layout: Annotated[str, typer.Option(help="nchw | nhwc")] = "nchw",
+    op: Annotated[str, typer.Option(help="conv | conv_bn_relu")] = "conv",
+    sweep: SweepOption = None, hardware: HardwareOption = None, db: DbOption = None,
+) -> None:
+    """Print the stored median latency (ms per batch) of one configuration; a miss names it.
+
+    Examples:
+
+      latlab lut query --fmap 56 --k 3 --cin 64 --cout 64 --batch 256
+
+      latlab lut query --family f14x14_k3x3_s1x1_p1x1_d1x1_g1 --cin 256 --cout 256 --sweep 2
+    """
+    if family is not None:
+        fam = ConvFamily.from_key(family)
+    elif fmap is not None and k is not None:
+        fam = ConvFamily.square(fmap, k, stride, groups=groups, depthwise=depthwise)
+    else:
+        raise LatlabError("give --family KEY, or --fmap and --k (with --stride/--groups)")
+    config = ConvConfig(fam, cin, cout, batch, dtype, layout, op)
+    database = open_database(db, create=False)
+    with database.session() as session:
+        sweep_row = find_sweep(session, sweep, hardware)
+        ms = lookup(session, sweep_row.id, config)
+    typer.echo(f"{ms:.6g} ms  ({config.describe()}; sweep {sweep_row.id})")
+
+
+@app.command("export")
+def export(
+    out: Annotated[Path, typer.Argument(help="Output file (.pkl for halp/mdp, .csv, .json).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="halp (7-token keys) | mdp (6) | csv | json")] = "halp",
+    sweep: SweepOption = None, hardware: HardwareOption = None,
+    dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
+    batch: Annotated[int | None, typer.Option(help="Only rows of this batch size.")] = None,
+    op: Annotated[str | None, typer.Option(help="Only rows of this op.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Only rows of this layout.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Export a sweep: a HALP/MDP pickle (keys like 256_64_64_56_3_1[_1] -> ms) or a CSV/JSON table.
+
+    Examples:
+
+      latlab lut export rn50_h100.pkl --format halp --hardware "NVIDIA H100 80GB HBM3"
+
+      latlab lut export rn50.csv --format csv --sweep 1
+    """
+    database = open_database(db, create=False)
+    with database.session() as session:
+        sweep_id = find_sweep(session, sweep, hardware).id
+    where = {k: v for k, v in {"dtype": dtype, "batch": batch, "op": op, "layout": layout}.items() if v is not None}
+    if fmt in ("halp", "mdp"):
+        written = export_legacy(database, sweep_id, out, fmt, where=where)
+        typer.echo(f"wrote {len(written)} keys ({fmt} format, e.g. {next(iter(written))}) to {out}")
+        return
+    if fmt not in ("csv", "json"):
+        raise LatlabError(f"unknown export format {fmt!r}; choose halp, mdp, csv or json")
+    query = select(Measurement).where(Measurement.sweep_id == sweep_id)
+    for column, value in where.items():
+        query = query.where(getattr(Measurement, column) == value)
+    with database.session() as session:
+        table = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in session.scalars(query.order_by(Measurement.id))]
+    out.write_text(render(table, fmt))
+    typer.echo(f"wrote {len(table)} rows to {out}")
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="HALP/MDP LUT pickle: dict key -> ms per batch.")],
+    hardware: Annotated[str, typer.Option(help="Name of the hardware profile the LUT was measured on.")],
+    dtype: Annotated[str, typer.Option(help="Precision the LUT was measured in (not in the file).")] = "fp32",
+    layout: Annotated[str, typer.Option(help="nchw | nhwc (not in the file).")] = "nchw",
+    op: Annotated[str, typer.Option(help="conv | conv_bn_relu (not in the file).")] = "conv",
+    db: DbOption = None,
+) -> None:
+    """Import a HALP/MDP LUT pickle, loaded with a restricted unpickler (refuses code).
+
+    Padding is taken as k//2 and dilation 1 (the legacy keys have neither). Re-importing adds nothing.
+
+    Example: latlab lut import rn50_titanv_cudnn_batch256.pkl --hardware "TITAN V" --dtype fp32
+    """
+    check_exec_settings(dtype, layout, op)
+    read_legacy_lut(path)  # validate the file before creating or touching a database
+    database = open_database(db)
+    report = import_legacy(database, path, hardware=hardware, dtype=dtype, layout=layout, op=op)
+    typer.echo(
+        f"imported {path.name} into sweep {report.sweep_id} ({report.hardware}): {report.keys} keys, "
+        f"{report.inserted} new, {report.already_present} already present, "
+        f"{report.skipped_zero_channels} zero-channel keys skipped"
+    )

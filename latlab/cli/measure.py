@@ -1,0 +1,68 @@
+"""``latlab measure``: whole-network latency on a backend, stored in the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.engine import open_database
+from db.keys import check_exec_settings
+from latlab.cli._options import DbOption, FormatOption
+from latlab.tables import render
+from profiler.backends import get_backend
+from profiler.measure import load_model, measure_model
+from profiler.protocol import TimingProtocol
+
+
+def measure(
+    model: Annotated[str | None, typer.Option(help="torchvision model name (random init unless --weights).")] = None,
+    module: Annotated[Path | None, typer.Option(help="Saved TorchScript (.pt) or torch.export (.pt2) module.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local state-dict file for --model (weights_only load).")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
+    backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    layout: Annotated[str, typer.Option(help="nchw | nhwc")] = "nchw",
+    warmup: Annotated[int, typer.Option(help="Untimed forward passes.")] = 20,
+    repeats: Annotated[int, typer.Option(help="Timed forward passes.")] = 50,
+    timer: Annotated[str, typer.Option(help="auto | cuda_events | cuda_graph")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for --backend cpu.")] = None,
+    variant: Annotated[str, typer.Option(help="Label stored with the row, e.g. 'halp70'.")] = "dense",
+    hardware_name: Annotated[str | None, typer.Option(help="Name the hardware profile yourself.")] = None,
+    store: Annotated[bool, typer.Option(help="Store the result in the database.")] = True,
+    fmt: FormatOption = "table",
+    db: DbOption = None,
+) -> None:
+    """Time one forward pass of a whole network (eval, inference mode) and store median/IQR.
+
+    Examples:
+
+      latlab measure --model resnet50 --backend cuda --batch 256 --dtype fp16 --layout nhwc
+
+      latlab measure --model resnet18 --backend cpu --batch 1 --threads 2
+
+      latlab measure --module pruned.pt --backend cuda --batch 256 --variant halp55
+    """
+    check_exec_settings(dtype, layout)
+    name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes)
+    protocol = TimingProtocol(warmup=warmup, repeats=repeats, min_repeats=min(10, repeats), timer=timer,
+                              num_threads=threads)
+    timing_backend = get_backend(backend, protocol)
+    database = open_database(db) if store else None
+    result = measure_model(
+        database, timing_backend, net, name=name, variant=variant,
+        input_shape=(batch, 3, input_size, input_size), dtype=dtype, layout=layout, hardware_name=hardware_name,
+    )
+    row = {
+        "model": result.model, "variant": result.variant, "hardware": result.hardware, "backend": result.backend,
+        "batch": batch, "dtype": dtype, "layout": layout, "status": result.status,
+        "median_ms": result.median_ms, "iqr_ms": result.iqr_ms, "n": result.n,
+        "images_per_s": result.images_per_s, "gmacs_per_image": (result.details.get("macs_per_image") or 0) / 1e9,
+        "params_m": result.details.get("params", 0) / 1e6,
+    }
+    if result.message:
+        row["message"] = result.message
+    typer.echo(render([row], fmt, title="whole-model latency"))

@@ -1,0 +1,90 @@
+"""``latlab profile``: sweep a network's conv shapes over a channel grid into the LUT database."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+
+from db.engine import describe_url, open_database
+from latlab.cli._options import DbOption
+from profiler.backends import get_backend
+from profiler.plan import build_plan, parse_grid
+from profiler.protocol import TimingProtocol
+from profiler.runner import run_sweep
+
+
+def profile(
+    model: Annotated[str, typer.Option(help="torchvision model name, e.g. resnet50, mobilenet_v2.")],
+    backend: Annotated[str, typer.Option(help="cuda | cpu | fake (seeded synthetic GPU, for CI)")] = "cpu",
+    grid: Annotated[str, typer.Option(
+        help="full[:STEP] | reference (ResNet50 HALP/MDP lattice) | explicit:cin=A:B:S,cout=A:B:S | "
+             "random:N[:STEP] | lhs:N[:STEP]")] = "full:8",
+    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    batch: Annotated[int, typer.Option(help="Batch size of every timed call (HALP/MDP LUTs use 256).")] = 256,
+    dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    layout: Annotated[str, typer.Option(help="nchw | nhwc (channels_last)")] = "nchw",
+    op: Annotated[str, typer.Option(help="conv | conv_bn_relu (the deployment unit)")] = "conv",
+    warmup: Annotated[int, typer.Option(help="Untimed calls per configuration.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Timed samples per configuration (max).")] = 50,
+    min_repeats: Annotated[int, typer.Option(help="Samples always taken before the stop rule.")] = 10,
+    max_rel_iqr: Annotated[float, typer.Option(help="Stop sampling once IQR/median < this (0: off).")] = 0.0,
+    timer: Annotated[str, typer.Option(help="auto | cuda_events | cuda_graph (cuda backend)")] = "auto",
+    cudnn_benchmark: Annotated[bool, typer.Option(help="cuDNN autotuning per shape.")] = True,
+    cudnn_deterministic: Annotated[bool, typer.Option(help="Deterministic cuDNN algorithms only.")] = False,
+    tf32: Annotated[bool, typer.Option(help="Allow TF32 math for fp32 convs (Ampere+).")] = True,
+    l2_flush: Annotated[bool, typer.Option(help="Flush L2 before each timed call (cold cache).")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for --backend cpu.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for inputs, random grids and the fake backend.")] = 0,
+    name: Annotated[str, typer.Option(help="Label of the sweep (separate sweeps with equal protocol).")] = "",
+    hardware_name: Annotated[str | None, typer.Option(help="Name the hardware profile yourself.")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="Stop after this many seconds (resume later).")] = None,
+    max_configs: Annotated[int | None, typer.Option(help="Measure at most this many new configurations.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Measure again configurations stored as oom/error.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and exit; nothing is measured or written.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Measure every conv shape family of MODEL over a channel grid and store it in the LUT database.
+
+    Resumable: re-running the same command skips what is stored, so a killed sweep loses at most
+    the configuration in flight. OOM and cuDNN errors are stored as failed rows and the sweep goes on.
+
+    Examples:
+
+      latlab profile --model resnet50 --backend fake --grid reference
+
+      latlab profile --model resnet18 --backend cpu --grid lhs:12:16 --batch 1 --threads 2
+
+      latlab profile --model resnet50 --backend cuda --grid reference --dtype fp16 --layout nhwc
+    """
+    spec = replace(parse_grid(grid), seed=seed)
+    plan = build_plan(model, spec, input_size=input_size, batch=batch, dtype=dtype, layout=layout, op=op)
+    if dry_run:
+        typer.echo(f"{model} @ {input_size}: {len(plan.families())} shape families, {len(plan)} configurations")
+        for fam in plan.families():
+            n = sum(1 for c in plan.configs if c.family == fam)
+            typer.echo(f"  {fam.key}: {n}")
+        return
+    protocol = TimingProtocol(
+        warmup=warmup, repeats=repeats, min_repeats=min_repeats, max_rel_iqr=max_rel_iqr, timer=timer,
+        cudnn_benchmark=cudnn_benchmark, cudnn_deterministic=cudnn_deterministic, allow_tf32=tf32,
+        l2_flush=l2_flush, num_threads=threads, seed=seed,
+    )
+    timing_backend = get_backend(backend, protocol)
+    database = open_database(db)
+    command = "latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    report = run_sweep(
+        database, plan, timing_backend, name=name, hardware_name=hardware_name, time_budget_s=time_budget,
+        max_configs=max_configs, retry_failed=retry_failed, progress=not quiet, command=command,
+    )
+    failed = ", ".join(f"{k} {v}" for k, v in report.failed.items() if v) or "none failed"
+    state = "complete" if report.complete else f"stopped by {report.stopped_by}; {report.remaining} left"
+    typer.echo(
+        f"sweep {report.sweep_id} on {report.hardware!r} -> {describe_url(database.url)}: "
+        f"{report.planned} planned, {report.already_done} already stored, {report.measured} measured "
+        f"({failed}) in {report.elapsed_s:.1f}s; {state}"
+    )

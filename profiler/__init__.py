@@ -1,0 +1,1 @@
+"""Hardware detection, sweep planning, timing backends, sweep runner, whole-model timing."""

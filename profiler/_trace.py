@@ -1,0 +1,297 @@
+"""Private: trace a network with torch.fx and list its 2-D convolutions with shapes and producers.
+
+Used by :mod:`profiler.plan`; import from there. Everything runs on the module's own device at batch 1
+(CPU for a freshly built model), so importing or tracing never initialises CUDA by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+
+from db.errors import LatlabError
+from db.keys import ConvFamily
+
+log = logging.getLogger(__name__)
+
+# Leaf modules that change the meaning of the channel axis: walking back stops there without a producer.
+_OPAQUE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d, nn.MultiheadAttention, nn.RNNBase, nn.Embedding, nn.EmbeddingBag,
+)
+# Element-wise ops that force their operands to share one channel mask (a residual add joins groups).
+_JOIN_FUNCTIONS = {
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+    torch.add, torch.sub, torch.mul,
+}
+_JOIN_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One 2-D convolution of a traced network.
+
+    Attributes:
+        name: qualified module name, e.g. ``layer1.0.conv2`` (``name#2`` for a module's 2nd call).
+        family: fixed geometry (input feature map from shape propagation, kernel, stride, ...).
+        cin / cout: dense channel counts.
+        producers: convs whose output channels feed this conv's input (walking back through
+            BN/activations/pooling/adds/concats), in network order; ``()`` when only the network
+            input (or a non-conv channel mixer such as a Linear) feeds it.
+    """
+
+    name: str
+    family: ConvFamily
+    cin: int
+    cout: int
+    producers: tuple[str, ...] = ()
+
+    @property
+    def fixed_cin(self) -> bool:
+        """True when no conv produces this conv's input (e.g. the stem on the RGB image): cin stays fixed."""
+        return not self.producers
+
+
+@dataclass
+class TraceResult:
+    """Output of :func:`trace_model`: the convs and the channel-coupled groups among them."""
+
+    model_name: str
+    input_size: tuple[int, int]
+    layers: list[ConvLayer]
+    groups: list[tuple[str, ...]] = field(default_factory=list)
+
+    def group_of(self) -> dict[str, int]:
+        """Conv name -> index into :attr:`groups`."""
+        return {name: i for i, g in enumerate(self.groups) for name in g}
+
+
+class _PathTracer(fx.Tracer):
+    """A plain fx tracer that remembers which module it is inside, for error messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.failed_at: str | None = None
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            path = self.path_of_module(m)
+        except Exception:
+            path = type(m).__name__
+        self.stack.append(path)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:
+                self.failed_at = self.stack[-1] or "<root>"
+            raise
+        finally:
+            self.stack.pop()
+
+
+class _NamedShapeProp(ShapeProp):
+    """ShapeProp (real tensors) that remembers the node it failed on and prints no traceback.
+
+    ``ShapeProp.run_node`` prints a traceback to stderr before re-raising; this runs the node with
+    the plain interpreter and records ``tensor_meta``/``type`` exactly as ShapeProp does.
+    """
+
+    failed_node: str | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = fx.Interpreter.run_node(self, n)
+        except Exception:
+            if self.failed_node is None:
+                self.failed_node = f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)})"
+            raise
+        found = False
+
+        def extract(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = map_aggregate(result, extract)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).split(" While executing ")[0]
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def normalise_size(input_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``224`` -> ``(224, 224)``; ``(h, w)`` stays; anything else is a :class:`LatlabError`."""
+    if isinstance(input_size, bool):
+        raise LatlabError(f"input size must be an int or (height, width), got {input_size!r}")
+    if isinstance(input_size, int):
+        hw = (input_size, input_size)
+    elif isinstance(input_size, (tuple, list)) and len(input_size) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in input_size
+    ):
+        hw = (int(input_size[0]), int(input_size[1]))
+    else:
+        raise LatlabError(f"input size must be an int or (height, width), got {input_size!r}")
+    if min(hw) < 1:
+        raise LatlabError(f"input size must be positive, got {input_size!r}")
+    return hw
+
+
+def _padding(conv: nn.Conv2d, name: str) -> tuple[int, int]:
+    pad = conv.padding
+    if isinstance(pad, str):
+        if pad == "valid":
+            return 0, 0
+        out: list[int] = []
+        for k, d in zip(conv.kernel_size, conv.dilation, strict=True):
+            total = d * (k - 1)
+            if total % 2:
+                raise LatlabError(f"conv {name}: padding='same' with an even kernel pads asymmetrically; "
+                                  "latlab families describe symmetric padding only")
+            out.append(total // 2)
+        return out[0], out[1]
+    return int(pad[0]), int(pad[1])
+
+
+def conv_family(conv: nn.Conv2d, name: str, in_h: int, in_w: int) -> ConvFamily:
+    """The :class:`ConvFamily` of ``conv`` applied to an ``in_h x in_w`` input."""
+    if conv.padding_mode != "zeros":
+        log.warning("conv %s uses padding_mode=%r; its family is recorded as zero-padded", name,
+                    conv.padding_mode)
+    ph, pw = _padding(conv, name)
+    g, cin, cout = conv.groups, conv.in_channels, conv.out_channels
+    depthwise = g > 1 and g == cin == cout
+    return ConvFamily(
+        in_h, in_w, conv.kernel_size[0], conv.kernel_size[1], conv.stride[0], conv.stride[1], ph, pw,
+        conv.dilation[0], conv.dilation[1], 1 if depthwise else g, depthwise,
+    )
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def add(self, x: str) -> None:
+        self.parent.setdefault(x, x)
+
+    def find(self, x: str) -> str:
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def _is_join(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _JOIN_FUNCTIONS
+    return node.op == "call_method" and node.target in _JOIN_METHODS
+
+
+def _trace_graph(model_name: str, module: nn.Module, hw: tuple[int, int]) -> fx.GraphModule:
+    tracer = _PathTracer()
+    try:
+        graph = tracer.trace(module)
+    except Exception as exc:
+        where = tracer.failed_at or "<root>"
+        raise LatlabError(
+            f"torch.fx cannot trace model {model_name!r} (inside module {where!r}): {_one_line(exc)}"
+        ) from None
+    gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    sp = _NamedShapeProp(gm)
+    try:
+        with torch.no_grad():
+            sp.propagate(torch.zeros(1, 3, hw[0], hw[1], device=device, dtype=dtype))
+    except Exception as exc:
+        raise LatlabError(
+            f"shape propagation of model {model_name!r} at input {hw[0]}x{hw[1]} failed at node "
+            f"{sp.failed_node or '?'}: {_one_line(exc)}"
+        ) from None
+    return gm
+
+
+def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int, int] = 224) -> TraceResult:
+    """fx-trace ``module`` (already resolved), propagate shapes at batch 1, collect its Conv2d layers.
+
+    Producers: each node carries the set of convs whose output channels it carries; a Conv2d
+    starts a new set, an opaque channel mixer (Linear, Conv1d, attention, ...) clears it, everything
+    else takes the union of its tensor inputs. Element-wise add/sub/mul additionally join the convs of
+    their operands into one channel-coupled group (residual streams, squeeze-excitation scales).
+    """
+    hw = normalise_size(input_size)
+    was_training = module.training
+    module.eval()
+    try:
+        gm = _trace_graph(model_name, module, hw)
+    finally:
+        module.train(was_training)
+
+    modules = dict(gm.named_modules())
+    sources: dict[fx.Node, frozenset[str]] = {}
+    order: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    uf = _UnionFind()
+    layers: list[ConvLayer] = []
+    for node in gm.graph.nodes:
+        inputs = [a for a in node.all_input_nodes if "tensor_meta" in a.meta or a in sources]
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, nn.Conv2d):
+            calls[node.target] = calls.get(node.target, 0) + 1
+            name = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
+            src = node.args[0] if node.args else node.kwargs.get("input")
+            meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+            shape = getattr(meta, "shape", None)
+            if shape is None or len(shape) != 4:
+                raise LatlabError(f"model {model_name!r}: conv {name} has no 4-D input shape after tracing")
+            if int(shape[1]) != mod.in_channels:
+                raise LatlabError(f"model {model_name!r}: conv {name} sees {int(shape[1])} input channels "
+                                  f"but has in_channels={mod.in_channels}")
+            prods = sorted(sources.get(src, frozenset()), key=order.__getitem__)
+            layers.append(ConvLayer(name, conv_family(mod, name, int(shape[2]), int(shape[3])),
+                                    mod.in_channels, mod.out_channels, tuple(prods)))
+            order[name] = len(order)
+            uf.add(name)
+            sources[node] = frozenset((name,))
+            continue
+        if node.op == "call_function" and node.target in (torch.conv2d, torch.nn.functional.conv2d):
+            log.warning("model %s: functional conv2d at node %s is not planned (only nn.Conv2d modules are)",
+                        model_name, node.name)
+        if isinstance(mod, _OPAQUE_MODULES) or node.op in ("placeholder", "get_attr", "output"):
+            sources[node] = frozenset()
+            continue
+        operand_sets = [sources.get(a, frozenset()) for a in inputs]
+        merged = frozenset().union(*operand_sets)
+        if _is_join(node) and sum(1 for s in operand_sets if s) > 1:
+            anchor = next(iter(merged))
+            for name in merged:
+                uf.union(anchor, name)
+        sources[node] = merged
+
+    by_root: dict[str, list[str]] = {}
+    for layer in layers:
+        by_root.setdefault(uf.find(layer.name), []).append(layer.name)
+    groups = sorted((tuple(g) for g in by_root.values()), key=lambda g: order[g[0]])
+    if not layers:
+        log.warning("model %s has no nn.Conv2d layers", model_name)
+    return TraceResult(model_name, hw, layers, groups)

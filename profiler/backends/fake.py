@@ -1,0 +1,329 @@
+"""A deterministic synthetic GPU: an analytical latency surface with seeded measurement noise.
+
+The model (all times in seconds, ``e`` = bytes per element, ``P`` = peak FLOP/s of the dtype):
+
+* a GEMM-like conv (implicit GEMM, ``M = N*Ho*Wo``, ``K = cin/g*kh*kw``) runs as CTAs of
+  ``128 x tile_n`` outputs; ``cin/g`` is padded to 8 (fp16/bf16) or 4 (fp32) and ``cout/g`` to
+  ``tile_n``; CTAs run in whole waves of ``sm_count``:
+  ``compute = ceil(ctas / sm_count) * 2*128*tile_n*K_pad/split / (eff * P / sm_count)``;
+* "cuDNN" picks the cheapest algorithm over ``tile_n in {32, 64, 128}`` (efficiency 0.6/0.85/1)
+  and split-K ``split in {1, 2, 4, 8, 16}`` (partial sums cost ``8*split*M*cout_pad`` bytes + a launch);
+* ``memory = e*(N*cin*H*W + cout*cin/g*kh*kw + N*cout*Ho*Wo) / BW``;
+  ``t = max(compute, memory) * layout_factor + launch`` (fp16/bf16 NCHW pays 8% for transposes);
+* ``conv_bn_relu`` adds a memory-bound pass ``2*e*N*cout*Ho*Wo / BW`` and one more launch.
+
+Samples are ``t * exp(normal(0, noise))`` from an RNG seeded by SHA-256 of (seed, config), so a
+configuration gives the same samples in any order, in any process (resumed sweeps reproduce).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from db.keys import ConvConfig, ConvFamily
+from profiler.backends._modules import ELEMENT_BYTES, enough_samples
+from profiler.backends.base import Backend, MeasurementFailed, TimingResult
+from profiler.protocol import TimingProtocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PEAK_TFLOPS = 14.0  # fp32 (a TITAN V: 13.8 TFLOP/s, 653 GB/s, 80 SMs)
+DEFAULT_BANDWIDTH_GBS = 650.0
+DEFAULT_SM_COUNT = 80
+DEFAULT_LAUNCH_US = 5.0
+HALF_SPEEDUP = 8.0  # fp16/bf16 tensor-core peak relative to fp32
+
+_TILE_M = 128
+_TILES_N: tuple[tuple[int, float], ...] = ((32, 0.6), (64, 0.85), (128, 1.0))  # (tile_n, efficiency)
+_SPLITS = (1, 2, 4, 8, 16)
+_NCHW_HALF_FACTOR = 1.08  # fp16/bf16 in NCHW: cuDNN transposes to NHWC around tensor-core kernels
+_DEPTHWISE_CHANNELS_PER_CTA = 32
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _config_token(config: ConvConfig) -> str:
+    """Stable text identity of a config for seeding (independent of dataclass repr changes)."""
+    return (
+        f"{config.family.key}|cin={config.cin}|cout={config.cout}|bs={config.batch}"
+        f"|{config.dtype}|{config.layout}|{config.op}"
+    )
+
+
+def _rng(seed: int, token: str) -> np.random.Generator:
+    import numpy as np
+
+    digest = hashlib.sha256(f"latlab-fake|{seed}|{token}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+class FakeBackend(Backend):
+    """Synthetic GPU for tests, demos and CI: realistic staircase latencies, no device needed.
+
+    ``fail_on(config)`` returning ``"oom"``/``"error"`` makes :meth:`measure` raise
+    :class:`MeasurementFailed` with that status; ``delay_s`` sleeps in every measurement.
+    """
+
+    name: ClassVar[str] = "fake"
+    default_timer: ClassVar[str] = "model"
+
+    def __init__(
+        self, protocol: TimingProtocol | None = None, *, seed: int | None = None,
+        peak_tflops: float = DEFAULT_PEAK_TFLOPS, bandwidth_gbs: float = DEFAULT_BANDWIDTH_GBS,
+        sm_count: int = DEFAULT_SM_COUNT, launch_us: float = DEFAULT_LAUNCH_US, noise: float = 0.02,
+        fail_on: Callable[[ConvConfig], str | None] | None = None, delay_s: float = 0.0,
+    ) -> None:
+        super().__init__(protocol)
+        from db.errors import LatlabError
+
+        if peak_tflops <= 0 or bandwidth_gbs <= 0 or sm_count < 1 or launch_us < 0:
+            raise LatlabError(
+                "fake backend needs peak_tflops > 0, bandwidth_gbs > 0, sm_count >= 1, launch_us >= 0"
+            )
+        if noise < 0 or delay_s < 0:
+            raise LatlabError("fake backend needs noise >= 0 and delay_s >= 0")
+        self.seed = self.protocol.seed if seed is None else int(seed)
+        self.peak_tflops = float(peak_tflops)
+        self.bandwidth_gbs = float(bandwidth_gbs)
+        self.sm_count = int(sm_count)
+        self.launch_us = float(launch_us)
+        self.noise = float(noise)
+        self.fail_on = fail_on
+        self.delay_s = float(delay_s)
+
+    # ---------------------------------------------------------------------------- the model
+
+    @property
+    def _bw(self) -> float:
+        return self.bandwidth_gbs * 1e9
+
+    @property
+    def _launch_s(self) -> float:
+        return self.launch_us * 1e-6
+
+    def _peak(self, dtype: str) -> float:
+        return self.peak_tflops * 1e12 * (HALF_SPEEDUP if dtype in ("fp16", "bf16") else 1.0)
+
+    def _compute_s(self, config: ConvConfig) -> float:
+        """Cheapest tiled, wave-quantised compute time over the modelled algorithms (+ split-K)."""
+        f = config.family
+        half = config.dtype in ("fp16", "bf16")
+        m = config.batch * f.out_h * f.out_w
+        m_tiles = -(-m // _TILE_M)
+        khw = f.kernel_h * f.kernel_w
+        per_sm = self.peak_tflops * 1e12 / self.sm_count
+        if f.depthwise:  # CUDA cores (half2 doubles throughput), channels padded to the vector width
+            channels = _ceil_to(config.cin, 8 if half else 4)
+            ctas = m_tiles * -(-channels // _DEPTHWISE_CHANNELS_PER_CTA)
+            flops_per_cta = 2 * _TILE_M * _DEPTHWISE_CHANNELS_PER_CTA * khw
+            waves = -(-ctas // self.sm_count)
+            return waves * flops_per_cta / (per_sm * (2.0 if half else 1.0))
+        per_sm *= HALF_SPEEDUP if half else 1.0
+        groups = f.conv_groups(config.cin)
+        cin_g, cout_g = config.cin // groups, config.cout // groups
+        k_pad = _ceil_to(cin_g, 8 if half else 4) * khw
+        best = math.inf
+        for tile_n, eff in _TILES_N:
+            cout_pad = _ceil_to(cout_g, tile_n)
+            base_ctas = m_tiles * (cout_pad // tile_n) * groups
+            for split in _SPLITS:
+                if split > 1 and k_pad < 32 * split:
+                    break
+                waves = -(-(base_ctas * split) // self.sm_count)
+                t = waves * 2 * _TILE_M * tile_n * (k_pad / split) / (eff * per_sm)
+                if split > 1:  # fp32 partial sums written and read back, plus the reduction kernel
+                    t += 8 * split * m * cout_pad * groups / self._bw + self._launch_s
+                best = min(best, t)
+        return best
+
+    def _memory_s(self, config: ConvConfig) -> float:
+        f = config.family
+        e = ELEMENT_BYTES[config.dtype]
+        groups = f.conv_groups(config.cin)
+        elems = (
+            config.batch * config.cin * f.in_h * f.in_w
+            + config.cout * (config.cin // groups) * f.kernel_h * f.kernel_w
+            + config.batch * config.cout * f.out_h * f.out_w
+        )
+        return e * elems / self._bw
+
+    def _true_latency_s(self, config: ConvConfig) -> float:
+        t = max(self._compute_s(config), self._memory_s(config))
+        if config.dtype in ("fp16", "bf16") and config.layout == "nchw":
+            t *= _NCHW_HALF_FACTOR
+        t += self._launch_s
+        if config.op == "conv_bn_relu":
+            f = config.family
+            out_bytes = ELEMENT_BYTES[config.dtype] * config.batch * config.cout * f.out_h * f.out_w
+            t += 2 * out_bytes / self._bw + self._launch_s
+        return t
+
+    def true_latency_ms(self, config: ConvConfig) -> float:
+        """Noise-free modelled latency of ``config`` in milliseconds."""
+        return self._true_latency_s(config) * 1e3
+
+    # ---------------------------------------------------------------------------- sampling
+
+    def _samples(self, true_ms: float, token: str) -> list[float]:
+        """Noisy samples: the first k of a fixed per-token sequence, k set by the stop rule."""
+        proto = self.protocol
+        if self.noise > 0:
+            factors = _rng(self.seed, token).lognormal(0.0, self.noise, size=proto.repeats)
+        else:
+            factors = [1.0] * proto.repeats
+        samples: list[float] = []
+        for factor in factors:
+            samples.append(float(true_ms * factor))
+            if enough_samples(samples, proto):
+                break
+        return samples
+
+    def measure(self, config: ConvConfig) -> TimingResult:
+        """Model ``config``; honours ``fail_on`` and ``delay_s``."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_on is not None:
+            status = self.fail_on(config)
+            if status:
+                raise MeasurementFailed(f"fake backend: injected {status} for {config.describe()}", status)
+        true_ms = self.true_latency_ms(config)
+        return TimingResult(self._samples(true_ms, _config_token(config)), telemetry={"true_ms": true_ms})
+
+    # ---------------------------------------------------------------------------- whole models
+
+    def model_latency_ms(
+        self, model: torch.nn.Module, input_shape: tuple[int, ...], dtype: str = "fp32",
+        layout: str = "nchw",
+    ) -> float:
+        """Noise-free modelled latency of one forward pass of ``model`` (see :meth:`measure_model`)."""
+        return self._model_cost(model, input_shape, dtype, layout)[0] * 1e3
+
+    def measure_model(
+        self, model: torch.nn.Module, input_shape: tuple[int, ...], dtype: str = "fp32",
+        layout: str = "nchw",
+    ) -> TimingResult:
+        """Sum of modelled conv latencies + memory-bound costs of other layers + launches, with noise.
+
+        The model is traced once at batch 1 on its own device (eval, inference mode) to learn
+        every ``nn.Conv2d``'s input size; the convs are then priced at batch ``input_shape[0]``.
+        Functional ops (``x + y``, ``torch.flatten``) are invisible to hooks and not priced.
+        """
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        cost_s, token = self._model_cost(model, input_shape, dtype, layout)
+        samples = self._samples(cost_s * 1e3, token)
+        return TimingResult(samples, telemetry={"true_ms": cost_s * 1e3})
+
+    def _model_cost(
+        self, model: torch.nn.Module, input_shape: tuple[int, ...], dtype: str, layout: str,
+    ) -> tuple[float, str]:
+        import torch
+        from torch import nn
+
+        from db.errors import InvalidKeyError
+
+        if len(input_shape) < 2:
+            raise InvalidKeyError(f"input_shape must be (batch, channels, ...), got {tuple(input_shape)}")
+        if dtype not in ELEMENT_BYTES:
+            raise InvalidKeyError(f"unknown dtype {dtype!r}; choose from {', '.join(ELEMENT_BYTES)}")
+        batch = int(input_shape[0])
+        records: list[tuple[nn.Module, tuple[int, ...] | None, tuple[int, ...] | None]] = []
+
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if x is not None and output is x:  # identity-like (Identity, Dropout in eval)
+                return
+            y = output if isinstance(output, torch.Tensor) else None
+            records.append((module, tuple(x.shape) if x is not None else None,
+                            tuple(y.shape) if y is not None else None))
+
+        skip = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Unflatten)
+        leaves = [
+            m for m in model.modules() if next(m.children(), None) is None and not isinstance(m, skip)
+        ]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        was_training = model.training
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        pdtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        try:
+            model.eval()
+            x = torch.randn((1, *tuple(input_shape)[1:]), device=device, dtype=pdtype)
+            with torch.inference_mode():
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+
+        e = ELEMENT_BYTES[dtype]
+        total = 0.0
+        parts: list[str] = []
+        for module, in_shape, out_shape in records:
+            if isinstance(module, nn.Conv2d) and in_shape is not None and len(in_shape) == 4:
+                config = ConvConfig(_conv_family(module, in_shape), module.in_channels, module.out_channels,
+                                    batch=batch, dtype=dtype, layout=layout)
+                total += self._true_latency_s(config)
+                parts.append(_config_token(config))
+                continue
+            in_n = math.prod(in_shape) if in_shape else 0
+            out_n = math.prod(out_shape) if out_shape else 0
+            t = e * batch * (in_n + out_n) / self._bw
+            if isinstance(module, nn.Linear):
+                rows = batch * (in_n // max(module.in_features, 1))
+                t = max(2 * rows * module.in_features * module.out_features / self._peak(dtype),
+                        t + e * module.in_features * module.out_features / self._bw)
+            total += t + self._launch_s
+            parts.append(f"{type(module).__name__}:{in_shape}->{out_shape}")
+        token = "model|" + hashlib.sha256(
+            json.dumps([list(input_shape), dtype, layout, parts]).encode()
+        ).hexdigest()
+        return total, token
+
+    # ---------------------------------------------------------------------------- metadata
+
+    def settings(self) -> dict[str, Any]:
+        """The synthetic GPU's parameters and the noise seed."""
+        return {
+            "timer": self.timer,
+            "seed": self.seed,
+            "peak_tflops": self.peak_tflops,
+            "peak_tflops_half": self.peak_tflops * HALF_SPEEDUP,
+            "bandwidth_gbs": self.bandwidth_gbs,
+            "sm_count": self.sm_count,
+            "launch_us": self.launch_us,
+            "noise": self.noise,
+        }
+
+    def hardware(self) -> dict[str, Any]:
+        """The synthetic GPU (name carries this instance's model parameters) and the host."""
+        from profiler.hardware import fake_hardware
+
+        return fake_hardware(self.peak_tflops, self.bandwidth_gbs, self.sm_count, self.launch_us).to_dict()
+
+
+def _conv_family(conv: torch.nn.Conv2d, in_shape: tuple[int, ...]) -> ConvFamily:
+    """The :class:`ConvFamily` of ``conv`` applied to an NCHW input of ``in_shape``."""
+    kh, kw = conv.kernel_size
+    dh, dw = conv.dilation
+    if isinstance(conv.padding, str):
+        ph, pw = (0, 0) if conv.padding == "valid" else (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+    else:
+        ph, pw = conv.padding
+    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    return ConvFamily(
+        int(in_shape[2]), int(in_shape[3]), kh, kw, conv.stride[0], conv.stride[1], ph, pw, dh, dw,
+        groups=1 if depthwise else conv.groups, depthwise=depthwise,
+    )

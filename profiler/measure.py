@@ -1,0 +1,171 @@
+"""Whole-network latency (the successor of MDP's est_inference.py), stored in ``model_measurements``.
+
+A model is a torchvision name (optionally with a local state-dict file, loaded with
+``weights_only=True``) or a saved module that cannot execute arbitrary Python on load: a TorchScript
+archive (``torch.jit.save``) or an exported program (``torch.export.save``, ``.pt2``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from db.engine import Database
+from db.errors import LatlabError
+from db.lut import get_or_create_hardware, record_model_measurement
+from profiler.backends.base import Backend, MeasurementFailed
+from profiler.plan import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelLatency:
+    """One whole-network timing, as stored."""
+
+    model: str
+    variant: str
+    backend: str
+    hardware: str
+    input_shape: tuple[int, ...]
+    dtype: str
+    layout: str
+    status: str
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    mean_ms: float | None = None
+    n: int | None = None
+    message: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    row_id: int | None = None
+
+    @property
+    def images_per_s(self) -> float | None:
+        if not self.median_ms:
+            return None
+        return self.input_shape[0] * 1000.0 / self.median_ms
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict safely (``weights_only=True``), unwrapping ``state_dict`` and ``module.``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatlabError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatlabError(f"cannot load weights {path} safely (weights_only=True): {first}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise LatlabError(f"{path} is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_model(
+    model: str | None = None, *, weights: str | Path | None = None, module_file: str | Path | None = None,
+    num_classes: int = 1000,
+) -> tuple[str, nn.Module]:
+    """Build the network to time; returns (display name, module in eval mode)."""
+    if (model is None) == (module_file is None):
+        raise LatlabError("give either a torchvision model name or a saved module file, not both or neither")
+    if module_file is not None:
+        return _load_module_file(Path(module_file))
+    assert model is not None
+    name, net = resolve_model(model, num_classes=num_classes)
+    if weights is not None:
+        state = load_state_dict(weights)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise LatlabError(
+                f"weights {weights} do not match {name}: {len(missing)} missing keys (e.g. "
+                f"{', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected "
+                f"(e.g. {', '.join(unexpected[:3]) or '-'})"
+            )
+    return name, net.eval()
+
+
+def _load_module_file(path: Path) -> tuple[str, nn.Module]:
+    if not path.is_file():
+        raise LatlabError(f"module file {path} does not exist")
+    try:
+        if path.suffix == ".pt2":
+            return path.stem, torch.export.load(str(path)).module()
+        return path.stem, torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:
+        raise LatlabError(
+            f"cannot load {path} as TorchScript (.pt) or torch.export (.pt2): {str(exc).splitlines()[0]}; "
+            "whole-model pickles are not loaded (they can run code)"
+        ) from None
+
+
+def count_params_and_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Parameters and multiply-accumulates of conv and linear layers for one forward pass."""
+    params = sum(p.numel() for p in model.parameters())
+    macs = 0
+
+    def conv_hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        kh, kw = mod.kernel_size
+        macs += out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    def linear_hook(mod: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += out.numel() * mod.in_features
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return {"params": params}
+    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros((1, *input_shape[1:])))
+    finally:
+        for h in handles:
+            h.remove()
+    return {"params": params, "macs_per_image": macs}
+
+
+def measure_model(
+    db: Database | None, backend: Backend, model: nn.Module, *, name: str, variant: str = "dense",
+    input_shape: tuple[int, ...] = (1, 3, 224, 224), dtype: str = "fp32", layout: str = "nchw",
+    hardware_name: str | None = None,
+) -> ModelLatency:
+    """Time ``model`` on ``backend`` and store the result (also a failure) when ``db`` is given."""
+    if len(input_shape) != 4 or min(input_shape) < 1:
+        raise LatlabError(f"input shape must be (batch, channels, height, width), got {input_shape}")
+    details = count_params_and_macs(model, input_shape)
+    result = ModelLatency(name, variant, backend.name, "", tuple(input_shape), dtype, layout, "ok",
+                          details=details)
+    telemetry: dict[str, Any] = {}
+    try:
+        timing = backend.measure_model(model, tuple(input_shape), dtype=dtype, layout=layout)
+    except MeasurementFailed as exc:
+        result.status, result.message = exc.status, str(exc)
+    else:
+        result.median_ms, result.iqr_ms, result.mean_ms, result.n = (
+            timing.median_ms, timing.iqr_ms, timing.mean_ms, timing.n)
+        telemetry = dict(timing.telemetry)
+    info = backend.hardware()
+    if hardware_name:
+        info["name"] = hardware_name
+    result.hardware = info["name"]
+    if db is not None:
+        with db.session() as session:
+            hw = get_or_create_hardware(session, info)
+            row = record_model_measurement(
+                session, hw, model_name=name, variant=variant, backend=backend.name,
+                input_h=input_shape[2], input_w=input_shape[3], batch=input_shape[0], dtype=dtype,
+                layout=layout, protocol={**backend.protocol.to_dict(), "timer": backend.timer},
+                median_ms=result.median_ms, iqr_ms=result.iqr_ms, mean_ms=result.mean_ms,
+                min_ms=None if result.status != "ok" else timing.min_ms, n=result.n, status=result.status,
+                message=result.message, details=details, telemetry=telemetry,
+            )
+            result.row_id = row.id
+    return result

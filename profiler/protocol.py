@@ -1,0 +1,67 @@
+"""The timing protocol: *how* a latency was measured, recorded beside every number."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from db.errors import LatlabError
+
+
+@dataclass(frozen=True)
+class TimingProtocol:
+    """Settings that change what a measured latency means. Stored on the ``sweeps`` row.
+
+    Attributes:
+        warmup: untimed calls before sampling (per configuration: cuDNN autotunes per shape).
+        repeats: timed samples to take (upper bound when ``max_rel_iqr`` stops early).
+        min_repeats: samples always taken before the stop rule may end sampling.
+        max_rel_iqr: stop once IQR/median falls below this (0 disables the rule).
+        timer: backend-specific timer (``cuda_events``, ``cuda_graph``, ``torch_benchmark``, ``model``).
+        cudnn_benchmark / cudnn_deterministic / allow_tf32: cuDNN and math-mode flags (CUDA).
+        l2_flush: overwrite an L2-sized buffer before each timed call (cold-cache numbers).
+        num_threads: intra-op threads for the CPU backend (None: torch's default).
+        seed: RNG seed for inputs and the fake backend's noise.
+    """
+
+    warmup: int = 10
+    repeats: int = 50
+    min_repeats: int = 10
+    max_rel_iqr: float = 0.0
+    timer: str = "auto"
+    cudnn_benchmark: bool = True
+    cudnn_deterministic: bool = False
+    allow_tf32: bool = True
+    l2_flush: bool = False
+    num_threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise LatlabError(f"warmup must be >= 0, got {self.warmup}")
+        if self.repeats < 1:
+            raise LatlabError(f"repeats must be >= 1, got {self.repeats}")
+        if not 1 <= self.min_repeats <= self.repeats:
+            object.__setattr__(self, "min_repeats", max(1, min(self.min_repeats, self.repeats)))
+        if self.max_rel_iqr < 0:
+            raise LatlabError(f"max_rel_iqr must be >= 0, got {self.max_rel_iqr}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise LatlabError(f"num_threads must be >= 1, got {self.num_threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TimingProtocol:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise LatlabError(f"unknown timing protocol field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def fingerprint(self, backend: str) -> str:
+        """Stable hash of backend + protocol; one sweep row per (hardware, fingerprint, name)."""
+        blob = json.dumps({"backend": backend, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,158 @@
+"""Run a sweep plan on a backend into the database: resumable, one small transaction per row.
+
+Every configuration is written as soon as it is measured, so a killed sweep loses at most the one in
+flight. Re-running the same plan with the same protocol on the same hardware skips what is stored
+(failed rows too, unless ``retry_failed``). OOM and library errors become rows with status ``oom`` /
+``error`` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from db.engine import Database
+from db.keys import ConvConfig
+from db.lut import (
+    MeasurementValues,
+    config_key,
+    get_or_create_hardware,
+    get_or_create_sweep,
+    measured_keys,
+    record_measurement,
+)
+from db.models import Sweep
+from profiler.backends.base import Backend, MeasurementFailed
+from profiler.plan import SweepPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """What one ``run_sweep`` call did."""
+
+    sweep_id: int
+    hardware: str
+    planned: int
+    already_done: int
+    measured: int = 0
+    failed: dict[str, int] = field(default_factory=lambda: {"oom": 0, "error": 0})
+    remaining: int = 0
+    elapsed_s: float = 0.0
+    stopped_by: str | None = None  # "time budget" | "max configs" | None (ran to the end)
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+
+def git_sha() -> str | None:
+    """Commit of the latlab checkout, if it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _merge_plan(existing: dict[str, Any], plan: SweepPlan) -> dict[str, Any]:
+    runs = list(existing.get("runs", []))
+    if plan.description not in runs:
+        runs.append(plan.description)
+    return {"n_configs": len(plan), "runs": runs}
+
+
+def start_sweep(
+    db: Database, plan: SweepPlan, backend: Backend, *, name: str = "", hardware_name: str | None = None,
+    command: str | None = None,
+) -> tuple[int, str]:
+    """Create or reopen the sweep row for (hardware, protocol, name); returns (sweep id, hardware name)."""
+    info = backend.hardware()
+    if hardware_name:
+        info["name"] = hardware_name
+    protocol = {**backend.protocol.to_dict(), "timer": backend.timer}
+    with db.session() as session:
+        hw = get_or_create_hardware(session, info)
+        sweep = get_or_create_sweep(
+            session, hw, backend=backend.name, protocol=protocol,
+            protocol_hash=backend.protocol.fingerprint(backend.name), name=name, settings=backend.settings(),
+            command=command, git_sha=git_sha(),
+        )
+        sweep.plan = _merge_plan(sweep.plan or {}, plan)
+        return sweep.id, hw.name
+
+
+def run_sweep(
+    db: Database, plan: SweepPlan, backend: Backend, *, name: str = "", hardware_name: str | None = None,
+    time_budget_s: float | None = None, max_configs: int | None = None, retry_failed: bool = False,
+    progress: bool = True, command: str | None = None,
+) -> SweepReport:
+    """Measure every configuration of ``plan`` not yet stored for this hardware and protocol."""
+    sweep_id, hw_name = start_sweep(db, plan, backend, name=name, hardware_name=hardware_name, command=command)
+    with db.session() as session:
+        done = measured_keys(session, sweep_id, ("ok",) if retry_failed else ("ok", "oom", "error"))
+        failed_before = measured_keys(session, sweep_id, ("oom", "error")) if retry_failed else set()
+    todo = [c for c in plan.configs if config_key(c) not in done]
+    report = SweepReport(sweep_id, hw_name, len(plan), len(plan) - len(todo))
+    start = time.monotonic()
+    bar = tqdm(total=len(todo), desc=f"sweep {sweep_id} ({backend.name})", unit="cfg", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for i, config in enumerate(todo):
+            if max_configs is not None and i >= max_configs:
+                report.stopped_by = "max configs"
+                break
+            if time_budget_s is not None and time.monotonic() - start >= time_budget_s:
+                report.stopped_by = "time budget"
+                break
+            values = _measure_one(backend, config)
+            if values.status != "ok":
+                report.failed[values.status] += 1
+                bar.write(f"{values.status}: {config.describe()}: {values.message}")
+            else:
+                report.measured += 1
+            with db.session() as session:
+                record_measurement(session, sweep_id, config, values,
+                                   replace=config_key(config) in failed_before)
+            bar.update(1)
+    except KeyboardInterrupt:
+        _set_status(db, sweep_id, "interrupted")
+        raise
+    finally:
+        bar.close()
+        backend.close()
+    report.elapsed_s = time.monotonic() - start
+    report.remaining = len(todo) - report.measured - sum(report.failed.values())
+    _set_status(db, sweep_id, "complete" if report.complete else "interrupted")
+    return report
+
+
+def _measure_one(backend: Backend, config: ConvConfig) -> MeasurementValues:
+    try:
+        result = backend.measure(config)
+    except MeasurementFailed as exc:
+        return MeasurementValues(status=exc.status, message=str(exc))
+    except (RuntimeError, ValueError, MemoryError) as exc:  # library errors we did not anticipate
+        log.warning("unexpected %s measuring %s", type(exc).__name__, config.describe())
+        return MeasurementValues(status="error", message=f"{type(exc).__name__}: {exc}"[:2000])
+    return MeasurementValues(
+        status="ok", median_ms=result.median_ms, iqr_ms=result.iqr_ms, mean_ms=result.mean_ms,
+        min_ms=result.min_ms, n=result.n, telemetry=result.telemetry,
+    )
+
+
+def _set_status(db: Database, sweep_id: int, status: str) -> None:
+    with db.session() as session:
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is not None:
+            sweep.status = status

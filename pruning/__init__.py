@@ -1,0 +1,1 @@
+"""pruning: see README.md (under construction in issues #4-#6)."""

@@ -1,0 +1,157 @@
+"""The `latlab` command line: the issue's acceptance paths and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latlab.cli import app, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _name(info) -> str:  # type: ignore[no-untyped-def]
+    return info.name or info.callback.__name__.replace("_", "-")
+
+
+def _commands() -> list[list[str]]:
+    cmds = [[_name(info)] for info in app.registered_commands]
+    for group in app.registered_groups:
+        cmds.append([group.name])
+        cmds += [[group.name, _name(c)] for c in group.typer_instance.registered_commands]
+    return cmds
+
+
+@pytest.mark.parametrize("argv", _commands(), ids=" ".join)
+def test_every_command_has_help_and_is_in_the_readme(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run([*argv, "--help"], capsys)
+    assert code == 0 and "Usage" in out
+    readme = (ROOT / "README.md").read_text()
+    assert f"latlab {' '.join(argv)}" in readme, f"README.md does not document `latlab {' '.join(argv)}`"
+
+
+def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "rn50.db")
+    code, out, err = run(["profile", "--model", "resnet50", "--backend", "fake", "--grid", "reference", "-q",
+                          "--db", db], capsys)
+    assert code == 0, err
+    assert "1423 planned, 0 already stored, 1423 measured" in out
+    code, out, _ = run(["profile", "--model", "resnet50", "--backend", "fake", "--grid", "reference", "-q",
+                        "--db", db], capsys)
+    assert "1423 already stored, 0 measured" in out
+    code, out, _ = run(["lut", "list", "--db", db], capsys)
+    assert code == 0 and "1423" in out
+    code, out, _ = run(["lut", "show", "--sweep", "1", "--db", db, "-f", "csv"], capsys)
+    assert code == 0 and len(out.strip().splitlines()) == 16  # header + the 15 ResNet50 families
+    code, out, _ = run(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "64", "--cout", "64", "--db", db],
+                       capsys)
+    assert code == 0 and re.match(r"^\d+(\.\d+)? ms", out)
+    code, _, err = run(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "65", "--cout", "64", "--db", db],
+                       capsys)
+    assert code == 1 and "LUT miss" in err and "cin=65" in err and "f56x56_k3x3" in err
+    pkl = tmp_path / "rn50.pkl"
+    code, out, err = run(["lut", "export", str(pkl), "--format", "halp", "--db", db], capsys)
+    assert code == 0, err
+    lut = pickle.loads(pkl.read_bytes())
+    assert len(lut) == 1423 and "256_64_64_56_3_1_1" in lut
+    assert all(re.fullmatch(r"256_\d+_\d+_\d+_\d_\d_1", k) for k in lut)
+    # import -> export round-trips exactly
+    db2 = str(tmp_path / "titan.db")
+    code, out, err = run(["lut", "import", str(pkl), "--hardware", "TITAN V", "--db", db2], capsys)
+    assert code == 0 and "1423 new" in out, err
+    code, out, _ = run(["lut", "import", str(pkl), "--hardware", "TITAN V", "--db", db2], capsys)
+    assert "0 new, 1423 already present" in out
+    back = tmp_path / "back.pkl"
+    assert run(["lut", "export", str(back), "--hardware", "TITAN V", "--db", db2], capsys)[0] == 0
+    assert pickle.loads(back.read_bytes()) == lut
+    code, out, _ = run(["lut", "export", str(tmp_path / "x.csv"), "--format", "csv", "--db", db2], capsys)
+    assert code == 0 and (tmp_path / "x.csv").read_text().count("\n") == 1424
+
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (exec, ("open('/tmp/latlab_cli_pwned', 'w').write('x')",))
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    corrupt = tmp / "corrupt.db"
+    corrupt.write_bytes(b"definitely not sqlite" * 100)
+    evil = tmp / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"256_64_64_56_3_1": _Evil()}))
+    fresh = str(tmp / "never.db")
+    return [
+        (["profile", "--model", "resnet5O", "--backend", "fake", "--db", fresh], "unknown torchvision model"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:0", "--db", fresh], "bad grid"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--grid", "bogus", "--db", fresh], "bad grid"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--grid", "reference", "--db", fresh],
+         "resnet50"),
+        (["profile", "--model", "resnet18", "--backend", "warp", "--db", fresh], "unknown profiler backend"),
+        (["profile", "--model", "resnet18", "--backend", "cuda", "--db", fresh], "torch.cuda.is_available"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--dtype", "fp8", "--db", fresh], "unknown dtype"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--db", str(corrupt)], "not a SQLite database"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--db", "nosuch://x"], "cannot use database URL"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--db", "postgresql+psycopg://u@127.0.0.1:1/x"],
+         "database error"),
+        (["lut", "list", "--db", fresh], "no LUT database"),
+        (["lut", "show", "--db", str(corrupt)], "not a SQLite database"),
+        (["lut", "import", str(evil), "--hardware", "X", "--db", fresh], "refusing to load"),
+        (["lut", "import", str(tmp / "missing.pkl"), "--hardware", "X", "--db", fresh], "cannot read"),
+        (["lut", "import", str(evil), "--hardware", "X", "--dtype", "fp64", "--db", fresh], "unknown dtype"),
+        (["measure", "--model", "nope", "--db", fresh], "unknown torchvision model"),
+        (["measure", "--model", "resnet18", "--weights", str(evil), "--db", fresh], "cannot load weights"),
+        (["hw", "--backend", "cuda"], "torch.cuda.is_available"),
+    ]
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corrupt_bytes = b"definitely not sqlite" * 100
+    marker = Path("/tmp/latlab_cli_pwned")
+    marker.unlink(missing_ok=True)
+    for argv, expected in _bad_inputs(tmp_path):
+        code, out, err = run(argv, capsys)
+        assert code == 1, (argv, out, err)
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("latlab: error:"), (argv, err)
+        assert expected in lines[0], (argv, lines[0])
+        assert "Traceback" not in out + err
+    assert not (tmp_path / "never.db").exists()
+    assert (tmp_path / "corrupt.db").read_bytes() == corrupt_bytes
+    assert not marker.exists()
+
+
+def test_entry_point_exit_codes(tmp_path: Path) -> None:
+    bad = subprocess.run([sys.executable, "-m", "latlab", "lut", "list", "--db", str(tmp_path / "x.db")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and bad.stderr.startswith("latlab: error: no LUT database")
+    usage = subprocess.run([sys.executable, "-m", "latlab", "profile"], capture_output=True, text=True, cwd=ROOT)
+    assert usage.returncode == 2 and "--model" in usage.stderr
+
+
+def test_measure_and_hw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "m.db")
+    code, out, err = run(["measure", "--model", "resnet18", "--num-classes", "10", "--input-size", "64",
+                          "--batch", "2", "--repeats", "5", "--warmup", "2", "--backend", "cpu", "-f", "csv",
+                          "--db", db], capsys)
+    assert code == 0, err
+    header, row = out.strip().splitlines()
+    assert "median_ms" in header and ",ok," in row
+    code, out, _ = run(["hw", "-f", "json"], capsys)
+    assert code == 0 and '"fingerprint"' in out
+    code, out, _ = run(["db", "current", "--db", db], capsys)
+    assert code == 0 and "revision 0002" in out

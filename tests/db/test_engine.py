@@ -1,0 +1,120 @@
+"""Opening databases: paths, URLs, corrupt files, schema revisions and migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from db import DatabaseError, SchemaError, head_revision, open_database, resolve_url
+from db.engine import Database
+
+
+def test_default_path_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LATLAB_DB", raising=False)
+    assert resolve_url().database == str(tmp_path / "latlab.db")
+    monkeypatch.setenv("LATLAB_DB", str(tmp_path / "x.db"))
+    assert resolve_url().database == str(tmp_path / "x.db")
+    assert resolve_url("postgresql+psycopg://u@h/db").get_backend_name() == "postgresql"
+
+
+def test_creates_and_migrates_to_head(db_url: str) -> None:
+    database = open_database(db_url)
+    assert database.revision() == head_revision()
+    with database.engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+    assert {"hardware", "sweeps", "measurements", "model_measurements"} <= tables
+    open_database(db_url).dispose()  # re-opening is a no-op
+    database.dispose()
+
+
+def test_sqlite_uses_wal_and_busy_timeout(sqlite_path: Path) -> None:
+    database = open_database(sqlite_path)
+    with database.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_missing_file_is_not_created_by_readers(tmp_path: Path) -> None:
+    path = tmp_path / "nope.db"
+    with pytest.raises(DatabaseError, match="no LUT database"):
+        open_database(path, create=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("content", [b"this is not a database at all" * 10, b"\x00\xff" * 500])
+def test_corrupt_file_is_refused_and_untouched(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(content)
+    with pytest.raises(DatabaseError, match="not a SQLite database"):
+        open_database(path)
+    assert path.read_bytes() == content
+    assert not Path(str(path) + "-wal").exists()
+
+
+def test_unknown_dialect_and_bad_url() -> None:
+    with pytest.raises(DatabaseError, match="cannot use database URL"):
+        open_database("nosuchdb://x/y")
+    with pytest.raises(DatabaseError, match="invalid database URL"):
+        open_database("postgresql+psycopg://::::")
+
+
+def test_unreachable_server_is_a_database_error() -> None:
+    with pytest.raises(DatabaseError, match="database error"):
+        open_database("postgresql+psycopg://latlab@127.0.0.1:1/latlab")
+
+
+def test_foreign_sqlite_database_is_rejected_by_readers(sqlite_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{sqlite_path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE other (x INTEGER)"))
+    with pytest.raises(SchemaError, match="not a latlab database"):
+        open_database(sqlite_path, create=False)
+
+
+def test_upgrade_from_first_revision_keeps_data(db_url: str) -> None:
+    """A database created at revision 0001 with rows upgrades to head with the rows intact."""
+    database = open_database(db_url, create=True, upgrade=False, check_schema=False)
+    database.upgrade("0001")
+    assert database.revision() == "0001"
+    with database.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO hardware (id, fingerprint, name, kind, details, created_at) "
+            "VALUES (1, 'fp1', 'TITAN V', 'imported', '{}', CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO sweeps (id, hardware_id, name, backend, protocol_hash, timer, settings, plan, status, "
+            "created_at, updated_at) VALUES (1, 1, '', 'legacy', 'h', 'unknown', '{}', '{}', 'imported', "
+            "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        conn.execute(text(
+            "INSERT INTO measurements (sweep_id, family, in_h, in_w, kernel_h, kernel_w, stride_h, stride_w, "
+            "pad_h, pad_w, dil_h, dil_w, groups, depthwise, cin, cout, batch, dtype, layout, op, median_ms, "
+            "status, created_at) VALUES (1, 'f56x56_k3x3_s1x1_p1x1_d1x1_g1', 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1, "
+            "false, 64, 64, 256, 'fp32', 'nchw', 'conv', 4.25, 'ok', CURRENT_TIMESTAMP)"))
+    with pytest.raises(SchemaError, match="latlab db upgrade"):
+        Database(database.engine).check_schema()
+    database.upgrade()
+    assert database.revision() == head_revision()
+    with database.engine.connect() as conn:
+        row = conn.execute(text("SELECT cin, cout, median_ms, sm_clock_mhz FROM measurements")).one()
+        assert tuple(row) == (64, 64, 4.25, None)
+        assert conn.execute(text("SELECT name FROM hardware")).scalar() == "TITAN V"
+        assert conn.execute(text("SELECT count(*) FROM model_measurements")).scalar() == 0
+    database.dispose()
+
+
+def test_downgrade_and_upgrade_roundtrip(sqlite_path: Path) -> None:
+    database = open_database(sqlite_path)
+    database.upgrade("head")
+    from alembic import command
+
+    from db.engine import _alembic_config
+
+    cfg = _alembic_config()
+    with database.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    assert database.revision() == "0001"
+    database.upgrade()
+    assert database.revision() == head_revision()

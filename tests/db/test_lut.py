@@ -1,0 +1,113 @@
+"""Writing and querying LUT rows: idempotent inserts, failures as rows, LUT misses that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from db import ConvConfig, ConvFamily, LatlabError, LUTMissError, MeasurementValues, open_database
+from db.lut import (
+    find_hardware,
+    find_sweep,
+    get_or_create_hardware,
+    get_or_create_sweep,
+    load_lut,
+    lookup,
+    measured_keys,
+    record_measurement,
+    sweep_summaries,
+)
+
+HW = {"fingerprint": "f00dfeed", "name": "Test GPU", "kind": "fake", "torch_version": "2.x", "extra": 1}
+CFG = ConvConfig(ConvFamily.square(56, 3, 1), 64, 64, batch=256)
+
+
+@pytest.fixture
+def database(db_url: str):  # type: ignore[no-untyped-def]
+    d = open_database(db_url)
+    yield d
+    d.dispose()
+
+
+def _sweep(database, name: str = ""):  # type: ignore[no-untyped-def]
+    with database.session() as s:
+        hw = get_or_create_hardware(s, HW)
+        return get_or_create_sweep(s, hw, backend="fake", protocol={"timer": "model", "warmup": 2},
+                                   protocol_hash="abc", name=name).id
+
+
+def test_hardware_and_sweep_are_reused(database) -> None:  # type: ignore[no-untyped-def]
+    a, b = _sweep(database), _sweep(database)
+    assert a == b
+    assert _sweep(database, name="other") != a
+    with database.session() as s:
+        hw = find_hardware(s, "Test GPU")
+        assert hw.details == {"extra": 1}
+        assert find_hardware(s, "f00d").id == hw.id
+        with pytest.raises(LatlabError, match="no hardware profile"):
+            find_hardware(s, "TITAN X")
+
+
+def test_insert_is_idempotent_and_lookup_works(database) -> None:  # type: ignore[no-untyped-def]
+    sid = _sweep(database)
+    with database.session() as s:
+        assert record_measurement(s, sid, CFG, MeasurementValues(median_ms=1.25, iqr_ms=0.01, n=50))
+        assert not record_measurement(s, sid, CFG, MeasurementValues(median_ms=9.0, n=50))
+    with database.session() as s:
+        assert lookup(s, sid, CFG) == 1.25
+        assert load_lut(s, sid) == {CFG: 1.25}
+        assert measured_keys(s, sid) == {("f56x56_k3x3_s1x1_p1x1_d1x1_g1", 64, 64, 256, "fp32", "nchw", "conv")}
+
+
+def test_miss_names_the_configuration(database) -> None:  # type: ignore[no-untyped-def]
+    sid = _sweep(database)
+    other = CFG.with_channels(64, 128)
+    with database.session() as s, pytest.raises(LUTMissError) as info:
+        lookup(s, sid, other)
+    msg = str(info.value)
+    assert "f56x56_k3x3_s1x1_p1x1_d1x1_g1" in msg and "cin=64" in msg and "cout=128" in msg and "batch=256" in msg
+
+
+def test_failed_rows_are_stored_and_are_misses(database) -> None:  # type: ignore[no-untyped-def]
+    sid = _sweep(database)
+    with database.session() as s:
+        record_measurement(s, sid, CFG, MeasurementValues(status="oom", message="CUDA out of memory"))
+    with database.session() as s:
+        with pytest.raises(LUTMissError, match="oom: CUDA out of memory"):
+            lookup(s, sid, CFG)
+        assert sweep_summaries(s)[0]["oom"] == 1
+        assert measured_keys(s, sid, ("ok",)) == set()
+    with database.session() as s:  # a retry replaces the failed row
+        record_measurement(s, sid, CFG, MeasurementValues(median_ms=2.0, n=5), replace=True)
+    with database.session() as s:
+        assert lookup(s, sid, CFG) == 2.0
+
+
+def test_invalid_values_are_rejected() -> None:
+    with pytest.raises(LatlabError):
+        MeasurementValues(status="ok", median_ms=float("nan"))
+    with pytest.raises(LatlabError):
+        MeasurementValues(status="weird")
+
+
+def test_session_rolls_back_on_error(database) -> None:  # type: ignore[no-untyped-def]
+    sid = _sweep(database)
+    with pytest.raises(RuntimeError), database.session() as s:
+        record_measurement(s, sid, CFG, MeasurementValues(median_ms=1.0, n=1))
+        raise RuntimeError("boom")
+    with database.session() as s:
+        assert load_lut(s, sid) == {}
+
+
+def test_find_sweep_choices(database) -> None:  # type: ignore[no-untyped-def]
+    with database.session() as s, pytest.raises(LatlabError, match="no sweeps"):
+        find_sweep(s)
+    a = _sweep(database)
+    with database.session() as s:
+        assert find_sweep(s).id == a
+    _sweep(database, "second")
+    with database.session() as s:
+        with pytest.raises(LatlabError, match="several sweeps"):
+            find_sweep(s)
+        assert find_sweep(s, sweep=a).id == a
+        with pytest.raises(LatlabError, match="no sweep with id 999"):
+            find_sweep(s, sweep=999)

@@ -1,0 +1,1 @@
+"""training: see README.md (under construction in issues #4-#6)."""
