@@ -266,7 +266,11 @@ def family_summaries(session: Session, sweep_id: int) -> list[dict[str, Any]]:
         if m.iqr_ms is not None and m.median_ms > 0:
             s["rel_iqr"].append(m.iqr_ms / m.median_ms)
     rows = []
-    for fam, s in sorted(stats.items(), key=lambda kv: ConvFamily.from_key(kv[0])):
+    def order(key: str) -> tuple:  # large feature maps (early layers) first
+        f = ConvFamily.from_key(key)
+        return (-f.in_h, -f.in_w, f.kernel_h, f.kernel_w, f.stride_h, key)
+
+    for fam, s in sorted(stats.items(), key=lambda kv: order(kv[0])):
         rel = sorted(s["rel_iqr"])
         rows.append({
             "family": fam, "ok": s["ok"], "failed": s["failed"],

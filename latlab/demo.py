@@ -40,7 +40,7 @@ class DemoConfig:
     db: str | None = None  # default: <out_dir>/latlab.db
     model: str = "resnet18"
     input_size: int = 224
-    grid: str = "lhs:6:16"
+    grid: str = "lhs:12:16"
     batch: int = 1
     backend: str = "cpu"
     threads: int | None = None
@@ -84,6 +84,7 @@ def _plot(rows: list[dict[str, Any]], database: Database, sweep_id: int, path: P
     from db.models import Measurement
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
     with database.session() as session:
         data = session.execute(
             select(Measurement.family, Measurement.cin, Measurement.cout, Measurement.batch, Measurement.median_ms)
@@ -97,7 +98,7 @@ def _plot(rows: list[dict[str, Any]], database: Database, sweep_id: int, path: P
         ys.append(ms)
     for fam, (xs, ys) in sorted(by_family.items()):
         f = ConvFamily.from_key(fam)
-        ax.scatter(xs, ys, s=14, label=f"{f.in_h}px k{f.kernel_h} s{f.stride_h}")
+        ax.scatter(xs, ys, s=14, label=f"{f.in_h}px k{f.kernel_h} s{f.stride_h}" + (" dw" if f.depthwise else ""))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("GMAC per call")

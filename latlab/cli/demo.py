@@ -14,7 +14,7 @@ def demo(
     out: Annotated[str, typer.Option(help="Directory for the database, report and plots.")] = "latlab-demo",
     model: Annotated[str, typer.Option(help="torchvision model to profile.")] = "resnet18",
     input_size: Annotated[int, typer.Option(help="Input resolution.")] = 224,
-    grid: Annotated[str, typer.Option(help="Channel grid (see `latlab profile --help`).")] = "lhs:6:16",
+    grid: Annotated[str, typer.Option(help="Channel grid (see `latlab profile --help`).")] = "lhs:12:16",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     backend: Annotated[str, typer.Option(help="cpu | cuda | fake")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,

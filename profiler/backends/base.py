@@ -114,5 +114,5 @@ class Backend(ABC):
         """Backend state to store with the sweep beyond the protocol (e.g. effective TF32 flag)."""
         return {"timer": self.timer}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a no-op by default, not abstract)
         """Release device memory or threads; called once after a sweep."""

@@ -1,0 +1,30 @@
+# latlab for GPU boxes: build LUTs with the cuda backend and measure networks.
+#   docker build -t latlab .
+#   docker run --gpus all -v "$PWD/lut:/data" latlab profile --model resnet50 --backend cuda \
+#       --grid reference --db /data/rn50.db
+# The torch wheel from PyPI bundles its CUDA and cuDNN libraries; the base image supplies the CUDA
+# user-space driver glue. Installation is the Makefile's (`make install`), as on any other machine.
+FROM nvidia/cuda:13.0.1-base-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev make git ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 1000 latlab \
+    && mkdir -p /opt/latlab /data \
+    && chown latlab:latlab /opt/latlab /data
+
+WORKDIR /opt/latlab
+COPY --chown=latlab:latlab . .
+USER latlab
+RUN make install PYTHON=python3 VENV=/opt/latlab/.venv
+
+ENV PATH=/opt/latlab/.venv/bin:$PATH \
+    LATLAB_DB=/data/latlab.db
+VOLUME ["/data"]
+ENTRYPOINT ["latlab"]
+CMD ["--help"]

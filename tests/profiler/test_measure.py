@@ -1,0 +1,84 @@
+"""Whole-network timing: model loading (safe weights, TorchScript), MACs, and the stored row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from sqlalchemy import select
+
+from db import LatlabError, open_database
+from db.models import ModelMeasurement
+from profiler.backends.fake import FakeBackend
+from profiler.measure import count_params_and_macs, load_model, load_state_dict, measure_model
+from profiler.protocol import TimingProtocol
+
+
+def test_state_dict_with_ddp_prefix_and_wrapper(tmp_path: Path) -> None:
+    net = torchvision.models.resnet18(num_classes=10)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}
+    torch.save(wrapped, tmp_path / "ckpt.pth")
+    name, loaded = load_model("resnet18", weights=tmp_path / "ckpt.pth", num_classes=10)
+    assert name == "resnet18" and not loaded.training
+    assert torch.equal(loaded.conv1.weight, net.conv1.weight)
+
+
+def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(LatlabError, match=r"do not match resnet34: \d+ missing keys \(e\.g\. layer"):
+        load_model("resnet34", weights=tmp_path / "r18.pth", num_classes=10)
+
+
+def test_unsafe_or_bogus_weight_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(LatlabError, match="cannot load weights"):
+        load_state_dict(tmp_path / "junk.pth")
+    torch.save({"a": 1}, tmp_path / "notensors.pth")
+    with pytest.raises(LatlabError, match="not a state dict"):
+        load_state_dict(tmp_path / "notensors.pth")
+    with pytest.raises(LatlabError, match="does not exist"):
+        load_state_dict(tmp_path / "missing.pth")
+
+
+def test_torchscript_module_file(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    torch.jit.script(net).save(str(tmp_path / "m.pt"))
+    name, loaded = load_model(module_file=tmp_path / "m.pt")
+    assert name == "m"
+    with pytest.raises(LatlabError, match="either a torchvision model name or a saved module"):
+        load_model("resnet18", module_file=tmp_path / "m.pt")
+    (tmp_path / "bad.pt").write_bytes(b"zzz")
+    with pytest.raises(LatlabError, match="cannot load"):
+        load_model(module_file=tmp_path / "bad.pt")
+
+
+def test_exported_program_file(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    torch.export.save(torch.export.export(net, (x,)), str(tmp_path / "m.pt2"))
+    name, loaded = load_model(module_file=tmp_path / "m.pt2")
+    assert name == "m" and torch.allclose(loaded(x), net(x))
+
+
+def test_macs_of_resnet18() -> None:
+    counts = count_params_and_macs(torchvision.models.resnet18(), (1, 3, 224, 224))
+    assert counts["params"] == 11_689_512
+    assert abs(counts["macs_per_image"] / 1e9 - 1.814) < 0.005  # the well-known 1.82 GMACs
+
+
+def test_measure_model_stores_a_row(tmp_path: Path) -> None:
+    database = open_database(tmp_path / "m.db")
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    backend = FakeBackend(TimingProtocol(repeats=7))
+    result = measure_model(database, backend, net, name="resnet18", variant="dense", input_shape=(4, 3, 64, 64))
+    assert result.status == "ok" and result.n == 7 and result.median_ms > 0
+    assert result.images_per_s == pytest.approx(4 * 1000 / result.median_ms)
+    with database.session() as s:
+        row = s.scalars(select(ModelMeasurement)).one()
+        assert (row.model_name, row.batch, row.input_h, row.backend) == ("resnet18", 4, 64, "fake")
+        assert row.protocol["repeats"] == 7 and row.details["params"] > 0
+        assert row.hardware.kind == "fake"
+    with pytest.raises(LatlabError, match="input shape"):
+        measure_model(None, backend, net, name="x", input_shape=(4, 3, 64))
