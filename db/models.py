@@ -181,3 +181,23 @@ class ModelMeasurement(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     hardware: Mapped[Hardware] = relationship()
+
+
+class StoredLatencyModel(Base):
+    """A fitted latency model (kind, parameters, training snapshot, metrics), loadable by name."""
+
+    __tablename__ = "latency_models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    training: Mapped[dict[str, Any]] = mapped_column(default=dict)  # which measurements: sweep, filters, split
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    n_train: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    sweep: Mapped[Sweep | None] = relationship()

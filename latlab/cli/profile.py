@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from db.engine import describe_url, open_database
+from db.errors import LatlabError
 from latlab.cli._options import DbOption
 from profiler.backends import get_backend
 from profiler.plan import build_plan, parse_grid
@@ -44,6 +45,11 @@ def profile(
     time_budget: Annotated[float | None, typer.Option(help="Stop after this many seconds (resume later).")] = None,
     max_configs: Annotated[int | None, typer.Option(help="Measure at most this many new configurations.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Measure again configurations stored as oom/error.")] = False,
+    adaptive: Annotated[bool, typer.Option(
+        help="Measure only where the MDLM surface is least certain, until --budget or --target-accuracy.")] = False,
+    budget: Annotated[int | None, typer.Option(help="With --adaptive: at most this many new measurements.")] = None,
+    target_accuracy: Annotated[float, typer.Option(
+        help="With --adaptive: stop once the surface expects this share of unmeasured points within ±5%.")] = 0.95,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and exit; nothing is measured or written.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: DbOption = None,
@@ -60,6 +66,8 @@ def profile(
       latlab profile --model resnet18 --backend cpu --grid lhs:12:16 --batch 1 --threads 2
 
       latlab profile --model resnet50 --backend cuda --grid reference --dtype fp16 --layout nhwc
+
+      latlab profile --model resnet50 --backend cuda --grid reference --adaptive --budget 300
     """
     spec = replace(parse_grid(grid), seed=seed)
     plan = build_plan(model, spec, input_size=input_size, batch=batch, dtype=dtype, layout=layout, op=op)
@@ -74,9 +82,15 @@ def profile(
         cudnn_benchmark=cudnn_benchmark, cudnn_deterministic=cudnn_deterministic, allow_tf32=tf32,
         l2_flush=l2_flush, num_threads=threads, seed=seed,
     )
+    if adaptive and budget is None:
+        raise LatlabError("--adaptive needs --budget N (the most new configurations to measure)")
     timing_backend = get_backend(backend, protocol)
     database = open_database(db)
     command = "latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    if adaptive:
+        _run_adaptive(database, plan, timing_backend, budget, target_accuracy, name, hardware_name, quiet, command,
+                      seed)
+        return
     report = run_sweep(
         database, plan, timing_backend, name=name, hardware_name=hardware_name, time_budget_s=time_budget,
         max_configs=max_configs, retry_failed=retry_failed, progress=not quiet, command=command,
@@ -87,4 +101,19 @@ def profile(
         f"sweep {report.sweep_id} on {report.hardware!r} -> {describe_url(database.url)}: "
         f"{report.planned} planned, {report.already_done} already stored, {report.measured} measured "
         f"({failed}) in {report.elapsed_s:.1f}s; {state}"
+    )
+
+
+def _run_adaptive(database, plan, backend, budget, target, name, hardware_name, quiet, command, seed) -> None:  # type: ignore[no-untyped-def]
+    from latency_models.adaptive import adaptive_sweep
+
+    result, sweep_id = adaptive_sweep(
+        database, plan, backend, budget=budget, target_within_5=target, name=name, hardware_name=hardware_name,
+        progress=not quiet, command=command, seed=seed,
+    )
+    last = result.rounds[-1] if result.rounds else None
+    est = f"; surface expects {100 * last.estimated_within_5:.1f}% of unmeasured points within ±5%" if last else ""
+    typer.echo(
+        f"adaptive sweep {sweep_id}: measured {len(result.measured)} new of {len(plan)} lattice points "
+        f"(stopped by {result.stopped_by}){est} -> {describe_url(database.url)}"
     )

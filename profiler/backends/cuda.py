@@ -111,6 +111,11 @@ class CudaBackend(Backend):
         torch.backends.cuda.matmul.allow_tf32 = p.allow_tf32
         return saved
 
+    def _ensure_flags(self) -> None:
+        """Re-apply the protocol's flags if :meth:`close` restored the previous ones (backend reused)."""
+        if not self._saved_flags:
+            self._saved_flags = self._apply_flags()
+
     def _restore_flags(self) -> None:
         import torch
 
@@ -127,6 +132,8 @@ class CudaBackend(Backend):
     def measure(self, config: ConvConfig) -> TimingResult:
         """Time ``config`` on the GPU; OOM / cuDNN / CUDA errors raise :class:`MeasurementFailed`."""
         import torch
+
+        self._ensure_flags()
 
         def run() -> list[float]:
             with torch.cuda.device(self.device), torch.inference_mode():
@@ -145,6 +152,8 @@ class CudaBackend(Backend):
         """Time one forward pass of a copy of ``model`` on the GPU (input built on the device,
         outside the timed region); the protocol's timer applies (events or a CUDA graph)."""
         import torch
+
+        self._ensure_flags()
 
         def run() -> list[float]:
             with torch.cuda.device(self.device), torch.inference_mode():

@@ -154,4 +154,4 @@ def test_measure_and_hw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run(["hw", "-f", "json"], capsys)
     assert code == 0 and '"fingerprint"' in out
     code, out, _ = run(["db", "current", "--db", db], capsys)
-    assert code == 0 and "revision 0002" in out
+    assert code == 0 and "revision 0003" in out

@@ -1,0 +1,130 @@
+"""``lut``: the lookup table itself, with an explicit policy for configurations never measured."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from db.errors import LatlabError, LUTMissError
+from db.keys import ConvConfig
+from latency_models._common import GroupTable, check_rows, describe_row, group_rows, group_tables, prepare
+from latency_models.base import LatencyModel, register_model
+from latency_models.features import FEATURE_COLUMNS
+
+MISSING_POLICIES = ("error", "nearest", "bilinear")
+
+
+def _bracket(values: np.ndarray, x: int) -> tuple[int, int] | None:
+    """Nearest entries of sorted ``values`` below and above ``x`` (equal when ``x`` is one); None outside."""
+    j = int(np.searchsorted(values, x))
+    if j < len(values) and values[j] == x:
+        return int(x), int(x)
+    if j == 0 or j == len(values):
+        return None
+    return int(values[j - 1]), int(values[j])
+
+
+def _lerp(x: float, x0: float, x1: float, y0: float, y1: float) -> float:
+    return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+@register_model
+class LUTModel(LatencyModel):
+    """Exact LUT lookup per (family, batch, dtype, layout, op) group; duplicate training keys are averaged.
+
+    ``missing`` decides what an unmeasured (cin, cout) of a known group gives:
+
+    * ``"error"``: :class:`~db.errors.LUTMissError` naming the configuration;
+    * ``"nearest"``: the measured point of the group nearest in (log cin, log cout) (ties: smaller cin, cout);
+    * ``"bilinear"``: enclose the point by the nearest measured cin values below/above and cout values
+      below/above (over the whole group); if the four corners are measured, bilinear interpolation.
+      Otherwise, if the point lies on a measured cin row (or cout column) whose own nearest measured
+      neighbours enclose it, linear interpolation along that row (column); otherwise ``"nearest"``.
+      Depthwise groups (cin == cout) interpolate linearly along the measured channel counts.
+
+    Never a global average. An unknown group raises :class:`OutOfRangeError` (there is nothing to look up);
+    ``strict=True`` also refuses a cin/cout outside the group's trained range.
+    """
+
+    kind: ClassVar[str] = "lut"
+
+    def __init__(self, missing: str = "error", strict: bool = False) -> None:
+        self.missing = missing
+        self.strict = strict
+
+    def fit(self, X: pd.DataFrame | Sequence[ConvConfig], y: Any) -> LUTModel:
+        """Store the measured table (mean of duplicates) of every group."""
+        if self.missing not in MISSING_POLICIES:
+            raise LatlabError(f"LUTModel missing={self.missing!r}; choose from {', '.join(MISSING_POLICIES)}")
+        frame, target = self._validate_xy(X, y)
+        frame = prepare(frame)
+        self.tables_ = group_tables(frame, target)
+        self.n_features_in_ = len(FEATURE_COLUMNS)
+        self.train_data_ = (frame[list(FEATURE_COLUMNS)], target)
+        return self
+
+    def predict(self, X: pd.DataFrame | Sequence[ConvConfig]) -> np.ndarray:
+        """Measured latency (ms) of each row, or the ``missing`` policy's value for unmeasured rows."""
+        self._check_fitted()
+        frame = prepare(X)
+        rows = group_rows(frame)
+        check_rows(frame, rows, {k: t.ranges for k, t in self.tables_.items()}, model="LUTModel",
+                   strict=self.strict, per_group=True)
+        out = np.empty(len(frame))
+        cin, cout = frame["cin"].to_numpy(), frame["cout"].to_numpy()
+        for key, idx in rows.items():
+            table = self.tables_[key]
+            vals = table.lookup(cin[idx], cout[idx])
+            for pos in np.flatnonzero(np.isnan(vals)):
+                i = idx[pos]
+                vals[pos] = self._missing_value(table, frame, i, int(cin[i]), int(cout[i]))
+            out[idx] = vals
+        return out
+
+    def _missing_value(self, table: GroupTable, frame: pd.DataFrame, i: int, ci: int, co: int) -> float:
+        if self.missing == "error":
+            raise LUTMissError(f"no measurement for {describe_row(frame, i)} (LUTModel missing='error')")
+        if self.missing == "bilinear":
+            value = _bilinear(table, ci, co)
+            if value is not None:
+                return value
+        return _nearest(table, ci, co)
+
+
+def _nearest(table: GroupTable, ci: int, co: int) -> float:
+    """Value of the measured point nearest to (ci, co) in log space (table order breaks ties)."""
+    d = np.log(table.cin / ci) ** 2 + np.log(table.cout / co) ** 2
+    return float(table.y[int(np.argmin(d))])
+
+
+def _bilinear(table: GroupTable, ci: int, co: int) -> float | None:
+    """Bilinear value from measured corners, else linear along a measured row/column; None if neither."""
+    v = table.values
+    if table.depthwise:  # one axis: linear along the measured diagonal cin == cout
+        diag = _bracket(table.cin, ci) if ci == co else None
+        return None if diag is None else _lerp(ci, diag[0], diag[1], v[(diag[0],) * 2], v[(diag[1],) * 2])
+    cins, couts = np.unique(table.cin), np.unique(table.cout)
+    bc, bo = _bracket(cins, ci), _bracket(couts, co)
+    if bc is not None and bo is not None:
+        (c0, c1), (o0, o1) = bc, bo
+        corners = [(c0, o0), (c0, o1), (c1, o0), (c1, o1)]
+        if all(p in v for p in corners):
+            lo = _lerp(co, o0, o1, v[(c0, o0)], v[(c0, o1)])
+            hi = _lerp(co, o0, o1, v[(c1, o0)], v[(c1, o1)])
+            return _lerp(ci, c0, c1, lo, hi)
+    on_row = table.cin == ci
+    if on_row.any():  # linear in cout along the measured row cin = ci
+        row_bracket = _bracket(table.cout[on_row], co)
+        if row_bracket is not None:
+            o0, o1 = row_bracket
+            return _lerp(co, o0, o1, v[(ci, o0)], v[(ci, o1)])
+    on_col = table.cout == co
+    if on_col.any():  # linear in cin along the measured column cout = co
+        col_bracket = _bracket(np.sort(table.cin[on_col]), ci)
+        if col_bracket is not None:
+            c0, c1 = col_bracket
+            return _lerp(ci, c0, c1, v[(c0, co)], v[(c1, co)])
+    return None

@@ -1,0 +1,199 @@
+"""Adaptive sampling: build a LUT with fewer measurements by measuring where the surface is least sure.
+
+nn-Meter refines around training points whose prediction error exceeds 10%. We instead fit the MDLM
+surface (a Gaussian process per shape family on a roofline baseline, see ``estimators``), whose
+predictive standard deviation is a calibrated *relative* uncertainty for every lattice point not yet
+measured, and each round measure the candidates with the largest expected contribution to error:
+
+    score = sigma_rel(point) * (1 + latency_share(point))
+
+spread over families round-robin so that every family improves. The loop stops when the measurement
+budget is spent or when the surface's own estimate of the share of unmeasured lattice points within
+±5% reaches the target (``P(|err| < 5%)`` from the Gaussian predictive distribution in log space).
+
+:func:`run_adaptive` drives it against an oracle (a callable returning latencies, used by the
+benchmark); :func:`adaptive_sweep` drives it against a real backend writing to the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from db.engine import Database
+from db.errors import LatlabError, LUTMissError
+from db.keys import ConvConfig
+from db.lut import lookup
+from latency_models.base import LatencyModel, get_model
+from latency_models.features import configs_from_frame, frame_from_configs, group_key, lut_frame
+from profiler.backends.base import Backend
+from profiler.plan import SweepPlan
+from profiler.runner import run_sweep, start_sweep
+
+log = logging.getLogger(__name__)
+
+LOG_5PCT = math.log(1.05)
+
+
+@dataclass
+class AdaptiveRound:
+    measured: int
+    estimated_within_5: float
+    proposed: int
+
+
+@dataclass
+class AdaptiveResult:
+    measured: list[ConvConfig]
+    rounds: list[AdaptiveRound] = field(default_factory=list)
+    stopped_by: str = "budget"
+    model: LatencyModel | None = None
+
+
+def initial_design(candidates: Sequence[ConvConfig], per_family: int = 4, seed: int = 0) -> list[int]:
+    """Indices of a space-filling start: each group's corners (min/max cin x cout) plus random points."""
+    rng = np.random.default_rng(seed)
+    by_group: dict[tuple, list[int]] = {}
+    for i, c in enumerate(candidates):
+        by_group.setdefault(group_key(c), []).append(i)
+    chosen: list[int] = []
+    for idx in by_group.values():
+        cins = [candidates[i].cin for i in idx]
+        couts = [candidates[i].cout for i in idx]
+        corners = {(min(cins), min(couts)), (min(cins), max(couts)), (max(cins), min(couts)), (max(cins), max(couts))}
+        picked = [i for i in idx if (candidates[i].cin, candidates[i].cout) in corners]
+        rest = [i for i in idx if i not in picked]
+        extra = max(0, per_family - len(picked))
+        if rest and extra:
+            picked += list(rng.choice(rest, size=min(extra, len(rest)), replace=False))
+        chosen += [int(i) for i in picked]
+    return sorted(set(chosen))
+
+
+def estimated_within(sigma: np.ndarray, tol: float = LOG_5PCT) -> np.ndarray:
+    """P(|log error| < tol) for a zero-mean Gaussian with std ``sigma`` (log space)."""
+    sigma = np.maximum(np.nan_to_num(sigma, nan=1.0), 1e-9)
+    return norm.cdf(tol / sigma) - norm.cdf(-tol / sigma)
+
+
+def propose(model: LatencyModel, candidates: pd.DataFrame, k: int) -> np.ndarray:
+    """Positions (into ``candidates``) of the next ``k`` points to measure, round-robin over groups."""
+    sigma = np.nan_to_num(model.predict_std(candidates), nan=1.0)
+    pred = model.predict(candidates)
+    groups = candidates[["family", "batch", "dtype", "layout", "op"]].astype(str).agg("|".join, axis=1).to_numpy()
+    share = pred / max(float(np.sum(pred)), 1e-12) * len(pred)  # 1 = average latency
+    score = sigma * (1.0 + np.clip(share, 0, 10) / 10)
+    order_by_group: dict[str, list[int]] = {}
+    for pos in np.argsort(-score):
+        order_by_group.setdefault(groups[pos], []).append(int(pos))
+    # groups with the most uncertain candidate go first each round
+    queues = sorted(order_by_group.values(), key=lambda q: -score[q[0]])
+    picked: list[int] = []
+    while len(picked) < k and any(queues):
+        for q in queues:
+            if q and len(picked) < k:
+                picked.append(q.pop(0))
+    return np.array(picked, dtype=int)
+
+
+def run_adaptive(
+    candidates: Sequence[ConvConfig], measure: Callable[[list[ConvConfig]], Sequence[float | None]], *,
+    budget: int, per_round: int | None = None, target_within_5: float = 0.95, initial_per_family: int = 4,
+    model_factory: Callable[[], LatencyModel] | None = None, seed: int = 0,
+    already: dict[ConvConfig, float] | None = None, on_round: Callable[[AdaptiveResult], None] | None = None,
+) -> AdaptiveResult:
+    """Choose and measure up to ``budget`` of ``candidates`` adaptively; returns what was measured.
+
+    ``measure(configs)`` returns their latencies (ms), None for a configuration that failed (OOM,
+    error): it counts against the budget but is left out of the surface and not proposed again.
+    ``already`` holds measurements to start from (a resumed sweep); they do not count.
+    """
+    if budget < 1:
+        raise LatlabError(f"adaptive budget must be >= 1, got {budget}")
+    candidates = list(dict.fromkeys(candidates))
+    factory = model_factory or (lambda: get_model("mdlm", surface="gp", random_state=seed))
+    values: dict[ConvConfig, float] = dict(already or {})
+    failed: set[ConvConfig] = set()
+    result = AdaptiveResult(measured=[])
+    per_round = per_round or max(8, len(candidates) // 50)
+
+    def take(configs: list[ConvConfig]) -> None:
+        configs = [c for c in configs if c not in values and c not in failed][: budget - len(result.measured)]
+        if configs:
+            for c, v in zip(configs, measure(configs), strict=True):
+                if v is None or not math.isfinite(v):
+                    failed.add(c)
+                else:
+                    values[c] = float(v)
+            result.measured += configs
+
+    if len(values) < 4 * len({group_key(c) for c in candidates}):
+        take([candidates[i] for i in initial_design(candidates, initial_per_family, seed)])
+    while True:
+        pending = [c for c in candidates if c not in values and c not in failed]
+        if not pending:
+            result.stopped_by = "lattice complete"
+            break
+        known = list(values)
+        model = factory().fit(frame_from_configs(known), np.array([values[c] for c in known]))
+        result.model = model
+        X_pending = frame_from_configs(pending)
+        est = float(np.mean(estimated_within(model.predict_std(X_pending))))
+        if est >= target_within_5:
+            result.rounds.append(AdaptiveRound(len(values), est, 0))
+            result.stopped_by = "target accuracy"
+            break
+        if len(result.measured) >= budget:
+            result.rounds.append(AdaptiveRound(len(values), est, 0))
+            result.stopped_by = "budget"
+            break
+        k = min(per_round, budget - len(result.measured))
+        picks = propose(model, X_pending, k)
+        result.rounds.append(AdaptiveRound(len(values), est, len(picks)))
+        log.info("adaptive round: %d measured, estimated within 5%%: %.3f, measuring %d more", len(values), est, k)
+        take([pending[i] for i in picks])
+        if on_round is not None:
+            on_round(result)
+    return result
+
+
+def adaptive_sweep(
+    db: Database, plan: SweepPlan, backend: Backend, *, budget: int, target_within_5: float = 0.95,
+    per_round: int | None = None, name: str = "", hardware_name: str | None = None, progress: bool = True,
+    command: str | None = None, seed: int = 0,
+) -> tuple[AdaptiveResult, int]:
+    """Adaptive sampling of ``plan``'s lattice with a real backend, writing every row to the database.
+
+    Resumable: rows already stored for this (hardware, protocol, name) seed the surface and do not
+    count against the budget. Returns the result and the sweep id.
+    """
+    sweep_id, _ = start_sweep(db, plan, backend, name=name, hardware_name=hardware_name, command=command)
+    with db.session() as session:
+        try:
+            X, y = lut_frame(session, sweep_id)
+            already = dict(zip(configs_from_frame(X), y, strict=True))
+        except LatlabError:
+            already = {}
+    already = {c: v for c, v in already.items() if c in set(plan.configs)}
+
+    def measure(configs: list[ConvConfig]) -> list[float | None]:
+        sub = SweepPlan(configs, plan.description, plan.layers)
+        run_sweep(db, sub, backend, name=name, hardware_name=hardware_name, progress=progress, command=command)
+        out: list[float | None] = []
+        with db.session() as session:
+            for c in configs:
+                try:
+                    out.append(lookup(session, sweep_id, c))
+                except LUTMissError:  # stored as oom/error: the row says why
+                    out.append(None)
+        return out
+
+    result = run_adaptive(plan.configs, measure, budget=budget, per_round=per_round,
+                          target_within_5=target_within_5, seed=seed, already=already)
+    return result, sweep_id

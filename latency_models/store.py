@@ -1,0 +1,77 @@
+"""Save fitted latency models in the database and load them back by name (no pickle)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from sqlalchemy import select
+
+from db.engine import Database
+from db.errors import LatlabError
+from db.models import StoredLatencyModel, utcnow
+from latency_models.base import LatencyModel, model_from_state
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON so NaN/inf and numpy scalars cannot reach the database."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return clean(json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))))
+
+
+def save_model(
+    db: Database, name: str, model: LatencyModel, *, sweep_id: int | None = None,
+    training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None, replace: bool = False,
+) -> int:
+    """Store ``model`` under ``name``; an existing name raises unless ``replace``. Returns the row id."""
+    if not name or not name.strip():
+        raise LatlabError("a stored latency model needs a non-empty name")
+    state = _jsonable(model.to_state())
+    with db.session() as session:
+        row = session.scalar(select(StoredLatencyModel).where(StoredLatencyModel.name == name))
+        if row is not None and not replace:
+            raise LatlabError(f"a latency model named {name!r} already exists (use --replace)")
+        if row is None:
+            row = StoredLatencyModel(name=name)
+            session.add(row)
+        row.kind = model.kind
+        row.sweep_id = sweep_id
+        row.params = state["params"]
+        row.state = state
+        row.training = _jsonable(training or {})
+        row.metrics = _jsonable(metrics or {})
+        row.n_train = len(state.get("y", [])) if isinstance(state.get("y"), list) else 0
+        row.updated_at = utcnow()
+        session.flush()
+        return row.id
+
+
+def load_model(db: Database, name: str) -> LatencyModel:
+    """The fitted model stored as ``name``; unknown names raise listing the stored ones."""
+    with db.session() as session:
+        row = session.scalar(select(StoredLatencyModel).where(StoredLatencyModel.name == name))
+        if row is None:
+            known = ", ".join(session.scalars(select(StoredLatencyModel.name))) or "none"
+            raise LatlabError(f"no latency model named {name!r} in the database (stored: {known})")
+        state = dict(row.state)
+    return model_from_state(state)
+
+
+def stored_models(db: Database) -> list[dict[str, Any]]:
+    """One summary dict per stored model."""
+    with db.session() as session:
+        rows = session.scalars(select(StoredLatencyModel).order_by(StoredLatencyModel.id)).all()
+        return [{
+            "name": r.name, "kind": r.kind, "sweep": r.sweep_id, "n_train": r.n_train,
+            "within_5pct": r.metrics.get("within_5"), "within_10pct": r.metrics.get("within_10"),
+            "mape_pct": r.metrics.get("mape"), "updated": r.updated_at.strftime("%Y-%m-%d %H:%M"),
+        } for r in rows]

@@ -1,0 +1,98 @@
+"""``latlab fit`` and ``latlab models``: fit latency models on a LUT, store them, list them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+import typer
+from latency_models.metrics import error_metrics
+from latency_models.splits import make_split
+
+from db.engine import open_database
+from db.errors import LatlabError
+from db.lut import find_sweep
+from latency_models.base import get_model, list_models
+from latency_models.features import lut_frame
+from latency_models.store import save_model, stored_models
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
+from latlab.tables import render
+
+app = typer.Typer(help="Stored latency models: list them.", no_args_is_help=True)
+
+ModelsOption = Annotated[
+    str, typer.Option("--models", help="Comma-separated kinds: lut, llm, mdlm, bilinear, rf, gbdt.")
+]
+
+
+def parse_kinds(text: str) -> list[str]:
+    """``"lut,llm"`` -> validated list of model kinds."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    known = list_models()
+    unknown = [k for k in kinds if k not in known]
+    if not kinds or unknown:
+        what = ", ".join(unknown) or "(none given)"
+        raise LatlabError(f"unknown latency model(s) {what}; choose from {', '.join(known)}")
+    return kinds
+
+
+def fit(
+    models: ModelsOption = "mdlm",
+    name: Annotated[str | None, typer.Option(help="Stored name (default: <hardware>-<kind>-s<sweep>).")] = None,
+    sweep: SweepOption = None, hardware: HardwareOption = None,
+    batch: Annotated[int | None, typer.Option(help="Only rows with this batch size.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
+    holdout: Annotated[float, typer.Option(
+        help="Share of distinct LUT keys held out to report accuracy (0: fit on all).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the hold-out split and the models.")] = 0,
+    replace: Annotated[bool, typer.Option(help="Overwrite a stored model of the same name.")] = False,
+    fmt: FormatOption = "table", db: DbOption = None,
+) -> None:
+    """Fit latency models on a sweep's LUT and store them in the database by name.
+
+    With --holdout, the models are scored on held-out LUT keys first (split by distinct key), then
+    stored as fitted on the training part; without it they are fitted on every row.
+
+    Examples:
+
+      latlab fit --models mdlm,llm --hardware "TITAN V"
+
+      latlab fit --models mdlm --sweep 3 --holdout 0.75 --name h100-mdlm-25pct
+    """
+    kinds = parse_kinds(models)
+    if name and len(kinds) > 1:
+        raise LatlabError("--name names one model; with several --models the names are <name>-<kind>")
+    if not 0.0 <= holdout < 1.0:
+        raise LatlabError(f"--holdout must be in [0, 1), got {holdout}")
+    database = open_database(db, create=False, upgrade=True)
+    with database.session() as session:
+        sweep_row = find_sweep(session, sweep, hardware)
+        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype)
+        hw_name = sweep_row.hardware.name
+        sweep_id = sweep_row.id
+    if holdout > 0:
+        train, test = make_split(X, "random", 1.0 - holdout, seed)
+    else:
+        train, test = np.arange(len(X)), np.array([], dtype=int)
+    rows = []
+    for kind in kinds:
+        params = {"random_state": seed} if "random_state" in get_model(kind).get_params() else {}
+        model = get_model(kind, **params).fit(X.iloc[train].reset_index(drop=True), y[train])
+        metrics = error_metrics(y[test], model.predict(X.iloc[test])) if len(test) else {}
+        stored = (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"{hw_name}-{kind}-s{sweep_id}"
+        training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "holdout": holdout, "seed": seed,
+                    "n_rows": len(X)}
+        save_model(database, stored, model, sweep_id=sweep_id, training=training, metrics=metrics, replace=replace)
+        rows.append({"name": stored, "kind": kind, "n_train": len(train), "n_test": len(test),
+                     **{k: metrics.get(k) for k in ("within_5", "within_10", "mape", "max_ape")}})
+    typer.echo(render(rows, fmt, title=f"fitted on sweep {sweep_id} ({hw_name})"))
+
+
+@app.command("list")
+def list_(fmt: FormatOption = "table", db: DbOption = None) -> None:
+    """List the latency models stored in the database.
+
+    Example: latlab models list --db rn50.db
+    """
+    rows = stored_models(open_database(db, create=False))
+    typer.echo(render(rows, fmt, title="latency models") if rows else "no stored latency models: run `latlab fit`")

@@ -1,0 +1,310 @@
+"""Consistent pruned widths of a traced network, and the network rebuilt at those widths.
+
+:func:`random_pruned_widths` samples a random *consistent* channel pruning: one kept width per
+channel-coupled group (``TraceResult.groups``; a residual add couples its operands), every conv's
+cout is its group's width and its cin the width of its producers' group(s); a depthwise conv follows
+its producer (cin = cout = the producer's width). :func:`rebuild_with_widths` builds a copy of the
+module whose Conv2d / BatchNorm2d / first Linear have those widths, for timing whole pruned networks.
+
+Widths are ``{conv name: (cin, cout)}`` with the names of :class:`~profiler.plan.ConvLayer`.
+Importing this module does not initialise CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from torch import fx, nn
+
+from db.errors import LatlabError
+from profiler._trace import _OPAQUE_MODULES, ConvLayer, TraceResult, _PathTracer, _UnionFind
+
+__all__ = ["Widths", "dense_widths", "random_pruned_widths", "rebuild_with_widths"]
+
+Widths = dict[str, tuple[int, int]]
+
+# Leaf modules without per-channel state: they pass any channel count through unchanged.
+_STATELESS_OK = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.Upsample, nn.ZeroPad2d,
+)
+
+
+def dense_widths(trace: TraceResult) -> Widths:
+    """The unpruned ``(cin, cout)`` of every conv of ``trace``."""
+    return {layer.name: (layer.cin, layer.cout) for layer in trace.layers}
+
+
+def _base_name(name: str) -> str:
+    """``layer1.0.conv1#2`` (2nd call of a module) -> ``layer1.0.conv1``."""
+    return name.split("#", 1)[0]
+
+
+def _conv_groups(trace: TraceResult) -> tuple[list[tuple[str, ...]], dict[str, int]]:
+    """The coupled groups of ``trace`` plus a singleton for any conv they do not list; name -> group index."""
+    groups = [tuple(g) for g in trace.groups]
+    index = {name: i for i, g in enumerate(groups) for name in g}
+    for layer in trace.layers:
+        if layer.name not in index:
+            index[layer.name] = len(groups)
+            groups.append((layer.name,))
+    return groups, index
+
+
+def _producer_groups(layer: ConvLayer, index: Mapping[str, int]) -> list[int]:
+    """Distinct groups of ``layer``'s producers, in producer order."""
+    return list(dict.fromkeys(index[p] for p in layer.producers))
+
+
+def random_pruned_widths(
+    trace: TraceResult,
+    rng: np.random.Generator | int | None,
+    *,
+    min_keep: float = 0.3,
+    multiple: int = 8,
+    group_sizes: Mapping[str, int] | None = None,
+) -> Widths:
+    """A random consistent pruning of ``trace``: ``{conv name: (cin, cout)}``.
+
+    Each channel-coupled group keeps a width drawn uniformly from the multiples of its size q in
+    ``[ceil(min_keep * dense), dense]`` (plus ``dense`` itself); q is the lcm of the members'
+    ``group_sizes`` (default ``multiple``) and of the group counts of grouped convs it feeds or holds.
+    A depthwise conv joins its producer's group. A conv without producers (the stem) keeps its cin.
+    Raises :class:`LatlabError` for structures whose input width is not a sum of producer widths.
+    """
+    if not 0.0 < float(min_keep) <= 1.0:
+        raise LatlabError(f"min_keep must be in (0, 1], got {min_keep!r}")
+    if int(multiple) < 1:
+        raise LatlabError(f"multiple must be >= 1, got {multiple!r}")
+    gen = np.random.default_rng(rng)
+    sizes = dict(group_sizes or {})
+    layers = {layer.name: layer for layer in trace.layers}
+    groups, index = _conv_groups(trace)
+
+    dense = []
+    for members in groups:
+        couts = {layers[m].cout for m in members}
+        if len(couts) != 1:
+            raise LatlabError(f"coupled convs {', '.join(members)} have different output widths {sorted(couts)}")
+        dense.append(couts.pop())
+
+    # super-groups: a depthwise conv shares its producer's width; calls of one module share a width
+    uf = _UnionFind()
+    for i in range(len(groups)):
+        uf.add(str(i))
+    fixed: set[int] = set()
+    first_call: dict[str, str] = {}
+    for layer in trace.layers:
+        g = index[layer.name]
+        base = _base_name(layer.name)
+        if base in first_call:
+            uf.union(str(index[first_call[base]]), str(g))
+        first_call.setdefault(base, layer.name)
+        if layer.family.depthwise:
+            prods = _producer_groups(layer, index)
+            if not prods:
+                fixed.add(g)
+            elif len(prods) > 1:
+                raise LatlabError(f"depthwise conv {layer.name} is fed by several channel groups (a concat); "
+                                  "its width cannot follow a single producer")
+            else:
+                uf.union(str(prods[0]), str(g))
+    root = {i: int(uf.find(str(i))) for i in range(len(groups))}
+
+    q: dict[int, int] = {}
+    for layer in trace.layers:
+        r = root[index[layer.name]]
+        own = int(sizes.get(layer.name, sizes.get(_base_name(layer.name), multiple)))
+        if own < 1:
+            raise LatlabError(f"group size of conv {layer.name} must be >= 1, got {own}")
+        fam_groups = 1 if layer.family.depthwise else layer.family.groups
+        q[r] = math.lcm(q.get(r, 1), own, fam_groups)
+        if fam_groups > 1:  # a grouped conv needs cin divisible by its groups: constrain the producers
+            for p in _producer_groups(layer, index):
+                q[root[p]] = math.lcm(q.get(root[p], 1), fam_groups)
+
+    width: dict[int, int] = {}
+    for r in sorted(set(root.values())):
+        members = [i for i, rr in root.items() if rr == r]
+        d = dense[r]
+        if any(dense[i] != d for i in members):
+            raise LatlabError("a depthwise conv and its producer have different dense widths: "
+                              + ", ".join(groups[i][0] for i in members))
+        if any(i in fixed for i in members):
+            width[r] = d
+            continue
+        lo = math.ceil(float(min_keep) * d)
+        step = q.get(r, 1)
+        cands = sorted({w for w in range(step, d + 1, step) if w >= lo} | {d})
+        width[r] = int(cands[int(gen.integers(len(cands)))])
+
+    out: Widths = {}
+    for layer in trace.layers:
+        cout = width[root[index[layer.name]]]
+        prods = _producer_groups(layer, index)
+        if not prods:
+            cin = layer.cin
+        else:
+            if sum(dense[p] for p in prods) != layer.cin:
+                raise LatlabError(f"conv {layer.name}: its {layer.cin} input channels are not the sum of its "
+                                  f"producers' widths; this structure is not supported")
+            cin = sum(width[root[p]] for p in prods)
+        if layer.family.depthwise:
+            cin = cout
+        out[layer.name] = (cin, cout)
+    for layer in trace.layers:  # several calls of one module must agree
+        base = _base_name(layer.name)
+        if out[layer.name] != out[first_call[base]]:
+            raise LatlabError(f"module {base} is called more than once with inputs from different channel "
+                              "groups; its widths cannot be chosen consistently")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ rebuild
+
+def _width_of(sources: Iterable[str], cout_of: Mapping[str, int], group_of: Mapping[str, int]) -> int:
+    """Channels carried by a tensor built from ``sources``: sum over distinct groups of their widths."""
+    seen: dict[int, int] = {}
+    for name in sources:
+        seen.setdefault(group_of[name], cout_of[name])
+    return sum(seen.values())
+
+
+def _new_conv(old: nn.Conv2d, cin: int, cout: int, depthwise: bool) -> nn.Conv2d:
+    groups = cin if depthwise else old.groups
+    if depthwise and cin != cout:
+        raise LatlabError(f"depthwise conv needs cin == cout, got {cin} and {cout}")
+    if cin % groups or cout % groups:
+        raise LatlabError(f"cin={cin} and cout={cout} must be multiples of the conv's {groups} groups")
+    new = nn.Conv2d(cin, cout, old.kernel_size, old.stride, old.padding, old.dilation, groups,
+                    bias=old.bias is not None, padding_mode=old.padding_mode)
+    new.weight.data.copy_(old.weight.data[:cout, : cin // groups])
+    if old.bias is not None:
+        new.bias.data.copy_(old.bias.data[:cout])
+    return new.to(device=old.weight.device, dtype=old.weight.dtype)
+
+
+def _new_bn(old: nn.BatchNorm2d, n: int) -> nn.BatchNorm2d:
+    new = nn.BatchNorm2d(n, old.eps, old.momentum, old.affine, old.track_running_stats)
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        src, dst = getattr(old, attr), getattr(new, attr)
+        if src is not None and dst is not None:
+            dst.data.copy_(src.data[:n])
+    ref = old.weight if old.weight is not None else old.running_mean
+    return new.to(device=ref.device, dtype=ref.dtype) if ref is not None else new
+
+
+def _new_linear(old: nn.Linear, n_in: int) -> nn.Linear:
+    new = nn.Linear(n_in, old.out_features, bias=old.bias is not None)
+    new.weight.data.copy_(old.weight.data[:, :n_in])
+    if old.bias is not None:
+        new.bias.data.copy_(old.bias.data)
+    return new.to(device=old.weight.device, dtype=old.weight.dtype)
+
+
+def _has_state(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None or any(
+        b is not None for b in module._buffers.values()
+    )
+
+
+def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[str, tuple[int, int]]) -> nn.Module:
+    """A deep copy of ``model`` whose convs have ``widths`` (missing convs stay dense).
+
+    torch.fx finds, for every BatchNorm2d, Linear and conv input, which convs' channels it carries;
+    BNs follow them, the first Linear after the convs scales its ``in_features`` (flatten-aware), and
+    each conv's requested cin must equal what its input carries. Kept weights are the leading slices
+    of the dense ones (the network is meant for timing). Unsupported structures (per-channel
+    parameters of other module types, functional use of parameters on conv outputs, a Linear whose
+    input is not a whole multiple of its width) raise :class:`LatlabError` naming the module.
+    """
+    tracer = _PathTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        where = tracer.failed_at or "<root>"
+        raise LatlabError(f"torch.fx cannot trace the model (inside module {where!r}): "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    modules = dict(model.named_modules())
+    layers = {layer.name: layer for layer in trace.layers}
+    _, group_of = _conv_groups(trace)
+    for name in widths:
+        if name not in layers:
+            raise LatlabError(f"widths name conv {name!r}, which the trace does not have")
+    new_w = {name: tuple(int(v) for v in widths.get(name, (layer.cin, layer.cout))) for name, layer in layers.items()}
+    for name, (ci, co) in new_w.items():
+        if ci < 1 or co < 1:
+            raise LatlabError(f"conv {name}: cannot rebuild with (cin, cout) = ({ci}, {co}); widths must be >= 1")
+    dense_out = {name: layer.cout for name, layer in layers.items()}
+    new_out = {name: w[1] for name, w in new_w.items()}
+
+    sources: dict[fx.Node, frozenset[str]] = {}
+    calls: dict[str, int] = {}
+    replace: dict[str, nn.Module] = {}
+    for node in graph.nodes:
+        inputs = node.all_input_nodes
+        merged = frozenset().union(*(sources.get(a, frozenset()) for a in inputs))
+        if node.op == "call_module":
+            mod = modules[node.target]
+            src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+            src_set = sources.get(src, frozenset()) if src is not None else merged
+            if isinstance(mod, nn.Conv2d):
+                calls[node.target] = calls.get(node.target, 0) + 1
+                name = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
+                if name not in layers:
+                    raise LatlabError(f"conv {name} is not in the trace; trace the same model you rebuild")
+                ci, co = new_w[name]
+                carried = _width_of(src_set, new_out, group_of) if src_set else layers[name].cin
+                if carried != ci:
+                    raise LatlabError(f"inconsistent widths: conv {name} asks for cin={ci} but its input carries "
+                                      f"{carried} channels")
+                if name != node.target and new_w[node.target] != (ci, co):
+                    raise LatlabError(f"module {node.target} is called twice with different widths")
+                if (ci, co) != (mod.in_channels, mod.out_channels):
+                    try:
+                        replace[node.target] = _new_conv(mod, ci, co, layers[name].family.depthwise)
+                    except LatlabError as exc:
+                        raise LatlabError(f"conv {name}: {exc}") from None
+                sources[node] = frozenset((name,))
+                continue
+            if isinstance(mod, nn.BatchNorm2d) and src_set:
+                if _width_of(src_set, dense_out, group_of) != mod.num_features:
+                    raise LatlabError(f"BatchNorm2d {node.target}: its {mod.num_features} features do not match "
+                                      "the convs feeding it; unsupported structure")
+                n = _width_of(src_set, new_out, group_of)
+                if n != mod.num_features:
+                    replace[node.target] = _new_bn(mod, n)
+            elif isinstance(mod, nn.Linear) and src_set:
+                d = _width_of(src_set, dense_out, group_of)
+                if mod.in_features % d:
+                    raise LatlabError(f"Linear {node.target}: in_features={mod.in_features} is not a multiple of "
+                                      f"the {d} channels feeding it; unsupported structure")
+                n = mod.in_features // d * _width_of(src_set, new_out, group_of)
+                if n != mod.in_features:
+                    replace[node.target] = _new_linear(mod, n)
+            elif src_set and not isinstance(mod, _STATELESS_OK) and (
+                isinstance(mod, _OPAQUE_MODULES) or _has_state(mod)
+            ):
+                raise LatlabError(f"module {node.target} ({type(mod).__name__}) has per-channel state or mixes "
+                                  "the channels of pruned convs; rebuild_with_widths cannot resize it")
+            sources[node] = frozenset() if isinstance(mod, _OPAQUE_MODULES) else merged
+            continue
+        if node.op in ("call_function", "call_method") and merged:
+            attrs = [a for a in inputs if a.op == "get_attr"]
+            if attrs:
+                raise LatlabError(f"parameter {attrs[0].target} is applied to pruned conv outputs at node "
+                                  f"{node.name}; rebuild_with_widths cannot resize it")
+        sources[node] = frozenset() if node.op in ("placeholder", "get_attr", "output") else merged
+
+    # deepcopy with the replaced modules pre-seeded in the memo: their dense tensors are never copied
+    memo: dict[int, Any] = {}
+    for qualname, module in replace.items():
+        module.train(modules[qualname].training)
+        memo[id(modules[qualname])] = module
+    return copy.deepcopy(model, memo)
+

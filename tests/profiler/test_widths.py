@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from db.errors import LatlabError
+from profiler._grids import rn50_group, rn50_group_q
+from profiler.plan import TraceResult, resolve_model, trace_network
+from profiler.widths import dense_widths, random_pruned_widths, rebuild_with_widths
+
+INPUT = 64
+
+
+@pytest.fixture(scope="module", params=["resnet18", "resnet50", "mobilenet_v2"])
+def net(request: pytest.FixtureRequest) -> tuple[nn.Module, TraceResult]:
+    torch.manual_seed(0)
+    _, module = resolve_model(request.param)
+    return module, trace_network(module, INPUT)
+
+
+def _check_consistent(trace: TraceResult, widths: dict[str, tuple[int, int]], min_keep: float, q: int) -> None:
+    layers = {layer.name: layer for layer in trace.layers}
+    assert set(widths) == set(layers)
+    for group in trace.groups:  # channel-coupled convs share one output width
+        assert len({widths[name][1] for name in group}) == 1, group
+    group_of = trace.group_of()
+    for name, (cin, cout) in widths.items():
+        layer = layers[name]
+        assert math.ceil(min_keep * layer.cout) <= cout <= layer.cout
+        if not layer.family.depthwise:
+            assert cout % q == 0 or cout == layer.cout
+        if not layer.producers:
+            assert cin == layer.cin  # e.g. the stem keeps its 3 input channels
+        else:
+            producer_groups = {group_of[p]: widths[p][1] for p in layer.producers}
+            assert cin == sum(producer_groups.values())
+        if layer.family.depthwise:
+            assert cin == cout == widths[layer.producers[0]][1]
+
+
+def test_random_widths_are_consistent(net: tuple[nn.Module, TraceResult]) -> None:
+    _, trace = net
+    for seed in range(3):
+        widths = random_pruned_widths(trace, np.random.default_rng(seed))
+        _check_consistent(trace, widths, 0.3, 8)
+    assert any(w != d for w, d in zip(widths.values(), dense_widths(trace).values(), strict=True))
+
+
+def test_rebuilt_network_runs_with_requested_widths(net: tuple[nn.Module, TraceResult]) -> None:
+    module, trace = net
+    widths = random_pruned_widths(trace, 7)
+    rebuilt = rebuild_with_widths(module, trace, widths)
+    convs = {name: (m.in_channels, m.out_channels) for name, m in rebuilt.named_modules() if isinstance(m, nn.Conv2d)}
+    assert convs == widths
+    depthwise = {layer.name for layer in trace.layers if layer.family.depthwise}
+    for name, m in rebuilt.named_modules():
+        if name in depthwise:
+            assert m.groups == m.in_channels == m.out_channels
+    with torch.inference_mode():
+        out = rebuilt.eval()(torch.randn(2, 3, INPUT, INPUT))
+    assert out.shape == (2, 1000)
+    # the original is untouched
+    assert {n: (m.in_channels, m.out_channels) for n, m in module.named_modules()
+            if isinstance(m, nn.Conv2d)} == dense_widths(trace)
+
+
+def test_seeded_and_min_keep_one_is_dense(net: tuple[nn.Module, TraceResult]) -> None:
+    _, trace = net
+    assert random_pruned_widths(trace, 3) == random_pruned_widths(trace, 3)
+    assert random_pruned_widths(trace, 3, min_keep=1.0) == dense_widths(trace)
+
+
+@pytest.fixture(scope="module")
+def rn50() -> tuple[nn.Module, TraceResult]:
+    _, module = resolve_model("resnet50")
+    return module, trace_network(module, INPUT)
+
+
+def test_group_sizes_halp_lattice(rn50: tuple[nn.Module, TraceResult]) -> None:
+    _, trace = rn50
+    sizes = {layer.name: rn50_group_q(rn50_group(layer.name)) for layer in trace.layers}
+    for seed in range(3):
+        widths = random_pruned_widths(trace, seed, group_sizes=sizes, min_keep=0.2)
+        for name, (_, cout) in widths.items():
+            assert cout % sizes[name] == 0, (name, cout)
+
+
+def test_bad_arguments(rn50: tuple[nn.Module, TraceResult]) -> None:
+    module, trace = rn50
+    with pytest.raises(LatlabError, match="min_keep"):
+        random_pruned_widths(trace, 0, min_keep=0.0)
+    widths = dense_widths(trace)
+    widths["layer1.0.conv2"] = (32, 64)  # its producer layer1.0.conv1 still has 64 channels
+    with pytest.raises(LatlabError, match=r"layer1\.0\.conv2"):
+        rebuild_with_widths(module, trace, widths)
+    with pytest.raises(LatlabError, match="nope"):
+        rebuild_with_widths(module, trace, {"nope": (1, 1)})
+
+
+class _Concat(nn.Module):
+    """Two branches concatenated into a 1x1 conv, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(3, 24, 3, padding=1)
+        self.bn = nn.BatchNorm2d(40)
+        self.c = nn.Conv2d(40, 32, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(torch.cat([self.a(x), self.b(x)], dim=1))
+        return self.fc(torch.flatten(self.pool(self.c(y)), 1))
+
+
+def test_concat_input_is_sum_of_producers() -> None:
+    model = _Concat().eval()
+    trace = trace_network(model, 16)
+    widths = random_pruned_widths(trace, 0, multiple=8, min_keep=0.5)
+    assert widths["c"][0] == widths["a"][1] + widths["b"][1]
+    rebuilt = rebuild_with_widths(model, trace, widths)
+    assert rebuilt.bn.num_features == widths["c"][0]
+    assert rebuilt.fc.in_features == widths["c"][1]
+    assert rebuilt(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+
+
+class _GroupNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.gn = nn.GroupNorm(4, 16)
+        self.head = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gn(self.conv(x)))
+
+
+class _ScaleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.scale = nn.Parameter(torch.ones(1, 16, 1, 1))
+        self.head = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x) * self.scale)
+
+
+@pytest.mark.parametrize(("cls", "culprit"), [(_GroupNormNet, "gn"), (_ScaleNet, "scale")])
+def test_unsupported_structures_name_the_module(cls: type[nn.Module], culprit: str) -> None:
+    model = cls().eval()
+    trace = trace_network(model, 12)
+    widths = dense_widths(trace)
+    widths["conv"] = (3, 8)
+    widths["head"] = (8, 8)
+    with pytest.raises(LatlabError, match=culprit):
+        rebuild_with_widths(model, trace, widths)
