@@ -1,15 +1,13 @@
 """Adaptive sampling: build a LUT with fewer measurements by measuring where the surface is least sure.
 
-nn-Meter refines around training points whose prediction error exceeds 10%. We instead fit the MDLM
-surface (a Gaussian process per shape family on a roofline baseline, see ``estimators``), whose
-predictive standard deviation is a calibrated *relative* uncertainty for every lattice point not yet
-measured, and each round measure the candidates with the largest expected contribution to error:
-
-    score = sigma_rel(point) * (1 + latency_share(point))
-
-spread over families round-robin so that every family improves. The loop stops when the measurement
-budget is spent or when the surface's own estimate of the share of unmeasured lattice points within
-±5% reaches the target (``P(|err| < 5%)`` from the Gaussian predictive distribution in log space).
+nn-Meter refines around training points whose prediction error exceeds 10%. We fit the MDLM surface
+(a Gaussian process per shape family on a roofline baseline, see ``estimators``) and score every
+lattice point not yet measured by a relative uncertainty: the GP's predictive std (where data is
+thin) combined with the surface's disagreement with bilinear interpolation of the measured
+neighbours (where the surface is likely wrong: steps, kinks). Each round measures the candidates
+most likely to be predicted outside ±5% (``1 - P(|err| < 5%)``), spread over the lattice so a
+batch does not cluster. The loop stops when the measurement budget is spent or when the surface's
+own estimate of the share of unmeasured lattice points within ±5% reaches the target.
 
 :func:`run_adaptive` drives it against an oracle (a callable returning latencies, used by the
 benchmark); :func:`adaptive_sweep` drives it against a real backend writing to the database.
@@ -31,7 +29,7 @@ from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig
 from db.lut import lookup
 from latency_models.base import LatencyModel, get_model
-from latency_models.features import configs_from_frame, frame_from_configs, group_key, lut_frame
+from latency_models.features import GROUP_COLUMNS, configs_from_frame, frame_from_configs, group_key, lut_frame
 from profiler.backends.base import Backend
 from profiler.plan import SweepPlan
 from profiler.runner import run_sweep, start_sweep
@@ -82,23 +80,45 @@ def estimated_within(sigma: np.ndarray, tol: float = LOG_5PCT) -> np.ndarray:
     return norm.cdf(tol / sigma) - norm.cdf(-tol / sigma)
 
 
-def propose(model: LatencyModel, candidates: pd.DataFrame, k: int) -> np.ndarray:
-    """Positions (into ``candidates``) of the next ``k`` points to measure, round-robin over groups."""
+def uncertainty(model: LatencyModel, candidates: pd.DataFrame, committee: LatencyModel | None) -> np.ndarray:
+    """Relative uncertainty of each candidate: the surface's predictive std combined with its
+    disagreement (in log space) with a second model, e.g. bilinear interpolation of the measured
+    neighbours. The GP's std depends only on *where* points were measured; the disagreement reveals
+    *where the surface is wrong* (steps and kinks of real latency surfaces), nn-Meter's idea."""
     sigma = np.nan_to_num(model.predict_std(candidates), nan=1.0)
-    pred = model.predict(candidates)
-    groups = candidates[["family", "batch", "dtype", "layout", "op"]].astype(str).agg("|".join, axis=1).to_numpy()
-    share = pred / max(float(np.sum(pred)), 1e-12) * len(pred)  # 1 = average latency
-    score = sigma * (1.0 + np.clip(share, 0, 10) / 10)
-    order_by_group: dict[str, list[int]] = {}
-    for pos in np.argsort(-score):
-        order_by_group.setdefault(groups[pos], []).append(int(pos))
-    # groups with the most uncertain candidate go first each round
-    queues = sorted(order_by_group.values(), key=lambda q: -score[q[0]])
+    if committee is None:
+        return sigma
+    a = np.maximum(model.predict(candidates), 1e-12)
+    b = np.maximum(committee.predict(candidates), 1e-12)
+    return np.sqrt(sigma**2 + np.log(a / b) ** 2)
+
+
+def propose(model: LatencyModel, candidates: pd.DataFrame, k: int, committee: LatencyModel | None = None) -> np.ndarray:
+    """Positions (into ``candidates``) of the next ``k`` points to measure.
+
+    Candidates are ranked by their probability of being predicted *outside* ±5% (from
+    :func:`uncertainty`); a batch is spread out by skipping a candidate whose lattice neighbour
+    (within one grid step in cin and cout, same family) is already in this batch.
+    """
+    sigma = uncertainty(model, candidates, committee)
+    p_miss = 1.0 - estimated_within(sigma)
+    groups = candidates[list(GROUP_COLUMNS)].astype(str).agg("|".join, axis=1).to_numpy()
+    ci_rank = candidates.groupby(groups)["cin"].rank(method="dense").to_numpy()
+    co_rank = candidates.groupby(groups)["cout"].rank(method="dense").to_numpy()
+    order = np.argsort(-p_miss, kind="stable")
     picked: list[int] = []
-    while len(picked) < k and any(queues):
-        for q in queues:
-            if q and len(picked) < k:
-                picked.append(q.pop(0))
+    taken: dict[str, list[tuple[float, float]]] = {}
+    for pos in order:
+        if len(picked) == k:
+            break
+        mine = taken.setdefault(groups[pos], [])
+        if any(abs(ci_rank[pos] - a) < 2 and abs(co_rank[pos] - b) < 2 for a, b in mine):
+            continue
+        picked.append(int(pos))
+        mine.append((ci_rank[pos], co_rank[pos]))
+    if len(picked) < k:  # dense batch: fill with the best remaining candidates
+        chosen = set(picked)
+        picked += [int(p) for p in order if int(p) not in chosen][: k - len(picked)]
     return np.array(picked, dtype=int)
 
 
@@ -141,10 +161,15 @@ def run_adaptive(
             result.stopped_by = "lattice complete"
             break
         known = list(values)
-        model = factory().fit(frame_from_configs(known), np.array([values[c] for c in known]))
+        X_known, y_known = frame_from_configs(known), np.array([values[c] for c in known])
+        model = factory().fit(X_known, y_known)
         result.model = model
+        seen = {group_key(c) for c in known}
+        unseen = [c for c in pending if group_key(c) not in seen]  # families whose points all failed so far
+        pending = [c for c in pending if group_key(c) in seen]
         X_pending = frame_from_configs(pending)
-        est = float(np.mean(estimated_within(model.predict_std(X_pending))))
+        within = estimated_within(uncertainty(model, X_pending, None)) if pending else np.array([])
+        est = float(np.sum(within) / (len(pending) + len(unseen)))
         if est >= target_within_5:
             result.rounds.append(AdaptiveRound(len(values), est, 0))
             result.stopped_by = "target accuracy"
@@ -154,10 +179,14 @@ def run_adaptive(
             result.stopped_by = "budget"
             break
         k = min(per_round, budget - len(result.measured))
-        picks = propose(model, X_pending, k)
-        result.rounds.append(AdaptiveRound(len(values), est, len(picks)))
-        log.info("adaptive round: %d measured, estimated within 5%%: %.3f, measuring %d more", len(values), est, k)
-        take([pending[i] for i in picks])
+        chosen = unseen[:k]
+        if pending and len(chosen) < k:
+            committee = get_model("lut", missing="bilinear").fit(X_known, y_known)
+            chosen += [pending[i] for i in propose(model, X_pending, k - len(chosen), committee)]
+        result.rounds.append(AdaptiveRound(len(values), est, len(chosen)))
+        log.info("adaptive round: %d measured, estimated within 5%%: %.3f, measuring %d more", len(values), est,
+                 len(chosen))
+        take(chosen)
         if on_round is not None:
             on_round(result)
     return result

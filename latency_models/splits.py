@@ -7,7 +7,8 @@ same side. Indices are positional (use them with ``X.iloc``) and sorted.
 
 Kinds (:func:`make_split`):
 
-* ``random``: a seeded random share of the distinct keys trains.
+* ``random``: a seeded random share of the distinct keys of every (cin, cout) surface trains (at
+  least one key per surface: "measure 25% of the lattice" means of every family).
 * ``family``: whole shape families are held out (see also :func:`leave_one_family_out` and
   :func:`family_kfold`).
 * ``extrapolate``: per (cin, cout) surface, keys with cin *and* cout at or below a quantile of the
@@ -63,16 +64,23 @@ def _check_nonempty(split: Split, kind: str) -> Split:
 
 
 def random_split(X: pd.DataFrame, train_fraction: float, seed: int = 0) -> Split:
-    """A seeded random ``train_fraction`` of the distinct keys (at least one key on each side) trains."""
+    """Per (cin, cout) surface, a seeded random ``train_fraction`` of its distinct keys trains.
+
+    Every surface keeps at least one training key (a one-key surface trains only), so per-family
+    models are judged on points of families they have seen; the test side is never empty overall.
+    """
     f = _check_fraction(train_fraction)
     codes, keys = distinct_keys(X)
     n = len(keys)
     if n < 2:
         raise LatlabError(f"a random split needs at least 2 distinct LUT keys, got {n}")
-    n_train = int(np.clip(round(f * n), 1, n - 1))
-    order = np.random.default_rng(seed).permutation(n)
+    rng = np.random.default_rng(seed)
     mask = np.zeros(n, dtype=bool)
-    mask[order[:n_train]] = True
+    for positions in keys.groupby(list(GROUP_COLUMNS), sort=True).indices.values():
+        positions = rng.permutation(positions)
+        mask[positions[: max(1, int(round(f * len(positions))))]] = True
+    if mask.all():  # every surface had a single key: hold one out anyway
+        mask[rng.integers(n)] = False
     return _rows(codes, mask)
 
 

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from db.errors import LatlabError
-from latlab.cli import db_cmd, demo, hw, lut, measure, models, profile
+from latlab.cli import db_cmd, demo, evaluate, hw, lut, measure, models, profile
 
 app = typer.Typer(
     name="latlab",
@@ -22,6 +22,7 @@ app.command("hw")(hw.hw)
 app.command("profile")(profile.profile)
 app.command("measure")(measure.measure)
 app.command("fit")(models.fit)
+app.command("evaluate")(evaluate.evaluate)
 app.command("demo")(demo.demo)
 app.add_typer(lut.app, name="lut")
 app.add_typer(models.app, name="models")

@@ -6,14 +6,14 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from latency_models.metrics import error_metrics
-from latency_models.splits import make_split
 
 from db.engine import open_database
 from db.errors import LatlabError
 from db.lut import find_sweep
 from latency_models.base import get_model, list_models
+from latency_models.evaluate import fit_predict
 from latency_models.features import lut_frame
+from latency_models.splits import make_split
 from latency_models.store import save_model, stored_models
 from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
 from latlab.tables import render
@@ -77,14 +77,18 @@ def fit(
     rows = []
     for kind in kinds:
         params = {"random_state": seed} if "random_state" in get_model(kind).get_params() else {}
-        model = get_model(kind, **params).fit(X.iloc[train].reset_index(drop=True), y[train])
-        metrics = error_metrics(y[test], model.predict(X.iloc[test])) if len(test) else {}
+        model = get_model(kind, **params)
+        metrics = {}
+        if len(test):  # tolerant: points a model cannot predict are counted, not fatal
+            table, _ = fit_predict({kind: model}, X, y, (train, test))
+            metrics = {k: v for k, v in table.iloc[0].to_dict().items() if k not in ("model", "error")}
+        model.fit(X.iloc[train].reset_index(drop=True), y[train])
         stored = (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"{hw_name}-{kind}-s{sweep_id}"
         training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "holdout": holdout, "seed": seed,
                     "n_rows": len(X)}
         save_model(database, stored, model, sweep_id=sweep_id, training=training, metrics=metrics, replace=replace)
         rows.append({"name": stored, "kind": kind, "n_train": len(train), "n_test": len(test),
-                     **{k: metrics.get(k) for k in ("within_5", "within_10", "mape", "max_ape")}})
+                     **{k: metrics.get(k) for k in ("missing", "within_5", "within_10", "mape", "max_ape")}})
     typer.echo(render(rows, fmt, title=f"fitted on sweep {sweep_id} ({hw_name})"))
 
 

@@ -1,0 +1,136 @@
+"""``latlab evaluate``: compare latency models on a LUT (held-out keys, budgets, whole networks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.engine import open_database
+from db.errors import LatlabError
+from db.lut import find_sweep
+from latency_models.base import get_model
+from latency_models.evaluate import accuracy_vs_budget, fit_predict, measure_pruned, whole_network_eval, write_report
+from latency_models.features import configs_from_frame, lut_frame
+from latency_models.network import lattice_sum
+from latency_models.splits import SPLIT_KINDS, make_split
+from latlab.cli._options import DbOption, HardwareOption, SweepOption
+from latlab.cli.models import ModelsOption, parse_kinds
+from latlab.tables import render
+
+
+def _models(kinds: list[str], strict: bool, seed: int) -> dict:
+    out = {}
+    for kind in kinds:
+        params = get_model(kind).get_params()
+        kw = {"strict": strict} if "strict" in params else {}
+        if "random_state" in params:
+            kw["random_state"] = seed
+        if kind == "lut":
+            kw["missing"] = "bilinear"
+        out[kind] = get_model(kind, **kw)
+    return out
+
+
+def _width_rule(plan: dict, trace, multiple: int | None):  # type: ignore[no-untyped-def]
+    """Group sizes for random prunings that land on the sweep's own lattice."""
+    grid = next((run.get("grid", {}) for run in plan.get("runs", []) if run.get("grid")), {})
+    if multiple is not None:
+        return None, multiple
+    if grid.get("kind") == "reference":
+        from profiler._grids import rn50_group, rn50_group_q
+
+        return {layer.name: rn50_group_q(rn50_group(layer.name)) for layer in trace.layers}, 8
+    return None, int(grid.get("step") or 8)
+
+
+def evaluate(
+    models: ModelsOption = "lut,llm,mdlm,bilinear,rf,gbdt",
+    sweep: SweepOption = None, hardware: HardwareOption = None,
+    split: Annotated[str, typer.Option(help=f"How to hold out LUT keys: {' | '.join(SPLIT_KINDS)}")] = "random",
+    train_fraction: Annotated[float, typer.Option(help="Share of distinct LUT keys used for training.")] = 0.25,
+    batch: Annotated[int | None, typer.Option(help="Only rows with this batch size.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
+    budget_curve: Annotated[bool, typer.Option(help="Also accuracy vs training share 5/10/25/50%.")] = False,
+    network: Annotated[str | None, typer.Option(help="Whole-network check on random prunings of this model.")] = None,
+    pruned: Annotated[int, typer.Option(help="Random pruned configurations for --network.")] = 20,
+    input_size: Annotated[int, typer.Option(help="Input resolution of --network.")] = 224,
+    width_multiple: Annotated[int | None, typer.Option(
+        help="Pruned widths are multiples of this (default: the sweep's grid step / reference groups).")] = None,
+    measure_backend: Annotated[str | None, typer.Option(
+        help="Also time each pruned network on this backend (cpu | cuda | fake).")] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on any point outside a model's trained range.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the models and the prunings.")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for report.md, CSVs and PNG plots.")] = Path("latlab-eval"),
+    db: DbOption = None,
+) -> None:
+    """Fit each model on a share of a sweep's LUT keys and report accuracy on the rest, with plots.
+
+    Writes OUT/report.md with tables (MAPE, RMSPE, max error, share within ±5% / ±10%) and PNGs
+    (predicted vs measured, error CDF, error over the (cin, cout) plane, whole-network error).
+    Splits are by distinct LUT key, so repeated conv shapes never leak across.
+
+    Examples:
+
+      latlab evaluate --models lut,llm,mdlm,rf,gbdt --hardware "TITAN V" --train-fraction 0.25
+
+      latlab evaluate --sweep 1 --split family --out eval-family
+
+      latlab evaluate --sweep 1 --network resnet50 --pruned 20 --measure-backend cpu --budget-curve
+    """
+    kinds = parse_kinds(models)
+    if split not in SPLIT_KINDS:
+        raise LatlabError(f"unknown split {split!r}; choose from {', '.join(SPLIT_KINDS)}")
+    if not 0 < train_fraction < 1:
+        raise LatlabError(f"--train-fraction must be in (0, 1), got {train_fraction}")
+    trace = None
+    if network is not None:
+        from profiler.plan import trace_network
+
+        trace = trace_network(network, input_size)
+    database = open_database(db, create=False, upgrade=True)
+    with database.session() as session:
+        sweep_row = find_sweep(session, sweep, hardware)
+        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype)
+        sweep_id, plan, hw_name = sweep_row.id, dict(sweep_row.plan), sweep_row.hardware.name
+    candidates = _models(kinds, strict, seed)
+    train, test = make_split(X, split, train_fraction, seed)
+    table, predictions = fit_predict(candidates, X, y, (train, test))
+    if strict:
+        bad = table[table["missing"] > 0]
+        if len(bad):
+            raise LatlabError(f"--strict: model {bad.iloc[0]['model']} cannot predict "
+                              f"{int(bad.iloc[0]['missing'])} held-out points: {bad.iloc[0]['error']}")
+    tables = {f"Held-out accuracy ({split} split, {train_fraction:.0%} of keys for training)": table}
+    if budget_curve:
+        tables["Accuracy vs training share"] = accuracy_vs_budget(candidates, X, y, split_kind=split, seeds=(seed,))
+    whole = None
+    if trace is not None:
+        batches = sorted(X["batch"].unique())
+        if len(batches) != 1:
+            raise LatlabError(f"the sweep holds batches {batches}; choose one with --batch for --network")
+        first = configs_from_frame(X.iloc[:1])[0]
+        fitted = {k: m.fit(X.iloc[train].reset_index(drop=True), y[train]) for k, m in candidates.items()}
+        measured = dict(zip(configs_from_frame(X), y, strict=True))
+        group_sizes, multiple = _width_rule(plan, trace, width_multiple)
+        settings = {"batch": first.batch, "dtype": first.dtype, "layout": first.layout, "op": first.op}
+
+        def truth(widths):  # type: ignore[no-untyped-def]
+            return lattice_sum(measured, trace.layers, widths, **settings)
+
+        measure = None
+        if measure_backend is not None:
+            from profiler.backends import get_backend
+            from profiler.plan import resolve_model
+
+            _, module = resolve_model(network)
+            measure = measure_pruned(get_backend(measure_backend), module, trace, batch=first.batch,
+                                     dtype=first.dtype, layout=first.layout)
+        whole = whole_network_eval(fitted, trace, pruned, seed, measure=measure, truth=truth,
+                                   group_sizes=group_sizes, multiple=multiple, **settings)
+    report = write_report(out, tables, predictions, whole,
+                          title=f"Latency models on sweep {sweep_id} ({hw_name})")
+    cols = ["model", "n_train", "n_test", "missing", "mape", "within_5", "within_10", "max_ape"]
+    typer.echo(render(table[cols].round(4).to_dict(orient="records"), "table", title="held-out accuracy"))
+    typer.echo(f"report: {report}")

@@ -1,0 +1,92 @@
+"""Adaptive sampling and model storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from db import LatlabError, open_database
+from latency_models.adaptive import estimated_within, initial_design, run_adaptive
+from latency_models.base import get_model
+from latency_models.features import frame_from_configs
+from latency_models.store import load_model, save_model, stored_models
+from profiler.backends.fake import FakeBackend
+from profiler.plan import build_plan
+
+
+@pytest.fixture(scope="module")
+def lattice():  # type: ignore[no-untyped-def]
+    plan = build_plan("resnet18", "full:32", input_size=64, batch=8)
+    fake = FakeBackend(noise=0.0)
+    return plan, {c: fake.true_latency_ms(c) for c in plan.configs}
+
+
+def test_initial_design_covers_every_family_corner(lattice) -> None:  # type: ignore[no-untyped-def]
+    plan, _ = lattice
+    idx = initial_design(plan.configs, per_family=4)
+    chosen = [plan.configs[i] for i in idx]
+    for fam, configs in plan.by_family().items():
+        mine = [c for c in chosen if c.family == fam]
+        assert max(c.cin for c in mine) == max(c.cin for c in configs)
+        assert min(c.cout for c in mine) == min(c.cout for c in configs)
+
+
+def test_estimated_within_is_a_probability() -> None:
+    p = estimated_within(np.array([1e-6, 0.01, 0.05, 1.0, np.nan]))
+    assert p[0] == pytest.approx(1.0) and 0 < p[3] < p[2] < p[1] < 1 and 0 <= p[4] < 0.05
+
+
+def test_adaptive_respects_budget_and_beats_random(lattice) -> None:  # type: ignore[no-untyped-def]
+    plan, truth = lattice
+    configs = plan.configs
+    calls: list[int] = []
+
+    def measure(cs):  # type: ignore[no-untyped-def]
+        calls.append(len(cs))
+        return [truth[c] for c in cs]
+
+    budget = len(configs) // 5
+    result = run_adaptive(configs, measure, budget=budget, per_round=20, target_within_5=1.01)
+    assert len(result.measured) == sum(calls) == budget and len(set(result.measured)) == budget
+    assert result.stopped_by == "budget" and result.rounds
+
+    def accuracy(chosen) -> float:  # type: ignore[no-untyped-def]
+        mask = np.isin(np.arange(len(configs)), [configs.index(c) for c in chosen])
+        X = frame_from_configs(configs)
+        y = np.array([truth[c] for c in configs])
+        model = get_model("mdlm").fit(X[mask].reset_index(drop=True), y[mask])
+        pred = model.predict(X[~mask].reset_index(drop=True))
+        return float(np.mean(np.abs(pred / y[~mask] - 1) < 0.05))
+
+    rng = np.random.default_rng(0)
+    random_pick = [configs[i] for i in rng.choice(len(configs), budget, replace=False)]
+    assert accuracy(result.measured) >= accuracy(random_pick)
+
+
+def test_adaptive_stops_at_target_and_skips_failures(lattice) -> None:  # type: ignore[no-untyped-def]
+    plan, truth = lattice
+    failing = set(plan.configs[::7])
+    result = run_adaptive(plan.configs, lambda cs: [None if c in failing else truth[c] for c in cs],
+                          budget=len(plan.configs), target_within_5=0.5)
+    assert result.stopped_by == "target accuracy" and len(result.measured) < len(plan.configs)
+    with pytest.raises(LatlabError, match="budget"):
+        run_adaptive(plan.configs, lambda cs: [1.0] * len(cs), budget=0)
+
+
+def test_store_roundtrip_and_names(tmp_path: Path, lattice) -> None:  # type: ignore[no-untyped-def]
+    plan, truth = lattice
+    X = frame_from_configs(plan.configs)
+    y = np.array([truth[c] for c in plan.configs])
+    database = open_database(tmp_path / "m.db")
+    model = get_model("mdlm").fit(X, y)
+    save_model(database, "fake-mdlm", model, training={"note": "all"}, metrics={"within_5": 1.0})
+    with pytest.raises(LatlabError, match="already exists"):
+        save_model(database, "fake-mdlm", model)
+    save_model(database, "fake-mdlm", get_model("llm").fit(X, y), replace=True)
+    loaded = load_model(database, "fake-mdlm")
+    assert loaded.kind == "llm" and np.allclose(loaded.predict(X), y)
+    assert [r["name"] for r in stored_models(database)] == ["fake-mdlm"]
+    with pytest.raises(LatlabError, match="no latency model named 'nope'.*fake-mdlm"):
+        load_model(database, "nope")
