@@ -18,7 +18,7 @@ random sampling:
         --min-repeats 25 --threads 1 --name bench-rn50 --db cpu_luts.db   # and bench-rn50-repeat
     latlab profile --model resnet18 --backend cpu --grid full:16 --batch 1 --warmup 5 --repeats 25 \\
         --min-repeats 25 --threads 1 --name bench-rn18 --db cpu_luts.db
-    python benchmarks/latency_models.py --cpu-db cpu_luts.db
+    python -m benchmarks.latency_models --cpu-db cpu_luts.db
 """
 
 from __future__ import annotations
@@ -52,13 +52,14 @@ from latency_models.evaluate import (
 )
 from latency_models.features import configs_from_frame, frame_from_configs, lut_frame
 from latency_models.metrics import error_metrics
-from latency_models.network import lattice_sum
+from latency_models.network import lattice_sum, network_latency
 from latency_models.splits import make_split
 from profiler._grids import rn50_group, rn50_group_q
 from profiler.backends.fake import FakeBackend
 from profiler.hardware import detect_hardware
 from profiler.plan import build_plan, resolve_model, trace_network
 from profiler.protocol import TimingProtocol
+from profiler.widths import random_pruned_widths
 
 KINDS = ("lut", "llm", "mdlm", "bilinear", "rf", "gbdt")
 FRACTIONS = (0.05, 0.10, 0.25, 0.50)
@@ -109,11 +110,16 @@ def coarse_grid(X: pd.DataFrame, y: np.ndarray) -> pd.DataFrame:
     return evaluate_models({"lut": get_model("lut", missing="bilinear"), "mdlm": get_model("mdlm")}, X, y, split)
 
 
-def adaptive_vs_random(X: pd.DataFrame, y: np.ndarray, sizes: list[int], seed: int = 0) -> pd.DataFrame:
-    """Share of unmeasured lattice points within ±5%/±10% after measuring n points, both ways."""
+def adaptive_vs_random(X: pd.DataFrame, y: np.ndarray, sizes: list[int],
+                       seed: int = 0) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """Share of unmeasured lattice points within ±5%/±10% after measuring n points, both ways.
+
+    Also returns, per size, the row positions the adaptive sampler chose.
+    """
     configs = configs_from_frame(X)
     truth = dict(zip(configs, y, strict=True))
     rows = []
+    chosen: dict[int, np.ndarray] = {}
     snapshots: dict[int, tuple[list, Any]] = {}
 
     def on_round(result: Any) -> None:
@@ -127,24 +133,43 @@ def adaptive_vs_random(X: pd.DataFrame, y: np.ndarray, sizes: list[int], seed: i
     for size in sizes:
         if size not in snapshots:
             continue
-        measured = snapshots[size][0]
-        for how, chosen in (("adaptive", measured),
-                            ("random", list(np.random.default_rng(seed).choice(len(configs), len(measured),
-                                                                               replace=False)))):
-            idx = [configs.index(c) for c in chosen] if how == "adaptive" else [int(i) for i in chosen]
+        position = {c: i for i, c in enumerate(configs)}
+        adaptive_idx = [position[c] for c in snapshots[size][0]]
+        random_idx = make_split(X, "random", len(adaptive_idx) / len(X), seed)[0]  # stratified by family
+        chosen[size] = np.array(adaptive_idx)
+        for how, idx in (("adaptive", adaptive_idx), ("random", random_idx)):
             mask = np.zeros(len(configs), dtype=bool)
             mask[idx] = True
             model = get_model("mdlm", random_state=seed).fit(X[mask].reset_index(drop=True), y[mask])
             m = error_metrics(y[~mask], model.predict(X[~mask].reset_index(drop=True)))
             rows.append({"sampling": how, "measured": int(mask.sum()), "share_of_lattice": mask.mean(),
                          "within_5": m["within_5"], "within_10": m["within_10"], "mape": m["mape"]})
+    return pd.DataFrame(rows), chosen
+
+
+def uniform_prunings(fitted: dict[str, Any], trace: Any, truth: Any, sizes: dict[str, int],
+                     settings: dict[str, Any]) -> pd.DataFrame:
+    """One-shot uniform prunings (keep 90% ... 10% of every group): each model vs the exact lattice sum."""
+    rows = []
+    for keep in (1.0, 0.9, 0.7, 0.5, 0.3, 0.1):
+        widths = random_pruned_widths(trace, 0, keep=keep, group_sizes=sizes)
+        exact = truth(widths)
+        row: dict[str, Any] = {"keep": keep, "lattice_ms": exact}
+        for name, model in fitted.items():
+            pred = network_latency(model, trace.layers, widths, **settings)
+            row[f"{name}_vs_lattice"] = pred / exact
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def whole_network(X: pd.DataFrame, y: np.ndarray, *, n: int, seed: int, measure_cpu: bool) -> pd.DataFrame:
+def whole_network(X: pd.DataFrame, y: np.ndarray, *, n: int, seed: int, measure_cpu: bool,
+                  adaptive_idx: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     trace = trace_network("resnet50", 224)
     train, _ = make_split(X, "random", 0.25, seed)
     fitted = {k: m.fit(X.iloc[train].reset_index(drop=True), y[train]) for k, m in candidates(seed).items()}
+    if adaptive_idx is not None:
+        fitted["mdlm-adaptive"] = get_model("mdlm", random_state=seed).fit(
+            X.iloc[adaptive_idx].reset_index(drop=True), y[adaptive_idx])
     measured = dict(zip(configs_from_frame(X), y, strict=True))
     first = configs_from_frame(X.iloc[:1])[0]
     settings = {"batch": first.batch, "dtype": first.dtype, "layout": first.layout, "op": first.op}
@@ -159,7 +184,8 @@ def whole_network(X: pd.DataFrame, y: np.ndarray, *, n: int, seed: int, measure_
     def truth(widths: Any) -> float:
         return lattice_sum(measured, trace.layers, widths, **settings)
 
-    return whole_network_eval(fitted, trace, n, seed, truth=truth, measure=measure, group_sizes=sizes, **settings)
+    whole = whole_network_eval(fitted, trace, n, seed, truth=truth, measure=measure, group_sizes=sizes, **settings)
+    return whole, uniform_prunings(fitted, trace, truth, sizes, settings)
 
 
 def section(name: str, X: pd.DataFrame, y: np.ndarray, args: argparse.Namespace, *, measure_cpu: bool = False,
@@ -170,11 +196,13 @@ def section(name: str, X: pd.DataFrame, y: np.ndarray, args: argparse.Namespace,
     out["budget"] = accuracy_vs_budget(candidates(), X, y, fractions=FRACTIONS, seeds=tuple(range(args.seeds)))
     out["coarse_grid"] = coarse_grid(X, y)
     if rn50:
-        whole = whole_network(X, y, n=args.pruned, seed=0, measure_cpu=measure_cpu)
-        out["whole_network"] = summarise_whole_network(whole)
-        out["whole_network_rows"] = whole
         sizes = [int(len(X) * f) for f in (0.05, 0.10, 0.15, 0.25, 0.35)]
-        out["adaptive"] = adaptive_vs_random(X, y, sizes)
+        out["adaptive"], chosen = adaptive_vs_random(X, y, sizes)
+        whole, uniform = whole_network(X, y, n=args.pruned, seed=0, measure_cpu=measure_cpu,
+                                       adaptive_idx=chosen.get(sizes[3]))
+        out["whole_network"] = summarise_whole_network(whole)
+        out["uniform_prunings"] = uniform
+        out["whole_network_rows"] = whole
     out["seconds"] = round(time.time() - t0, 1)
     return out
 
@@ -221,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, argv: list[str] | None) -> None:
     hw = detect_hardware("cpu")
-    command = "python benchmarks/latency_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.latency_models " + " ".join(argv if argv is not None else sys.argv[1:])
     md = ["# Latency model accuracy", "", f"Command: `{command}`  ",
           f"Machine: {hw.name}, torch {hw.torch_version}. Held-out points are LUT keys not used for training "
           "(split by distinct key); 'within_5' is the share of held-out points predicted within ±5%.", ""]
@@ -238,8 +266,12 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, argv: li
             md += ["### Noise floor: a second sweep of the same lattice against the first", "",
                    markdown_table(res["noise_floor"].round(4)), ""]
         if "whole_network" in res:
-            md += [f"### Whole ResNet-50: {args.pruned} random consistent prunings + dense (models trained on 25%)",
-                   "", markdown_table(res["whole_network"].round(3)), ""]
+            md += [f"### Whole ResNet-50: {args.pruned} random consistent prunings + dense (models trained on a "
+                   "random 25% of keys; mdlm-adaptive on the 25% the adaptive sampler chose)",
+                   "", markdown_table(res["whole_network"].round(3)), "",
+                   "One-shot uniform prunings (every group keeps the same share, snapped to its channel-group "
+                   "size): predicted / exact lattice sum. HALP's LLM freezes input widths at their dense values.",
+                   "", markdown_table(res["uniform_prunings"].round(3)), ""]
         if "adaptive" in res:
             md += ["### Adaptive vs uniform random sampling (MDLM, accuracy on the unmeasured points)", "",
                    markdown_table(res["adaptive"].round(4)), ""]
@@ -252,6 +284,13 @@ def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, argv: li
     print("\n".join(md))
 
 
+def _short(name: str) -> str:
+    """Two-line panel title: source, then what was measured."""
+    head, _, rest = name.partition(": ")
+    parts = [p.strip() for p in rest.split(",")]
+    return f"{head}: {parts[0]}\n{', '.join(parts[1:])}" if len(parts) > 1 else name
+
+
 def _plot(results: dict[str, dict[str, Any]], budget_png: Path, adaptive_png: Path) -> None:
     import matplotlib
 
@@ -262,7 +301,7 @@ def _plot(results: dict[str, dict[str, Any]], budget_png: Path, adaptive_png: Pa
     for ax, (name, res) in zip(axes[0], results.items(), strict=True):
         for model, part in res["budget"].groupby("model"):
             ax.plot(100 * part["train_fraction"], 100 * part["within_5"], marker="o", label=model)
-        ax.set_title(name.split(",")[0] + "\n" + ",".join(name.split(",")[1:2]).strip(), fontsize=9)
+        ax.set_title(_short(name), fontsize=9)
         ax.set_xlabel("% of lattice measured (training)")
         ax.set_ylabel("% of held-out points within ±5%")
         ax.set_ylim(0, 100)
@@ -276,11 +315,12 @@ def _plot(results: dict[str, dict[str, Any]], budget_png: Path, adaptive_png: Pa
         return
     fig, axes = plt.subplots(1, len(with_adaptive), figsize=(5 * len(with_adaptive), 4.2), squeeze=False)
     for ax, (name, res) in zip(axes[0], with_adaptive.items(), strict=True):
-        for how, part in res["adaptive"].groupby("sampling"):
-            ax.plot(100 * part["share_of_lattice"], 100 * part["within_5"], marker="o", label=f"{how} (±5%)")
-            ax.plot(100 * part["share_of_lattice"], 100 * part["within_10"], marker="x", ls="--",
-                    label=f"{how} (±10%)")
-        ax.set_title(name.split(",")[0], fontsize=9)
+        for (how, part), color in zip(res["adaptive"].groupby("sampling"), ("tab:blue", "tab:gray"), strict=False):
+            ax.plot(100 * part["share_of_lattice"], 100 * part["within_5"], marker="o", color=color,
+                    label=f"{how}: within ±5%")
+            ax.plot(100 * part["share_of_lattice"], 100 * part["within_10"], marker="x", ls="--", color=color,
+                    label=f"{how}: within ±10%")
+        ax.set_title(_short(name), fontsize=9)
         ax.set_xlabel("% of lattice measured")
         ax.set_ylabel("% of unmeasured points within tolerance")
         ax.set_ylim(0, 100)

@@ -205,6 +205,25 @@ class MDLM(LatencyModel):
         """
         return self._evaluate(X, want_std=True)[1]
 
+    def posterior_covariance(
+        self, X: pd.DataFrame | Sequence[ConvConfig]
+    ) -> dict[GroupKey, tuple[np.ndarray, np.ndarray]]:
+        """Per group with a GP surface: (positions of X's unmeasured rows, GP posterior covariance of their
+        log-latency residuals, measurement noise included on the diagonal). Used to plan measurements."""
+        self._check_fitted()
+        frame = prepare(X)
+        measured = self.is_measured(frame)
+        out: dict[GroupKey, tuple[np.ndarray, np.ndarray]] = {}
+        for key, idx in group_rows(frame).items():
+            surface = self.surfaces_.get(key)
+            idx = idx[~measured[idx]]
+            if surface is None or surface.gp is None or not idx.size:
+                continue
+            with single_thread():
+                _, cov = surface.gp.predict(surface.inputs(frame.iloc[idx]), return_cov=True)
+            out[key] = (idx, np.atleast_2d(cov))
+        return out
+
     def is_measured(self, X: pd.DataFrame | Sequence[ConvConfig]) -> np.ndarray:
         """True where the row's exact configuration was measured (False for unknown groups too)."""
         self._check_fitted()

@@ -1,13 +1,13 @@
 """Adaptive sampling: build a LUT with fewer measurements by measuring where the surface is least sure.
 
 nn-Meter refines around training points whose prediction error exceeds 10%. We fit the MDLM surface
-(a Gaussian process per shape family on a roofline baseline, see ``estimators``) and score every
-lattice point not yet measured by a relative uncertainty: the GP's predictive std (where data is
-thin) combined with the surface's disagreement with bilinear interpolation of the measured
-neighbours (where the surface is likely wrong: steps, kinks). Each round measures the candidates
-most likely to be predicted outside ±5% (``1 - P(|err| < 5%)``), spread over the lattice so a
-batch does not cluster. The loop stops when the measurement budget is spent or when the surface's
-own estimate of the share of unmeasured lattice points within ±5% reaches the target.
+(a Gaussian process per shape family on a roofline baseline, see ``estimators``), whose posterior
+gives every lattice point not yet measured a relative uncertainty *and* tells how measuring one
+point would shrink the uncertainty of its neighbours. Each round greedily picks the measurements
+that raise the expected number of lattice points within ±5% the most (a batch design: after each
+pick the posterior is conditioned on it, so a batch spreads out). The loop stops when the
+measurement budget is spent or when the surface's own estimate of the share of unmeasured lattice
+points within ±5% reaches the target.
 
 :func:`run_adaptive` drives it against an oracle (a callable returning latencies, used by the
 benchmark); :func:`adaptive_sweep` drives it against a real backend writing to the database.
@@ -29,7 +29,7 @@ from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig
 from db.lut import lookup
 from latency_models.base import LatencyModel, get_model
-from latency_models.features import GROUP_COLUMNS, configs_from_frame, frame_from_configs, group_key, lut_frame
+from latency_models.features import configs_from_frame, frame_from_configs, group_key, lut_frame
 from profiler.backends.base import Backend
 from profiler.plan import SweepPlan
 from profiler.runner import run_sweep, start_sweep
@@ -80,45 +80,49 @@ def estimated_within(sigma: np.ndarray, tol: float = LOG_5PCT) -> np.ndarray:
     return norm.cdf(tol / sigma) - norm.cdf(-tol / sigma)
 
 
-def uncertainty(model: LatencyModel, candidates: pd.DataFrame, committee: LatencyModel | None) -> np.ndarray:
-    """Relative uncertainty of each candidate: the surface's predictive std combined with its
-    disagreement (in log space) with a second model, e.g. bilinear interpolation of the measured
-    neighbours. The GP's std depends only on *where* points were measured; the disagreement reveals
-    *where the surface is wrong* (steps and kinks of real latency surfaces), nn-Meter's idea."""
-    sigma = np.nan_to_num(model.predict_std(candidates), nan=1.0)
-    if committee is None:
-        return sigma
-    a = np.maximum(model.predict(candidates), 1e-12)
-    b = np.maximum(committee.predict(candidates), 1e-12)
-    return np.sqrt(sigma**2 + np.log(a / b) ** 2)
+def _gains(cov: np.ndarray) -> np.ndarray:
+    """Expected rise in the number of points within ±5% if each candidate (column) were measured.
+
+    Measuring j makes j exact and shrinks every other point's variance by ``cov[i, j]**2 / cov[j, j]``
+    (Gaussian conditioning on a noisy observation; ``cov`` holds the noise on its diagonal).
+    """
+    var = np.clip(np.diag(cov), 1e-12, None)
+    now = estimated_within(np.sqrt(var))
+    after = np.clip(var[:, None] - cov**2 / var[None, :], 1e-12, None)
+    gain = (estimated_within(np.sqrt(after)) - now[:, None]).sum(axis=0)
+    return gain + (1.0 - now)  # the measured point itself becomes exact
 
 
-def propose(model: LatencyModel, candidates: pd.DataFrame, k: int, committee: LatencyModel | None = None) -> np.ndarray:
+def propose(model: LatencyModel, candidates: pd.DataFrame, k: int) -> np.ndarray:
     """Positions (into ``candidates``) of the next ``k`` points to measure.
 
-    Candidates are ranked by their probability of being predicted *outside* ±5% (from
-    :func:`uncertainty`); a batch is spread out by skipping a candidate whose lattice neighbour
-    (within one grid step in cin and cout, same family) is already in this batch.
+    Greedy batch design on the MDLM surface's Gaussian process: repeatedly take the candidate whose
+    measurement raises the expected number of lattice points within ±5% the most, then condition the
+    group's posterior covariance on it (so a batch spreads out by itself). Models without a posterior
+    covariance fall back to the largest predictive std.
     """
-    sigma = uncertainty(model, candidates, committee)
-    p_miss = 1.0 - estimated_within(sigma)
-    groups = candidates[list(GROUP_COLUMNS)].astype(str).agg("|".join, axis=1).to_numpy()
-    ci_rank = candidates.groupby(groups)["cin"].rank(method="dense").to_numpy()
-    co_rank = candidates.groupby(groups)["cout"].rank(method="dense").to_numpy()
-    order = np.argsort(-p_miss, kind="stable")
+    if not hasattr(model, "posterior_covariance"):
+        sigma = np.nan_to_num(model.predict_std(candidates), nan=1.0)
+        return np.argsort(-sigma, kind="stable")[:k]
+    groups = {key: (idx, cov.copy()) for key, (idx, cov) in model.posterior_covariance(candidates).items()}
+    gains = {key: _gains(cov) for key, (_, cov) in groups.items()}
     picked: list[int] = []
-    taken: dict[str, list[tuple[float, float]]] = {}
-    for pos in order:
-        if len(picked) == k:
-            break
-        mine = taken.setdefault(groups[pos], [])
-        if any(abs(ci_rank[pos] - a) < 2 and abs(co_rank[pos] - b) < 2 for a, b in mine):
-            continue
-        picked.append(int(pos))
-        mine.append((ci_rank[pos], co_rank[pos]))
-    if len(picked) < k:  # dense batch: fill with the best remaining candidates
+    while len(picked) < k and groups:
+        key = max(gains, key=lambda g: float(gains[g].max()))
+        idx, cov = groups[key]
+        j = int(np.argmax(gains[key]))
+        picked.append(int(idx[j]))
+        cov = cov - np.outer(cov[:, j], cov[j, :]) / max(cov[j, j], 1e-12)
+        keep = np.arange(len(idx)) != j
+        if keep.any():
+            groups[key] = (idx[keep], cov[np.ix_(keep, keep)])
+            gains[key] = _gains(groups[key][1])
+        else:
+            del groups[key], gains[key]
+    if len(picked) < k:  # groups without a GP surface: most uncertain first
+        sigma = np.nan_to_num(model.predict_std(candidates), nan=1.0)
         chosen = set(picked)
-        picked += [int(p) for p in order if int(p) not in chosen][: k - len(picked)]
+        picked += [int(p) for p in np.argsort(-sigma, kind="stable") if int(p) not in chosen][: k - len(picked)]
     return np.array(picked, dtype=int)
 
 
@@ -168,7 +172,7 @@ def run_adaptive(
         unseen = [c for c in pending if group_key(c) not in seen]  # families whose points all failed so far
         pending = [c for c in pending if group_key(c) in seen]
         X_pending = frame_from_configs(pending)
-        within = estimated_within(uncertainty(model, X_pending, None)) if pending else np.array([])
+        within = estimated_within(np.nan_to_num(model.predict_std(X_pending), nan=1.0)) if pending else np.array([])
         est = float(np.sum(within) / (len(pending) + len(unseen)))
         if est >= target_within_5:
             result.rounds.append(AdaptiveRound(len(values), est, 0))
@@ -181,8 +185,7 @@ def run_adaptive(
         k = min(per_round, budget - len(result.measured))
         chosen = unseen[:k]
         if pending and len(chosen) < k:
-            committee = get_model("lut", missing="bilinear").fit(X_known, y_known)
-            chosen += [pending[i] for i in propose(model, X_pending, k - len(chosen), committee)]
+            chosen += [pending[i] for i in propose(model, X_pending, k - len(chosen))]
         result.rounds.append(AdaptiveRound(len(values), est, len(chosen)))
         log.info("adaptive round: %d measured, estimated within 5%%: %.3f, measuring %d more", len(values), est,
                  len(chosen))

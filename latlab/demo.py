@@ -5,9 +5,11 @@
 2. summarise the LUT per shape family (table + PNG);
 3. time the whole dense network and compare it with the sum of its convs read from the LUT
    (how much of the network's latency a conv-only LUT explains);
-4. write ``<out>/report.md``, ``<out>/lut_summary.csv`` and ``<out>/lut_latency.png``.
+4. fit every latency model on half of the LUT keys and score the rest, and predict random pruned
+   versions of the network against their measured latency (``<out>/latency_models/``);
+5. write ``<out>/report.md``, ``<out>/lut_summary.csv`` and ``<out>/lut_latency.png``.
 
-Later stages (latency-model comparison, pruning, fine-tuning) extend this report.
+Later stages (pruning, fine-tuning) extend this report.
 """
 
 from __future__ import annotations
@@ -18,18 +20,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from db.engine import Database, open_database
 from db.errors import LUTMissError
 from db.keys import ConvConfig
 from db.lut import family_summaries, lookup
+from latency_models.base import get_model
+from latency_models.evaluate import (
+    fit_predict,
+    measure_pruned,
+    summarise_whole_network,
+    whole_network_eval,
+    write_report,
+)
+from latency_models.features import lut_frame
+from latency_models.splits import make_split
 from latlab.tables import render
 from profiler.backends import get_backend
 from profiler.measure import measure_model
-from profiler.plan import build_plan, resolve_model
+from profiler.plan import build_plan, resolve_model, trace_network
 from profiler.protocol import TimingProtocol
 from profiler.runner import SweepReport, run_sweep
 
 log = logging.getLogger(__name__)
+
+DEMO_MODELS = ("lut", "llm", "mdlm", "bilinear", "rf", "gbdt")
 
 
 @dataclass
@@ -43,10 +59,11 @@ class DemoConfig:
     grid: str = "lhs:12:16"
     batch: int = 1
     backend: str = "cpu"
-    threads: int | None = None
+    threads: int | None = 1  # one thread: multi-threaded tiny convs are bimodal on small shared VMs
     warmup: int = 3
     repeats: int = 15
     model_repeats: int = 30
+    pruned_networks: int = 3
     seed: int = 0
     progress: bool = True
 
@@ -60,6 +77,8 @@ class DemoResult:
     model_ms: float | None
     missing: list[str] = field(default_factory=list)
     report_path: Path | None = None
+    models: pd.DataFrame | None = None  # held-out accuracy per latency model
+    whole_network: pd.DataFrame | None = None  # per model: error vs measured pruned networks
 
 
 def _conv_sum(database: Database, sweep_id: int, configs: list[ConvConfig]) -> tuple[float | None, list[str]]:
@@ -111,6 +130,24 @@ def _plot(rows: list[dict[str, Any]], database: Database, sweep_id: int, path: P
     plt.close(fig)
 
 
+def _compare_models(
+    database: Database, sweep_id: int, config: DemoConfig, net: Any, backend: Any, out: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit every latency model on half the LUT keys, score the rest; predict pruned networks vs measured."""
+    with database.session() as session:
+        X, y = lut_frame(session, sweep_id)
+    models = {kind: get_model(kind, **({"missing": "bilinear"} if kind == "lut" else {})) for kind in DEMO_MODELS}
+    table, predictions = fit_predict(models, X, y, make_split(X, "random", 0.5, config.seed))
+    fitted = {kind: model.fit(X, y) for kind, model in models.items()}
+    trace = trace_network(config.model, config.input_size)
+    measure = measure_pruned(backend, net, trace, batch=config.batch)
+    whole = whole_network_eval(fitted, trace, config.pruned_networks, config.seed, batch=config.batch,
+                               measure=measure, multiple=16)
+    write_report(out / "latency_models", {"Held-out accuracy (half of the LUT keys for training)": table},
+                 predictions, whole, title=f"Latency models on the demo LUT ({config.model}, {config.backend})")
+    return table, summarise_whole_network(whole)
+
+
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo chain and write its report; returns what it measured."""
     out = Path(config.out_dir)
@@ -134,6 +171,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     whole = measure_model(database, get_backend(config.backend, model_protocol), net, name=name,
                           input_shape=(config.batch, 3, config.input_size, config.input_size))
     result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing)
+    result.models, result.whole_network = _compare_models(database, sweep.sweep_id, config, net,
+                                                          get_backend(config.backend, model_protocol), out)
 
     (out / "lut_summary.csv").write_text(render(lut_rows, "csv"))
     _plot(lut_rows, database, sweep.sweep_id, out / "lut_latency.png")
@@ -168,6 +207,24 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         "The LUT holds convolutions only (as HALP/MDP's does): BN, ReLU, pooling, adds and the classifier "
         "make up the rest of the measured time.", "",
     ]
+    if r.models is not None:
+        cols = ["model", "n_train", "n_test", "missing", "mape", "within_5", "within_10", "max_ape"]
+        lines += [
+            "## 3. Latency models", "",
+            "Each model is fitted on half of the LUT keys and scored on the other half (split by distinct key); "
+            "details, plots and per-point predictions in [latency_models/report.md](latency_models/report.md).",
+            "", render(r.models[cols].round(4).to_dict(orient="records"), "markdown"),
+        ]
+    if r.whole_network is not None:
+        cols = [c for c in ("model", "n_pruned", "dense_vs_measured_pct", "mean_vs_measured_pct",
+                            "mape_vs_measured") if c in r.whole_network.columns]
+        lines += [
+            f"Whole {c.model} and {c.pruned_networks} random consistent prunings of it, rebuilt and timed: each "
+            "model's sum over the convs against the measured network (signed %, negative = under-estimate, "
+            "expected since only convs are modelled).", "",
+            render(r.whole_network[cols].round(2).to_dict(orient="records"), "markdown"),
+        ]
+
     if r.missing:
         lines += ["Missing LUT entries:", "", *[f"- {m}" for m in r.missing], ""]
     return "\n".join(lines)

@@ -68,8 +68,12 @@ def random_pruned_widths(
     min_keep: float = 0.3,
     multiple: int = 8,
     group_sizes: Mapping[str, int] | None = None,
+    keep: float | None = None,
 ) -> Widths:
     """A random consistent pruning of ``trace``: ``{conv name: (cin, cout)}``.
+
+    With ``keep`` set, not random but uniform: every group keeps the multiple of its q nearest to
+    ``keep * dense`` (at least q), like a one-shot uniform pruning to that ratio.
 
     Each channel-coupled group keeps a width drawn uniformly from the multiples of its size q in
     ``[ceil(min_keep * dense), dense]`` (plus ``dense`` itself); q is the lcm of the members'
@@ -138,8 +142,11 @@ def random_pruned_widths(
         if any(i in fixed for i in members):
             width[r] = d
             continue
-        lo = math.ceil(float(min_keep) * d)
         step = q.get(r, 1)
+        if keep is not None:
+            width[r] = int(min(d, max(step, round(float(keep) * d / step) * step)))
+            continue
+        lo = math.ceil(float(min_keep) * d)
         cands = sorted({w for w in range(step, d + 1, step) if w >= lo} | {d})
         width[r] = int(cands[int(gen.integers(len(cands)))])
 

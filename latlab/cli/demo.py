@@ -17,7 +17,8 @@ def demo(
     grid: Annotated[str, typer.Option(help="Channel grid (see `latlab profile --help`).")] = "lhs:12:16",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     backend: Annotated[str, typer.Option(help="cpu | cuda | fake")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+    threads: Annotated[int, typer.Option(
+        help="CPU threads (1 gives repeatable numbers; more threads make tiny convs erratic on small VMs).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed samples per configuration.")] = 15,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: DbOption = None,

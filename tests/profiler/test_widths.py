@@ -160,3 +160,18 @@ def test_unsupported_structures_name_the_module(cls: type[nn.Module], culprit: s
     widths["head"] = (8, 8)
     with pytest.raises(LatlabError, match=culprit):
         rebuild_with_widths(model, trace, widths)
+
+
+def test_uniform_keep_ratio_snaps_to_group_sizes() -> None:
+    from profiler._grids import rn50_group, rn50_group_q
+    from profiler.plan import trace_network
+    from profiler.widths import random_pruned_widths
+
+    trace = trace_network("resnet50", 224)
+    sizes = {layer.name: rn50_group_q(rn50_group(layer.name)) for layer in trace.layers}
+    widths = random_pruned_widths(trace, 0, keep=0.1, group_sizes=sizes)
+    assert widths["conv1"] == (3, 6)  # 6.4 -> nearest multiple of q=2
+    assert widths["layer1.0.conv1"] == (6, 32)  # cin follows the stem; 6.4 -> at least q=32
+    assert widths["layer3.1.conv1"][1] == 128  # 25.6 -> at least q=128
+    assert widths["layer4.2.conv3"] == (64, 256)  # conv2 of layer4.2: q=32, 51.2 -> 64; residual 204.8 -> 256
+    assert random_pruned_widths(trace, 0, keep=1.0, group_sizes=sizes)["layer2.0.conv2"] == (128, 128)
