@@ -21,7 +21,7 @@ from latency_models._common import (
     single_thread,
 )
 from latency_models.base import LatencyModel, register_model
-from latency_models.features import FEATURE_COLUMNS, numeric_features
+from latency_models.features import numeric_features
 
 _LOG_FLOOR_MS = 1e-6  # latencies of 0 ms are clipped here before taking logs
 
@@ -58,8 +58,7 @@ class PerFamilyBilinear(LatencyModel):
             coef = np.linalg.lstsq(A / scale, target[idx], rcond=None)[0]
             self.coef_[key] = coef / scale
         self.ranges_ = group_ranges(frame)
-        self.n_features_in_ = len(FEATURE_COLUMNS)
-        self.train_data_ = (frame[list(FEATURE_COLUMNS)], target)
+        self._mark_fitted(frame, target)
         return self
 
     def predict(self, X: pd.DataFrame | Sequence[ConvConfig]) -> np.ndarray:
@@ -85,8 +84,7 @@ class _GlobalRegressor(LatencyModel):
 
     def _finish_fit(self, frame: pd.DataFrame, target: np.ndarray) -> None:
         self.ranges_: dict[GroupKey, Ranges] = group_ranges(frame)
-        self.n_features_in_ = len(FEATURE_COLUMNS)
-        self.train_data_ = (frame[list(FEATURE_COLUMNS)], target)
+        self._mark_fitted(frame, target)
 
     def _features(self, X: Any) -> np.ndarray:
         self._check_fitted()

@@ -53,8 +53,7 @@ class LinearLatencyModel(LatencyModel):
         frame, target = self._validate_xy(X, y)
         frame = prepare(frame)
         self.tables_: dict[Any, GroupTable] = group_tables(frame, target)
-        self.n_features_in_ = len(FEATURE_COLUMNS)
-        self.train_data_ = (frame[list(FEATURE_COLUMNS)], target)
+        self._mark_fitted(frame, target)
         return self
 
     def predict(self, X: pd.DataFrame | Sequence[ConvConfig]) -> np.ndarray:

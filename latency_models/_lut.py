@@ -12,7 +12,6 @@ from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig
 from latency_models._common import GroupTable, check_rows, describe_row, group_rows, group_tables, prepare
 from latency_models.base import LatencyModel, register_model
-from latency_models.features import FEATURE_COLUMNS
 
 MISSING_POLICIES = ("error", "nearest", "bilinear")
 
@@ -62,8 +61,7 @@ class LUTModel(LatencyModel):
         frame, target = self._validate_xy(X, y)
         frame = prepare(frame)
         self.tables_ = group_tables(frame, target)
-        self.n_features_in_ = len(FEATURE_COLUMNS)
-        self.train_data_ = (frame[list(FEATURE_COLUMNS)], target)
+        self._mark_fitted(frame, target)
         return self
 
     def predict(self, X: pd.DataFrame | Sequence[ConvConfig]) -> np.ndarray:

@@ -170,8 +170,7 @@ class MDLM(LatencyModel):
             for key, t in tables.items()
         }
         self.tables_: dict[GroupKey, GroupTable] = tables
-        self.n_features_in_ = len(FEATURE_COLUMNS)
-        self.train_data_ = (frame[list(FEATURE_COLUMNS)], target)
+        self._mark_fitted(frame, target)
         return self
 
     def _evaluate(self, X: Any, want_std: bool) -> tuple[np.ndarray, np.ndarray]:

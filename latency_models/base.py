@@ -56,6 +56,11 @@ class LatencyModel(RegressorMixin, BaseEstimator):
         ok = np.abs(pred - y) <= 0.10 * np.abs(y)
         return float(np.average(ok, weights=sample_weight))
 
+    def _mark_fitted(self, frame: pd.DataFrame, target: np.ndarray) -> None:
+        """Record the training snapshot (used by the default persistence) and the fitted flag."""
+        self.n_features_in_ = len(FEATURE_COLUMNS)
+        self.train_data_ = (frame[list(FEATURE_COLUMNS)], target)
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit(X, y) first")

@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from latlab.cli import app, main
+from latlab.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _name(info) -> str:  # type: ignore[no-untyped-def]
@@ -38,49 +30,47 @@ def _commands() -> list[list[str]]:
 
 
 @pytest.mark.parametrize("argv", _commands(), ids=" ".join)
-def test_every_command_has_help_and_is_in_the_readme(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run([*argv, "--help"], capsys)
+def test_every_command_has_help_and_is_in_the_readme(argv: list[str], cli) -> None:
+    code, out, _ = cli([*argv, "--help"])
     assert code == 0 and "Usage" in out
     readme = (ROOT / "README.md").read_text()
     assert f"latlab {' '.join(argv)}" in readme, f"README.md does not document `latlab {' '.join(argv)}`"
 
 
 def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                                              cli) -> None:
     db = str(tmp_path / "rn50.db")
-    code, out, err = run(["profile", "--model", "resnet50", "--backend", "fake", "--grid", "reference", "-q",
-                          "--db", db], capsys)
+    code, out, err = cli(["profile", "--model", "resnet50", "--backend", "fake", "--grid", "reference", "-q",
+                          "--db", db])
     assert code == 0, err
     assert "1423 planned, 0 already stored, 1423 measured" in out
-    code, out, _ = run(["profile", "--model", "resnet50", "--backend", "fake", "--grid", "reference", "-q",
-                        "--db", db], capsys)
+    code, out, _ = cli(["profile", "--model", "resnet50", "--backend", "fake", "--grid", "reference", "-q",
+                        "--db", db])
     assert "1423 already stored, 0 measured" in out
-    code, out, _ = run(["lut", "list", "--db", db], capsys)
+    code, out, _ = cli(["lut", "list", "--db", db])
     assert code == 0 and "1423" in out
-    code, out, _ = run(["lut", "show", "--sweep", "1", "--db", db, "-f", "csv"], capsys)
+    code, out, _ = cli(["lut", "show", "--sweep", "1", "--db", db, "-f", "csv"])
     assert code == 0 and len(out.strip().splitlines()) == 16  # header + the 15 ResNet50 families
-    code, out, _ = run(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "64", "--cout", "64", "--db", db],
-                       capsys)
+    code, out, _ = cli(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "64", "--cout", "64", "--db", db])
     assert code == 0 and re.match(r"^\d+(\.\d+)? ms", out)
-    code, _, err = run(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "65", "--cout", "64", "--db", db],
-                       capsys)
+    code, _, err = cli(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "65", "--cout", "64", "--db", db])
     assert code == 1 and "LUT miss" in err and "cin=65" in err and "f56x56_k3x3" in err
     pkl = tmp_path / "rn50.pkl"
-    code, out, err = run(["lut", "export", str(pkl), "--format", "halp", "--db", db], capsys)
+    code, out, err = cli(["lut", "export", str(pkl), "--format", "halp", "--db", db])
     assert code == 0, err
     lut = pickle.loads(pkl.read_bytes())
     assert len(lut) == 1423 and "256_64_64_56_3_1_1" in lut
     assert all(re.fullmatch(r"256_\d+_\d+_\d+_\d_\d_1", k) for k in lut)
     # import -> export round-trips exactly
     db2 = str(tmp_path / "titan.db")
-    code, out, err = run(["lut", "import", str(pkl), "--hardware", "TITAN V", "--db", db2], capsys)
+    code, out, err = cli(["lut", "import", str(pkl), "--hardware", "TITAN V", "--db", db2])
     assert code == 0 and "1423 new" in out, err
-    code, out, _ = run(["lut", "import", str(pkl), "--hardware", "TITAN V", "--db", db2], capsys)
+    code, out, _ = cli(["lut", "import", str(pkl), "--hardware", "TITAN V", "--db", db2])
     assert "0 new, 1423 already present" in out
     back = tmp_path / "back.pkl"
-    assert run(["lut", "export", str(back), "--hardware", "TITAN V", "--db", db2], capsys)[0] == 0
+    assert cli(["lut", "export", str(back), "--hardware", "TITAN V", "--db", db2])[0] == 0
     assert pickle.loads(back.read_bytes()) == lut
-    code, out, _ = run(["lut", "export", str(tmp_path / "x.csv"), "--format", "csv", "--db", db2], capsys)
+    code, out, _ = cli(["lut", "export", str(tmp_path / "x.csv"), "--format", "csv", "--db", db2])
     assert code == 0 and (tmp_path / "x.csv").read_text().count("\n") == 1424
 
 
@@ -119,12 +109,12 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
-def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path, cli) -> None:
     corrupt_bytes = b"definitely not sqlite" * 100
     marker = Path("/tmp/latlab_cli_pwned")
     marker.unlink(missing_ok=True)
     for argv, expected in _bad_inputs(tmp_path):
-        code, out, err = run(argv, capsys)
+        code, out, err = cli(argv)
         assert code == 1, (argv, out, err)
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("latlab: error:"), (argv, err)
@@ -143,15 +133,15 @@ def test_entry_point_exit_codes(tmp_path: Path) -> None:
     assert usage.returncode == 2 and "--model" in usage.stderr
 
 
-def test_measure_and_hw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_measure_and_hw(tmp_path: Path, cli) -> None:
     db = str(tmp_path / "m.db")
-    code, out, err = run(["measure", "--model", "resnet18", "--num-classes", "10", "--input-size", "64",
+    code, out, err = cli(["measure", "--model", "resnet18", "--num-classes", "10", "--input-size", "64",
                           "--batch", "2", "--repeats", "5", "--warmup", "2", "--backend", "cpu", "-f", "csv",
-                          "--db", db], capsys)
+                          "--db", db])
     assert code == 0, err
     header, row = out.strip().splitlines()
     assert "median_ms" in header and ",ok," in row
-    code, out, _ = run(["hw", "-f", "json"], capsys)
+    code, out, _ = cli(["hw", "-f", "json"])
     assert code == 0 and '"fingerprint"' in out
-    code, out, _ = run(["db", "current", "--db", db], capsys)
+    code, out, _ = cli(["db", "current", "--db", db])
     assert code == 0 and "revision 0003" in out

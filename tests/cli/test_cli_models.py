@@ -6,46 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from latlab.cli import main
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.fixture
-def lut_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+def lut_db(tmp_path: Path, cli) -> str:
     db = str(tmp_path / "fake.db")
-    code, _, err = run(["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:64", "--batch", "32",
-                        "--input-size", "64", "-q", "--db", db], capsys)
+    code, _, err = cli(["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:64", "--batch", "32",
+                        "--input-size", "64", "-q", "--db", db])
     assert code == 0, err
     return db
 
 
-def test_fit_and_list(lut_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["fit", "--models", "mdlm,llm", "--holdout", "0.5", "--db", lut_db, "-f", "csv"], capsys)
+def test_fit_and_list(lut_db: str, cli) -> None:
+    code, out, err = cli(["fit", "--models", "mdlm,llm", "--holdout", "0.5", "--db", lut_db, "-f", "csv"])
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].startswith("name,kind,n_train,n_test,missing,within_5") and len(lines) == 3
-    code, out, _ = run(["models", "list", "--db", lut_db, "-f", "csv"], capsys)
+    code, out, _ = cli(["models", "list", "--db", lut_db, "-f", "csv"])
     assert code == 0 and "-mdlm-s1" in out and "-llm-s1" in out
-    code, _, err = run(["fit", "--models", "mdlm", "--db", lut_db], capsys)
+    code, _, err = cli(["fit", "--models", "mdlm", "--db", lut_db])
     assert code == 1 and "already exists" in err
-    code, _, err = run(["fit", "--models", "magic", "--db", lut_db], capsys)
+    code, _, err = cli(["fit", "--models", "magic", "--db", lut_db])
     assert code == 1 and "unknown latency model" in err
 
 
-def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, cli) -> None:
     out_dir = tmp_path / "eval"
-    code, out, err = run(["evaluate", "--models", "lut,llm,mdlm,rf", "--db", lut_db, "--train-fraction", "0.5",
+    code, out, err = cli(["evaluate", "--models", "lut,llm,mdlm,rf", "--db", lut_db, "--train-fraction", "0.5",
                           "--network", "resnet18", "--input-size", "64", "--pruned", "3", "--measure-backend",
-                          "fake", "--out", str(out_dir)], capsys)
+                          "fake", "--out", str(out_dir)])
     assert code == 0, err
     report = (out_dir / "report.md").read_text()
     assert "Held-out accuracy" in report and "Whole-network latency" in report
@@ -54,9 +42,9 @@ def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, capsys: p
     assert "mdlm" in out
 
 
-def test_evaluate_bad_input(lut_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_bad_input(lut_db: str, tmp_path: Path, cli) -> None:
     empty = str(tmp_path / "empty.db")
-    run(["db", "upgrade", "--db", empty], capsys)
+    cli(["db", "upgrade", "--db", empty])
     cases = [
         (["evaluate", "--db", empty], "no sweeps"),
         (["evaluate", "--db", lut_db, "--network", "resnet5O"], "unknown torchvision model"),
@@ -66,20 +54,20 @@ def test_evaluate_bad_input(lut_db: str, tmp_path: Path, capsys: pytest.CaptureF
         (["fit", "--db", str(tmp_path / "missing.db")], "no LUT database"),
     ]
     for argv, expected in cases:
-        code, _, err = run(argv, capsys)
+        code, _, err = cli(argv)
         assert code == 1 and expected in err, (argv, err)
         assert len(err.strip().splitlines()) == 1
 
 
-def test_profile_adaptive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_profile_adaptive(tmp_path: Path, cli) -> None:
     db = str(tmp_path / "ad.db")
     argv = ["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:32", "--batch", "8",
             "--input-size", "64", "--adaptive", "--budget", "120", "-q", "--db", db]
-    code, out, err = run(argv, capsys)
+    code, out, err = cli(argv)
     assert code == 0, err
     assert "adaptive sweep 1: measured 120 new" in out or "stopped by target accuracy" in out
-    code, out, _ = run(["lut", "list", "--db", db, "-f", "csv"], capsys)
+    code, out, _ = cli(["lut", "list", "--db", db, "-f", "csv"])
     assert code == 0
     no_budget = [a for a in argv if a not in ("--budget", "120")]
-    code, _, err = run(no_budget, capsys)
+    code, _, err = cli(no_budget)
     assert code == 1 and "--budget" in err
