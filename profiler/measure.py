@@ -18,6 +18,7 @@ from torch import nn
 from db.engine import Database
 from db.errors import LatlabError
 from db.lut import get_or_create_hardware, record_model_measurement
+from profiler.backends._modules import eval_mode
 from profiler.backends.base import Backend, MeasurementFailed
 from profiler.plan import resolve_model
 
@@ -125,7 +126,7 @@ def count_params_and_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dic
     handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros((1, *input_shape[1:])))
+            eval_mode(model)(torch.zeros((1, *input_shape[1:])))
     finally:
         for h in handles:
             h.remove()

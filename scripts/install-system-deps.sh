@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages latlab's tests use: a PostgreSQL server (the db tests start their own instance).
+# System packages latlab's tests use: a PostgreSQL server (the db tests start their own instance),
+# GLPK and CBC executables (solvers for the pruning problems).
 # Run as root on Debian/Ubuntu; elsewhere it only reports what is missing.
 set -euo pipefail
 
@@ -7,6 +8,8 @@ have_postgres() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || co
 
 missing=()
 have_postgres || missing+=(postgresql)
+command -v glpsol >/dev/null || missing+=(glpk-utils)   # MindtPy's MIP solver (pruning)
+command -v cbc >/dev/null || missing+=(coinor-cbc)      # CBC executable (PuLP also bundles one)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages: all present"
   exit 0

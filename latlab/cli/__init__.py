@@ -8,7 +8,7 @@ import sys
 import typer
 
 from db.errors import LatlabError
-from latlab.cli import db_cmd, demo, evaluate, hw, lut, measure, models, profile
+from latlab.cli import db_cmd, demo, evaluate, graph, hw, lut, measure, models, profile, prune
 
 app = typer.Typer(
     name="latlab",
@@ -23,6 +23,8 @@ app.command("profile")(profile.profile)
 app.command("measure")(measure.measure)
 app.command("fit")(models.fit)
 app.command("evaluate")(evaluate.evaluate)
+app.command("graph")(graph.graph)
+app.command("prune")(prune.prune)
 app.command("demo")(demo.demo)
 app.add_typer(lut.app, name="lut")
 app.add_typer(models.app, name="models")

@@ -70,12 +70,20 @@ def build_conv_op(config: ConvConfig, seed: int = 0) -> nn.Module:
     return module.eval()
 
 
+def eval_mode(module: nn.Module) -> nn.Module:
+    """``module.eval()``; a ``torch.export`` module (already an inference graph) refuses ``eval()``."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
+
+
 def prepare_module(module: nn.Module, dtype: str, layout: str, device: Any = "cpu") -> nn.Module:
     """Move ``module`` (in place) to ``device``/``dtype``/``layout`` and put it in eval mode."""
     module = module.to(device=device, dtype=torch_dtype(dtype))
     if layout == "nhwc":
         module = module.to(memory_format=memory_format(layout))
-    return module.eval()
+    return eval_mode(module)
 
 
 def copy_model(model: nn.Module, dtype: str, layout: str, device: Any = "cpu") -> nn.Module:

@@ -1,0 +1,83 @@
+"""``latlab graph``: the prunable structure of a network (channel groups, q, blocks) and HALP/MDP tables."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.errors import LatlabError
+from latlab.tables import render
+
+FORMATS = ("table", "mdp", "json")
+
+
+def _group_sizes(text: str) -> str | int:
+    value = text.strip().lower()
+    if value in ("auto", "reference"):
+        return value
+    if re.fullmatch(r"\d+", value) and int(value) >= 1:
+        return int(value)
+    raise LatlabError(f"--group-sizes must be auto, reference or an integer >= 1, got {text!r}")
+
+
+def graph(
+    model: Annotated[str, typer.Option(help="torchvision model name, e.g. resnet50, mobilenet_v2.")],
+    outdir: Annotated[Path | None, typer.Argument(help="Folder for the files of --format mdp/json.")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="table (print only) | mdp (HALP/MDP json tables) | json (one description file)")] = "table",
+    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    group_sizes: Annotated[str, typer.Option(
+        help="auto (8/16/32 by width) | reference (HALP/MDP ResNet50 sizes) | an integer q")] = "auto",
+    prefix: Annotated[str, typer.Option(help="Prefix for names in the mdp tables, e.g. 'module.' (DDP).")] = "",
+) -> None:
+    """Trace MODEL and show its channel groups, group sizes q, channel items and removable blocks.
+
+    Examples:
+
+      latlab graph --model resnet50 --group-sizes reference
+
+      latlab graph --model resnet50 --format mdp ./rn50_tables
+
+      latlab graph --model resnet50 --format mdp --group-sizes reference --prefix module. ./rn50_tables
+
+      latlab graph --model mobilenet_v2 --format json ./tables
+    """
+    from pruning.graph import build_network_spec
+    from pruning.mdp_tables import write_mdp_tables
+
+    if format not in FORMATS:
+        raise LatlabError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
+    if format == "mdp" and outdir is None:
+        raise LatlabError("--format mdp needs an OUTDIR argument to write the tables into")
+    spec = build_network_spec(model, input_size, group_sizes=_group_sizes(group_sizes))
+    arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip().lower())
+    if format == "json" and outdir is None:  # stdout is the JSON document alone
+        typer.echo(json.dumps(spec.to_dict(), indent=2))
+        return
+    summary = {"model": spec.model_name, **spec.summary()}
+    typer.echo(render([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}"), nl=False)
+    if format == "table":
+        rows = [{"group": g.id, "convs": len(g.convs), "width": g.width, "q": g.q, "items": g.m,
+                 "coupled": g.coupled, "prunable": g.prunable} for g in spec.groups.values()]
+        typer.echo(render(rows, "table", title="channel groups"), nl=False)
+        if spec.blocks:
+            brows = [{"block": b.name, "convs": len(b.convs), "input group": b.input_group,
+                      "output group": b.output_group} for b in spec.blocks]
+            typer.echo(render(brows, "table", title="removable blocks"), nl=False)
+        return
+    if format == "mdp":
+        assert outdir is not None
+        paths = write_mdp_tables(spec, outdir, arch, prefix=prefix)
+        for path in paths.values():
+            typer.echo(f"wrote {path}")
+        return
+    assert outdir is not None
+    data = json.dumps(spec.to_dict(), indent=2)
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / f"{arch}_network.json"
+    path.write_text(data + "\n")
+    typer.echo(f"wrote {path}")

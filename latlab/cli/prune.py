@@ -1,0 +1,116 @@
+"""``latlab prune``: one-shot latency-constrained pruning against a hardware profile's latency model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.engine import open_database
+from db.errors import LatlabError
+from db.lut import find_sweep
+from latency_models.base import get_model
+from latency_models.features import configs_from_frame, lut_frame
+from latency_models.store import load_model
+from latlab.cli._options import DbOption, HardwareOption, SweepOption
+from latlab.tables import render
+from profiler.measure import load_model as load_network
+from pruning.cost import METHODS, Settings
+from pruning.graph import build_network_spec
+from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
+from pruning.solvers import list_solvers
+
+_DEFAULT_KIND = {"halp": "llm", "mgp": "llm", "mdlm": "mdlm", "mdp": "mdlm"}
+
+
+def _data_batches(path: Path, input_size: int, batch_size: int):  # type: ignore[no-untyped-def]
+    import torch
+    from torchvision import datasets, transforms
+
+    if not path.is_dir():
+        raise LatlabError(f"dataset folder {path} does not exist (expected ImageFolder layout: CLASS/IMAGE)")
+    tf = transforms.Compose([
+        transforms.Resize(int(input_size * 256 / 224)), transforms.CenterCrop(input_size), transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])
+    try:
+        data = datasets.ImageFolder(str(path), transform=tf)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise LatlabError(f"cannot read {path} as an ImageFolder dataset: {exc}") from None
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def prune(
+    model: Annotated[str, typer.Option(help="torchvision model name.")],
+    method: Annotated[str, typer.Option(help=f"{' | '.join(METHODS)} (HALP=OCP+LLM, MGP+LLM, OCP+MDLM, MDP).")],
+    target: Annotated[float, typer.Option(help="Kept share of the dense latency, e.g. 0.5 (HALP50).")],
+    out: Annotated[Path, typer.Option(help="Directory for masks.pt, pruned.pt2, result.json, report.md.")],
+    weights: Annotated[Path | None, typer.Option(help="Local state-dict file (weights_only load).")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classifier width of the model.")] = 1000,
+    input_size: Annotated[int, typer.Option(help="Input resolution.")] = 224,
+    latency_model: Annotated[str | None, typer.Option(
+        help="Stored latency model name (`latlab models list`); default: fit one on the sweep's LUT.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Kind to fit when no --latency-model (default by method).")] = None,
+    sweep: SweepOption = None, hardware: HardwareOption = None,
+    group_sizes: Annotated[str, typer.Option(help="auto | reference (ResNet-50) | N channels per item.")] = "auto",
+    data: Annotated[Path | None, typer.Option(help="ImageFolder for Taylor importance (else BN magnitude).")] = None,
+    batches: Annotated[int, typer.Option(help="Batches of --data for importance.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Images per importance batch.")] = 16,
+    solver: Annotated[str, typer.Option(help=" | ".join(list_solvers()))] = "milp-highs",
+    time_limit: Annotated[float, typer.Option(help="Solver time limit (s).")] = 60.0,
+    db: DbOption = None,
+) -> None:
+    """Prune MODEL once to TARGET × its dense latency on a hardware profile, and export the slim network.
+
+    The latency model is a stored one (--latency-model) or fitted now on a sweep's LUT (--hardware /
+    --sweep; batch, dtype and layout come from that LUT). Importance is HALP's BN-Taylor score over a few
+    batches of --data, or BN |γ| without data. The problem is solved exactly; the slim network is checked
+    against the masked one (max |Δ logits|) and saved with torch.export, loadable by `latlab measure --module`.
+
+    Examples:
+
+      latlab prune --model resnet50 --method mdp --target 0.5 --hardware "TITAN V" --group-sizes reference
+      --out rn50-mdp50
+
+      latlab prune --model resnet18 --weights r18.pth --method halp --target 0.7 --data imagenet/val
+      --out r18-halp70
+    """
+    if method not in METHODS:
+        raise LatlabError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if solver not in list_solvers():
+        raise LatlabError(f"unknown solver {solver!r}; choose from {', '.join(list_solvers())}")
+    sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
+    name, net = load_network(model, weights=weights, num_classes=num_classes)
+    spec = build_network_spec(net, input_size, group_sizes=sizes)
+    batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
+    database = open_database(db, create=False, upgrade=True)
+    if latency_model is not None:
+        lat = load_model(database, latency_model)
+        X = lat.train_data_[0]
+        source = f"stored model {latency_model!r}"
+    else:
+        with database.session() as session:
+            sweep_row = find_sweep(session, sweep, hardware)
+            X, y = lut_frame(session, sweep_row.id)
+            source = f"{kind or _DEFAULT_KIND[method]} fitted on sweep {sweep_row.id} ({sweep_row.hardware.name})"
+        lat = get_model(kind or _DEFAULT_KIND[method]).fit(X, y)
+    first = configs_from_frame(X.iloc[:1])[0]
+    settings = Settings(first.batch, first.dtype, first.layout, first.op)
+    if batches_iter is not None:
+        importances = taylor_scores(net, spec, batches_iter, max_batches=batches)
+        imp_source = f"BN-Taylor over {batches} batches of {data}"
+    else:
+        importances = magnitude_scores(net, spec)
+        imp_source = "BN |gamma| (no --data)"
+    res = prune_once(net, spec, lat, importances, method=method, target=target, settings=settings, solver=solver,
+                     time_limit=time_limit)
+    config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
+              "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
+              "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size}
+    paths = save_outputs(res, spec, out, config)
+    typer.echo(render([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned"))
+    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+    (out / "config.json").write_text(json.dumps(config, indent=2))

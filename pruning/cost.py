@@ -1,0 +1,153 @@
+"""From a network, its channel importances and a latency model to a :class:`PruningProblem`, and back.
+
+Methods (halp_mdp_spec.md §5-§8):
+
+* ``halp`` (OCP+LLM): channels only; each conv's latency as a function of its own kept output items
+  with its input width frozen at the current value (HALP's linear model, §5.1).
+* ``mgp`` (MGP+LLM): the same plus removable blocks (§6): a removed block's convs cost nothing and its
+  internal groups' value is lost.
+* ``mdlm`` (OCP+MDLM): channels only; each conv's latency as the pairwise table
+  ``M[k_out, k_in] = L(k_in·q_producer, k_out·q)`` (§7), so shrinking a producer is priced exactly.
+* ``mdp`` (MGP+MDLM): pairwise terms and removable blocks (§8).
+
+Items: a group's channels are sorted by importance and cut into items of ``q`` channels (§4.4); an
+item's value is the sum of its channels' importances, and keeping ``k`` items keeps the top ``k·q``
+channels. Latencies come from any fitted latency model (``predict`` on LUT keys); the LLM gets the
+frozen input width through its ``cin_ref`` column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from db.errors import LatlabError
+from db.keys import ConvConfig
+from latency_models.base import LatencyModel
+from latency_models.features import frame_from_configs
+from pruning.graph import NetworkSpec
+from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
+
+METHODS = ("halp", "mgp", "mdlm", "mdp")
+
+
+@dataclass
+class Settings:
+    """Execution settings of the latency model's LUT keys."""
+
+    batch: int
+    dtype: str = "fp32"
+    layout: str = "nchw"
+    op: str = "conv"
+
+
+@dataclass
+class ProblemMap:
+    """How problem indices map back to the network: group ids, blocks, channel orders."""
+
+    group_ids: list[str]
+    block_names: list[str]
+    order: dict[str, np.ndarray]  # group id -> channel indices sorted by importance (descending)
+    dense_latency: float
+
+
+def _predict(model: LatencyModel, configs: list[ConvConfig], cin_ref: list[int] | None) -> np.ndarray:
+    if not configs:
+        return np.zeros(0)
+    frame = frame_from_configs(configs)
+    if cin_ref is not None and getattr(model, "kind", None) == "llm":
+        frame = frame.assign(cin_ref=cin_ref)
+    return np.asarray(model.predict(frame), dtype=float)
+
+
+def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_group: dict[str, int],
+            min_keep: int) -> tuple[list[Group], dict[str, np.ndarray]]:
+    groups, order = [], {}
+    for gid, g in spec.groups.items():
+        imp = np.asarray(importances.get(gid, np.ones(g.width)), dtype=float).ravel()
+        if imp.shape != (g.width,) or not np.all(np.isfinite(imp)):
+            raise LatlabError(f"importance of group {gid} must be {g.width} finite values, got shape {imp.shape}")
+        order[gid] = np.argsort(-imp, kind="stable")
+        items = imp[order[gid]].reshape(g.m, g.q).sum(axis=1)
+        keep = g.m if not g.prunable else min(max(min_keep, 1), g.m)
+        groups.append(Group.from_importances(items, min_keep=keep, block=block_of_group.get(gid), name=gid))
+    return groups, order
+
+
+def build_problem(
+    spec: NetworkSpec, model: LatencyModel, importances: Mapping[str, np.ndarray], *, method: str,
+    target: float, settings: Settings, min_keep: int = 1,
+) -> tuple[PruningProblem, ProblemMap]:
+    """The pruning problem of ``method`` at ``target`` × the dense latency (both from ``model``).
+
+    ``importances`` maps group id -> one score per channel (missing groups: uniform).
+    """
+    if method not in METHODS:
+        raise LatlabError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+    if not 0 < target <= 1:
+        raise LatlabError(f"target must be the kept share of latency in (0, 1], got {target}")
+    with_blocks = method in ("mgp", "mdp")
+    pairwise = method in ("mdlm", "mdp")
+    block_names = [b.name for b in spec.blocks] if with_blocks else []
+    block_of_conv = {c: i for i, b in enumerate(spec.blocks) if with_blocks for c in b.convs}
+    block_of_group = {
+        gid: block_of_conv[g.convs[0]] for gid, g in spec.groups.items()
+        if g.convs[0] in block_of_conv and all(block_of_conv.get(c) == block_of_conv[g.convs[0]] for c in g.convs)
+    }
+    groups, order = _groups(spec, importances, block_of_group, min_keep)
+    index = {gid: i for i, gid in enumerate(spec.groups)}
+    linear: list[LinearTerm] = []
+    terms: list[PairwiseTerm] = []
+    for conv in spec.convs:
+        g = spec.groups[conv.group]
+        ks = np.arange(1, g.m + 1)
+        block = block_of_conv.get(conv.name)
+        p = spec.groups.get(conv.producer_group) if conv.producer_group else None
+        if pairwise and p is not None and not conv.depthwise:
+            kin = np.arange(1, p.m + 1)
+            grid = [(int(i), int(j)) for i in ks for j in kin]
+            configs = [ConvConfig(conv.family, j * p.q, i * g.q, settings.batch, settings.dtype, settings.layout,
+                                  settings.op) for i, j in grid]
+            matrix = np.zeros((g.m + 1, p.m + 1))
+            matrix[1:, 1:] = _predict(model, configs, None).reshape(g.m, p.m)
+            terms.append(PairwiseTerm(index[g.id], index[p.id], matrix, block, conv.name))
+            continue
+        cins = [int(k * g.q) if conv.depthwise else conv.cin for k in ks]
+        configs = [ConvConfig(conv.family, ci, int(k * g.q), settings.batch, settings.dtype, settings.layout,
+                              settings.op) for ci, k in zip(cins, ks, strict=True)]
+        costs = np.concatenate([[0.0], _predict(model, configs, cins)])
+        linear.append(LinearTerm(index[g.id], costs, block, conv.name))
+    dense = sum(t.costs[-1] for t in linear) + sum(t.matrix[-1, -1] for t in terms)
+    problem = PruningProblem(groups, budget=float(target * dense), linear=linear, pairwise=terms,
+                             blocks=list(range(len(block_names))), name=f"{spec.model_name} {method} {target:g}")
+    return problem, ProblemMap(list(spec.groups), block_names, order, float(dense))
+
+
+def solution_masks(spec: NetworkSpec, result: SolveResult, mapping: ProblemMap) -> tuple[dict[str, torch.Tensor],
+                                                                                       list[str]]:
+    """``({conv: kept output channels}, removed block names)`` of a solved problem.
+
+    Raises :class:`LatlabError` if the result holds no solution (infeasible, time-out, error).
+    """
+    if not result.ok or result.solution is None:
+        raise LatlabError(f"no pruning solution ({result.status}): {result.message}")
+    removed = [mapping.block_names[b] for b in sorted(result.solution.removed_blocks)]
+    masks: dict[str, torch.Tensor] = {}
+    for gid, k in zip(mapping.group_ids, result.solution.kept, strict=True):
+        g = spec.groups[gid]
+        keep = torch.zeros(g.width, dtype=torch.bool)
+        n = int(k) * g.q if k else g.width  # a removed block's internal groups: irrelevant, keep dense
+        keep[torch.as_tensor(mapping.order[gid][:n].copy())] = True
+        for conv in g.convs:
+            masks[conv] = keep
+    return masks, removed
+
+
+def group_widths(spec: NetworkSpec, result: SolveResult, mapping: ProblemMap) -> dict[str, int]:
+    """Kept channels per group (0 for the internal groups of removed blocks)."""
+    if result.solution is None:
+        return {}
+    return {gid: int(k) * spec.groups[gid].q for gid, k in zip(mapping.group_ids, result.solution.kept, strict=True)}

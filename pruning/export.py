@@ -1,0 +1,362 @@
+"""Export a channel-masked network to a physically smaller one (spec §9.6, §13.1 item 8).
+
+:func:`export_pruned` walks the torch.fx graph and tracks, for every tensor, the boolean keep-vector of
+its channels (a conv's output carries its own mask, a depthwise conv and BN/activations/pooling pass
+their input's on, ``torch.cat`` on dim 1 concatenates, add/sub/mul require equal masks). Every conv is
+sliced by *mask indices* (out channels by its mask, in channels by its input's keep-vector; a depthwise
+conv gets ``groups = kept``), every BN by its input's keep-vector, and the first Linear after the
+convs by the kept features (flatten-aware). Non-depthwise grouped convs cannot be pruned.
+
+Removed residual blocks (torchvision ``BasicBlock``/``Bottleneck`` only) are replaced by their shortcut:
+``relu(downsample(x))`` when the block has a ``downsample`` projection (kept and sliced, with the ReLU
+that ``[M] clean_model_mgp`` drops, spec §12.2), else ``nn.Identity`` — exact because the input of every
+torchvision ResNet block is a ReLU (or max-pool of ReLU) output, so ``relu(x + 0) = x``. The masked
+counterpart (:func:`masked_reference`) zeroes the block's last BN, so its residual branch adds exactly 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from db.errors import LatlabError
+from profiler._trace import _OPAQUE_MODULES, TraceResult, _PathTracer
+from pruning.importance import conv_bn_pairs
+
+__all__ = ["export_pruned", "masked_reference", "param_and_mac_counts", "verify_export"]
+
+_JOIN = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+         torch.add, torch.sub, torch.mul, "add", "add_", "sub", "sub_", "mul", "mul_"}
+_CHANNEL_MOVERS = {torch.permute, torch.transpose, torch.chunk, torch.split, torch.channel_shuffle, torch.narrow,
+                   "permute", "transpose", "chunk", "split", "narrow", "unbind", "movedim", "swapaxes"}
+_STATELESS_OK = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.ZeroPad2d,
+)
+RemovedBlocks = Mapping[str, Any] | Iterable[str]
+
+
+class _Shortcut(nn.Module):
+    """What is left of a removed block with a projection shortcut: ``relu(downsample(x))``."""
+
+    def __init__(self, downsample: nn.Module) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.downsample(x))
+
+
+def _base(name: str) -> str:
+    return name.split("#", 1)[0]
+
+
+def _removed(model: nn.Module, removed_blocks: RemovedBlocks | None) -> dict[str, nn.Module]:
+    names = list(removed_blocks or ())
+    mods = dict(model.named_modules())
+    out: dict[str, nn.Module] = {}
+    for n in names:
+        block = mods.get(n)
+        if not isinstance(block, BasicBlock | Bottleneck):
+            raise LatlabError(f"removed block {n!r} is not a torchvision BasicBlock/Bottleneck of the model; "
+                              "only those can be removed")
+        out[n] = block
+    return out
+
+
+def _dropped_convs(model: nn.Module, removed: Mapping[str, nn.Module]) -> set[str]:
+    """Convs inside removed blocks, except their downsample projection."""
+    out: set[str] = set()
+    for bname, block in removed.items():
+        for sub, m in block.named_modules():
+            if isinstance(m, nn.Conv2d) and not sub.startswith("downsample"):
+                out.add(f"{bname}.{sub}")
+    return out
+
+
+def _check_masks(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch.Tensor],
+                 dropped: set[str]) -> dict[str, torch.Tensor]:
+    mods = dict(model.named_modules())
+    convs = {_base(layer.name): layer for layer in trace.layers}
+    out: dict[str, torch.Tensor] = {}
+    for name, keep in masks.items():
+        if name not in convs or not isinstance(mods.get(name), nn.Conv2d):
+            raise LatlabError(f"mask given for {name!r}, which is not a traced conv of the model")
+        keep = torch.as_tensor(keep).detach().cpu()
+        if keep.dtype != torch.bool or keep.shape != (mods[name].out_channels,):
+            raise LatlabError(f"mask of conv {name} must be a bool tensor of shape ({mods[name].out_channels},), "
+                              f"got {keep.dtype} {tuple(keep.shape)}")
+        if name not in dropped and not bool(keep.any()):
+            raise LatlabError(f"conv {name} keeps no channel; remove its block instead")
+        out[name] = keep
+    for group in trace.groups:
+        live = [_base(n) for n in group if _base(n) not in dropped]
+        ref = next((out[n] for n in live if n in out), None)
+        for n in live:
+            k = out.get(n, torch.ones(mods[n].out_channels, dtype=torch.bool))
+            if ref is not None and not torch.equal(k, ref):
+                raise LatlabError(f"coupled convs {live[0]} and {n} have different masks; a group shares one mask")
+    return out
+
+
+def _idx(keep: torch.Tensor) -> torch.Tensor:
+    return keep.nonzero().flatten()
+
+
+def _new_conv(old: nn.Conv2d, in_keep: torch.Tensor, out_keep: torch.Tensor, depthwise: bool) -> nn.Conv2d:
+    w = old.weight.detach()
+    ii, oi = _idx(in_keep), _idx(out_keep)
+    if depthwise:
+        groups, weight = len(oi), w[oi.to(w.device)]
+    elif old.groups == 1:
+        groups, weight = 1, w[oi.to(w.device)][:, ii.to(w.device)]
+    elif bool(in_keep.all()) and bool(out_keep.all()):
+        groups, weight = old.groups, w
+    else:
+        raise LatlabError(f"grouped conv with groups={old.groups} cannot be pruned (only depthwise convs can)")
+    new = nn.Conv2d(len(ii), len(oi), old.kernel_size, old.stride, old.padding, old.dilation, groups,
+                    bias=old.bias is not None, padding_mode=old.padding_mode)
+    new = new.to(device=w.device, dtype=w.dtype)
+    new.weight.data.copy_(weight)
+    if old.bias is not None:
+        new.bias.data.copy_(old.bias.detach()[oi.to(w.device)])
+    return new
+
+
+def _new_bn(old: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
+    ref = old.weight if old.weight is not None else old.running_mean
+    i = _idx(keep).to(ref.device) if ref is not None else _idx(keep)
+    new = nn.BatchNorm2d(len(i), old.eps, old.momentum, old.affine, old.track_running_stats)
+    if ref is not None:
+        new = new.to(device=ref.device, dtype=ref.dtype)
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        src, dst = getattr(old, attr), getattr(new, attr)
+        if src is not None and dst is not None:
+            dst.data.copy_(src.detach()[i])
+    if old.num_batches_tracked is not None and new.num_batches_tracked is not None:
+        new.num_batches_tracked.copy_(old.num_batches_tracked)
+    return new
+
+
+def _new_linear(old: nn.Linear, keep: torch.Tensor, name: str) -> nn.Linear:
+    d = len(keep)
+    if old.in_features % d:
+        raise LatlabError(f"Linear {name}: in_features={old.in_features} is not a multiple of the {d} channels "
+                          "feeding it; unsupported structure")
+    rep = old.in_features // d
+    cols = (_idx(keep)[:, None] * rep + torch.arange(rep)[None]).flatten().to(old.weight.device)
+    new = nn.Linear(len(cols), old.out_features, bias=old.bias is not None)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.data.copy_(old.weight.detach()[:, cols])
+    if old.bias is not None:
+        new.bias.data.copy_(old.bias.detach())
+    return new
+
+
+def _cat_dim(node: fx.Node) -> int:
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return int(dim) if isinstance(dim, int) else 0
+
+
+def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch.Tensor],
+                  removed_blocks: RemovedBlocks | None = None) -> nn.Module:
+    """A physically smaller copy of ``model``: convs/BNs/Linear sliced by the ``masks`` indices.
+
+    ``masks``: ``{conv name: bool keep-vector of its output channels}`` (missing convs stay dense; the
+    convs of a coupled group must share one mask; a depthwise conv follows its input and its mask, if
+    given, must equal its input's). ``removed_blocks``: names (or a mapping keyed by names) of torchvision
+    ResNet blocks to drop; their convs' masks are ignored. The source model is not modified.
+    """
+    removed = _removed(model, removed_blocks)
+    dropped = _dropped_convs(model, removed)
+    keeps = _check_masks(model, trace, masks, dropped)
+    try:
+        graph = _PathTracer().trace(model)
+    except Exception as exc:
+        raise LatlabError(f"torch.fx cannot trace the model: {type(exc).__name__}: {exc}") from None
+    mods = dict(model.named_modules())
+    value: dict[fx.Node, torch.Tensor | None] = {}
+    replace: dict[str, nn.Module] = {}
+    conv_io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def val(a: Any) -> torch.Tensor | None:
+        return value.get(a) if isinstance(a, fx.Node) else None
+
+    for node in graph.nodes:
+        ins = [value.get(a) for a in node.all_input_nodes]
+        tracked = [k for k in ins if k is not None]
+        first = tracked[0] if tracked else None
+        if node.op in ("placeholder", "get_attr", "output"):
+            value[node] = None
+            continue
+        if node.op == "call_module":
+            mod, target = mods[node.target], str(node.target)
+            src = val(node.args[0]) if node.args else first
+            if isinstance(mod, nn.Conv2d):
+                if target in dropped:
+                    value[node] = None
+                    continue
+                in_keep = src if src is not None else torch.ones(mod.in_channels, dtype=torch.bool)
+                if len(in_keep) != mod.in_channels:
+                    raise LatlabError(f"conv {target}: its input carries {len(in_keep)} tracked channels but it has "
+                                      f"in_channels={mod.in_channels}; unsupported structure")
+                depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+                out_keep = keeps.get(target, torch.ones(mod.out_channels, dtype=torch.bool))
+                if depthwise:
+                    if target in keeps and not torch.equal(out_keep, in_keep):
+                        raise LatlabError(f"depthwise conv {target}: its mask differs from its input's kept channels")
+                    out_keep = in_keep
+                if target in conv_io:
+                    if not all(torch.equal(a, b) for a, b in zip(conv_io[target], (in_keep, out_keep), strict=True)):
+                        raise LatlabError(f"module {target} is called twice with differently pruned inputs")
+                else:
+                    conv_io[target] = (in_keep, out_keep)
+                    try:
+                        replace[target] = _new_conv(mod, in_keep, out_keep, depthwise)
+                    except LatlabError as exc:
+                        raise LatlabError(f"conv {target}: {exc}") from None
+                value[node] = out_keep
+                continue
+            if isinstance(mod, nn.BatchNorm2d):
+                if src is not None and target not in replace:
+                    if len(src) != mod.num_features:
+                        raise LatlabError(f"BatchNorm2d {target}: {mod.num_features} features but its input carries "
+                                          f"{len(src)} tracked channels")
+                    replace[target] = _new_bn(mod, src)
+                value[node] = src
+                continue
+            if isinstance(mod, nn.Linear):
+                if src is not None and target not in replace:
+                    replace[target] = _new_linear(mod, src, target)
+                value[node] = None
+                continue
+            if isinstance(mod, _OPAQUE_MODULES):
+                value[node] = None
+                continue
+            if first is not None and not bool(first.all()) and not isinstance(mod, _STATELESS_OK) and (
+                next(mod.parameters(recurse=False), None) is not None
+                or any(b is not None for b in mod._buffers.values())
+            ):
+                raise LatlabError(f"module {target} ({type(mod).__name__}) has per-channel state on pruned "
+                                  "channels; export_pruned cannot resize it")
+            value[node] = src if src is not None else first
+            continue
+        # call_function / call_method
+        fn = node.target
+        if fn in (torch.cat, torch.concat) and _cat_dim(node) in (1, -3):
+            parts = [value.get(a) if isinstance(a, fx.Node) else None for a in node.args[0]]
+            if any(p is None for p in parts):
+                if tracked and not all(bool(k.all()) for k in tracked):
+                    raise LatlabError(f"torch.cat at node {node.name} joins pruned and untracked tensors")
+                value[node] = None
+            else:
+                value[node] = torch.cat(parts)  # type: ignore[arg-type]
+            continue
+        if fn in _JOIN and len(tracked) > 1:
+            for k in tracked[1:]:
+                if k.shape != first.shape or not torch.equal(k, first):  # type: ignore[union-attr]
+                    raise LatlabError(f"operands of {node.name} carry different channel masks; coupled convs must "
+                                      "share one mask")
+        if fn in _CHANNEL_MOVERS and first is not None and not bool(first.all()):
+            raise LatlabError(f"node {node.name} ({fn}) rearranges pruned channels; export_pruned cannot follow it")
+        value[node] = first
+
+    memo: dict[int, Any] = {}
+    for qualname, module in replace.items():
+        module.train(mods[qualname].training)
+        memo[id(mods[qualname])] = module
+    for bname in removed:  # never copy the dropped convs
+        for sub, m in mods[bname].named_modules():
+            if not sub.startswith("downsample") and sub:
+                memo.setdefault(id(m), nn.Identity())
+    out = copy.deepcopy(model, memo)
+    for bname in sorted(removed, key=len, reverse=True):
+        parent_name, _, leaf = bname.rpartition(".")
+        parent = out.get_submodule(parent_name) if parent_name else out
+        block = out.get_submodule(bname)
+        ds = getattr(block, "downsample", None)
+        setattr(parent, leaf, _Shortcut(ds) if ds is not None else nn.Identity())
+    return out
+
+
+@torch.no_grad()
+def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                     removed_blocks: RemovedBlocks | None = None) -> nn.Module:
+    """A dense copy of ``model`` with the spec §5.5 masking applied: conv rows/bias and the following BN's
+    γ, β, running mean/var zeroed for masked channels; a removed block's last BN zeroed entirely."""
+    ref = copy.deepcopy(model)
+    pairs = conv_bn_pairs(ref)
+    for name, keep in masks.items():
+        conv = ref.get_submodule(name)
+        drop = ~torch.as_tensor(keep, dtype=torch.bool).to(conv.weight.device)
+        conv.weight[drop] = 0
+        if conv.bias is not None:
+            conv.bias[drop] = 0
+        if name in pairs:
+            bn = ref.get_submodule(pairs[name])
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                t = getattr(bn, attr)
+                if t is not None:
+                    t[drop] = 0
+    for block in _removed(ref, removed_blocks).values():
+        last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(last, attr)
+            if t is not None:
+                t.zero_()
+    return ref
+
+
+@torch.no_grad()
+def verify_export(masked_model: nn.Module, exported: nn.Module, input_shape: tuple[int, ...] | list[int],
+                  atol: float = 1e-3, seed: int = 0) -> float:
+    """Max |Δ output| between the two models on one random batch (eval mode, fp32; the models are copied).
+
+    Raises :class:`LatlabError` when it exceeds ``atol``.
+    """
+    a = copy.deepcopy(masked_model).float().eval()
+    b = copy.deepcopy(exported).float().eval()
+    dev = next(a.parameters()).device
+    x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed)).to(dev)
+    ya, yb = a(x), b(x.to(next(b.parameters()).device))
+    if ya.shape != yb.shape:
+        raise LatlabError(f"exported model outputs shape {tuple(yb.shape)}, masked model {tuple(ya.shape)}")
+    diff = float((ya - yb.to(ya.device)).abs().max())
+    if not diff <= atol:
+        raise LatlabError(f"exported model differs from the masked model: max |Δ| = {diff:.3g} > atol {atol:g}")
+    return diff
+
+
+@torch.no_grad()
+def param_and_mac_counts(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """``(parameters, multiply-accumulates)`` of one forward at ``input_shape`` (Conv2d and Linear MACs only)."""
+    params = sum(p.numel() for p in model.parameters())
+    macs = 0
+
+    def hook(m: nn.Module, args: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            macs += out.numel() * (m.in_channels // m.groups) * kh * kw
+        else:
+            macs += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    was = model.training
+    try:
+        model.eval()
+        p = next(model.parameters())
+        model(torch.zeros(*input_shape, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return params, macs

@@ -1,0 +1,363 @@
+"""Prunable structure of a CNN: channel groups, their sizes q, producers, BNs and removable blocks.
+
+:func:`build_network_spec` traces a torchvision model (or any fx-traceable module) with
+:func:`profiler.plan.trace_network` and derives what HALP/MDP read from their hand-written ResNet50
+tables (halp_mdp_spec.md §2, §6.1):
+
+* **groups** — convs whose output channels must share one mask. A residual add or an SE ``mul``
+  couples its operands (found by the trace); a depthwise conv joins its producer's group
+  (cin = cout = conv groups); several calls of one module share a group. Coupled groups are named
+  ``stageS`` for torchvision's ResNet50 (the spec's names) and ``<first conv>:coupled`` otherwise;
+  a singleton group is named after its conv.
+* **q** — the channel-group size of each group (``group_sizes``): ``"reference"`` = the HALP/MDP
+  sizes of ResNet50; ``"auto"`` = 8 for widths <= 64, 16 for <= 256, 32 above; an ``int`` forces q;
+  a ``dict`` maps conv or group names to q (the others use the auto rule). The group's q is the max
+  over its entries (spec §2.3) made to divide the width (gcd), then a multiple of the group count of
+  every grouped conv that reads or writes the group (lcm), so pruning keeps conv groups balanced.
+* **prunable** — a group is prunable unless its width is fixed: a depthwise conv fed by the network
+  input (its cin is the image), or convs whose channels reach the network output directly (e.g. the
+  class logits of a segmentation head). Channels feeding a classifier Linear stay prunable.
+* **blocks** — residual blocks whose residual branch can be dropped while shapes stay: an add with an
+  identity shortcut or a single-conv projection shortcut (which then stays, like ResNet's
+  ``layerX.0``; spec §6.1). MobileNetV2/V3 inverted residuals qualify only with a shortcut (stride 1,
+  cin = cout); SE convs inside the branch belong to the block.
+
+Unsupported structures (a conv fed by several channel groups, e.g. a concat; coupled convs of unequal
+width; a module called from different groups) raise :class:`LatlabError` naming the conv.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from db.errors import LatlabError
+from db.keys import ConvFamily
+from profiler import _grids
+from profiler._trace import TraceResult, _UnionFind, normalise_size
+from profiler.plan import resolve_model, trace_network
+from pruning._graph_fx import graph_facts
+
+__all__ = ["Block", "ChannelGroup", "NetworkSpec", "PrunableConv", "auto_group_size", "build_network_spec"]
+
+GroupSizes = str | int | Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class PrunableConv:
+    """One conv: dense widths, fixed geometry, its output group and the group feeding its input."""
+
+    name: str
+    family: ConvFamily
+    cin: int
+    cout: int
+    group: str
+    producer_group: str | None
+    bn: str | None
+    fmap_in: int
+    producers: tuple[str, ...] = ()
+
+    @property
+    def depthwise(self) -> bool:
+        """True for a depthwise conv (cin = cout = conv groups)."""
+        return self.family.depthwise
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Convs sharing one output channel mask; ``width`` dense channels in ``width // q`` items of ``q``."""
+
+    id: str
+    convs: tuple[str, ...]
+    width: int
+    q: int
+    coupled: bool
+    prunable: bool = True
+
+    @property
+    def m(self) -> int:
+        """Number of channel items (``width // q``)."""
+        return self.width // self.q
+
+
+@dataclass(frozen=True)
+class Block:
+    """A removable residual block: the convs of its residual branch, the groups at its input and output."""
+
+    name: str
+    convs: tuple[str, ...]
+    input_group: str | None
+    output_group: str
+
+
+@dataclass
+class NetworkSpec:
+    """The prunable structure of one network at one input size (see the module docstring)."""
+
+    model_name: str
+    input_size: tuple[int, int]
+    convs: list[PrunableConv]
+    groups: dict[str, ChannelGroup]
+    blocks: list[Block] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._by_name = {c.name: c for c in self.convs}
+
+    def conv(self, name: str) -> PrunableConv:
+        """The conv called ``name`` (``LatlabError`` if there is none)."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise LatlabError(f"network {self.model_name!r} has no conv {name!r}") from None
+
+    def group_of(self, conv: str) -> str:
+        """Group id of ``conv``'s output channels."""
+        return self.conv(conv).group
+
+    def producer_group(self, conv: str) -> str | None:
+        """Group id feeding ``conv``'s input; ``None`` when its input width is fixed (e.g. the RGB image)."""
+        return self.conv(conv).producer_group
+
+    @property
+    def items(self) -> dict[str, int]:
+        """Channel items ``m = width / q`` of every prunable group."""
+        return {g.id: g.m for g in self.groups.values() if g.prunable}
+
+    @property
+    def n_items(self) -> int:
+        """Total channel items over the prunable groups."""
+        return sum(self.items.values())
+
+    def dense_widths(self) -> dict[str, int]:
+        """``{group id: dense width}``."""
+        return {g.id: g.width for g in self.groups.values()}
+
+    def conv_widths(
+        self, group_widths: Mapping[str, int], removed_blocks: Iterable[str] = ()
+    ) -> dict[str, tuple[int, int]]:
+        """``{conv: (cin, cout)}`` for group widths (missing groups stay dense) and removed blocks.
+
+        cout is the conv's group width, cin its producer group's width (or its fixed dense cin); a
+        depthwise conv has cin = cout. Convs of removed blocks get ``(0, 0)``. The result feeds
+        :func:`latency_models.network.network_latency`.
+        """
+        widths = self.dense_widths()
+        for gid, w in group_widths.items():
+            if gid not in self.groups:
+                raise LatlabError(f"network {self.model_name!r} has no channel group {gid!r}")
+            g = self.groups[gid]
+            if isinstance(w, bool) or int(w) != w or not 0 <= int(w) <= g.width:
+                raise LatlabError(f"group {gid}: width must be an integer in [0, {g.width}], got {w!r}")
+            if not g.prunable and int(w) != g.width:
+                raise LatlabError(f"group {gid} is not prunable; its width must stay {g.width}, got {w}")
+            widths[gid] = int(w)
+        blocks = {b.name: b for b in self.blocks}
+        removed: set[str] = set()
+        for name in removed_blocks:
+            if name not in blocks:
+                raise LatlabError(f"network {self.model_name!r} has no removable block {name!r}; "
+                                  f"blocks: {', '.join(blocks) or 'none'}")
+            removed.update(blocks[name].convs)
+        out: dict[str, tuple[int, int]] = {}
+        for c in self.convs:
+            if c.name in removed:
+                out[c.name] = (0, 0)
+                continue
+            cout = widths[c.group]
+            cin = cout if c.depthwise else (widths[c.producer_group] if c.producer_group else c.cin)
+            out[c.name] = (cin, cout)
+        return out
+
+    def summary(self) -> dict[str, int]:
+        """Counts: convs, groups, coupled and singleton groups, prunable groups, items, blocks."""
+        coupled = sum(g.coupled for g in self.groups.values())
+        return {
+            "convs": len(self.convs),
+            "groups": len(self.groups),
+            "coupled": coupled,
+            "singleton": len(self.groups) - coupled,
+            "prunable": sum(g.prunable for g in self.groups.values()),
+            "items": self.n_items,
+            "blocks": len(self.blocks),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description (convs, groups, blocks, summary)."""
+        return {
+            "model": self.model_name,
+            "input_size": list(self.input_size),
+            "summary": self.summary(),
+            "convs": [{"name": c.name, "family": c.family.key, "cin": c.cin, "cout": c.cout, "group": c.group,
+                       "producer_group": c.producer_group, "bn": c.bn, "fmap_in": c.fmap_in} for c in self.convs],
+            "groups": [{"id": g.id, "convs": list(g.convs), "width": g.width, "q": g.q, "m": g.m,
+                        "coupled": g.coupled, "prunable": g.prunable} for g in self.groups.values()],
+            "blocks": [{"name": b.name, "convs": list(b.convs), "input_group": b.input_group,
+                        "output_group": b.output_group} for b in self.blocks],
+        }
+
+
+def auto_group_size(width: int) -> int:
+    """Hardware-friendly q: 8 for width <= 64, 16 for <= 256, else 32; always a divisor of ``width`` (gcd)."""
+    target = 8 if width <= 64 else 16 if width <= 256 else 32
+    return math.gcd(width, target)
+
+
+def _base(name: str) -> str:
+    return name.split("#", 1)[0]
+
+
+def _rn50_groups(trace: TraceResult) -> dict[str, str] | None:
+    try:
+        return _grids.check_resnet50(trace)
+    except LatlabError:
+        return None
+
+
+def _group_q(
+    gid: str, members: list[str], width: int, group_sizes: GroupSizes, rn50: dict[str, str] | None,
+    model_name: str,
+) -> int:
+    if isinstance(group_sizes, str):
+        if group_sizes == "auto":
+            return auto_group_size(width)
+        if group_sizes == "reference":
+            if rn50 is None:
+                raise LatlabError(f"the 'reference' group sizes are HALP/MDP's for torchvision resnet50 only; model "
+                                  f"{model_name!r} is not resnet50: use group_sizes='auto' (or an int)")
+            return _grids.rn50_group_q(gid)
+        raise LatlabError(f"group_sizes must be 'auto', 'reference', an int or a dict, got {group_sizes!r}")
+    if isinstance(group_sizes, int) and not isinstance(group_sizes, bool):
+        return math.gcd(width, min(group_sizes, width))
+    entries = [int(group_sizes[k]) for k in [gid, *members, *map(_base, members)] if k in group_sizes]
+    return math.gcd(width, min(max(entries), width)) if entries else auto_group_size(width)
+
+
+def _check_group_sizes(group_sizes: Any, names: set[str]) -> None:
+    if isinstance(group_sizes, bool):
+        raise LatlabError(f"group_sizes must be 'auto', 'reference', an int or a dict, got {group_sizes!r}")
+    if isinstance(group_sizes, int):
+        if group_sizes < 1:
+            raise LatlabError(f"group size must be >= 1, got {group_sizes}")
+    elif isinstance(group_sizes, Mapping):
+        for k, v in group_sizes.items():
+            if k not in names:
+                raise LatlabError(f"group_sizes names {k!r}, which is neither a conv nor a group of the network")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise LatlabError(f"group size of {k!r} must be an integer >= 1, got {v!r}")
+    elif not isinstance(group_sizes, str):
+        raise LatlabError(f"group_sizes must be 'auto', 'reference', an int or a dict, got {group_sizes!r}")
+
+
+def build_network_spec(
+    model: str | nn.Module, input_size: int | tuple[int, int] = 224, *, group_sizes: GroupSizes = "auto"
+) -> NetworkSpec:
+    """Trace ``model`` and derive its channel groups, group sizes, producers, BNs and removable blocks.
+
+    A model name is built on the meta device (no weight init; falls back to CPU when its builder needs
+    real tensors); a module is traced as given and keeps its train/eval mode.
+    """
+    hw = normalise_size(input_size)
+    if isinstance(model, nn.Module):
+        was_training = model.training
+        name, module = resolve_model(model)
+        try:
+            trace = trace_network(module, hw)
+            facts = graph_facts(name, module, [layer.name for layer in trace.layers])
+        finally:
+            module.train(was_training)
+    else:
+        try:  # a name is built on the meta device: no weight init, and shapes propagate without compute
+            with torch.device("meta"):
+                name, module = resolve_model(model)
+            trace = trace_network(module, hw)
+        except LatlabError:  # a builder or op that needs real tensors (e.g. RegNet's init): build on CPU
+            name, module = resolve_model(model)
+            trace = trace_network(module, hw)
+        facts = graph_facts(name, module, [layer.name for layer in trace.layers])
+    trace.model_name = name
+    layers = {layer.name: layer for layer in trace.layers}
+    order = {n: i for i, n in enumerate(layers)}
+    if not layers:
+        raise LatlabError(f"model {name!r} has no nn.Conv2d layers to prune")
+
+    uf = _UnionFind()
+    for n in layers:
+        uf.add(n)
+    for g in trace.groups:
+        for n in g[1:]:
+            uf.union(g[0], n)
+    first_call: dict[str, str] = {}
+    fixed: set[str] = set()
+    for layer in trace.layers:
+        first_call.setdefault(_base(layer.name), layer.name)
+        uf.union(first_call[_base(layer.name)], layer.name)
+        if layer.family.depthwise:
+            if not layer.producers:
+                fixed.add(layer.name)
+            else:
+                for p in layer.producers:
+                    uf.union(p, layer.name)
+    members: dict[str, list[str]] = {}
+    for n in layers:
+        members.setdefault(uf.find(n), []).append(n)
+
+    rn50 = _rn50_groups(trace)
+    gid_of: dict[str, str] = {}
+    for mem in members.values():
+        gid = rn50[mem[0]] if rn50 is not None else mem[0] if len(mem) == 1 else f"{mem[0]}:coupled"
+        for n in mem:
+            gid_of[n] = gid
+    group_members = {gid_of[mem[0]]: mem for mem in sorted(members.values(), key=lambda m: order[m[0]])}
+
+    widths: dict[str, int] = {}
+    for gid, mem in group_members.items():
+        couts = {layers[n].cout for n in mem}
+        if len(couts) != 1:
+            raise LatlabError(f"model {name!r}: coupled convs {', '.join(mem)} have different output widths "
+                              f"{sorted(couts)}; unsupported structure")
+        widths[gid] = couts.pop()
+
+    producer_group: dict[str, str | None] = {}
+    for layer in trace.layers:
+        pg = sorted({gid_of[p] for p in layer.producers})
+        if len(pg) > 1:
+            raise LatlabError(f"model {name!r}: conv {layer.name} is fed by several channel groups "
+                              f"({', '.join(pg)}; a concat?); unsupported structure")
+        producer_group[layer.name] = pg[0] if pg else None
+        if pg and layer.cin != widths[pg[0]]:
+            raise LatlabError(f"model {name!r}: conv {layer.name} has cin={layer.cin} but its producer group "
+                              f"{pg[0]} has {widths[pg[0]]} channels; unsupported structure")
+
+    _check_group_sizes(group_sizes, set(layers) | {_base(n) for n in layers} | set(group_members))
+    # grouped (non-depthwise) convs: q of the groups they read and write must be a multiple of their groups
+    multiple: dict[str, int] = dict.fromkeys(group_members, 1)
+    for layer in trace.layers:
+        g = layer.family.groups
+        if g > 1 and not layer.family.depthwise:
+            for gid in (gid_of[layer.name], producer_group[layer.name]):
+                if gid is not None:
+                    multiple[gid] = math.lcm(multiple[gid], g)
+    fixed_groups = {gid_of[n] for n in fixed} | {gid_of[n] for n in facts.output_convs}
+
+    groups: dict[str, ChannelGroup] = {}
+    for gid, mem in group_members.items():
+        q = math.lcm(_group_q(gid, mem, widths[gid], group_sizes, rn50, name), multiple[gid])
+        groups[gid] = ChannelGroup(gid, tuple(mem), widths[gid], q, len(mem) > 1, gid not in fixed_groups)
+
+    convs = [
+        PrunableConv(layer.name, layer.family, layer.cin, layer.cout, gid_of[layer.name],
+                     producer_group[layer.name], facts.bn[layer.name], layer.family.in_h, layer.producers)
+        for layer in trace.layers
+    ]
+    blocks = []
+    for raw in facts.blocks:
+        in_groups = sorted({gid_of[n] for n in raw.input_convs})
+        ends = [n for n in raw.convs if not any(n in layers[c].producers for c in raw.convs)]
+        out_group = gid_of[ends[-1]]  # the branch's last conv writes the block output
+        blocks.append(Block(raw.name, raw.convs, in_groups[0] if len(in_groups) == 1 else None, out_group))
+    return NetworkSpec(name, hw, convs, groups, blocks)

@@ -1,0 +1,148 @@
+"""One-shot latency-constrained pruning: importance → problem → exact solve → masks → slim network.
+
+The training loop (issue #6) repeats the same steps on a schedule; this module does them once, for
+``latlab prune`` and for users who prune a trained network and fine-tune it elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from db.errors import LatlabError
+from latency_models.base import LatencyModel
+from latency_models.network import network_latency
+from profiler.plan import trace_network
+from pruning.cost import ProblemMap, Settings, build_problem, group_widths, solution_masks
+from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
+from pruning.graph import NetworkSpec
+from pruning.importance import TaylorImportance, magnitude_importance
+from pruning.problem import SolveResult
+from pruning.solvers import get_solver
+
+log = logging.getLogger(__name__)
+
+
+def _importance_groups(spec: NetworkSpec) -> dict[str, list[tuple[str, str | None]]]:
+    return {gid: [(c, spec.conv(c).bn) for c in g.convs] for gid, g in spec.groups.items()}
+
+
+def magnitude_scores(model: nn.Module, spec: NetworkSpec) -> dict[str, np.ndarray]:
+    """Data-free importance per group (BN |γ| summed over the group's convs)."""
+    scores = magnitude_importance(model, _importance_groups(spec))
+    return {gid: s.cpu().numpy() for gid, s in scores.items()}
+
+
+def taylor_scores(model: nn.Module, spec: NetworkSpec, batches: Any, *, max_batches: int) -> dict[str, np.ndarray]:
+    """HALP's BN-Taylor importance accumulated over up to ``max_batches`` (images, labels) batches."""
+    importance = TaylorImportance(model, _importance_groups(spec))
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    seen = 0
+    for images, labels in batches:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(images), labels).backward()
+        importance.accumulate()
+        seen += 1
+        if seen >= max_batches:
+            break
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    if seen == 0:
+        raise LatlabError("the dataset gave no batches to compute importance from")
+    return {gid: s.cpu().numpy() for gid, s in importance.scores().items()}
+
+
+@dataclass
+class PruneResult:
+    """Everything a one-shot pruning produced."""
+
+    method: str
+    target: float
+    result: SolveResult
+    mapping: ProblemMap
+    masks: dict[str, torch.Tensor]
+    removed_blocks: list[str]
+    widths: dict[str, int]
+    predicted_dense_ms: float
+    predicted_pruned_ms: float
+    slim: nn.Module | None = None
+    max_logit_delta: float | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "target": self.target, "status": self.result.status,
+            "solver": self.result.backend, "solve_s": round(self.result.seconds, 4),
+            "objective": self.result.objective, "bound": self.result.bound, "gap": self.result.gap,
+            "predicted_dense_ms": self.predicted_dense_ms, "predicted_pruned_ms": self.predicted_pruned_ms,
+            "removed_blocks": self.removed_blocks, "max_logit_delta": self.max_logit_delta, **self.counts,
+        }
+
+
+def prune_once(
+    model: nn.Module, spec: NetworkSpec, latency_model: LatencyModel, importances: dict[str, np.ndarray], *,
+    method: str, target: float, settings: Settings, solver: str = "milp-highs", time_limit: float = 60.0,
+    verify_input: tuple[int, ...] | None = None,
+) -> PruneResult:
+    """Solve the pruning problem and export the slim network (verified against the masked one)."""
+    problem, mapping = build_problem(spec, latency_model, importances, method=method, target=target,
+                                     settings=settings)
+    if solver == "dp" and (problem.has_blocks or not problem.is_linear):
+        raise LatlabError(f"the dp solver handles halp (OCP+LLM) only; use milp-highs for {method}")
+    result = get_solver(solver, time_limit=time_limit).solve(problem)
+    masks, removed = solution_masks(spec, result, mapping)
+    widths = group_widths(spec, result, mapping)
+    pruned_ms = network_latency(latency_model, spec.convs, spec.conv_widths(
+        {g: w for g, w in widths.items() if w}, removed), batch=settings.batch, dtype=settings.dtype,
+        layout=settings.layout, op=settings.op, freeze_cin=False)
+    out = PruneResult(method, target, result, mapping, masks, removed, widths, mapping.dense_latency, pruned_ms)
+    trace = trace_network(model, spec.input_size)
+    t0 = time.perf_counter()
+    out.slim = export_pruned(model, trace, masks, removed)
+    shape = verify_input or (2, 3, *spec.input_size)
+    out.max_logit_delta = verify_export(masked_reference(model, masks, removed), out.slim, shape)
+    dense_p, dense_macs = param_and_mac_counts(model, (1, 3, *spec.input_size))
+    slim_p, slim_macs = param_and_mac_counts(out.slim, (1, 3, *spec.input_size))
+    out.counts = {"params_dense": dense_p, "params_pruned": slim_p, "macs_dense": dense_macs,
+                  "macs_pruned": slim_macs, "export_s": round(time.perf_counter() - t0, 3)}
+    return out
+
+
+def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dict[str, Any]) -> dict[str, Path]:
+    """Write masks (weights-only loadable), the slim network (torch.export .pt2), result.json, report.md."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"masks": out_dir / "masks.pt", "slim": out_dir / "pruned.pt2", "result": out_dir / "result.json",
+             "report": out_dir / "report.md"}
+    torch.save({k: v.clone() for k, v in res.masks.items()}, paths["masks"])
+    assert res.slim is not None
+    example = (torch.zeros(2, 3, *spec.input_size),)
+    program = torch.export.export(res.slim.eval(), example, dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    torch.export.save(program, str(paths["slim"]))  # any batch size
+    body = {"config": config, "summary": res.summary(), "solver": res.result.as_dict(),
+            "group_widths": res.widths, "dense_widths": spec.dense_widths()}
+    paths["result"].write_text(json.dumps(body, indent=2, default=float))
+    lines = [
+        f"# {spec.model_name}: {res.method} at {res.target:.0%} of the dense latency", "",
+        f"- solver `{res.result.backend}`: {res.result.status} in {res.result.seconds:.3f} s, objective "
+        f"{res.result.objective}, bound {res.result.bound}",
+        f"- predicted conv latency: dense {res.predicted_dense_ms:.4g} ms → pruned {res.predicted_pruned_ms:.4g} ms "
+        f"(budget {res.target * res.predicted_dense_ms:.4g} ms)",
+        f"- parameters {res.counts['params_dense']:,} → {res.counts['params_pruned']:,}; MACs/image "
+        f"{res.counts['macs_dense']:,} → {res.counts['macs_pruned']:,}",
+        f"- removed blocks: {', '.join(res.removed_blocks) or 'none'}",
+        f"- exported network checked against the masked one: max |Δ logits| = {res.max_logit_delta:.2e}", "",
+        "| group | dense | kept |", "|---|---|---|",
+        *[f"| {g} | {spec.groups[g].width} | {w} |" for g, w in res.widths.items()], "",
+    ]
+    paths["report"].write_text("\n".join(lines))
+    return paths

@@ -1,0 +1,115 @@
+"""Tiny known-answer instances and a random-instance generator for the solver tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem
+
+
+def knapsack_linear() -> tuple[PruningProblem, float, tuple[int, ...]]:
+    """Two groups, non-monotone costs; optimum worked out by hand.
+
+    g0: values [0, 5, 8, 9], costs [0, 4, 3, 6]  (keeping 2 is cheaper than 1: non-monotone)
+    g1: values [0, 4, 6],    costs [0, 2, 5]
+    budget 7: options (k0, k1) -> cost/value: (2,1)=5/12, (3,1)=8 no, (1,1)=6/9, (2,2)=8 no, (1,2)=9 no.
+    Best: k = (2, 1), value 12, latency 5.
+    """
+    groups = [Group(3, np.array([0, 5, 8, 9.0])), Group(2, np.array([0, 4, 6.0]))]
+    lin = [LinearTerm(0, np.array([0, 4, 3, 6.0])), LinearTerm(1, np.array([0, 2, 5.0]))]
+    return PruningProblem(groups, 7.0, linear=lin, name="knapsack_linear"), 12.0, (2, 1)
+
+
+def negative_costs() -> tuple[PruningProblem, float, tuple[int, ...]]:
+    """A negative-cost option must not loosen the budget (the reference code's C + E bug, §12.2)."""
+    groups = [Group(2, np.array([0, 3, 4.0])), Group(2, np.array([0, 10, 11.0]))]
+    lin = [LinearTerm(0, np.array([0, 1, -1.0])), LinearTerm(1, np.array([0, 2, 4.0]))]
+    # budget 2: (2, 2) costs 3 -> infeasible; (2, 1) costs 1 value 14; (1, 1) costs 3 no.  Best 14.
+    return PruningProblem(groups, 2.0, linear=lin, name="negative_costs"), 14.0, (2, 1)
+
+
+def pairwise_chain() -> tuple[PruningProblem, float, tuple[int, ...]]:
+    """MDLM: g0 feeds g1; latency of g1's layer depends on both widths."""
+    groups = [Group(2, np.array([0, 4, 5.0])), Group(2, np.array([0, 3, 7.0]))]
+    pw = [
+        PairwiseTerm(0, None, np.array([0, 1, 2.0])),
+        PairwiseTerm(1, 0, np.array([[0, 0, 0], [0, 1, 2], [0, 2, 6.0]])),
+    ]
+    # (k0,k1): (1,1)=2/7 (1,2)=3/11 (2,1)=4/8 (2,2)=8/12.  budget 4 -> (1,2) value 11.
+    return PruningProblem(groups, 4.0, pairwise=pw, name="pairwise_chain"), 11.0, (1, 2)
+
+
+def block_removal() -> tuple[PruningProblem, float, tuple[int, ...], frozenset[int]]:
+    """MDP: residual group r (never in a block), block 0 with internal group a and a layer writing r."""
+    groups = [
+        Group(2, np.array([0, 10, 12.0]), name="r"),
+        Group(2, np.array([0, 1, 1.5]), block=0, name="a"),
+    ]
+    pw = [
+        PairwiseTerm(0, None, np.array([0, 1, 2.0]), name="stem"),
+        PairwiseTerm(1, 0, np.array([[0, 0, 0], [0, 2, 3], [0, 3, 4.0]]), block=0, name="conv1"),
+        PairwiseTerm(0, 1, np.array([[0, 0, 0], [0, 1, 2], [0, 2, 3.0]]), block=0, name="conv3"),
+    ]
+    # block removed: latency = stem only: k_r=2 -> 2, value 12.  Kept: min (1,1) = 1+2+1 = 4 > 3.
+    return PruningProblem(groups, 3.0, pairwise=pw, name="block_removal"), 12.0, (2, 0), frozenset({0})
+
+
+def random_problem(
+    rng: np.random.Generator, *, pairwise: bool, block: bool, n_groups: int | None = None
+) -> PruningProblem:
+    """2-4 groups of 1-4 items, non-monotone random costs, optional single block; budget in the feasible range."""
+    G = int(n_groups or rng.integers(2, 5))
+    sizes = rng.integers(1, 5, size=G)
+    blk_group = int(rng.integers(1, G)) if block else None  # group internal to block 0 (never group 0)
+    groups = []
+    for g, m in enumerate(sizes):
+        imp = rng.random(m)
+        groups.append(Group.from_importances(imp, block=0 if g == blk_group else None, name=f"g{g}"))
+    lin: list[LinearTerm] = []
+    pw: list[PairwiseTerm] = []
+    for g, m in enumerate(sizes):
+        in_block = 0 if (block and g in (blk_group, 0)) else None
+        if pairwise and g > 0:
+            p = int(rng.integers(0, g))
+            mat = rng.random((m + 1, sizes[p] + 1)) * np.outer(np.arange(m + 1), np.arange(sizes[p] + 1))
+            pw.append(PairwiseTerm(g, p, mat, block=in_block if g == blk_group else None, name=f"l{g}"))
+            if block and g == blk_group:  # a layer of the block writing group 0 (like conv3 -> residual)
+                mat2 = rng.random((sizes[0] + 1, m + 1)) * np.outer(np.arange(sizes[0] + 1), np.arange(m + 1))
+                pw.append(PairwiseTerm(0, g, mat2, block=0, name="res"))
+        else:
+            costs = np.concatenate([[0.0], rng.random(m) * np.arange(1, m + 1)])
+            lin.append(LinearTerm(g, costs, block=in_block if g == blk_group else None, name=f"l{g}"))
+            if block and g == blk_group:
+                lin.append(LinearTerm(0, np.concatenate([[0.0], rng.random(sizes[0])]), block=0, name="res"))
+    prob = PruningProblem(groups, 0.0, linear=lin, pairwise=pw, name="random")
+    sols = list(prob.enumerate_solutions())
+    lats = sorted(prob.latency(s) for s in sols)
+    frac = float(rng.random())
+    budget = lats[0] + frac * (lats[-1] - lats[0])
+    return prob.with_budget(budget)
+
+
+def resnet_like(rng: np.random.Generator, *, pairwise: bool = True) -> PruningProblem:
+    """Stem -> residual group r; two blocks with internal groups a, b and layers r->a->b->r (a bottleneck)."""
+    sizes = [int(rng.integers(1, 3))] + [int(rng.integers(1, 3)) for _ in range(4)]  # r, a0, b0, a1, b1
+    groups = [Group.from_importances(rng.random(sizes[0]) * 3, name="r")]
+    for blk in range(2):
+        for j in range(2):
+            g = 1 + 2 * blk + j
+            groups.append(Group.from_importances(rng.random(sizes[g]), block=blk, name=f"g{g}"))
+
+    def mat(go: int, gi: int) -> np.ndarray:
+        return rng.random((sizes[go] + 1, sizes[gi] + 1)) * np.outer(np.arange(sizes[go] + 1), np.arange(sizes[gi] + 1))
+
+    terms = [PairwiseTerm(0, None, np.concatenate([[0.0], rng.random(sizes[0])]), name="stem")]
+    lin = [LinearTerm(0, np.concatenate([[0.0], rng.random(sizes[0])]), name="stem")]
+    for blk in range(2):
+        a, b = 1 + 2 * blk, 2 + 2 * blk
+        for go, gi in ((a, 0), (b, a), (0, b)):
+            if pairwise:
+                terms.append(PairwiseTerm(go, gi, mat(go, gi), block=blk))
+            else:
+                lin.append(LinearTerm(go, mat(go, gi)[:, -1], block=blk))
+    prob = PruningProblem(groups, 0.0, linear=[] if pairwise else lin, pairwise=terms if pairwise else [])
+    lats = sorted(prob.latency(s) for s in prob.enumerate_solutions())
+    return prob.with_budget(lats[0] + float(rng.random()) * (lats[-1] - lats[0]))

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2, resnet18, resnet50
+
+from db.errors import LatlabError
+from profiler.plan import trace_network
+from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
+from pruning.importance import coupled_groups
+
+SHAPE = (2, 3, 64, 64)
+ONE = (1, 3, 64, 64)
+
+
+def _randomise_bn(model: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+
+
+def _random_masks(trace, seed: int, p: float = 0.5) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    cout = {layer.name: layer.cout for layer in trace.layers}
+    masks = {}
+    for group in coupled_groups(trace):
+        keep = torch.rand(cout[group[0]], generator=gen) < p
+        keep[torch.randint(0, len(keep), (1,), generator=gen)] = True
+        for name in group:
+            masks[name] = keep.clone()
+    return masks
+
+
+def _model(factory, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = factory(num_classes=10).eval()
+    _randomise_bn(model, seed)
+    return model
+
+
+@pytest.mark.parametrize("factory", [resnet18, resnet50, mobilenet_v2])
+def test_export_matches_masked(factory) -> None:
+    model = _model(factory, 0)
+    trace = trace_network(model, 64)
+    masks = _random_masks(trace, 1)
+    exported = export_pruned(model, trace, masks)
+    ref = masked_reference(model, masks)
+    assert verify_export(ref, exported, SHAPE) < 1e-3
+    p0, m0 = param_and_mac_counts(model, ONE)
+    p1, m1 = param_and_mac_counts(exported, ONE)
+    assert p1 < p0 and m1 < m0
+    if factory is resnet50:
+        return
+    # the source model is untouched and unmasked models export to themselves
+    dense = export_pruned(model, trace, {})
+    assert verify_export(model, dense, SHAPE, atol=1e-5) <= 1e-5
+    assert param_and_mac_counts(dense, ONE) == (p0, m0)
+
+
+def test_export_slices_by_indices() -> None:
+    model = _model(resnet18, 3)
+    trace = trace_network(model, 64)
+    masks = _random_masks(trace, 4)
+    exported = export_pruned(model, trace, masks)
+    keep = masks["layer3.0.conv1"]
+    idx = keep.nonzero().flatten()
+    assert exported.layer3[0].conv1.out_channels == int(keep.sum())
+    in_idx = masks["layer2.1.conv2"].nonzero().flatten()
+    torch.testing.assert_close(exported.layer3[0].conv1.weight, model.layer3[0].conv1.weight[idx][:, in_idx])
+    torch.testing.assert_close(exported.layer3[0].bn1.running_mean, model.layer3[0].bn1.running_mean[idx])
+    assert exported.fc.in_features == int(masks["layer4.1.conv2"].sum())
+
+
+def test_remove_block_resnet18() -> None:
+    model = _model(resnet18, 5)
+    trace = trace_network(model, 64)
+    masks = _random_masks(trace, 6)
+    removed = ["layer2.1", "layer3.0"]  # identity shortcut, and a projection (downsample) shortcut
+    exported = export_pruned(model, trace, masks, removed)
+    assert isinstance(exported.layer2[1], nn.Identity)
+    assert not any(
+        isinstance(m, nn.Conv2d) for m in exported.layer3[0].modules() if m is not exported.layer3[0].downsample[0]
+    )
+    ref = masked_reference(model, masks, removed)
+    assert verify_export(ref, exported, SHAPE) < 1e-3
+    # the masked equivalent of removing layer2.1 is relu(identity): its residual branch adds 0
+    x = torch.randn(*SHAPE)
+    with torch.no_grad():
+        h = ref.layer2[0](ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))
+        torch.testing.assert_close(ref.layer2[1](h), torch.relu(h))
+    assert param_and_mac_counts(exported, ONE)[0] < param_and_mac_counts(export_pruned(model, trace, masks), ONE)[0]
+
+
+def test_export_errors() -> None:
+    model = _model(resnet18, 7)
+    trace = trace_network(model, 64)
+    masks = _random_masks(trace, 8)
+    bad = dict(masks)
+    bad["layer1.0.conv2"] = torch.ones(64, dtype=torch.bool)  # differs from its coupled group's mask
+    if torch.equal(bad["layer1.0.conv2"], masks["layer1.0.conv2"]):
+        bad["layer1.0.conv2"][0] = False
+    with pytest.raises(LatlabError):
+        export_pruned(model, trace, bad)
+    with pytest.raises(LatlabError):
+        export_pruned(model, trace, masks, ["layer2"])
+    with pytest.raises(LatlabError):
+        export_pruned(model, trace, {"layer1.0.conv1": torch.zeros(64, dtype=torch.bool)})
+    wrong = export_pruned(model, trace, masks)
+    with torch.no_grad():
+        wrong.fc.bias += 1.0
+    with pytest.raises(LatlabError):
+        verify_export(masked_reference(model, masks), wrong, SHAPE)
+
+
+def test_export_of_channel_masked_model_after_training() -> None:
+    from pruning.importance import build_groups
+    from pruning.masks import ChannelMasks
+
+    model = _model(resnet18, 9)
+    trace = trace_network(model, 64)
+    cm = ChannelMasks(model, build_groups(model, trace))
+    gen = torch.Generator().manual_seed(10)
+    for g, w in cm._width.items():
+        keep = torch.rand(w, generator=gen) < 0.5
+        keep[0] = True
+        cm.set(g, keep)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,))).backward()
+        opt.step()
+    exported = export_pruned(model, trace, cm.conv_masks())
+    assert type(exported.layer1[0].conv1) is nn.Conv2d
+    assert verify_export(model, exported, SHAPE) < 1e-3
+
+
+class _CatNet(nn.Module):
+    """Concat of two branches, a depthwise conv on the concat, then a 1x1 conv and a Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(10, 10, 3, padding=1, groups=10, bias=False), nn.BatchNorm2d(10), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(10, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        y = self.pw(self.dw(y))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 2), 1))
+
+
+def test_export_concat_depthwise_and_flatten() -> None:
+    model = _model(lambda num_classes: _CatNet(), 11)
+    trace = trace_network(model, 16)
+    ka = torch.tensor([True, False, True, True, False, True])
+    kb = torch.tensor([False, True, True, False])
+    masks = {"a.0": ka, "b.0": kb, "dw.0": torch.cat([ka, kb]), "pw.0": torch.tensor([1, 0, 1, 1, 0, 0, 1, 1]).bool()}
+    exported = export_pruned(model, trace, masks)
+    assert exported.dw[0].groups == exported.dw[0].in_channels == 6
+    assert exported.pw[0].in_channels == 6 and exported.fc.in_features == 5 * 4
+    assert verify_export(masked_reference(model, masks), exported, (2, 3, 16, 16)) < 1e-5
+    masks["dw.0"] = torch.ones(10, dtype=torch.bool)
+    with pytest.raises(LatlabError):
+        export_pruned(model, trace, masks)

@@ -1,0 +1,115 @@
+"""Problem building from a network + latency model, one-shot pruning, and `latlab prune`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from db import LatlabError
+from latency_models.base import get_model
+from latency_models.features import frame_from_configs
+from profiler.backends.fake import FakeBackend
+from profiler.plan import build_plan, resolve_model
+from pruning.cost import Settings, build_problem
+from pruning.graph import build_network_spec
+from pruning.oneshot import magnitude_scores, prune_once
+from pruning.solvers import get_solver
+
+SIZE, BATCH = 64, 8
+
+
+@pytest.fixture(scope="module")
+def setup():  # type: ignore[no-untyped-def]
+    plan = build_plan("resnet18", "full:16", input_size=SIZE, batch=BATCH)
+    fake = FakeBackend(noise=0.0)
+    X = frame_from_configs(plan.configs)
+    y = np.array([fake.true_latency_ms(c) for c in plan.configs])
+    spec = build_network_spec("resnet18", SIZE, group_sizes=16)
+    _, net = resolve_model("resnet18", num_classes=10)
+    return X, y, spec, net, {c: v for c, v in zip(plan.configs, y, strict=True)}
+
+
+def test_problem_dense_latency_is_the_lut_sum(setup) -> None:  # type: ignore[no-untyped-def]
+    X, y, spec, net, truth = setup
+    from db.keys import ConvConfig
+
+    dense = sum(truth[ConvConfig(c.family, c.cin, c.cout, BATCH)] for c in spec.convs)
+    for method, kind in (("halp", "llm"), ("mgp", "llm"), ("mdlm", "mdlm"), ("mdp", "lut")):
+        problem, mapping = build_problem(spec, get_model(kind).fit(X, y), {}, method=method, target=0.6,
+                                         settings=Settings(BATCH))
+        assert mapping.dense_latency == pytest.approx(dense, rel=1e-9)
+        assert problem.budget == pytest.approx(0.6 * dense)
+        assert problem.kind == {"halp": "OCP+LLM", "mgp": "MGP+LLM", "mdlm": "OCP+MDLM", "mdp": "MDP"}[method]
+
+
+def test_dp_equals_milp_on_halp(setup) -> None:  # type: ignore[no-untyped-def]
+    X, y, spec, net, _ = setup
+    imp = magnitude_scores(net, spec)
+    problem, _ = build_problem(spec, get_model("llm").fit(X, y), imp, method="halp", target=0.7,
+                               settings=Settings(BATCH))
+    dp, milp = get_solver("dp").solve(problem), get_solver("milp-highs").solve(problem)
+    assert dp.status == milp.status == "optimal"
+    assert dp.objective == pytest.approx(milp.objective, rel=1e-6)
+
+
+def test_mdp_prunes_exports_and_beats_halp_value(setup) -> None:  # type: ignore[no-untyped-def]
+    X, y, spec, net, _ = setup
+    imp = {gid: np.random.default_rng(0).random(g.width) for gid, g in spec.groups.items()}
+    mdp = prune_once(net, spec, get_model("mdlm").fit(X, y), imp, method="mdp", target=0.7,
+                     settings=Settings(BATCH))
+    assert mdp.result.status == "optimal" and mdp.result.latency <= 0.7 * mdp.predicted_dense_ms * (1 + 1e-9)
+    assert mdp.predicted_pruned_ms == pytest.approx(mdp.result.latency, rel=1e-6)
+    assert mdp.max_logit_delta < 1e-3 and mdp.counts["params_pruned"] < mdp.counts["params_dense"]
+    halp = prune_once(net, spec, get_model("llm").fit(X, y), imp, method="halp", target=0.7,
+                      settings=Settings(BATCH))
+    # HALP prices each conv at its dense input width: same budget, less kept value, and it really is faster
+    assert halp.result.objective <= mdp.result.objective + 1e-9
+    assert halp.predicted_pruned_ms < 0.7 * halp.predicted_dense_ms
+    out = mdp.slim(torch.randn(2, 3, SIZE, SIZE))
+    assert out.shape == (2, 10)
+
+
+def test_infeasible_target_is_an_error(setup) -> None:  # type: ignore[no-untyped-def]
+    X, y, spec, net, _ = setup
+    with pytest.raises(LatlabError, match="infeasible"):
+        prune_once(net, spec, get_model("mdlm").fit(X, y), {}, method="mdlm", target=0.01, settings=Settings(BATCH))
+    with pytest.raises(LatlabError, match="unknown pruning method"):
+        build_problem(spec, get_model("llm").fit(X, y), {}, method="halp2", target=0.5, settings=Settings(BATCH))
+
+
+def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    db = str(tmp_path / "lut.db")
+    code, _, err = cli(["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:16", "--batch",
+                        str(BATCH), "--input-size", str(SIZE), "-q", "--db", db])
+    assert code == 0, err
+    out = tmp_path / "r18-mdp"
+    argv = ["prune", "--model", "resnet18", "--num-classes", "10", "--input-size", str(SIZE), "--method", "mdp",
+            "--target", "0.7", "--group-sizes", "16", "--out", str(out), "--db", db]
+    code, stdout, err = cli(argv)
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["summary"]["status"] == "optimal" and result["summary"]["max_logit_delta"] < 1e-3
+    masks = torch.load(out / "masks.pt", weights_only=True)
+    assert set(masks) and all(m.dtype == torch.bool for m in masks.values())
+    assert "max |Δ logits|" in (out / "report.md").read_text()
+    code, stdout, err = cli(["measure", "--module", str(out / "pruned.pt2"), "--input-size", str(SIZE), "--batch",
+                             "2", "--repeats", "3", "--warmup", "1", "--threads", "1", "--no-store", "-f", "csv"])
+    assert code == 0 and ",ok," in stdout, err
+    for bad, expected in (
+        (["--method", "halp3"], "unknown method"),
+        (["--target", "0.001"], "infeasible"),
+        (["--data", str(tmp_path / "nope")], "does not exist"),
+        (["--solver", "gurobi"], "unknown solver"),
+    ):
+        args = list(argv)
+        flag = bad[0]
+        if flag in args:
+            args[args.index(flag) + 1] = bad[1]
+        else:
+            args += bad
+        code, _, err = cli(args)
+        assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, (bad, err)

@@ -1,0 +1,268 @@
+"""Known-answer and property tests of pruning.problem and every pruning.solvers back-end."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from db.errors import LatlabError
+from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, Solution
+from pruning.solvers import get_solver, list_solvers
+
+_spec = importlib.util.spec_from_file_location("pruning_instances", Path(__file__).with_name("instances.py"))
+inst = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(inst)
+
+
+def _available(name: str) -> bool:
+    mod = {"milp-highs": "highspy", "milp-cbc": "pulp", "scip": "pyscipopt", "mindtpy": "pyomo"}.get(name)
+    return mod is None or importlib.util.find_spec(mod) is not None
+
+
+EXACT = [s for s in ("milp-highs", "milp-cbc", "scip") if _available(s)]
+ALL = [s for s in list_solvers() if _available(s)]
+PROPS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+TOL = 1e-6
+
+
+def _applies(name: str, problem: PruningProblem) -> bool:
+    return name != "dp" or (problem.is_linear and not problem.has_blocks)
+
+
+KNOWN = [inst.knapsack_linear, inst.negative_costs, inst.pairwise_chain, inst.block_removal]
+
+
+@pytest.mark.parametrize("make", KNOWN, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("backend", ALL)
+def test_known_answers(make, backend: str) -> None:
+    problem, value, kept, *removed = make()
+    if not _applies(backend, problem):
+        pytest.skip("dp handles linear problems without blocks only")
+    assert problem.brute_force()[0] == pytest.approx(value)
+    res = get_solver(backend, time_limit=30).solve(problem)
+    assert res.status == ("feasible" if backend == "mindtpy" else "optimal"), res.message
+    assert res.objective == pytest.approx(value)
+    assert res.kept == kept
+    assert res.removed_blocks == (removed[0] if removed else frozenset())
+    assert res.latency <= problem.budget + 1e-9
+    if backend != "mindtpy":
+        assert res.bound == pytest.approx(value, abs=1e-6)
+        assert res.gap == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dp_does_not_loosen_budget_with_negative_costs() -> None:
+    problem, value, kept = inst.negative_costs()
+    res = get_solver("dp").solve(problem)
+    assert res.kept == kept and problem.latency(res.solution) <= problem.budget
+
+
+def test_dp_rejects_pairwise_and_blocks() -> None:
+    with pytest.raises(LatlabError):
+        get_solver("dp").solve(inst.pairwise_chain()[0])
+    with pytest.raises(LatlabError):
+        get_solver("dp").solve(inst.block_removal()[0])
+
+
+def test_dp_coarse_grid_is_feasible_with_valid_bound() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        p = inst.random_problem(rng, pairwise=False, block=False, n_groups=4)
+        best = p.brute_force()[0]
+        res = get_solver("dp", grid_steps=5, max_grid_steps=5).solve(p)
+        assert res.ok and not p.check(res.solution)
+        assert res.objective <= best + TOL <= res.bound + 2 * TOL
+        assert res.status in ("optimal", "feasible")
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_linear_no_blocks_all_agree(seed: int) -> None:
+    p = inst.random_problem(np.random.default_rng(seed), pairwise=False, block=False)
+    best = p.brute_force()[0]
+    for name in ["dp", *[s for s in ALL if s != "dp"]]:
+        res = get_solver(name, time_limit=30).solve(p)
+        assert res.ok and not p.check(res.solution), (name, res.message)
+        if name == "mindtpy":
+            assert res.objective <= best + TOL
+        else:
+            assert res.status == "optimal", (name, res.message)
+            assert res.objective == pytest.approx(best, abs=TOL), name
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32 - 1), pairwise=st.booleans(), block=st.booleans())
+def test_exact_backends_match_brute_force(seed: int, pairwise: bool, block: bool) -> None:
+    p = inst.random_problem(np.random.default_rng(seed), pairwise=pairwise, block=block)
+    best = p.brute_force()[0]
+    assert best is not None
+    for name in EXACT:
+        res = get_solver(name, time_limit=30).solve(p)
+        assert res.status == "optimal", (name, res.message)
+        assert not p.check(res.solution)
+        assert res.objective == pytest.approx(best, abs=TOL), name
+
+
+@pytest.mark.skipif(not _available("mindtpy"), reason="pyomo not installed")
+@PROPS
+@given(seed=st.integers(0, 2**32 - 1), pairwise=st.booleans(), block=st.booleans())
+def test_mindtpy_never_beats_milp(seed: int, pairwise: bool, block: bool) -> None:
+    p = inst.random_problem(np.random.default_rng(seed), pairwise=pairwise, block=block)
+    milp = get_solver("milp-highs").solve(p)
+    res = get_solver("mindtpy", time_limit=30).solve(p)
+    if res.status == "infeasible":  # ECP cuts are not valid on a non-convex model: allowed, but said so
+        assert "not a proof" in res.message
+        return
+    assert res.status == "feasible", res.message
+    assert not p.check(res.solution)
+    assert res.objective <= milp.objective + TOL
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32 - 1), pairwise=st.booleans(), block=st.booleans())
+def test_infeasible_budget_reported_by_all(seed: int, pairwise: bool, block: bool) -> None:
+    p = inst.random_problem(np.random.default_rng(seed), pairwise=pairwise, block=block)
+    lo = min(p.latency(s) for s in p.enumerate_solutions())
+    p = p.with_budget(lo - 0.05 * (abs(lo) + 1))
+    for name in ALL:
+        if not _applies(name, p):
+            continue
+        res = get_solver(name, time_limit=30).solve(p)
+        assert res.status == "infeasible", (name, res.status, res.message)
+        assert res.solution is None and "budget" in res.message
+
+
+def test_check_detects_violations() -> None:
+    p, _, kept, removed = inst.block_removal()
+    assert p.check(Solution(kept, removed)) == []
+    assert any("exceeds budget" in e for e in p.check(Solution((2, 2))))
+    assert any("internal to removed block" in e for e in p.check(Solution((2, 1), frozenset({0}))))
+    assert any("outside" in e for e in p.check(Solution((0, 1))))
+    assert p.value(Solution((2, 0), frozenset({0}))) == 12.0
+    assert p.latency(p.dense_solution()) == pytest.approx(2 + 4 + 3)
+
+
+def test_max_kept_blocks_forces_removal() -> None:
+    p, *_ = inst.block_removal()
+    p = PruningProblem(p.groups, 100.0, pairwise=p.pairwise, max_kept_blocks=0)
+    for name in EXACT:
+        res = get_solver(name).solve(p)
+        assert res.status == "optimal" and res.removed_blocks == frozenset({0}), name
+
+
+def test_layer_removal_with_min_keep_zero() -> None:
+    groups = [Group(2, np.array([0, 1, 2.0]), min_keep=0), Group(1, np.array([0, 5.0]))]
+    lin = [LinearTerm(0, np.array([0, 3, 4.0])), LinearTerm(1, np.array([0, 2.0]))]
+    p = PruningProblem(groups, 2.5, linear=lin)
+    for name in ["dp", *EXACT]:
+        res = get_solver(name).solve(p)
+        assert res.status == "optimal" and res.kept == (0, 1), name
+
+
+def test_validation_errors() -> None:
+    g = Group(2, np.array([0, 1, 2.0]))
+    with pytest.raises(LatlabError):
+        PruningProblem([Group(2, np.array([0, 1.0]))], 1.0)
+    with pytest.raises(LatlabError):
+        PruningProblem([g], 1.0, linear=[LinearTerm(0, np.array([0, 1.0]))])
+    with pytest.raises(LatlabError):
+        PruningProblem([g, g], 1.0, pairwise=[PairwiseTerm(1, 0, np.ones((3, 3)))])
+    with pytest.raises(LatlabError):
+        get_solver("nope")
+    with pytest.raises(LatlabError):
+        get_solver("dp", bogus=1)
+
+
+def test_from_importances_sorts_descending() -> None:
+    g = Group.from_importances([1.0, 3.0, 2.0])
+    assert list(g.values) == [0, 3, 5, 6]
+
+
+@pytest.mark.skipif(not _available("mindtpy"), reason="pyomo not installed")
+def test_mindtpy_oa_needs_ipopt() -> None:
+    import pyomo.environ as pyo
+
+    if pyo.SolverFactory("ipopt").available(exception_flag=False):
+        pytest.skip("ipopt is installed; the OA path runs")
+    with pytest.raises(LatlabError, match="install ipopt"):
+        get_solver("mindtpy", strategy="OA", mip_solver="glpk").solve(inst.pairwise_chain()[0])
+
+
+@pytest.mark.skipif(not _available("mindtpy"), reason="pyomo not installed")
+def test_mindtpy_oa_runs_when_ipopt_present() -> None:
+    import pyomo.environ as pyo
+
+    if not pyo.SolverFactory("ipopt").available(exception_flag=False):
+        pytest.skip("install ipopt (e.g. conda install -c conda-forge ipopt) to run MindtPy OA")
+    p, value, _ = inst.pairwise_chain()
+    res = get_solver("mindtpy", strategy="OA", mip_solver="glpk").solve(p)
+    assert res.ok and res.objective <= value + TOL
+
+
+def test_mindtpy_ecp_with_glpk() -> None:
+    import shutil
+
+    if not _available("mindtpy") or shutil.which("glpsol") is None:
+        pytest.skip("needs pyomo and glpsol")
+    p, value, kept = inst.knapsack_linear()
+    res = get_solver("mindtpy", mip_solver="glpk").solve(p)
+    assert res.status == "feasible" and res.objective == pytest.approx(value)
+
+
+def test_import_is_lazy() -> None:
+    mods = "('pyomo', 'pulp', 'pyscipopt', 'highspy')"
+    code = f"import sys, pruning.solvers; print(any(m in sys.modules for m in {mods}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_result_as_dict() -> None:
+    p, value, kept = inst.knapsack_linear()
+    d = get_solver("milp-highs").solve(p).as_dict()
+    assert d["status"] == "optimal" and d["kept"] == list(kept) and d["backend"] == "milp-highs"
+
+
+def test_resnet50_dp_matches_highs_and_time_limit_is_honoured() -> None:
+    path = Path(__file__).parents[2] / "benchmarks" / "solvers.py"
+    spec = importlib.util.spec_from_file_location("bench_solvers", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    build = bench.build
+    p = build("OCP+LLM")
+    p = p.with_budget(0.5 * p.latency(p.dense_solution()))
+    dp, milp = get_solver("dp").solve(p), get_solver("milp-highs").solve(p)
+    assert dp.status == milp.status == "optimal"
+    assert dp.objective == pytest.approx(milp.objective, rel=1e-9)
+    assert len(p.groups) == 37 and sum(g.size for g in p.groups) == 246 and len(p.linear) == 53
+    if not _available("scip"):
+        return
+    q = build("MDP")
+    q = q.with_budget(0.3 * q.latency(q.dense_solution()))
+    assert len(q.blocks) == 16
+    res = get_solver("scip", time_limit=1.0).solve(q)
+    assert res.seconds < 5.0
+    assert res.status in ("feasible", "optimal", "timeout")
+    if res.solution is not None:
+        assert not q.check(res.solution)
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32 - 1), pairwise=st.booleans(), max_kept=st.sampled_from([None, 0, 1]))
+def test_two_blocks_match_brute_force(seed: int, pairwise: bool, max_kept: int | None) -> None:
+    p = inst.resnet_like(np.random.default_rng(seed), pairwise=pairwise)
+    p.max_kept_blocks = max_kept
+    best = p.brute_force()[0]
+    for name in EXACT:
+        res = get_solver(name, time_limit=30).solve(p)
+        if best is None:
+            assert res.status == "infeasible", (name, res.message)
+            continue
+        assert res.status == "optimal", (name, res.message)
+        assert not p.check(res.solution)
+        assert res.objective == pytest.approx(best, abs=TOL), name
