@@ -12,6 +12,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-dev make git ca-certificates \
+        glpk-utils coinor-cbc \
     && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 latlab \

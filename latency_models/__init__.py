@@ -1,1 +1,10 @@
-"""latency_models: see README.md (under construction in issues #4-#6)."""
+"""Latency models fitted on a LUT: estimators (lut, llm, mdlm, bilinear, rf, gbdt), evaluation, adaptive sampling.
+
+Modules: ``features`` (the shared feature frame), ``base`` (contract, registry, persistence), ``estimators``,
+``splits``, ``metrics``, ``network`` (whole-network latency), ``evaluate`` + ``plots`` (comparison reports),
+``store`` (models in the database), ``adaptive`` (adaptive LUT sampling).
+"""
+
+from latency_models.base import LatencyModel, OutOfRangeError, get_model, list_models, model_from_state
+
+__all__ = ["LatencyModel", "OutOfRangeError", "get_model", "list_models", "model_from_state"]

@@ -1,1 +1,1 @@
-"""training: see README.md (under construction in issues #4-#6)."""
+"""Prune-while-training on ImageNet (torchrun, AMP) — not built yet: see issue #6."""

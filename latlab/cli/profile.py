@@ -11,9 +11,10 @@ import typer
 
 from db.engine import describe_url, open_database
 from db.errors import LatlabError
+from latency_models.adaptive import AdaptiveResult, adaptive_sweep
 from latlab.cli._options import DbOption
 from profiler.backends import get_backend
-from profiler.plan import build_plan, parse_grid
+from profiler.plan import SweepPlan, build_plan, parse_grid
 from profiler.protocol import TimingProtocol
 from profiler.runner import run_sweep
 
@@ -88,8 +89,12 @@ def profile(
     database = open_database(db)
     command = "latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     if adaptive:
-        _run_adaptive(database, plan, timing_backend, budget, target_accuracy, name, hardware_name, quiet, command,
-                      seed)
+        assert budget is not None
+        result, sweep_id = adaptive_sweep(
+            database, plan, timing_backend, budget=budget, target_within_5=target_accuracy, name=name,
+            hardware_name=hardware_name, progress=not quiet, command=command, seed=seed,
+        )
+        _report_adaptive(result, sweep_id, plan, describe_url(database.url))
         return
     report = run_sweep(
         database, plan, timing_backend, name=name, hardware_name=hardware_name, time_budget_s=time_budget,
@@ -104,16 +109,10 @@ def profile(
     )
 
 
-def _run_adaptive(database, plan, backend, budget, target, name, hardware_name, quiet, command, seed) -> None:  # type: ignore[no-untyped-def]
-    from latency_models.adaptive import adaptive_sweep
-
-    result, sweep_id = adaptive_sweep(
-        database, plan, backend, budget=budget, target_within_5=target, name=name, hardware_name=hardware_name,
-        progress=not quiet, command=command, seed=seed,
-    )
+def _report_adaptive(result: AdaptiveResult, sweep_id: int, plan: SweepPlan, url: str) -> None:
     last = result.rounds[-1] if result.rounds else None
     est = f"; surface expects {100 * last.estimated_within_5:.1f}% of unmeasured points within ±5%" if last else ""
     typer.echo(
         f"adaptive sweep {sweep_id}: measured {len(result.measured)} new of {len(plan)} lattice points "
-        f"(stopped by {result.stopped_by}){est} -> {describe_url(database.url)}"
+        f"(stopped by {result.stopped_by}){est} -> {url}"
     )
