@@ -117,6 +117,42 @@ def build(variant: str, seed: int = 0) -> PruningProblem:
     return prob
 
 
+_METHOD = {"OCP+LLM": ("halp", "llm"), "MGP+LLM": ("mgp", "llm"), "OCP+MDLM": ("mdlm", "mdlm"), "MDP": ("mdp", "mdlm")}
+
+
+def build_from_lut(variant: str, source: str, seed: int = 0) -> PruningProblem:
+    """The ResNet-50 problem built by ``pruning.cost`` from a latency model fitted on a LUT.
+
+    ``source``: ``fake`` (the fake backend's ResNet-50 reference lattice, batch 256) or ``legacy`` (a
+    TITAN V-style MDP pickle written from the fake backend with 3% noise, read by the legacy importer).
+    Importances are random log-normal per channel (seeded).
+    """
+    import tempfile
+
+    from benchmarks.latency_models import fake_lut, legacy_lut
+    from latency_models.base import get_model
+    from pruning.cost import Settings, build_problem
+    from pruning.graph import build_network_spec
+
+    if source not in _LUTS:
+        if source == "fake":
+            X, y, _ = fake_lut(noise=0.02, seed=0)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                X, y = legacy_lut(Path(tmp))
+        _LUTS[source] = (X, y)
+    X, y = _LUTS[source]
+    method, kind = _METHOD[variant]
+    spec = build_network_spec("resnet50", 224, group_sizes="reference")
+    rng = np.random.default_rng(seed)
+    imp = {gid: rng.lognormal(0.0, 1.0, g.width) for gid, g in spec.groups.items()}
+    problem, _ = build_problem(spec, get_model(kind).fit(X, y), imp, method=method, target=1.0,
+                               settings=Settings(256))
+    return problem
+
+
+_LUTS: dict[str, tuple] = {}
+
 BACKENDS = {
     "OCP+LLM": ["dp", "milp-highs", "milp-cbc", "scip", "mindtpy"],
     "MGP+LLM": ["milp-highs", "milp-cbc", "scip", "mindtpy"],
@@ -132,6 +168,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(BACKENDS))
     ap.add_argument("--backends", default=None, help="comma list; default: all applicable")
     ap.add_argument("--mindtpy-targets", default="", help="comma list of targets MindtPy runs at (default: all)")
+    ap.add_argument("--source", default="synthetic", choices=("synthetic", "fake", "legacy"),
+                    help="latency tables: synthetic roofline, or a model fitted on the fake / legacy-format LUT")
     ap.add_argument("--out", default="benchmarks/results/solvers")
     ap.add_argument("--from-json", default=None, help="only re-render the Markdown from an existing JSON")
     args = ap.parse_args()
@@ -144,7 +182,7 @@ def main() -> None:
     rows = []
     t_start = time.perf_counter()
     for variant in args.variants.split(","):
-        base = build(variant)
+        base = build(variant) if args.source == "synthetic" else build_from_lut(variant, args.source)
         dense = base.latency(base.dense_solution())
         sizes = {
             "groups": len(base.groups),
@@ -175,6 +213,7 @@ def main() -> None:
     meta = {
         "command": "python -m benchmarks.solvers " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags if v),
         "machine": machine(),
+        "source": args.source,
         "threads": 1,
         "total_seconds": total,
     }
@@ -230,6 +269,15 @@ def _f(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+_SOURCES = {
+    "synthetic": "Synthetic roofline-like latencies (non-monotone ±8 % ripple).",
+    "fake": "Latency tables from `pruning.cost.build_problem`: LLM / MDLM fitted on the fake backend's ResNet-50 "
+            "reference LUT (batch 256, 2% noise).",
+    "legacy": "Latency tables from `pruning.cost.build_problem`: LLM / MDLM fitted on a TITAN V-style MDP pickle "
+              "(synthetic, 3% noise) read through the legacy importer.",
+}
+
+
 def render_md(meta: dict, rows: list[dict]) -> str:
     lines = [
         "# Pruning solvers on ResNet50-sized instances",
@@ -237,7 +285,7 @@ def render_md(meta: dict, rows: list[dict]) -> str:
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}, one solver thread; total {meta['total_seconds']:.0f} s.",
         "",
-        "Synthetic roofline-like latencies (non-monotone ±8 % ripple), random log-normal importances, spec §2 "
+        _SOURCES.get(meta.get("source", "synthetic"), "") + " Random log-normal importances, spec §2 "
         "structure (37 groups / 246 items / 53 convs / 16 blocks). Objective = kept importance; bound = proven "
         "upper bound where the back-end gives one; gap = (bound − objective)/bound. "
         "MindtPy (ECP, HiGHS master) has no optimality guarantee.",

@@ -1,0 +1,43 @@
+"""The install paths agree: Makefile pins, pyproject ranges, Dockerfile, CI script."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins() -> dict[str, str]:
+    line = next(ln for ln in (ROOT / "Makefile").read_text().splitlines() if ln.startswith("TORCH_PINS"))
+    return dict(re.findall(r"([a-z]+)==([\d.]+)", line))
+
+
+def test_makefile_pins_satisfy_pyproject_ranges() -> None:
+    pins = _pins()
+    assert set(pins) == {"torch", "torchvision"}
+    deps = [Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    for req in deps:
+        if req.name in pins:
+            assert req.specifier.contains(pins[req.name]), (req, pins[req.name])
+
+
+def test_dockerfile_installs_like_the_readme() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    instructions = [ln.split()[0] for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
+    assert instructions[0] == "FROM" and "nvidia/cuda" in text.splitlines()[
+        next(i for i, ln in enumerate(text.splitlines()) if ln.startswith("FROM"))]
+    assert "make install" in text, "the image must install latlab the way the README does"
+    users = re.findall(r"^USER (\S+)", text, flags=re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r'^ENTRYPOINT \["latlab"\]', text, flags=re.M)
+    assert re.search(r"^VOLUME .*?/data", text, flags=re.M) and "LATLAB_DB=/data/" in text
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and re.search(r"^make test$", ci, flags=re.M)
