@@ -249,6 +249,10 @@ class FakeBackend(Backend):
             records.append((module, tuple(x.shape) if x is not None else None,
                             tuple(y.shape) if y is not None else None))
 
+        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            raise MeasurementFailed(
+                f"the fake backend prices a network from its nn.Conv2d modules and {type(model).__name__} has "
+                "none (a TorchScript or torch.export graph?); time it with --backend cpu or cuda", "error")
         skip = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Unflatten)
         leaves = [
             m for m in model.modules() if next(m.children(), None) is None and not isinstance(m, skip)
