@@ -7,9 +7,10 @@
    (how much of the network's latency a conv-only LUT explains);
 4. fit every latency model on half of the LUT keys and score the rest, and predict random pruned
    versions of the network against their measured latency (``<out>/latency_models/``);
-5. write ``<out>/report.md``, ``<out>/lut_summary.csv`` and ``<out>/lut_latency.png``.
+5. prune the network one-shot with HALP and MDP for this machine, export and time the slim networks;
+6. write ``<out>/report.md``, ``<out>/lut_summary.csv`` and ``<out>/lut_latency.png``.
 
-Later stages (pruning, fine-tuning) extend this report.
+Fine-tuning on a small dataset (issue #6) will extend this report.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from db.engine import Database, open_database
-from db.errors import LUTMissError
+from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig
 from db.lut import family_summaries, lookup
 from latency_models.base import get_model
@@ -42,6 +43,9 @@ from profiler.measure import measure_model
 from profiler.plan import build_plan, resolve_model, trace_network
 from profiler.protocol import TimingProtocol
 from profiler.runner import SweepReport, run_sweep
+from pruning.cost import Settings
+from pruning.graph import build_network_spec
+from pruning.oneshot import magnitude_scores, prune_once
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class DemoConfig:
     repeats: int = 15
     model_repeats: int = 30
     pruned_networks: int = 3
+    prune_target: float = 0.6  # kept share of the dense conv latency for the one-shot HALP / MDP step
     seed: int = 0
     progress: bool = True
 
@@ -79,6 +84,7 @@ class DemoResult:
     report_path: Path | None = None
     models: pd.DataFrame | None = None  # held-out accuracy per latency model
     whole_network: pd.DataFrame | None = None  # per model: error vs measured pruned networks
+    pruned: pd.DataFrame | None = None  # one-shot HALP and MDP, exported and timed
 
 
 def _conv_sum(database: Database, sweep_id: int, configs: list[ConvConfig]) -> tuple[float | None, list[str]]:
@@ -148,6 +154,34 @@ def _compare_models(
     return table, summarise_whole_network(whole)
 
 
+def _prune(database: Database, sweep_id: int, config: DemoConfig, net: Any, backend: Any,
+           dense_ms: float | None) -> pd.DataFrame:
+    """HALP (LLM) and MDP (MDLM) one-shot at ``config.prune_target`` of the dense conv latency, timed."""
+    with database.session() as session:
+        X, y = lut_frame(session, sweep_id)
+    spec = build_network_spec(net, config.input_size, group_sizes="auto")
+    importances = magnitude_scores(net, spec)
+    rows = []
+    for method, kind in (("halp", "llm"), ("mdp", "mdlm")):
+        row: dict[str, Any] = {"method": method, "target": config.prune_target}
+        try:
+            res = prune_once(net, spec, get_model(kind).fit(X, y), importances, method=method,
+                             target=config.prune_target, settings=Settings(config.batch))
+        except LatlabError as exc:
+            rows.append(row | {"status": str(exc)[:120]})
+            continue
+        shape = (config.batch, 3, config.input_size, config.input_size)
+        measured = backend.measure_model(res.slim, shape).median_ms
+        rows.append(row | {
+            "status": res.result.status, "solve_s": round(res.result.seconds, 3),
+            "predicted_conv_ms": round(res.predicted_pruned_ms, 3), "measured_ms": round(measured, 3),
+            "speedup": round(dense_ms / measured, 3) if dense_ms else None,
+            "params": res.counts["params_pruned"], "removed_blocks": len(res.removed_blocks),
+            "max_logit_delta": res.max_logit_delta,
+        })
+    return pd.DataFrame(rows)
+
+
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo chain and write its report; returns what it measured."""
     out = Path(config.out_dir)
@@ -171,8 +205,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
     whole = measure_model(database, get_backend(config.backend, model_protocol), net, name=name,
                           input_shape=(config.batch, 3, config.input_size, config.input_size))
     result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing)
-    result.models, result.whole_network = _compare_models(database, sweep.sweep_id, config, net,
-                                                          get_backend(config.backend, model_protocol), out)
+    model_backend = get_backend(config.backend, model_protocol)
+    result.models, result.whole_network = _compare_models(database, sweep.sweep_id, config, net, model_backend, out)
+    result.pruned = _prune(database, sweep.sweep_id, config, net, model_backend, whole.median_ms)
 
     (out / "lut_summary.csv").write_text(render(lut_rows, "csv"))
     _plot(lut_rows, database, sweep.sweep_id, out / "lut_latency.png")
@@ -223,6 +258,16 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
             "model's sum over the convs against the measured network (signed %, negative = under-estimate, "
             "expected since only convs are modelled).", "",
             render(r.whole_network[cols].round(2).to_dict(orient="records"), "markdown"),
+        ]
+    if r.pruned is not None:
+        lines += [
+            "## 4. Prune for this machine", "",
+            f"One-shot HALP (linear latency model, input widths frozen) and MDP (multi-dimensional model with "
+            f"block removal) at {c.prune_target:.0%} of the dense conv latency, solved exactly, exported to a "
+            "physically smaller network (checked against the masked one: max |Δ logits|) and timed on the same "
+            "backend. Importance is BN |γ| of the untrained network: this shows latency, not accuracy (fine-tuning "
+            "comes with the training stage).", "",
+            render(r.pruned.to_dict(orient="records"), "markdown"),
         ]
 
     if r.missing:

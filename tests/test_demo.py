@@ -20,6 +20,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert set(first.models["model"]) == {"lut", "llm", "mdlm", "bilinear", "rf", "gbdt"}
     assert (first.whole_network["n_pruned"] == 1).all()
     assert (out / "latency_models" / "report.md").exists() and (out / "latency_models" / "error_cdf.png").exists()
+    assert list(first.pruned["method"]) == ["halp", "mdp"] and "## 4. Prune for this machine" in report
     assert (out / "lut_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "lut_summary.csv").read_text().count("\n") == 12
     assert (out / "config.json").exists()
