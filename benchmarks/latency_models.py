@@ -44,6 +44,7 @@ from latency_models.adaptive import run_adaptive
 from latency_models.base import get_model
 from latency_models.evaluate import (
     accuracy_vs_budget,
+    candidate_models,
     evaluate_models,
     markdown_table,
     measure_pruned,
@@ -63,17 +64,6 @@ from profiler.widths import random_pruned_widths
 
 KINDS = ("lut", "llm", "mdlm", "bilinear", "rf", "gbdt")
 FRACTIONS = (0.05, 0.10, 0.25, 0.50)
-
-
-def candidates(seed: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kind in KINDS:
-        params = get_model(kind).get_params()
-        kw: dict[str, Any] = {"random_state": seed} if "random_state" in params else {}
-        if kind == "lut":
-            kw["missing"] = "bilinear"
-        out[kind] = get_model(kind, **kw)
-    return out
 
 
 def fake_lut(noise: float, seed: int) -> tuple[pd.DataFrame, np.ndarray, FakeBackend]:
@@ -166,7 +156,8 @@ def whole_network(X: pd.DataFrame, y: np.ndarray, *, n: int, seed: int, measure_
                   adaptive_idx: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     trace = trace_network("resnet50", 224)
     train, _ = make_split(X, "random", 0.25, seed)
-    fitted = {k: m.fit(X.iloc[train].reset_index(drop=True), y[train]) for k, m in candidates(seed).items()}
+    models = candidate_models(KINDS, seed=seed)
+    fitted = {k: m.fit(X.iloc[train].reset_index(drop=True), y[train]) for k, m in models.items()}
     if adaptive_idx is not None:
         fitted["mdlm-adaptive"] = get_model("mdlm", random_state=seed).fit(
             X.iloc[adaptive_idx].reset_index(drop=True), y[adaptive_idx])
@@ -193,7 +184,8 @@ def section(name: str, X: pd.DataFrame, y: np.ndarray, args: argparse.Namespace,
     t0 = time.time()
     print(f"[{name}] {len(X)} points, {X['family'].nunique()} families", file=sys.stderr)
     out: dict[str, Any] = {"points": len(X), "families": int(X["family"].nunique())}
-    out["budget"] = accuracy_vs_budget(candidates(), X, y, fractions=FRACTIONS, seeds=tuple(range(args.seeds)))
+    out["budget"] = accuracy_vs_budget(candidate_models(KINDS), X, y, fractions=FRACTIONS,
+                                       seeds=tuple(range(args.seeds)))
     out["coarse_grid"] = coarse_grid(X, y)
     if rn50:
         sizes = [int(len(X) * f) for f in (0.05, 0.10, 0.15, 0.25, 0.35)]

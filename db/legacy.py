@@ -72,6 +72,11 @@ def safe_load_pickle(data: bytes, source: str = "pickle") -> Any:
 
 def read_legacy_lut(path: str | Path) -> dict[str, float]:
     """Read and validate a HALP/MDP LUT pickle into ``{key: ms}``."""
+    return _read_legacy(path)[0]
+
+
+def _read_legacy(path: str | Path) -> tuple[dict[str, float], bytes]:
+    """``(validated {key: ms}, the file's bytes)``, reading the file once."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -100,7 +105,7 @@ def read_legacy_lut(path: str | Path) -> dict[str, float]:
         if isinstance(value, bool) or not math.isfinite(ms) or ms < 0:
             raise LegacyFormatError(f"{path}: value of {key!r} is {value!r}, expected a finite latency >= 0")
         out[key] = ms
-    return out
+    return out, data
 
 
 def legacy_key_to_config(key: str, dtype: str = "fp32", layout: str = "nchw", op: str = "conv") -> ConvConfig:
@@ -132,8 +137,8 @@ def import_legacy(
     are skipped; the count is reported.
     """
     path = Path(path)
-    lut = read_legacy_lut(path)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    lut, data = _read_legacy(path)
+    sha = hashlib.sha256(data).hexdigest()
     configs: list[tuple[ConvConfig, float]] = []
     zero = 0
     for key, ms in lut.items():

@@ -212,7 +212,8 @@ def adaptive_sweep(
             already = dict(zip(configs_from_frame(X), y, strict=True))
         except LatlabError:
             already = {}
-    already = {c: v for c, v in already.items() if c in set(plan.configs)}
+    lattice = set(plan.configs)
+    already = {c: v for c, v in already.items() if c in lattice}
 
     def measure(configs: list[ConvConfig]) -> list[float | None]:
         sub = SweepPlan(configs, plan.description, plan.layers)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from profiler.backends.base import Backend
 
 __all__ = [
-    "RESULT_COLUMNS", "accuracy_vs_budget", "evaluate_models", "fit_predict", "markdown_table",
+    "RESULT_COLUMNS", "accuracy_vs_budget", "candidate_models", "evaluate_models", "fit_predict", "markdown_table",
     "measure_pruned", "summarise_whole_network", "whole_network_eval", "write_report",
 ]
 
@@ -88,10 +88,29 @@ def _predict_tolerant(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, str]:
     return out, first_error
 
 
+def candidate_models(kinds: Sequence[str], *, seed: int = 0, strict: bool = False) -> dict[str, Any]:
+    """Unfitted models of ``kinds`` set up for a comparison: seeded, ``strict`` where the kind has it,
+    and the LUT interpolating bilinearly on its grid (the "measure coarsely, interpolate" baseline)."""
+    from latency_models.base import get_model
+
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        params = get_model(kind).get_params()
+        kw: dict[str, Any] = {"strict": strict} if "strict" in params else {}
+        if "random_state" in params:
+            kw["random_state"] = seed
+        if kind == "lut":
+            kw["missing"] = "bilinear"
+        out[kind] = get_model(kind, **kw)
+    return out
+
+
 def fit_predict(
-    models: Mapping[str, Any], X: Any, y: Any, split: Split
+    models: Mapping[str, Any], X: Any, y: Any, split: Split, keep_fitted: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit a fresh copy of each model on the training rows and predict the test rows.
+
+    ``keep_fitted``, when given, receives the fitted copies (by name) of the models that fitted.
 
     Returns ``(table, predictions)``: one row per model with :data:`RESULT_COLUMNS`, and a long frame
     of the test rows (feature columns, ``measured``, ``model``, ``predicted`` (NaN where missing),
@@ -118,6 +137,8 @@ def fit_predict(
             pred = np.full(len(X_test), np.nan)
         else:
             fit_s = time.perf_counter() - t0
+            if keep_fitted is not None:
+                keep_fitted[name] = fitted
             t0 = time.perf_counter()
             pred, error = _predict_tolerant(fitted, X_test)
             predict_s = time.perf_counter() - t0

@@ -21,14 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from db.engine import Database, open_database
 from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig
 from db.lut import family_summaries, lookup
-from latency_models.base import get_model
 from latency_models.evaluate import (
+    candidate_models,
     fit_predict,
     measure_pruned,
     summarise_whole_network,
@@ -137,12 +138,13 @@ def _plot(rows: list[dict[str, Any]], database: Database, sweep_id: int, path: P
 
 
 def _compare_models(
-    database: Database, sweep_id: int, config: DemoConfig, net: Any, backend: Any, out: Path,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit every latency model on half the LUT keys, score the rest; predict pruned networks vs measured."""
-    with database.session() as session:
-        X, y = lut_frame(session, sweep_id)
-    models = {kind: get_model(kind, **({"missing": "bilinear"} if kind == "lut" else {})) for kind in DEMO_MODELS}
+    X: pd.DataFrame, y: np.ndarray, config: DemoConfig, net: Any, backend: Any, out: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Fit every latency model on half the LUT keys, score the rest; predict pruned networks vs measured.
+
+    Returns the held-out table, the whole-network summary and the models fitted on every LUT key.
+    """
+    models = candidate_models(DEMO_MODELS, seed=config.seed)
     table, predictions = fit_predict(models, X, y, make_split(X, "random", 0.5, config.seed))
     fitted = {kind: model.fit(X, y) for kind, model in models.items()}
     trace = trace_network(config.model, config.input_size)
@@ -151,21 +153,18 @@ def _compare_models(
                                measure=measure, multiple=16)
     write_report(out / "latency_models", {"Held-out accuracy (half of the LUT keys for training)": table},
                  predictions, whole, title=f"Latency models on the demo LUT ({config.model}, {config.backend})")
-    return table, summarise_whole_network(whole)
+    return table, summarise_whole_network(whole), fitted
 
 
-def _prune(database: Database, sweep_id: int, config: DemoConfig, net: Any, backend: Any,
-           dense_ms: float | None) -> pd.DataFrame:
+def _prune(fitted: dict[str, Any], config: DemoConfig, net: Any, backend: Any, dense_ms: float | None) -> pd.DataFrame:
     """HALP (LLM) and MDP (MDLM) one-shot at ``config.prune_target`` of the dense conv latency, timed."""
-    with database.session() as session:
-        X, y = lut_frame(session, sweep_id)
     spec = build_network_spec(net, config.input_size, group_sizes="auto")
     importances = magnitude_scores(net, spec)
     rows = []
     for method, kind in (("halp", "llm"), ("mdp", "mdlm")):
         row: dict[str, Any] = {"method": method, "target": config.prune_target}
         try:
-            res = prune_once(net, spec, get_model(kind).fit(X, y), importances, method=method,
+            res = prune_once(net, spec, fitted[kind], importances, method=method,
                              target=config.prune_target, settings=Settings(config.batch))
         except LatlabError as exc:
             rows.append(row | {"status": str(exc)[:120]})
@@ -206,8 +205,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
                           input_shape=(config.batch, 3, config.input_size, config.input_size))
     result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing)
     model_backend = get_backend(config.backend, model_protocol)
-    result.models, result.whole_network = _compare_models(database, sweep.sweep_id, config, net, model_backend, out)
-    result.pruned = _prune(database, sweep.sweep_id, config, net, model_backend, whole.median_ms)
+    with database.session() as session:
+        X, y = lut_frame(session, sweep.sweep_id)
+    result.models, result.whole_network, fitted = _compare_models(X, y, config, net, model_backend, out)
+    result.pruned = _prune(fitted, config, net, model_backend, whole.median_ms)
 
     (out / "lut_summary.csv").write_text(render(lut_rows, "csv"))
     _plot(lut_rows, database, sweep.sweep_id, out / "lut_latency.png")

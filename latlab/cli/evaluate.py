@@ -10,27 +10,20 @@ import typer
 from db.engine import open_database
 from db.errors import LatlabError
 from db.lut import find_sweep
-from latency_models.base import get_model
-from latency_models.evaluate import accuracy_vs_budget, fit_predict, measure_pruned, whole_network_eval, write_report
+from latency_models.evaluate import (
+    accuracy_vs_budget,
+    candidate_models,
+    fit_predict,
+    measure_pruned,
+    whole_network_eval,
+    write_report,
+)
 from latency_models.features import configs_from_frame, lut_frame
 from latency_models.network import lattice_sum
 from latency_models.splits import SPLIT_KINDS, make_split
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.cli.models import ModelsOption, parse_kinds
 from latlab.tables import render
-
-
-def _models(kinds: list[str], strict: bool, seed: int) -> dict:
-    out = {}
-    for kind in kinds:
-        params = get_model(kind).get_params()
-        kw = {"strict": strict} if "strict" in params else {}
-        if "random_state" in params:
-            kw["random_state"] = seed
-        if kind == "lut":
-            kw["missing"] = "bilinear"
-        out[kind] = get_model(kind, **kw)
-    return out
 
 
 def _width_rule(plan: dict, trace, multiple: int | None):  # type: ignore[no-untyped-def]
@@ -94,9 +87,10 @@ def evaluate(
         sweep_row = find_sweep(session, sweep, hardware)
         X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype)
         sweep_id, plan, hw_name = sweep_row.id, dict(sweep_row.plan), sweep_row.hardware.name
-    candidates = _models(kinds, strict, seed)
+    candidates = candidate_models(kinds, seed=seed, strict=strict)
     train, test = make_split(X, split, train_fraction, seed)
-    table, predictions = fit_predict(candidates, X, y, (train, test))
+    fitted: dict = {}
+    table, predictions = fit_predict(candidates, X, y, (train, test), keep_fitted=fitted)
     if strict:
         bad = table[table["missing"] > 0]
         if len(bad):
@@ -111,7 +105,6 @@ def evaluate(
         if len(batches) != 1:
             raise LatlabError(f"the sweep holds batches {batches}; choose one with --batch for --network")
         first = configs_from_frame(X.iloc[:1])[0]
-        fitted = {k: m.fit(X.iloc[train].reset_index(drop=True), y[train]) for k, m in candidates.items()}
         measured = dict(zip(configs_from_frame(X), y, strict=True))
         group_sizes, multiple = _width_rule(plan, trace, width_multiple)
         settings = {"batch": first.batch, "dtype": first.dtype, "layout": first.layout, "op": first.op}

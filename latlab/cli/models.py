@@ -10,7 +10,7 @@ import typer
 from db.engine import open_database
 from db.errors import LatlabError
 from db.lut import find_sweep
-from latency_models.base import get_model, list_models
+from latency_models.base import LatencyModel, get_model, list_models
 from latency_models.evaluate import fit_predict
 from latency_models.features import lut_frame
 from latency_models.splits import make_split
@@ -79,10 +79,11 @@ def fit(
         params = {"random_state": seed} if "random_state" in get_model(kind).get_params() else {}
         model = get_model(kind, **params)
         metrics = {}
+        fitted: dict[str, LatencyModel] = {}
         if len(test):  # tolerant: points a model cannot predict are counted, not fatal
-            table, _ = fit_predict({kind: model}, X, y, (train, test))
+            table, _ = fit_predict({kind: model}, X, y, (train, test), keep_fitted=fitted)
             metrics = {k: v for k, v in table.iloc[0].to_dict().items() if k not in ("model", "error")}
-        model.fit(X.iloc[train].reset_index(drop=True), y[train])
+        model = fitted[kind] if kind in fitted else model.fit(X.iloc[train].reset_index(drop=True), y[train])
         stored = (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"{hw_name}-{kind}-s{sweep_id}"
         training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "holdout": holdout, "seed": seed,
                     "n_rows": len(X)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from db.errors import LatlabError
 from pruning.problem import PruningProblem, SolveResult
 from pruning.solvers.base import Solver, decode_sol, infeasible
-from pruning.solvers.scip import latency_terms
+from pruning.solvers.scip import latency_expression
 
 
 def _ecp_without_nlp():
@@ -77,13 +77,7 @@ class MindtPySolver(Solver):
                 m.add_component(f"inblock{gi}", pyo.Constraint(expr=c))
         if problem.max_kept_blocks is not None and z:
             m.maxkept = pyo.Constraint(expr=sum(z.values()) >= len(z) - problem.max_kept_blocks)
-        lat = 0
-        for coef, factors in latency_terms(problem, x, z):
-            term = coef
-            for f in factors:
-                term = term * ((1 - f[1]) if isinstance(f, tuple) else f)
-            lat = lat + term
-        m.latency = pyo.Constraint(expr=lat <= problem.budget - problem.constant)
+        m.latency = pyo.Constraint(expr=latency_expression(problem, x, z) <= problem.budget - problem.constant)
         m.obj = pyo.Objective(expr=obj, sense=pyo.maximize)
         kwargs = dict(
             mip_solver=e["mip_solver"],

@@ -46,6 +46,17 @@ def latency_terms(problem: PruningProblem, x: list[dict[int, object]], z: dict[i
                     yield float(t.matrix[i, j]), (xi, xj, *extra)
 
 
+
+def latency_expression(problem: PruningProblem, x: list[dict[int, object]], z: dict[int, object]):
+    """The latency as one polynomial expression of the solver's variables (SCIP and Pyomo alike)."""
+    lat = 0
+    for coef, factors in latency_terms(problem, x, z):
+        term = coef
+        for f in factors:
+            term = term * ((1 - f[1]) if isinstance(f, tuple) else f)
+        lat = lat + term
+    return lat
+
 class ScipSolver(Solver):
     """``scip``: direct MINLP with SCIP on the bilinear/trilinear model."""
 
@@ -76,13 +87,7 @@ class ScipSolver(Solver):
             obj = obj + pyscipopt.quicksum(float(g.values[k]) * v for k, v in xs.items())
         if problem.max_kept_blocks is not None and z:
             m.addCons(pyscipopt.quicksum(z.values()) >= len(z) - problem.max_kept_blocks)
-        lat = 0
-        for coef, factors in latency_terms(problem, x, z):
-            term = coef
-            for f in factors:
-                term = term * ((1 - f[1]) if isinstance(f, tuple) else f)
-            lat = lat + term
-        m.addCons(lat <= problem.budget - problem.constant)
+        m.addCons(latency_expression(problem, x, z) <= problem.budget - problem.constant)
         m.setObjective(obj, "maximize")
         m.optimize()
         st = m.getStatus()
