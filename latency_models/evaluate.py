@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from db.errors import LatlabError
+from db.errors import LatlabError, LUTMissError
 from latency_models.features import FEATURE_COLUMNS, as_frame
 from latency_models.metrics import METRIC_COLUMNS, error_metrics
 from latency_models.network import network_latency
@@ -242,7 +242,7 @@ def whole_network_eval(
     freeze = dict(freeze_cin or {})
     rows: list[dict[str, Any]] = []
     for i, widths in enumerate(configs):
-        lattice = float(truth(widths)) if truth is not None else float("nan")
+        lattice = _lattice_or_nan(truth, widths)
         measured = float(measure(widths)) if measure is not None else float("nan")
         for name, model in models.items():
             error = ""
@@ -259,6 +259,16 @@ def whole_network_eval(
                 "error": error,
             })
     return pd.DataFrame(rows)
+
+
+def _lattice_or_nan(truth: Callable[[Widths], float] | None, widths: Widths) -> float:
+    """The exact lattice sum, or NaN when there is none or the LUT lacks one of its keys (partial sweep)."""
+    if truth is None:
+        return float("nan")
+    try:
+        return float(truth(widths))
+    except LUTMissError:
+        return float("nan")
 
 
 def summarise_whole_network(whole: pd.DataFrame) -> pd.DataFrame:
@@ -366,16 +376,21 @@ def write_report(
         whole_network.to_csv(out / "whole_network.csv", index=False)
         summary = summarise_whole_network(whole_network)
         summary.to_csv(out / "whole_network_summary.csv", index=False)
-        p4 = plots.plot_whole_network(whole_network, out / "whole_network.png")
         md += [
             "## Whole-network latency", "",
             "Signed % error of each model's summed prediction on the dense network and on random consistent "
             "prunings, against the exact lattice sum and (where measured) the whole-model latency. A model of "
             "kind `llm` freezes every conv's input width at its dense value (HALP), so it over-estimates pruned "
             "networks.", "",
-            markdown_table(summary), f"![whole-network error]({p4.name})", "",
-            "CSV: [whole_network.csv](whole_network.csv)", "",
         ]
+        errors = whole_network.filter(like="err_vs_")
+        if errors.notna().any().any():
+            p4 = plots.plot_whole_network(whole_network, out / "whole_network.png")
+            md += [markdown_table(summary), f"![whole-network error]({p4.name})", ""]
+        else:
+            first = next((e for e in whole_network["error"] if e), "no lattice sum and no measurement")
+            md += [f"No model could price these networks (first reason: {first}).", ""]
+        md += ["CSV: [whole_network.csv](whole_network.csv)", ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
