@@ -52,8 +52,15 @@ class ModelLatency:
         return self.input_shape[0] * 1000.0 / self.median_ms
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict safely (``weights_only=True``), unwrapping ``state_dict`` and ``module.``."""
+_STATE_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """Load a state dict safely (``weights_only=True``), unwrapping checkpoint dicts and ``module.``.
+
+    Checkpoints of HALP/MDP/latlab runs (``{"state_dict": …, "epoch": …}``) load as they are. A whole-model
+    pickle is unpickled unrestricted only with ``trust_checkpoint`` (it can run code: trusted files only).
+    """
     path = Path(path)
     if not path.is_file():
         raise LatlabError(f"weights file {path} does not exist")
@@ -61,17 +68,28 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LatlabError(f"cannot load weights {path} safely (weights_only=True): {first}") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise LatlabError(f"{path} is not a state dict of tensors")
+        if not trust_checkpoint:
+            raise LatlabError(f"cannot load weights {path} safely (weights_only=True): {first}. If it is a "
+                              "whole-model pickle you trust, pass --trust-checkpoint") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise LatlabError(f"cannot load weights {path}: {type(exc2).__name__}: {exc2}") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        inner = next((obj[k] for k in _STATE_KEYS if isinstance(obj.get(k), dict | nn.Module)), None)
+        if inner is not None:
+            obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise LatlabError(f"{path} is not a state dict of tensors (nor a checkpoint holding one under "
+                          f"{', '.join(_STATE_KEYS)})")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def load_model(
     model: str | None = None, *, weights: str | Path | None = None, module_file: str | Path | None = None,
-    num_classes: int = 1000,
+    num_classes: int = 1000, trust_checkpoint: bool = False,
 ) -> tuple[str, nn.Module]:
     """Build the network to time; returns (display name, module in eval mode)."""
     if (model is None) == (module_file is None):
@@ -81,7 +99,7 @@ def load_model(
     assert model is not None
     name, net = resolve_model(model, num_classes=num_classes)
     if weights is not None:
-        state = load_state_dict(weights)
+        state = load_state_dict(weights, trust_checkpoint=trust_checkpoint)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise LatlabError(

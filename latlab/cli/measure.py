@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from db.engine import open_database
+from db.errors import LatlabError
 from db.keys import check_exec_settings
 from latlab.cli._options import DbOption, FormatOption
 from latlab.tables import render
@@ -16,10 +17,30 @@ from profiler.measure import load_model, measure_model
 from profiler.protocol import TimingProtocol
 
 
+def _apply_mask_file(net, path: Path, input_size: int, *, per_layer: bool):  # type: ignore[no-untyped-def]
+    """The physically pruned network that a HALP/MDP/latlab mask file describes."""
+    from profiler.plan import trace_network
+    from pruning.export import export_pruned
+    from pruning.graph import build_network_spec
+    from pruning.mask_files import masks_for_model, read_mask_file
+
+    spec = build_network_spec(net, input_size)
+    masks, removed = masks_for_model(read_mask_file(path), net, spec, per_layer=per_layer)
+    return export_pruned(net, trace_network(net, input_size), masks, removed).eval()
+
+
 def measure(
     model: Annotated[str | None, typer.Option(help="torchvision model name (random init unless --weights).")] = None,
     module: Annotated[Path | None, typer.Option(help="Saved TorchScript (.pt) or torch.export (.pt2) module.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Local state-dict file for --model (weights_only load).")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        help="Local state dict or checkpoint for --model (weights_only load; `module.` prefixes are fine).")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        help="Allow --weights to be a whole-model pickle (unrestricted unpickling: trusted files only).")] = False,
+    mask: Annotated[Path | None, typer.Option(
+        help="Prune --model by a mask file first: HALP/MDP group_mask.pkl / layer_masks.pkl or latlab masks.pt.")
+    ] = None,
+    mgp: Annotated[bool, typer.Option(help="--mask holds per-layer masks (MDP's layer_masks.pkl, as its --mgp).")
+                   ] = False,
     num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
@@ -45,9 +66,17 @@ def measure(
       latlab measure --model resnet18 --backend cpu --batch 1 --threads 2
 
       latlab measure --module pruned.pt --backend cuda --batch 256 --variant halp55
+
+      latlab measure --model resnet50 --mask layer_masks.pkl --mgp --backend cuda --batch 256
     """
     check_exec_settings(dtype, layout)
-    name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes)
+    name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes,
+                           trust_checkpoint=trust_checkpoint)
+    if mask is not None:
+        if model is None:
+            raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
+        net = _apply_mask_file(net, mask, input_size, per_layer=mgp)
+        variant = variant if variant != "dense" else f"mask:{mask.name}"
     protocol = TimingProtocol(warmup=warmup, repeats=repeats, min_repeats=min(10, repeats), timer=timer,
                               num_threads=threads)
     timing_backend = get_backend(backend, protocol)

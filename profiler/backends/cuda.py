@@ -1,13 +1,23 @@
 """CUDA timing backend: CUDA events (or CUDA-graph replays) around single calls, one sync per chunk.
 
 Hygiene (see the measurement notes): cuDNN autotunes per shape when ``cudnn.benchmark`` is on, so
-every configuration is warmed up on its own, with at least one call even when
-``protocol.warmup == 0`` (that call triggers the autotuning, which must not land in a sample).
+every configuration is warmed up on its own, with at least two calls even when
+``protocol.warmup == 0`` (the first triggers the autotuning, which must not land in a sample; the
+rest estimate the host's enqueue cost per call).
 Events are recorded asynchronously and read after one ``synchronize`` per chunk of samples; the
 stop rule is checked per chunk, never per sample. ``l2_flush`` overwrites an L2-sized buffer before
-each timed call, outside the event pair. The TF32 math mode and cuDNN flags actually in effect are
-reported by :meth:`CudaBackend.settings`; clocks, temperature, power and throttle reasons are read
-through NVML after every configuration.
+each timed call, outside the event pair.
+
+Convolutions are timed behind a *queue backlog*: a ``torch.cuda._sleep`` kernel long enough to cover
+the host's enqueueing of the whole chunk runs first, so the calls execute back to back and each event
+pair holds GPU time only. Without it, a kernel shorter than its host launch cost (tens of µs through
+PyTorch + cuDNN) is timed together with the idle gap before it: on an H200 that inflated fp16 batch-256
+ResNet-50 convs by up to 2× and batch-1 convs by 10-30× against torch.profiler's kernel times
+(``benchmarks/results/cuda_vs_torch_profiler_*``). Whole models (:meth:`CudaBackend.measure_model`) are
+timed without it: their number is the eager forward latency a user sees, launch gaps included.
+
+The TF32 math mode and cuDNN flags actually in effect are reported by :meth:`CudaBackend.settings`;
+clocks, temperature, power and throttle reasons are read through NVML after every configuration.
 """
 
 from __future__ import annotations
@@ -39,6 +49,9 @@ logger = logging.getLogger(__name__)
 TIMERS = ("cuda_events", "cuda_graph")
 L2_FLUSH_FALLBACK_BYTES = 64 * 2**20
 _GRAPH_WARMUP_CALLS = 3  # side-stream calls before capture, as the torch CUDA-graph docs require
+_BACKLOG_MARGIN = 1.5  # sleep this many times the measured host enqueue time of a chunk
+_BACKLOG_MAX_MS = 250.0
+_SLEEP_CALIBRATION_CYCLES = 2_000_000
 _ERROR_MARKERS = ("cudnn", "cuda", "cublas", "cufft", "curand", "cusolver", "nvrtc")
 _OOM_MARKERS = ("out of memory", "alloc_failed", "status_alloc")
 
@@ -73,7 +86,9 @@ class CudaBackend(Backend):
     name: ClassVar[str] = "cuda"
     default_timer: ClassVar[str] = "cuda_events"
 
-    def __init__(self, protocol: TimingProtocol | None = None, device_index: int = 0) -> None:
+    def __init__(self, protocol: TimingProtocol | None = None, device_index: int = 0,
+                 queue_backlog: bool = True) -> None:
+        """``queue_backlog=False`` times convolutions like whole models, launch gaps included (for comparison)."""
         super().__init__(protocol)
         import torch
 
@@ -91,6 +106,8 @@ class CudaBackend(Backend):
         self.device_index = int(device_index)
         self.device = torch.device("cuda", self.device_index)
         self._flush_buffer: torch.Tensor | None = None
+        self._cycles_per_ms: float | None = None
+        self.queue_backlog = bool(queue_backlog)
         self._saved_flags = self._apply_flags()
 
     # ---------------------------------------------------------------------------- flags
@@ -141,7 +158,7 @@ class CudaBackend(Backend):
                 module = prepare_module(module, config.dtype, config.layout, self.device)
                 x = make_input(config_input_shape(config), config.dtype, config.layout, self.device,
                                self.protocol.seed)
-                return self._time(lambda: module(x))
+                return self._time(lambda: module(x), backlog=self.queue_backlog)
 
         return self._guarded(run, config.describe())
 
@@ -181,8 +198,10 @@ class CudaBackend(Backend):
             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
             "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "min_warmup_calls": 1,
+            "min_warmup_calls": 2,
             "l2_flush": self.protocol.l2_flush,
+            "conv_queue_backlog": self.queue_backlog,
+            "model_queue_backlog": False,
             "l2_flush_bytes": self._flush_bytes() if self.protocol.l2_flush else 0,
         }
         conv_precision = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
@@ -209,9 +228,7 @@ class CudaBackend(Backend):
 
     def _guarded(self, run: Callable[[], list[float]], what: str) -> TimingResult:
         """Run a measurement; on OOM/library errors free memory and raise MeasurementFailed."""
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(self.device)
+        self._reset_peak_memory()
         try:
             samples = run()
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
@@ -225,6 +242,16 @@ class CudaBackend(Backend):
         self._free_memory()
         logger.info("%s", failure)
         raise failure
+
+    def _reset_peak_memory(self) -> None:
+        """Reset the allocator's peak counter (its per-device state exists only after a first allocation)."""
+        import torch
+
+        try:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        except RuntimeError:
+            torch.empty(1, device=self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def _free_memory(self) -> None:
         import torch
@@ -261,13 +288,22 @@ class CudaBackend(Backend):
             self._flush_buffer = torch.empty(self._flush_bytes(), dtype=torch.uint8, device=self.device)
         return self._flush_buffer
 
-    def _time(self, fn: Callable[[], Any]) -> list[float]:
-        """Warm up (>= 1 call), optionally capture a CUDA graph, then sample in chunks."""
+    def _time(self, fn: Callable[[], Any], backlog: bool = False) -> list[float]:
+        """Warm up (>= 2 calls), optionally capture a CUDA graph, then sample in chunks.
+
+        With ``backlog`` each chunk is queued behind a sleep kernel that outlasts its host enqueueing.
+        """
+        import time
+
         import torch
 
         proto = self.protocol
-        for _ in range(max(1, proto.warmup)):
+        fn()  # cuDNN autotuning happens here, synchronously; it is not part of the host-cost estimate
+        extra = max(1, proto.warmup - 1)
+        t0 = time.perf_counter()
+        for _ in range(extra):
             fn()
+        host_ms = 1e3 * (time.perf_counter() - t0) / extra
         torch.cuda.synchronize(self.device)
         call: Callable[[], Any] = fn
         keep: list[Any] = []
@@ -275,14 +311,20 @@ class CudaBackend(Backend):
             graph, static_out = self._capture(fn)
             keep = [graph, static_out]  # the graph's output buffers live as long as the graph
             call = graph.replay
-            for _ in range(max(1, min(proto.warmup, 3))):  # first replays upload the graph
+            graph.replay()  # the first replay uploads the graph
+            replays = max(1, min(proto.warmup, 3))
+            t0 = time.perf_counter()
+            for _ in range(replays):
                 graph.replay()
+            host_ms = 1e3 * (time.perf_counter() - t0) / replays
             torch.cuda.synchronize(self.device)
         flush = self._flush()
         samples: list[float] = []
         for size in chunk_sizes(proto):
             starts = [torch.cuda.Event(enable_timing=True) for _ in range(size)]
             ends = [torch.cuda.Event(enable_timing=True) for _ in range(size)]
+            if backlog:
+                self._sleep_ms(min(_BACKLOG_MAX_MS, _BACKLOG_MARGIN * size * host_ms + 0.2))
             for start, end in zip(starts, ends, strict=True):
                 if flush is not None:
                     flush.zero_()
@@ -295,6 +337,20 @@ class CudaBackend(Backend):
                 break
         del keep
         return samples
+
+    def _sleep_ms(self, ms: float) -> None:
+        """Enqueue a GPU spin of about ``ms`` milliseconds (cycles calibrated once per backend)."""
+        import torch
+
+        if self._cycles_per_ms is None:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(_SLEEP_CALIBRATION_CYCLES)  # first call loads the kernel
+            start.record()
+            torch.cuda._sleep(_SLEEP_CALIBRATION_CYCLES)
+            end.record()
+            end.synchronize()
+            self._cycles_per_ms = _SLEEP_CALIBRATION_CYCLES / max(start.elapsed_time(end), 1e-3)
+        torch.cuda._sleep(int(ms * self._cycles_per_ms))
 
     def _capture(self, fn: Callable[[], Any]) -> tuple[Any, Any]:
         """Capture one call of ``fn`` in a CUDA graph after side-stream warm-up (per torch docs)."""

@@ -1,0 +1,135 @@
+"""Read pruning masks written by HALP/MDP (pickles) or by latlab (``masks.pt``) and map them onto a model.
+
+HALP and MDP save masks with plain :mod:`pickle` (spec §5.5, §8.5): ``group_mask.pkl`` maps a tuple of
+layer names (one coupled group) to a 0/1 float tensor; MDP's ``layer_masks.pkl`` (MGP, MDP) maps one
+layer name to its mask. Names may carry DDP's ``module.`` prefix. A torch tensor pickled that way is
+rebuilt through ``torch.storage._load_from_bytes``, which calls ``torch.load(weights_only=False)``, so
+these files are read with a restricted unpickler that admits only tensor/array rebuilding and routes the
+storage bytes through ``torch.load(weights_only=True)``. Nothing else in the file can run.
+
+A conv whose mask keeps no channel marks its residual block as removed (what MDP's exporters do).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from db.errors import LatlabError
+from pruning.graph import NetworkSpec
+
+__all__ = ["masks_for_model", "read_mask_file"]
+
+MAX_MASK_FILE_BYTES = 64 * 2**20
+
+
+def _storage_from_bytes(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    import numpy
+
+    core = getattr(numpy, "_core", None) or numpy.core
+    table = {"_reconstruct": core.multiarray._reconstruct, "ndarray": numpy.ndarray, "dtype": numpy.dtype,
+             "scalar": core.multiarray.scalar}
+    return table[name]
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("collections", "OrderedDict"): OrderedDict,
+}
+_NUMPY = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+          ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+          ("numpy._core.multiarray", "scalar")}
+
+
+class _MaskUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if (module, name) in _NUMPY:
+            return _numpy_global(module, name)
+        raise LatlabError(f"refusing to load the mask file: it references {module}.{name}; a mask pickle may "
+                          "hold only dicts of tensors/arrays (a pickle naming other globals can execute code)")
+
+
+def read_mask_file(path: str | Path) -> dict[tuple[str, ...], np.ndarray]:
+    """``{(layer names…): 0/1 vector}`` from a HALP/MDP pickle or a latlab ``masks.pt``; ``module.`` stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatlabError(f"mask file {path} does not exist")
+    data = path.read_bytes()
+    if len(data) > MAX_MASK_FILE_BYTES:
+        raise LatlabError(f"mask file {path} is {len(data) / 2**20:.0f} MiB; masks are far smaller — wrong file?")
+    try:
+        if data[:2] == b"PK":  # torch.save's zip container
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        else:
+            obj = _MaskUnpickler(io.BytesIO(data)).load()
+    except LatlabError:
+        raise
+    except Exception as exc:
+        raise LatlabError(f"{path} is not a readable mask file (truncated or corrupt: "
+                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+                          ) from None
+    if not isinstance(obj, Mapping) or not obj:
+        raise LatlabError(f"{path} holds {type(obj).__name__}, not a non-empty dict of layer name -> mask")
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    for key, value in obj.items():
+        names = (key,) if isinstance(key, str) else tuple(key) if isinstance(key, tuple | list) else None
+        if not names or not all(isinstance(n, str) for n in names):
+            raise LatlabError(f"{path}: key {key!r} is neither a layer name nor a tuple of layer names")
+        try:
+            vec = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise LatlabError(f"{path}: the mask of {key!r} is {type(value).__name__}, not a 0/1 vector") from None
+        out[tuple(n.removeprefix("module.") for n in names)] = vec
+    return out
+
+
+def masks_for_model(
+    raw: Mapping[tuple[str, ...], np.ndarray], model: nn.Module, spec: NetworkSpec, *, per_layer: bool = False,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``({conv: bool keep-vector}, removed blocks)`` for :func:`pruning.export.export_pruned`.
+
+    Keys may name convs or their BNs. ``per_layer`` (MDP's ``--mgp``) requires one layer per key. Unknown
+    layers, wrong lengths, and an empty conv outside any removable block are errors that name the layer.
+    """
+    mods = dict(model.named_modules())
+    conv_of_bn = {c.bn: c.name for c in spec.convs if c.bn}
+    masks: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for names, vec in raw.items():
+        if per_layer and len(names) != 1:
+            raise LatlabError(f"--mgp expects one layer per mask, got the group {names!r} (a group_mask.pkl? "
+                              "drop --mgp)")
+        for name in names:
+            conv = name if isinstance(mods.get(name), nn.Conv2d) else conv_of_bn.get(name)
+            if conv is None:
+                unknown.append(name)
+                continue
+            width = mods[conv].out_channels
+            if vec.shape != (width,):
+                raise LatlabError(f"the mask of {name} has {vec.size} entries; {conv} has {width} output channels")
+            masks[conv] = torch.as_tensor(vec > 0.5)
+    if unknown:
+        raise LatlabError(f"mask layers not in the model ({len(unknown)}): {', '.join(unknown[:5])}"
+                          f"{' …' if len(unknown) > 5 else ''}; is it the same architecture?")
+    removed = [b.name for b in spec.blocks if any(c in masks and not masks[c].any() for c in b.convs)]
+    in_removed = {c for b in spec.blocks if b.name in removed for c in b.convs}
+    for conv, keep in masks.items():
+        if not keep.any() and conv not in in_removed:
+            raise LatlabError(f"the mask of {conv} keeps no channel and {conv} is not inside a removable block")
+    return {c: k for c, k in masks.items() if c not in in_removed}, removed
