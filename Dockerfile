@@ -10,6 +10,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1
 
+# Ubuntu's archive moves package versions under any pin; the base image tag fixes the release instead.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv python3-dev make git ca-certificates \
         glpk-utils coinor-cbc \
@@ -21,7 +23,7 @@ RUN useradd --create-home --uid 1000 latlab \
 
 WORKDIR /opt/latlab
 COPY --chown=latlab:latlab . .
-USER latlab
+USER 1000
 RUN make install PYTHON=python3 VENV=/opt/latlab/.venv
 
 ENV PATH=/opt/latlab/.venv/bin:$PATH \
