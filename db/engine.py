@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -153,6 +153,24 @@ class Database:
             raise
         finally:
             session.close()
+
+    @contextmanager
+    def transaction(self, *, immediate: bool = False) -> Iterator[Connection]:
+        """A Core connection in one transaction: committed on success, rolled back on any error.
+
+        ``immediate=True`` takes SQLite's write lock up front (``BEGIN IMMEDIATE``), so a
+        read-then-write transaction cannot fail half-way on a concurrent writer (WAL snapshot upgrade);
+        on PostgreSQL it changes nothing (use row locks there).
+        """
+        with self._wrap_errors(), self.engine.connect() as conn:
+            if immediate and self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
 
     @contextmanager
     def _wrap_errors(self) -> Iterator[None]:

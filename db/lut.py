@@ -131,17 +131,28 @@ def record_measurement(
             return True
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
-        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-        stmt = insert(Measurement).values(**row).on_conflict_do_nothing(
-            index_elements=["sweep_id", *KEY_COLUMNS]
-        ).returning(Measurement.id)
-        return session.execute(stmt).scalar() is not None
+        return session.execute(_insert_ignore(dialect), row).scalar() is not None
     try:
         with session.begin_nested():
             session.add(Measurement(**row))
         return True
     except IntegrityError:
         return False
+
+
+_INSERT_IGNORE: dict[str, Any] = {}
+
+
+def _insert_ignore(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` on the measurements table, built once per dialect
+    (a Core statement executed with parameters: no per-row statement construction)."""
+    stmt = _INSERT_IGNORE.get(dialect)
+    if stmt is None:
+        table = Measurement.__table__
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        stmt = insert(table).on_conflict_do_nothing(index_elements=["sweep_id", *KEY_COLUMNS]).returning(table.c.id)
+        _INSERT_IGNORE[dialect] = stmt
+    return stmt
 
 
 def _key_query(sweep_id: int, config: ConvConfig):  # type: ignore[no-untyped-def]

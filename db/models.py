@@ -201,3 +201,47 @@ class StoredLatencyModel(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     sweep: Mapped[Sweep | None] = relationship()
+
+
+WORKER_STATES = ("running", "finished", "stopped", "dead")
+CLAIM_STATES = ("pending", "claimed", "done", "failed")
+
+
+class SweepWorker(Base):
+    """One ``latlab profile --worker`` process taking part in a sweep (revision 0004)."""
+
+    __tablename__ = "sweep_workers"
+    __table_args__ = (UniqueConstraint("sweep_id", "worker_id", name="uq_sweep_worker"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    heartbeat_timeout_s: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SweepClaim(Base):
+    """One configuration of a fleet sweep: pending, claimed by a worker, done or failed (revision 0004).
+
+    ``config_key`` is :func:`db.claims.claim_key` of the configuration; ``attempts`` counts claims.
+    """
+
+    __tablename__ = "sweep_claims"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "config_key", name="uq_sweep_claim"),
+        Index("ix_sweep_claims_state", "sweep_id", "state"),
+        Index("ix_sweep_claims_worker", "sweep_id", "worker_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    config_key: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -154,12 +154,16 @@ def count_params_and_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dic
 def measure_model(
     db: Database | None, backend: Backend, model: nn.Module, *, name: str, variant: str = "dense",
     input_shape: tuple[int, ...] = (1, 3, 224, 224), dtype: str = "fp32", layout: str = "nchw",
-    hardware_name: str | None = None,
+    hardware_name: str | None = None, extra_details: dict[str, Any] | None = None,
 ) -> ModelLatency:
-    """Time ``model`` on ``backend`` and store the result (also a failure) when ``db`` is given."""
+    """Time ``model`` on ``backend`` and store the result (also a failure) when ``db`` is given.
+
+    ``extra_details`` (e.g. the latencies latency models predicted for this network) are stored beside
+    the parameter and MAC counts in the row's ``details``.
+    """
     if len(input_shape) != 4 or min(input_shape) < 1:
         raise LatlabError(f"input shape must be (batch, channels, height, width), got {input_shape}")
-    details = count_params_and_macs(model, input_shape)
+    details = {**count_params_and_macs(model, input_shape), **(extra_details or {})}
     result = ModelLatency(name, variant, backend.name, "", tuple(input_shape), dtype, layout, "ok",
                           details=details)
     telemetry: dict[str, Any] = {}

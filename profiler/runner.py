@@ -3,7 +3,9 @@
 Every configuration is written as soon as it is measured, so a killed sweep loses at most the one in
 flight. Re-running the same plan with the same protocol on the same hardware skips what is stored
 (failed rows too, unless ``retry_failed``). OOM and library errors become rows with status ``oom`` /
-``error`` and the sweep goes on.
+``error`` and the sweep goes on. Writes are retried when the database connection drops (server restart).
+
+Several processes or machines share one sweep with :func:`profiler.worker.run_worker` (``--worker``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from db.lut import (
     record_measurement,
 )
 from db.models import Sweep
+from db.retry import with_retry
 from profiler.backends.base import Backend, MeasurementFailed
 from profiler.plan import SweepPlan
 
@@ -121,9 +124,7 @@ def run_sweep(
                 bar.write(f"{values.status}: {config.describe()}: {values.message}")
             else:
                 report.measured += 1
-            with db.session() as session:
-                record_measurement(session, sweep_id, config, values,
-                                   replace=config_key(config) in failed_before)
+            _store(db, sweep_id, config, values, replace=config_key(config) in failed_before)
             bar.update(1)
     except KeyboardInterrupt:
         _set_status(db, sweep_id, "interrupted")
@@ -135,6 +136,15 @@ def run_sweep(
     report.remaining = len(todo) - report.measured - sum(report.failed.values())
     _set_status(db, sweep_id, "complete" if report.complete else "interrupted")
     return report
+
+
+def _store(db: Database, sweep_id: int, config: ConvConfig, values: MeasurementValues, *, replace: bool) -> None:
+    """Write one row in its own transaction, retried if the database connection drops (idempotent)."""
+    def write() -> None:
+        with db.session() as session:
+            record_measurement(session, sweep_id, config, values, replace=replace)
+
+    with_retry(write, what=f"storing {config.describe()}")
 
 
 def _measure_one(backend: Backend, config: ConvConfig) -> MeasurementValues:
@@ -152,7 +162,10 @@ def _measure_one(backend: Backend, config: ConvConfig) -> MeasurementValues:
 
 
 def _set_status(db: Database, sweep_id: int, status: str) -> None:
-    with db.session() as session:
-        sweep = session.get(Sweep, sweep_id)
-        if sweep is not None:
-            sweep.status = status
+    def write() -> None:
+        with db.session() as session:
+            sweep = session.get(Sweep, sweep_id)
+            if sweep is not None:
+                sweep.status = status
+
+    with_retry(write, what=f"setting sweep {sweep_id} {status}")

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from db.errors import LatlabError
-from latlab.cli import db_cmd, demo, evaluate, graph, hw, lut, measure, models, profile, prune
+from latlab.cli import db_cmd, demo, evaluate, graph, hw, lut, measure, models, profile, prune, sweep
 
 app = typer.Typer(
     name="latlab",
@@ -29,6 +29,7 @@ app.command("demo")(demo.demo)
 app.add_typer(lut.app, name="lut")
 app.add_typer(models.app, name="models")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(sweep.app, name="sweep")
 
 
 def main(argv: list[str] | None = None) -> None:

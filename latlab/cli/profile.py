@@ -5,18 +5,19 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from db.engine import describe_url, open_database
+from db.engine import Database, describe_url, open_database
 from db.errors import LatlabError
 from latency_models.adaptive import AdaptiveResult, adaptive_sweep
 from latlab.cli._options import DbOption
-from profiler.backends import get_backend
+from profiler.backends import Backend, get_backend
 from profiler.plan import SweepPlan, build_plan, parse_grid
 from profiler.protocol import TimingProtocol
 from profiler.runner import run_sweep
+from profiler.worker import run_worker
 
 
 def profile(
@@ -51,6 +52,17 @@ def profile(
     budget: Annotated[int | None, typer.Option(help="With --adaptive: at most this many new measurements.")] = None,
     target_accuracy: Annotated[float, typer.Option(
         help="With --adaptive: stop once the surface expects this share of unmeasured points within ±5%.")] = 0.95,
+    worker: Annotated[bool, typer.Option(
+        "--worker", help="Join a fleet: workers on one --db URL share the sweep, each configuration measured once.",
+    )] = False,
+    worker_id: Annotated[str | None, typer.Option(help="With --worker: this worker's name [host-pid].")] = None,
+    claim_batch: Annotated[int, typer.Option(help="With --worker: configurations claimed per transaction.")] = 8,
+    heartbeat_timeout: Annotated[float, typer.Option(
+        help="With --worker: seconds without a heartbeat before a worker's claims go to the others.")] = 60.0,
+    fake_delay_ms: Annotated[float, typer.Option(
+        help="With --backend fake: sleep this long per measurement (simulated timing work).")] = 0.0,
+    fake_fail: Annotated[str | None, typer.Option(
+        help="With --backend fake: inject failures, e.g. oom=0.02,error=0.01 (share of configurations).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and exit; nothing is measured or written.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: DbOption = None,
@@ -69,6 +81,12 @@ def profile(
       latlab profile --model resnet50 --backend cuda --grid reference --dtype fp16 --layout nhwc
 
       latlab profile --model resnet50 --backend cuda --grid reference --adaptive --budget 300
+
+      latlab profile --model resnet50 --backend cuda --grid reference --worker --db postgresql+psycopg://host/lut
+
+    With --worker, start the same command on every GPU box (or several processes on one): they claim
+    configurations in batches, send heartbeats, and take over the claims of a worker that died.
+    `latlab sweep status` shows the fleet's progress.
     """
     spec = replace(parse_grid(grid), seed=seed)
     plan = build_plan(model, spec, input_size=input_size, batch=batch, dtype=dtype, layout=layout, op=op)
@@ -85,7 +103,14 @@ def profile(
     )
     if adaptive and budget is None:
         raise LatlabError("--adaptive needs --budget N (the most new configurations to measure)")
-    timing_backend = get_backend(backend, protocol)
+    if (fake_delay_ms or fake_fail) and backend != "fake":
+        raise LatlabError("--fake-delay-ms and --fake-fail only apply to --backend fake")
+    if fake_delay_ms < 0:
+        raise LatlabError(f"--fake-delay-ms must be >= 0, got {fake_delay_ms}")
+    if worker and adaptive:
+        raise LatlabError("--worker and --adaptive cannot be combined (an adaptive sweep picks points one at a time)")
+    options = {"delay_s": fake_delay_ms / 1000, "inject": fake_fail} if backend == "fake" else {}
+    timing_backend = get_backend(backend, protocol, **options)
     database = open_database(db)
     command = "latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     if adaptive:
@@ -95,6 +120,11 @@ def profile(
             hardware_name=hardware_name, progress=not quiet, command=command, seed=seed,
         )
         _report_adaptive(result, sweep_id, plan, describe_url(database.url))
+        return
+    if worker:
+        _run_worker(database, plan, timing_backend, name=name, hardware_name=hardware_name, worker_id=worker_id,
+                    claim_batch=claim_batch, heartbeat_timeout_s=heartbeat_timeout, time_budget_s=time_budget,
+                    max_configs=max_configs, retry_failed=retry_failed, progress=not quiet, command=command)
         return
     report = run_sweep(
         database, plan, timing_backend, name=name, hardware_name=hardware_name, time_budget_s=time_budget,
@@ -106,6 +136,19 @@ def profile(
         f"sweep {report.sweep_id} on {report.hardware!r} -> {describe_url(database.url)}: "
         f"{report.planned} planned, {report.already_done} already stored, {report.measured} measured "
         f"({failed}) in {report.elapsed_s:.1f}s; {state}"
+    )
+
+
+def _run_worker(database: Database, plan: SweepPlan, backend: Backend, **options: Any) -> None:
+    report = run_worker(database, plan, backend, **options)
+    failed = ", ".join(f"{k} {v}" for k, v in report.failed.items() if v) or "none failed"
+    state = "sweep complete" if report.complete else f"{report.remaining} configurations left to the fleet"
+    if report.stopped_by:
+        state += f" (this worker stopped by {report.stopped_by})"
+    typer.echo(
+        f"worker {report.worker_id} on sweep {report.sweep_id} ({report.hardware!r}) -> {describe_url(database.url)}: "
+        f"{report.measured} measured ({failed}), {report.lost} taken over, "
+        f"in {report.elapsed_s:.1f}s; {state}"
     )
 
 

@@ -69,11 +69,49 @@ def _rng(seed: int, token: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+_INJECTED = {"oom": "CUDA out of memory", "error": "cuDNN error CUDNN_STATUS_EXECUTION_FAILED"}
+
+
+def failure_injector(spec: str, seed: int = 0) -> Callable[[ConvConfig], str | None]:
+    """``fail_on`` from ``"oom=P,error=Q"``: a share P (Q) of configurations fails with ``oom`` (``error``).
+
+    Which configurations fail depends only on (seed, configuration), so every worker and every re-run
+    agrees; re-measure them without injection (``--retry-failed``) to get their latencies.
+    """
+    from db.errors import LatlabError
+
+    shares: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        status, _, value = part.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = -1.0
+        if status.strip() not in _INJECTED or not 0.0 <= share <= 1.0:
+            raise LatlabError(f"bad failure injection {part!r}: use oom=SHARE,error=SHARE with shares in [0, 1]")
+        shares[status.strip()] = share
+    if sum(shares.values()) > 1.0:
+        raise LatlabError(f"failure injection {spec!r}: the shares add up to more than 1")
+
+    def fail_on(config: ConvConfig) -> str | None:
+        digest = hashlib.sha256(f"latlab-fake-fail|{seed}|{_config_token(config)}".encode()).digest()
+        u = int.from_bytes(digest[:8], "little") / 2**64
+        for status, share in shares.items():
+            if u < share:
+                return status
+            u -= share
+        return None
+
+    return fail_on
+
+
 class FakeBackend(Backend):
     """Synthetic GPU for tests, demos and CI: realistic staircase latencies, no device needed.
 
     ``fail_on(config)`` returning ``"oom"``/``"error"`` makes :meth:`measure` raise
-    :class:`MeasurementFailed` with that status; ``delay_s`` sleeps in every measurement.
+    :class:`MeasurementFailed` with that status; ``inject="oom=0.02,error=0.01"`` does the same for a
+    hash-chosen share of configurations (see :func:`failure_injector`); ``delay_s`` sleeps in every
+    measurement (a stand-in for real timing work, e.g. to benchmark a fleet of workers).
     """
 
     name: ClassVar[str] = "fake"
@@ -84,6 +122,7 @@ class FakeBackend(Backend):
         peak_tflops: float = DEFAULT_PEAK_TFLOPS, bandwidth_gbs: float = DEFAULT_BANDWIDTH_GBS,
         sm_count: int = DEFAULT_SM_COUNT, launch_us: float = DEFAULT_LAUNCH_US, noise: float = 0.02,
         fail_on: Callable[[ConvConfig], str | None] | None = None, delay_s: float = 0.0,
+        inject: str | None = None,
     ) -> None:
         super().__init__(protocol)
         from db.errors import LatlabError
@@ -100,7 +139,9 @@ class FakeBackend(Backend):
         self.sm_count = int(sm_count)
         self.launch_us = float(launch_us)
         self.noise = float(noise)
-        self.fail_on = fail_on
+        if inject and fail_on is not None:
+            raise LatlabError("fake backend: pass fail_on or inject, not both")
+        self.fail_on = failure_injector(inject, self.seed) if inject else fail_on
         self.delay_s = float(delay_s)
 
     # ---------------------------------------------------------------------------- the model
@@ -197,7 +238,8 @@ class FakeBackend(Backend):
         if self.fail_on is not None:
             status = self.fail_on(config)
             if status:
-                raise MeasurementFailed(f"fake backend: injected {status} for {config.describe()}", status)
+                what = _INJECTED.get(status, status)
+                raise MeasurementFailed(f"fake backend: injected {what} for {config.describe()}", status)
         true_ms = self.true_latency_ms(config)
         return TimingResult(self._samples(true_ms, _config_token(config)), telemetry={"true_ms": true_ms})
 

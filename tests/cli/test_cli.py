@@ -144,4 +144,4 @@ def test_measure_and_hw(tmp_path: Path, cli) -> None:
     code, out, _ = cli(["hw", "-f", "json"])
     assert code == 0 and '"fingerprint"' in out
     code, out, _ = cli(["db", "current", "--db", db])
-    assert code == 0 and "revision 0003" in out
+    assert code == 0 and "revision 0004" in out
