@@ -16,6 +16,7 @@ import io
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch import nn
 from db.errors import LatlabError
 from pruning.graph import NetworkSpec
 
-__all__ = ["masks_for_model", "read_mask_file"]
+__all__ = ["MaskFile", "masks_for_model", "read_mask_file"]
 
 MAX_MASK_FILE_BYTES = 64 * 2**20
 
@@ -65,8 +66,19 @@ class _MaskUnpickler(pickle.Unpickler):
                           "hold only dicts of tensors/arrays (a pickle naming other globals can execute code)")
 
 
-def read_mask_file(path: str | Path) -> dict[tuple[str, ...], np.ndarray]:
-    """``{(layer names…): 0/1 vector}`` from a HALP/MDP pickle or a latlab ``masks.pt``; ``module.`` stripped."""
+@dataclass
+class MaskFile:
+    """Masks keyed by layer-name tuples (one name per layer mask), and blocks the file names as removed."""
+
+    masks: dict[tuple[str, ...], np.ndarray]
+    removed_blocks: list[str] = field(default_factory=list)
+
+
+def read_mask_file(path: str | Path) -> MaskFile:
+    """Masks from a HALP/MDP pickle or a latlab ``masks.pt`` (``{"masks": …, "removed_blocks": …}``).
+
+    Keys become tuples of layer names with any ``module.`` prefix stripped; values 0/1 float vectors.
+    """
     path = Path(path)
     if not path.is_file():
         raise LatlabError(f"mask file {path} does not exist")
@@ -84,6 +96,10 @@ def read_mask_file(path: str | Path) -> dict[tuple[str, ...], np.ndarray]:
         raise LatlabError(f"{path} is not a readable mask file (truncated or corrupt: "
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
                           ) from None
+    removed: list[str] = []
+    if isinstance(obj, Mapping) and isinstance(obj.get("masks"), Mapping):  # latlab's prune / train output
+        removed = [str(b).removeprefix("module.") for b in obj.get("removed_blocks") or ()]
+        obj = obj["masks"]
     if not isinstance(obj, Mapping) or not obj:
         raise LatlabError(f"{path} holds {type(obj).__name__}, not a non-empty dict of layer name -> mask")
     out: dict[tuple[str, ...], np.ndarray] = {}
@@ -96,11 +112,11 @@ def read_mask_file(path: str | Path) -> dict[tuple[str, ...], np.ndarray]:
         except (TypeError, ValueError):
             raise LatlabError(f"{path}: the mask of {key!r} is {type(value).__name__}, not a 0/1 vector") from None
         out[tuple(n.removeprefix("module.") for n in names)] = vec
-    return out
+    return MaskFile(out, removed)
 
 
 def masks_for_model(
-    raw: Mapping[tuple[str, ...], np.ndarray], model: nn.Module, spec: NetworkSpec, *, per_layer: bool = False,
+    mask_file: MaskFile, model: nn.Module, spec: NetworkSpec, *, per_layer: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``({conv: bool keep-vector}, removed blocks)`` for :func:`pruning.export.export_pruned`.
 
@@ -111,7 +127,7 @@ def masks_for_model(
     conv_of_bn = {c.bn: c.name for c in spec.convs if c.bn}
     masks: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
-    for names, vec in raw.items():
+    for names, vec in mask_file.masks.items():
         if per_layer and len(names) != 1:
             raise LatlabError(f"--mgp expects one layer per mask, got the group {names!r} (a group_mask.pkl? "
                               "drop --mgp)")
@@ -127,7 +143,11 @@ def masks_for_model(
     if unknown:
         raise LatlabError(f"mask layers not in the model ({len(unknown)}): {', '.join(unknown[:5])}"
                           f"{' …' if len(unknown) > 5 else ''}; is it the same architecture?")
-    removed = [b.name for b in spec.blocks if any(c in masks and not masks[c].any() for c in b.convs)]
+    known = {b.name for b in spec.blocks}
+    if bad := [b for b in mask_file.removed_blocks if b not in known]:
+        raise LatlabError(f"the mask file removes {', '.join(bad)}, not a removable block of this model")
+    removed = [b.name for b in spec.blocks if b.name in mask_file.removed_blocks
+               or any(c in masks and not masks[c].any() for c in b.convs)]
     in_removed = {c for b in spec.blocks if b.name in removed for c in b.convs}
     for conv, keep in masks.items():
         if not keep.any() and conv not in in_removed:

@@ -11,11 +11,18 @@ output of a masked channel is exactly 0 in train and eval mode whatever the stat
 Checkpoints: the mask buffers are part of ``model.state_dict()`` (keys
 ``….parametrizations.weight.0.mask``), so apply :class:`ChannelMasks` to the fresh model before
 ``load_state_dict``; :meth:`ChannelMasks.state_dict` holds the boolean masks as well.
+
+Block gates (MGP/MDP block removal, spec §6, §9.6): :class:`BlockGates` multiplies the ``weight``/``bias``
+of a residual block's *last* BN (the one feeding the residual add) by a scalar ``gate`` buffer through the
+same parametrization mechanism, so a removed block's branch adds exactly 0 (what
+:func:`pruning.export.masked_reference` does) and the gate is saved with ``model.state_dict()``. Register
+:class:`ChannelMasks` first, then :class:`BlockGates` (it stacks a second parametrization on those BNs), and
+do both before ``load_state_dict``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +32,7 @@ from torch.nn.utils import parametrize
 from db.errors import LatlabError
 from pruning.importance import Groups, GroupsIn, _modules, _width, normalise_groups
 
-__all__ = ["ChannelMasks"]
+__all__ = ["BlockGates", "ChannelMasks"]
 
 
 class _RowMask(nn.Module):
@@ -167,3 +174,98 @@ class ChannelMasks:
             raise LatlabError("mask state names different groups than this model's")
         for g, k in state.items():
             self.set(g, k)
+
+
+class _Gate(nn.Module):
+    """Parametrization: multiply by a scalar ``gate`` buffer (1 = block kept, 0 = block removed)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.register_buffer("gate", torch.ones((), device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate.to(x.dtype)
+
+
+class BlockGates:
+    """Gate whole residual blocks off by zeroing their last BN (γ, β and, like masked channels, running stats)."""
+
+    def __init__(self, model: nn.Module, last_bns: Mapping[str, Sequence[str]]) -> None:
+        """``last_bns``: ``{block name: [BN module names whose output enters the residual add]}``.
+
+        Every block gets a gate (open) now, so ``model.state_dict()`` keys do not depend on which are removed.
+        """
+        mods = dict(model.named_modules())
+        self._bns: dict[str, list[nn.Module]] = {}
+        self._gates: dict[str, list[_Gate]] = {}
+        self._removed: set[str] = set()
+        self._hooks: list[Any] = []
+        for block, names in last_bns.items():
+            bns = []
+            for n in names:
+                if not isinstance(mods.get(n), nn.BatchNorm2d):
+                    raise LatlabError(f"block {block!r}: {n!r} is not a BatchNorm2d of the model")
+                bns.append(mods[n])
+            if not bns:
+                raise LatlabError(f"block {block!r} has no BN to gate")
+            self._bns[block] = bns
+            self._gates[block] = []
+            for bn in bns:
+                for name in ("weight", "bias"):
+                    raw = ChannelMasks._raw(bn, name)
+                    if raw is None:
+                        raise LatlabError(f"block {block!r}: its BN has no affine {name}; cannot gate it")
+                    gate = _Gate(raw.device, raw.dtype)
+                    parametrize.register_parametrization(bn, name, gate)
+                    self._gates[block].append(gate)
+                self._hooks.append(bn.register_forward_pre_hook(self._make_hook(block)))
+
+    @property
+    def blocks(self) -> list[str]:
+        """Names of the gateable blocks."""
+        return list(self._bns)
+
+    def removed(self) -> list[str]:
+        """Names of the gated-off blocks (sorted)."""
+        return sorted(self._removed)
+
+    def set_removed(self, blocks: Sequence[str] | set[str]) -> None:
+        """Gate exactly ``blocks`` off (others on); unknown names raise."""
+        unknown = set(blocks) - set(self._bns)
+        if unknown:
+            raise LatlabError(f"unknown blocks {sorted(unknown)}; gateable: {', '.join(self._bns) or 'none'}")
+        self._removed = set(blocks)
+        with torch.no_grad():
+            for block, gates in self._gates.items():
+                for g in gates:
+                    g.gate.fill_(0.0 if block in self._removed else 1.0)
+            for block in self._removed:
+                self._zero_stats(block)
+
+    def _make_hook(self, block: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            if module.training and block in self._removed:
+                self._zero_stats(block)
+        return hook
+
+    @torch.no_grad()
+    def _zero_stats(self, block: str) -> None:
+        for bn in self._bns[block]:
+            for stat in ("running_mean", "running_var"):
+                t = getattr(bn, stat, None)
+                if t is not None:
+                    t.data.zero_()
+
+    def state_dict(self) -> dict[str, list[str]]:
+        """``{"removed": [block names]}`` (safe for ``torch.load(weights_only=True)``)."""
+        return {"removed": self.removed()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.set_removed(list(state.get("removed", [])))
+
+    def remove(self) -> None:
+        """Remove the hooks (the parametrizations go with :meth:`ChannelMasks.remove`)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()

@@ -123,7 +123,8 @@ def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dic
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"masks": out_dir / "masks.pt", "slim": out_dir / "pruned.pt2", "result": out_dir / "result.json",
              "report": out_dir / "report.md"}
-    torch.save({k: v.clone() for k, v in res.masks.items()}, paths["masks"])
+    torch.save({"masks": {k: v.clone() for k, v in res.masks.items()}, "removed_blocks": list(res.removed_blocks)},
+               paths["masks"])
     assert res.slim is not None
     example = (torch.zeros(2, 3, *spec.input_size),)
     program = torch.export.export(res.slim.eval(), example, dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))

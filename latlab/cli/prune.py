@@ -10,10 +10,7 @@ import typer
 
 from db.engine import open_database
 from db.errors import LatlabError
-from db.lut import find_sweep
-from latency_models.base import get_model
-from latency_models.features import configs_from_frame, lut_frame
-from latency_models.store import load_model
+from latency_models.resolve import resolve_latency_model
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.tables import render
 from profiler.measure import load_model as load_network
@@ -87,18 +84,9 @@ def prune(
     spec = build_network_spec(net, input_size, group_sizes=sizes)
     batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
     database = open_database(db, create=False, upgrade=True)
-    if latency_model is not None:
-        lat = load_model(database, latency_model)
-        X = lat.train_data_[0]
-        source = f"stored model {latency_model!r}"
-    else:
-        with database.session() as session:
-            sweep_row = find_sweep(session, sweep, hardware)
-            X, y = lut_frame(session, sweep_row.id)
-            source = f"{kind or _DEFAULT_KIND[method]} fitted on sweep {sweep_row.id} ({sweep_row.hardware.name})"
-        lat = get_model(kind or _DEFAULT_KIND[method]).fit(X, y)
-    first = configs_from_frame(X.iloc[:1])[0]
-    settings = Settings(first.batch, first.dtype, first.layout, first.op)
+    lat, lut, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
+                                             kind=kind or _DEFAULT_KIND[method])
+    settings = Settings(lut.batch, lut.dtype, lut.layout, lut.op)
     if batches_iter is not None:
         importances = taylor_scores(net, spec, batches_iter, max_batches=batches)
         imp_source = f"BN-Taylor over {batches} batches of {data}"

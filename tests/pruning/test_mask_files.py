@@ -68,9 +68,12 @@ def test_halp_group_mask_pickle_with_tuple_keys(tmp_path, net_and_spec):
 def test_latlab_masks_pt_reads_back(tmp_path, net_and_spec):
     net, spec = net_and_spec
     path = tmp_path / "masks.pt"
-    torch.save({"layer1.0.conv1": torch.arange(64) < 32}, path)
+    torch.save({"masks": {"layer1.0.conv1": torch.arange(64) < 32}, "removed_blocks": ["layer2.1"]}, path)
     masks, removed = masks_for_model(read_mask_file(path), net, spec)
-    assert int(masks["layer1.0.conv1"].sum()) == 32 and removed == []
+    assert int(masks["layer1.0.conv1"].sum()) == 32 and removed == ["layer2.1"]
+    torch.save({"masks": {"conv1": torch.ones(64)}, "removed_blocks": ["layer1.0.downsample"]}, path)
+    with pytest.raises(LatlabError, match="not a removable block"):
+        masks_for_model(read_mask_file(path), net, spec)
 
 
 class _Exploit:

@@ -93,8 +93,13 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
     assert code == 0, err
     result = json.loads((out / "result.json").read_text())
     assert result["summary"]["status"] == "optimal" and result["summary"]["max_logit_delta"] < 1e-3
-    masks = torch.load(out / "masks.pt", weights_only=True)
-    assert set(masks) and all(m.dtype == torch.bool for m in masks.values())
+    saved = torch.load(out / "masks.pt", weights_only=True)
+    assert set(saved["masks"]) and all(m.dtype == torch.bool for m in saved["masks"].values())
+    assert saved["removed_blocks"] == result["summary"]["removed_blocks"]
+    code, stdout, err = cli(["measure", "--model", "resnet18", "--num-classes", "10", "--mask", str(out / "masks.pt"),
+                             "--input-size", str(SIZE), "--batch", "2", "--repeats", "3", "--warmup", "1",
+                             "--threads", "1", "--no-store", "-f", "csv"])
+    assert code == 0 and ",ok," in stdout, err  # the mask file rebuilds the same slim network
     assert "max |Δ logits|" in (out / "report.md").read_text()
     code, stdout, err = cli(["measure", "--module", str(out / "pruned.pt2"), "--input-size", str(SIZE), "--batch",
                              "2", "--repeats", "3", "--warmup", "1", "--threads", "1", "--no-store", "-f", "csv"])

@@ -1,0 +1,57 @@
+"""Config loading: unknown keys, types, overrides, presets, resolved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from db.errors import LatlabError
+from training.config import load_config, save_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("optim:\n  lr: 0.1\n  lrr: 0.2\n")
+    with pytest.raises(LatlabError, match=r"bad\.yaml.*unknown key 'optim\.lrr'"):
+        load_config(p)
+    p.write_text("optimiser: {}\n")
+    with pytest.raises(LatlabError, match="unknown key 'optimiser'"):
+        load_config(p)
+    with pytest.raises(LatlabError, match="unknown key 'run.nope'"):
+        load_config(None, ["run.nope=1"])
+
+
+def test_types_and_ranges_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(LatlabError, match="optim.epochs must be an integer"):
+        load_config(None, {"optim.epochs": "ten"})
+    with pytest.raises(LatlabError, match="prune.method must be one of"):
+        load_config(None, ["prune.method=halp2"])
+    with pytest.raises(LatlabError, match="prune.ratio must be in"):
+        load_config(None, ["prune.ratio=1.5"])
+    with pytest.raises(LatlabError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_parses(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.prune.method in ("halp", "mgp", "mdlm", "mdp")
+    if "resnet50" in path.stem:
+        assert cfg.prune.ratio == 0.7 and cfg.optim.epochs == 90 and cfg.optim.weight_decay == 2**-15
+        assert (cfg.optim.schedule, cfg.optim.warmup_epochs) == (("cosine", 8) if cfg.prune.method == "halp"
+                                                                 else ("linear", 16))
+
+
+def test_overrides_and_resolved_config(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS[0], ["optim.epochs=3", "run.amp=false", "prune.group_sizes=16", "model.weights=null"])
+    assert cfg.optim.epochs == 3 and cfg.run.amp is False and cfg.prune.group_sizes == 16
+    cfg2 = load_config(None, {"data.input_size": 64, "run.seed": 5})
+    assert (cfg2.data.input_size, cfg2.run.seed) == (64, 5)
+    path = save_config(cfg, tmp_path / "run" / "config.resolved.yaml")
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()
+    assert yaml.safe_load(path.read_text())["optim"]["epochs"] == 3

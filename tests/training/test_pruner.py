@@ -1,0 +1,97 @@
+"""TrainingPruner and block gates without the training loop: gates, momentum zeroing, solver failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from db import open_database
+from db.errors import LatlabError
+from latency_models.resolve import resolve_latency_model
+from pruning.cost import Settings
+from pruning.export import masked_reference
+from pruning.graph import build_network_spec
+from pruning.masks import BlockGates, ChannelMasks
+from pruning.schedule import LatencySchedule
+from training.optim import build_optimizer, param_groups
+from training.pruner import TrainingPruner, baked_copy, block_last_bns, dense_latency
+
+
+def _pruner(lut_db: str, method: str, ratio: float) -> tuple[torch.nn.Module, TrainingPruner]:
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10)
+    spec = build_network_spec(model, 32, group_sizes=32)
+    lat, lut, _ = resolve_latency_model(open_database(lut_db, create=False), latency_model=None, sweep=None,
+                                        hardware=None, kind="mdlm")
+    settings = Settings(lut.batch, lut.dtype, lut.layout, lut.op)
+    schedule = LatencySchedule(dense_latency(spec, lat, settings), ratio, steps=1, every=2)
+    return model, TrainingPruner(model, spec, method=method, schedule=schedule, latency_model=lat, settings=settings)
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, pruner: TrainingPruner, g: int) -> dict | None:
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    pruner.after_backward(g)
+    opt.step()
+    return pruner.after_step(g, opt)
+
+
+def test_block_gates_match_masked_reference_and_checkpoint() -> None:
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10).eval()
+    spec = build_network_spec(model, 32, group_sizes=32)
+    bns = block_last_bns(spec)
+    assert bns["layer1.0"] == ["layer1.0.bn2"]
+    ref = masked_reference(model, {}, ["layer1.0", "layer3.1"])
+    masks = ChannelMasks(model, {gid: [(c, spec.conv(c).bn) for c in g.convs] for gid, g in spec.groups.items()})
+    gates = BlockGates(model, bns)
+    gates.set_removed(["layer3.1", "layer1.0"])
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model(x), ref(x), atol=1e-5)
+    state = model.state_dict()
+    assert "layer1.0.bn2.parametrizations.weight.1.gate" in state
+    fresh = resnet18(num_classes=10).eval()
+    ChannelMasks(fresh, masks.groups)
+    g2 = BlockGates(fresh, bns)
+    fresh.load_state_dict(state)
+    g2.load_state_dict(gates.state_dict())
+    assert g2.removed() == ["layer1.0", "layer3.1"] and torch.allclose(fresh(x), ref(x), atol=1e-5)
+    assert torch.allclose(baked_copy(model)(x), ref(x), atol=1e-5)
+    with pytest.raises(LatlabError, match="unknown blocks"):
+        gates.set_removed(["layer9.9"])
+
+
+def test_prune_step_zeroes_weights_and_momentum(lut_db: str) -> None:
+    model, pruner = _pruner(lut_db, "mdp", 0.3)
+    opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    assert _step(model, opt, pruner, 0) is None
+    rec = _step(model, opt, pruner, 1)
+    assert rec is not None and rec["step"] == 1 and rec["solver_status"] in ("optimal", "feasible")
+    assert pruner.predicted_latency() <= rec["target_ms"] * (1 + 1e-6)
+    gid = next(g for g, m in pruner.masks.groups.items() if not bool(pruner.masks.mask(g).all()))
+    conv = dict(model.named_modules())[pruner.masks.groups[gid][0][0]]
+    raw = conv.parametrizations.weight.original
+    drop = ~pruner.masks.mask(gid)
+    for _ in range(2):  # weight decay + momentum cannot revive a dead row
+        _step(model, opt, pruner, 10)
+        assert raw[drop].abs().max() == 0 and opt.state[raw]["momentum_buffer"][drop].abs().max() == 0
+    assert pruner.importance.count == 0  # reset after the step; accumulation is over
+
+
+def test_solver_failure_names_step_and_target(lut_db: str) -> None:
+    model, pruner = _pruner(lut_db, "mdlm", 0.97)
+    opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.0)
+    _step(model, opt, pruner, 0)
+    with pytest.raises(LatlabError, match=r"pruning step 1/1 \(global step 1, target .* ms = 3\.0% .*infeasible"):
+        _step(model, opt, pruner, 1)
+    assert all(bool(pruner.masks.mask(g).all()) for g in pruner.masks.groups)  # nothing silently applied
+
+
+def test_weight_decay_groups_by_module_type() -> None:
+    model = resnet18(num_classes=10)
+    decay, plain = param_groups(model, 0.1)
+    ids = {id(p) for p in plain["params"]}
+    assert id(model.layer2[0].downsample[1].weight) in ids  # shortcut BN: no decay, unlike the reference
+    assert id(model.fc.bias) not in ids and plain["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1

@@ -1,0 +1,139 @@
+"""End-to-end training runs on the digits: resume exactness, presets, DDP on CPU, errors before training."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from db.errors import LatlabError
+from tests.training.helpers import ROOT, tiny_config
+from training import train
+from training.checkpoint import load_checkpoint
+
+CONFIGS = {p.stem: p for p in (ROOT / "configs").glob("*_resnet50.yaml")}
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=0, atol=1e-6), k
+
+
+def test_resume_equals_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    full = train(tiny_config(digits, tmp_path / "full", lut_db), progress=False)
+    assert full.finished and full.global_step == 6 and [r["global_step"] for r in full.prune_steps] == [1, 3]
+    part = train(tiny_config(digits, tmp_path / "cut", lut_db, **{"run.stop_after_epochs": 1}), progress=False)
+    assert not part.finished and part.epochs_done == 1 and part.global_step == 3
+    resumed = train(tiny_config(digits, tmp_path / "cut", lut_db), progress=False)
+    assert resumed.finished and resumed.global_step == full.global_step
+    a = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")
+    _same_state(a["model"], b["model"])
+    _same_state(a["pruner"]["masks"], b["pruner"]["masks"])
+    assert a["pruner"]["schedule"] == b["pruner"]["schedule"]
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (2, 6)
+    assert [r["lr"] for r in a["history"]] == [r["lr"] for r in b["history"]]
+    assert [h["target_ms"] for h in a["pruner"]["history"]] == [h["target_ms"] for h in b["pruner"]["history"]]
+    assert full.masks.keys() == resumed.masks.keys()
+    assert all(torch.equal(full.masks[g], resumed.masks[g]) for g in full.masks)
+    assert sum(int((~m).sum()) for m in full.masks.values()) > 0  # something was pruned
+    # a different run in the same folder is refused before training
+    with pytest.raises(LatlabError, match="different run.*prune.ratio"):
+        train(tiny_config(digits, tmp_path / "cut", lut_db, **{"prune.ratio": 0.5}), progress=False)
+
+
+def test_mdp_demo_config_exports(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    cfg = tiny_config(digits, tmp_path / "mdp", lut_db, method="mdp", config=ROOT / "configs/demo_resnet18_digits.yaml",
+                      **{"run.export": True, "prune.ratio": 0.4})
+    res = train(cfg, progress=False)
+    assert res.finished and {"slim", "masks", "final_state", "result", "metrics"} <= res.paths.keys()
+    assert res.predicted_pruned_ms < res.predicted_dense_ms
+    program = torch.export.load(str(res.paths["slim"]))
+    assert program.module()(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    saved = torch.load(res.paths["masks"], weights_only=True)
+    assert saved["removed_blocks"] == res.removed_blocks
+    rows = (tmp_path / "mdp" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,global_step,lr,train_loss") and len(rows) == 3
+    assert (tmp_path / "mdp" / "config.resolved.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_resnet50_presets_run_on_a_small_model(name: str, digits: Path, lut_db: str, tmp_path: Path) -> None:
+    method = name.split("_")[0]
+    res = train(tiny_config(digits, tmp_path / name, lut_db, method=method, config=CONFIGS[name]), progress=False)
+    assert res.finished and len(res.prune_steps) == 2 and res.metrics["predicted_ms"] < res.predicted_dense_ms
+
+
+def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "r18.pt"
+    torch.save(resnet18(num_classes=1000).state_dict(), weights)
+    cfg = tiny_config(digits, tmp_path / "w", None, method="none", **{"model.weights": str(weights)})
+    with pytest.raises(LatlabError, match="do not match resnet18"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "w" / "checkpoint_last.pt").exists()
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    sys.path.insert(0, {root!r})
+    from pathlib import Path
+    from tests.training.helpers import tiny_config
+    from training import train
+    cfg = tiny_config(Path({data!r}), Path({out!r}), {db!r}, method="mdp")
+    res = train(cfg, progress=False)
+    rank = int(__import__("os").environ["RANK"])
+    torch.save({{"masks": res.masks, "removed": res.removed_blocks, "step": res.global_step}},
+               Path({out!r}) / f"rank{{rank}}.pt")
+""")
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_gives_identical_masks(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    script = tmp_path / "ddp.py"
+    out = tmp_path / "ddp"
+    script.write_text(_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 6 and r0["removed"] == r1["removed"]
+    assert all(torch.equal(r0["masks"][g], r1["masks"][g]) for g in r0["masks"])
+    assert sum(int((~m).sum()) for m in r0["masks"].values()) > 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    sets = [f"data.path={digits}", "data.input_size=32", "data.batch_size=8", "data.workers=0", "model.name=resnet18",
+            "model.num_classes=10", "optim.epochs=3", "optim.warmup_epochs=1", "run.max_iters_per_epoch=3",
+            "run.max_val_iters=1", "run.export=false", "run.device=cpu", "prune.method=halp", f"prune.db={lut_db}",
+            "prune.group_sizes=32", "prune.steps=2", "prune.every=2", "prune.ratio=0.25"]
+    cmd = [sys.executable, "-m", "training", "--no-progress"] + [a for s in sets for a in ("--set", s)]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--set", f"run.out={killed}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint_last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd + ["--set", f"run.out={killed}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = subprocess.run(cmd + ["--set", f"run.out={tmp_path / 'whole'}"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = load_checkpoint(killed / "checkpoint_last.pt"), load_checkpoint(tmp_path / "whole" / "checkpoint_last.pt")
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (3, 9)
+    _same_state(a["model"], b["model"])
+    _same_state(a["pruner"]["masks"], b["pruner"]["masks"])

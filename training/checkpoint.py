@@ -1,0 +1,104 @@
+"""Atomic, ``torch.load(weights_only=True)``-loadable training checkpoints.
+
+A checkpoint holds only tensors, numbers, strings, lists, tuples and dicts: the model state (unwrapped from
+DDP, with the mask/gate buffers), the pruner state (masks, removed blocks, importance, schedule), optimizer,
+GradScaler, epoch, global step, best top-1, every rank's RNG states (torch CPU/CUDA, ``random``, numpy as
+tensors) and the resolved config, which resume compares with the current one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from db.errors import LatlabError
+
+__all__ = ["FORMAT", "check_compatible", "gather_rng_states", "load_checkpoint", "save_checkpoint", "set_rng_state"]
+
+FORMAT = 1
+# config keys that must match between a checkpoint and the run resuming it
+IDENTITY_KEYS = ("model.name", "model.num_classes", "data.input_size", "prune.method", "prune.ratio",
+                 "prune.schedule", "prune.steps", "prune.every", "prune.start", "prune.group_sizes",
+                 "optim.epochs", "optim.warmup_epochs", "optim.schedule", "data.batch_size")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors/ints/lists."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_state` (index = rank); a collective under torch.distributed."""
+    mine = rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(dict(state, format=FORMAT), tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (never unrestricted pickle)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatlabError(f"cannot load checkpoint {path} safely (weights_only=True): {first}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise LatlabError(f"{path} is not a latlab training checkpoint (format {FORMAT})")
+    return state
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    return d
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
+    """Raise naming every differing identity key (model, input size, pruning, schedule) of ``saved`` vs ``current``."""
+    diffs = [f"{k}: checkpoint {_get(saved, k)!r} vs config {_get(current, k)!r}" for k in IDENTITY_KEYS
+             if _get(saved, k) != _get(current, k)]
+    if diffs:
+        raise LatlabError(f"checkpoint {path} was written by a different run ({'; '.join(diffs)}); use another "
+                          "run.out or run.resume=never to start over")

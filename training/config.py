@@ -1,0 +1,273 @@
+"""Typed training configuration: dataclasses ← YAML file ← ``a.b=c`` overrides, validated before any work.
+
+Unknown keys, wrong types and out-of-range values raise :class:`LatlabError` naming the key and the file.
+Defaults follow the HALP/MDP ImageNet recipe (halp_mdp_spec.md §9.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from db.errors import LatlabError
+
+__all__ = [
+    "DataConfig", "ModelConfig", "OptimConfig", "PruneConfig", "RunConfig", "TrainConfig", "load_config",
+    "save_config",
+]
+
+METHODS = ("none", "halp", "mgp", "mdlm", "mdp")
+# method -> latency-model kind fitted on the LUT when no stored model is named (same as `latlab prune`)
+DEFAULT_KIND = {"halp": "llm", "mgp": "llm", "mdlm": "mdlm", "mdp": "mdlm"}
+
+
+@dataclass
+class DataConfig:
+    """ImageFolder dataset: ``path/train_dir/CLASS/img`` and ``path/val_dir/CLASS/img``."""
+
+    path: str | None = None
+    train_dir: str = "train"
+    val_dir: str = "val"
+    input_size: int = 224
+    workers: int = 5
+    batch_size: int = 128  # per process; the global batch is batch_size × world size
+    val_batch_size: int | None = None  # default: batch_size
+
+
+@dataclass
+class ModelConfig:
+    """A torchvision model built with random init, optionally loaded from a local state-dict file."""
+
+    name: str = "resnet50"
+    weights: str | None = None
+    num_classes: int = 1000
+
+
+@dataclass
+class OptimConfig:
+    """SGD + label smoothing + warm-up and cosine/linear decay (spec §9.1)."""
+
+    lr: float = 1.024  # per 1024 images; scaled linearly to the global batch
+    momentum: float = 0.875
+    nesterov: bool = False
+    weight_decay: float = 2.0**-15  # BatchNorm parameters get 0 (chosen by module type, not by name)
+    label_smoothing: float = 0.1
+    warmup_epochs: int = 8
+    schedule: str = "cosine"  # cosine | linear
+    epochs: int = 90
+
+
+@dataclass
+class PruneConfig:
+    """Latency-constrained pruning while training (spec §5.4, §6-§8)."""
+
+    method: str = "none"  # none | halp | mgp | mdlm | mdp
+    ratio: float = 0.7  # final target L0·(1 − ratio)
+    schedule: str | None = None  # preset name (halp | mgp | mdlm | mdp); default: the method's own
+    steps: int | None = None  # explicit schedule: overrides the preset's steps / every
+    every: int | None = None
+    start: int = 0  # first global step of importance accumulation
+    db: str | None = None  # SQLite path or SQLAlchemy URL of the LUT database (default: LATLAB_DB / ./latlab.db)
+    hardware: str | None = None
+    sweep: int | None = None
+    latency_model: str | None = None  # a stored model's name; else `kind` is fitted on the sweep's LUT
+    kind: str | None = None  # default: llm for halp/mgp, mdlm for mdlm/mdp
+    group_sizes: str | int = "auto"  # auto | reference | N channels per item
+    solver: str = "milp-highs"
+    time_limit: float = 60.0
+
+
+@dataclass
+class RunConfig:
+    """Where and how the run executes."""
+
+    out: str = "runs/train"
+    seed: int = 0
+    amp: bool = False
+    amp_dtype: str = "auto"  # auto (fp16 on CUDA, bf16 on CPU) | fp16 | bf16
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every: int = 0  # also keep checkpoint_epoch{e}.pt every N epochs (0: only checkpoint_last.pt)
+    max_iters_per_epoch: int | None = None  # cap (tests, demo, smoke runs)
+    max_val_iters: int | None = None
+    log_every: int = 50
+    resume: str = "auto"  # auto (resume from out/checkpoint_last.pt if present) | never | required
+    stop_after_epochs: int | None = None  # run at most this many epochs in this invocation (time-sliced jobs)
+    export: bool = True  # at the end: slim network (pruned.pt2), masks.pt, final_state.pt, result.json
+
+
+@dataclass
+class TrainConfig:
+    """The whole run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Range and choice checks (types are checked while loading)."""
+        _check_values(self)
+
+
+def _fail(msg: str, source: str) -> typing.NoReturn:
+    raise LatlabError(f"{source}: {msg}")
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """``value`` as type ``hint`` (int, float, bool, str, Optional / unions of those)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, a, key, source)
+            except LatlabError as exc:
+                errors.append(str(exc))
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        _fail(f"{key} must be {names}, got {value!r}", source)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        _fail(f"{key} must be true or false, got {value!r}", source)
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            _fail(f"{key} must be an integer, got {value!r}", source)
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            _fail(f"{key} must be a number, got {value!r}", source)
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+            _fail(f"{key} must be a string, got {value!r}", source)
+        return str(value)
+    raise AssertionError(f"unsupported config type {hint!r}")  # pragma: no cover
+
+
+def _fill(obj: Any, values: dict[str, Any], prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    if not isinstance(values, dict):
+        _fail(f"{prefix or 'the config'} must be a mapping, got {values!r}", source)
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            _fail(f"unknown key {full!r} (known: {', '.join(sorted(prefix + n for n in names))})", source)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value or {}, f"{full}.", source)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full, source))
+
+
+def _parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    items: list[tuple[str, Any]] = []
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        for text in overrides or []:
+            if "=" not in text:
+                raise LatlabError(f"override {text!r} must look like section.key=value")
+            key, raw = text.split("=", 1)
+            items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    for key, value in items:
+        parts = key.split(".")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise LatlabError(f"override {key!r} conflicts with another override")
+        node[parts[-1]] = value
+    return nested
+
+
+def _choice(value: Any, allowed: tuple[Any, ...], key: str, source: str) -> None:
+    if value not in allowed:
+        _fail(f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}", source)
+
+
+def _check_values(cfg: TrainConfig, source: str = "config") -> None:
+    positive = {"data.input_size": cfg.data.input_size, "data.batch_size": cfg.data.batch_size,
+                "model.num_classes": cfg.model.num_classes, "optim.epochs": cfg.optim.epochs,
+                "optim.lr": cfg.optim.lr, "run.log_every": cfg.run.log_every}
+    for key, v in positive.items():
+        if not v > 0:
+            _fail(f"{key} must be > 0, got {v!r}", source)
+    for key, v in {"data.workers": cfg.data.workers, "optim.warmup_epochs": cfg.optim.warmup_epochs,
+                   "optim.weight_decay": cfg.optim.weight_decay, "optim.momentum": cfg.optim.momentum,
+                   "run.checkpoint_every": cfg.run.checkpoint_every, "prune.start": cfg.prune.start}.items():
+        if v < 0:
+            _fail(f"{key} must be >= 0, got {v!r}", source)
+    for key, v in {"run.max_iters_per_epoch": cfg.run.max_iters_per_epoch, "run.max_val_iters": cfg.run.max_val_iters,
+                   "run.stop_after_epochs": cfg.run.stop_after_epochs, "prune.steps": cfg.prune.steps,
+                   "prune.every": cfg.prune.every, "data.val_batch_size": cfg.data.val_batch_size}.items():
+        if v is not None and v < 1:
+            _fail(f"{key} must be >= 1 when given, got {v!r}", source)
+    if not 0 <= cfg.optim.label_smoothing < 1:
+        _fail(f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}", source)
+    if cfg.optim.warmup_epochs > cfg.optim.epochs:
+        _fail(f"optim.warmup_epochs ({cfg.optim.warmup_epochs}) exceeds optim.epochs ({cfg.optim.epochs})", source)
+    _choice(cfg.optim.schedule, ("cosine", "linear"), "optim.schedule", source)
+    _choice(cfg.prune.method, METHODS, "prune.method", source)
+    _choice(cfg.run.amp_dtype, ("auto", "fp16", "bf16"), "run.amp_dtype", source)
+    _choice(cfg.run.device, ("auto", "cpu", "cuda"), "run.device", source)
+    _choice(cfg.run.resume, ("auto", "never", "required"), "run.resume", source)
+    if cfg.prune.schedule is not None:
+        _choice(cfg.prune.schedule, ("halp", "mgp", "mdlm", "mdp"), "prune.schedule", source)
+    if not 0 <= cfg.prune.ratio < 1:
+        _fail(f"prune.ratio must be in [0, 1), got {cfg.prune.ratio}", source)
+    gs = cfg.prune.group_sizes
+    if isinstance(gs, str) and gs.isdigit():
+        cfg.prune.group_sizes = gs = int(gs)
+    if not (gs in ("auto", "reference") or (isinstance(gs, int) and gs >= 1)):
+        _fail(f"prune.group_sizes must be auto, reference or a positive integer, got {gs!r}", source)
+    if cfg.prune.method != "none":
+        from pruning.solvers import list_solvers
+
+        _choice(cfg.prune.solver, tuple(list_solvers()), "prune.solver", source)
+        if cfg.prune.solver == "dp" and cfg.prune.method != "halp":
+            _fail(f"prune.solver dp handles halp (OCP+LLM) only; use milp-highs for {cfg.prune.method}", source)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
+    """Defaults ← YAML file ``path`` ← ``overrides`` (``{"a.b": v}`` or ``["a.b=v", ...]``, values parsed as YAML)."""
+    cfg = TrainConfig()
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise LatlabError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise LatlabError(f"{p}: not valid YAML: {exc}") from None
+        _fill(cfg, data, "", source)
+    if overrides:
+        _fill(cfg, _parse_overrides(overrides), "", f"{source} (overrides)" if path else "overrides")
+    _check_values(cfg, source)
+    return cfg
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (e.g. ``out/config.resolved.yaml``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return p

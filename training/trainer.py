@@ -1,0 +1,381 @@
+"""The training loop: data, model, pruning schedule, DDP/AMP, evaluation, checkpoints, export (spec §9).
+
+Per iteration (spec §9.3, without its bugs): set the LR of this global step; ``zero_grad``; forward under
+``torch.autocast`` (bf16 on CPU, fp16 + GradScaler on CUDA, when ``run.amp``); skip the batch on every rank if
+any rank's loss is non-finite (counted); backward; ``scaler.unscale_``; importance; ``optimizer.step``; pruning
+step when the schedule says so. Each epoch: top-1/top-5 on the validation set (all-reduced), a row of
+``metrics.csv``, ``checkpoint_last.pt``. At the end: the slim network (``pruned.pt2``), ``masks.pt``,
+``final_state.pt`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from db.errors import LatlabError
+from training.checkpoint import check_compatible, gather_rng_states, load_checkpoint, save_checkpoint, set_rng_state
+from training.config import DEFAULT_KIND, TrainConfig, save_config
+from training.data import build_loaders, check_layout, seed_epoch
+from training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, teardown
+from training.optim import build_optimizer, loss_fn, lr_at, scaled_lr, set_lr
+
+__all__ = ["TrainResult", "train"]
+
+log = logging.getLogger(__name__)
+METRIC_FIELDS = ["epoch", "global_step", "lr", "train_loss", "val_loss", "top1", "top5", "kept_channels",
+                 "removed_blocks", "predicted_ms", "images_per_s", "seconds", "skipped_batches"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (rank 0 has the full picture; other ranks get the same metrics)."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    predicted_dense_ms: float | None = None
+    predicted_pruned_ms: float | None = None
+    removed_blocks: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    prune_steps: list[dict[str, Any]] = field(default_factory=list)
+    epochs_done: int = 0
+    global_step: int = 0
+    finished: bool = False
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # {group: bool keep-mask}, on every rank
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; works single-process and under ``torchrun``."""
+    cfg.validate()
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    info = init_distributed(cfg.run.device)
+    try:
+        return _Run(cfg, info, progress).run()
+    finally:
+        if owned:
+            teardown()
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    name = cfg.run.amp_dtype
+    if name == "auto":
+        name = "fp16" if device.type == "cuda" else "bf16"
+    return torch.float16 if name == "fp16" else torch.bfloat16
+
+
+def _build_model(cfg: TrainConfig) -> nn.Module:
+    from profiler.measure import load_model
+
+    torch.manual_seed(cfg.run.seed)
+    try:
+        _, net = load_model(cfg.model.name, weights=cfg.model.weights, num_classes=cfg.model.num_classes)
+    except RuntimeError as exc:  # shape mismatches come from load_state_dict itself
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise LatlabError(f"weights {cfg.model.weights} do not match {cfg.model.name} with "
+                          f"num_classes={cfg.model.num_classes}: {detail}") from None
+    return net.train()
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, progress: bool) -> None:
+        self.cfg, self.info, self.progress = cfg, info, progress and info.main
+        self.out = Path(cfg.run.out)
+        self.ckpt_path = self.out / "checkpoint_last.pt"
+
+    # ---------------------------------------------------------------------------------------- set-up
+    def _setup(self) -> None:
+        cfg, info = self.cfg, self.info
+        check_layout(cfg.data.path, cfg.data.train_dir, cfg.data.val_dir)  # before any heavy work
+        self.resume_state = self._find_checkpoint()
+        self.model = _build_model(cfg)  # a weights file that does not match raises here
+        self.train_loader, self.val_loader, classes = build_loaders(
+            cfg.data.path, input_size=cfg.data.input_size, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
+            seed=cfg.run.seed, rank=info.rank, world=info.world, train_dir=cfg.data.train_dir,
+            val_dir=cfg.data.val_dir, val_batch_size=cfg.data.val_batch_size, pin_memory=info.device.type == "cuda")
+        if len(classes) > cfg.model.num_classes:
+            raise LatlabError(f"the dataset has {len(classes)} classes but model.num_classes is "
+                              f"{cfg.model.num_classes}")
+        self.ipe = len(self.train_loader)
+        if cfg.run.max_iters_per_epoch:
+            self.ipe = min(self.ipe, cfg.run.max_iters_per_epoch)
+        self.model.to(info.device)
+        self.pruner = self._build_pruner() if cfg.prune.method != "none" else None
+        self.base_lr = scaled_lr(cfg.optim.lr, cfg.data.batch_size * info.world)
+        self.optimizer = build_optimizer(self.model, lr=self.base_lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+        self.amp_dtype = _amp_dtype(cfg, info.device)
+        use_scaler = cfg.run.amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
+        self.criterion = loss_fn(cfg.optim.label_smoothing)
+        self.epoch, self.global_step, self.best_top1, self.skipped = 0, 0, 0.0, 0
+        self.history: list[dict[str, Any]] = []
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        self.ddp: nn.Module = self.model
+        if info.distributed:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _find_checkpoint(self) -> dict[str, Any] | None:
+        mode = self.cfg.run.resume
+        if mode == "never" or not self.ckpt_path.is_file():
+            if mode == "required":
+                raise LatlabError(f"run.resume=required but {self.ckpt_path} does not exist")
+            return None
+        state = load_checkpoint(self.ckpt_path)
+        check_compatible(state.get("config", {}), self.cfg.to_dict(), self.ckpt_path)
+        return state
+
+    def _build_pruner(self) -> Any:
+        from latency_models.resolve import resolve_latency_model
+        from pruning.cost import Settings
+        from pruning.graph import build_network_spec
+        from pruning.schedule import LatencySchedule, preset
+        from training.pruner import TrainingPruner, dense_latency
+
+        p, info = self.cfg.prune, self.info
+        spec = build_network_spec(self.model, self.cfg.data.input_size, group_sizes=p.group_sizes)
+        lat, settings, l0, source = None, None, None, None
+        if info.main:
+            from db.engine import open_database
+
+            try:
+                database = open_database(p.db, create=False, upgrade=True)
+                lat, lut, source = resolve_latency_model(database, latency_model=p.latency_model, sweep=p.sweep,
+                                                         hardware=p.hardware, kind=p.kind or DEFAULT_KIND[p.method])
+                settings = Settings(lut.batch, lut.dtype, lut.layout, lut.op)
+                l0 = dense_latency(spec, lat, settings)
+                shared: dict[str, Any] = {"settings": settings.__dict__, "l0": l0, "source": source}
+            except LatlabError as exc:
+                shared = {"error": str(exc)}
+        else:
+            shared = {}
+        shared = broadcast_object(shared)
+        if "error" in shared:
+            raise LatlabError(shared["error"])
+        settings = Settings(**shared["settings"])
+        self.latency_source, l0 = shared["source"], shared["l0"]
+        if p.steps is not None or p.every is not None:
+            name = p.schedule or p.method
+            from pruning.schedule import PRESETS
+
+            steps, every = PRESETS[name]
+            schedule = LatencySchedule(l0, p.ratio, p.steps or steps, p.every or every, p.start)
+        else:
+            schedule = preset(p.schedule or p.method, l0, p.ratio, p.start)
+        total = self.cfg.optim.epochs * self.ipe
+        if schedule.last_step >= total:
+            raise LatlabError(f"the pruning schedule ends at global step {schedule.last_step} but the run has only "
+                              f"{total} steps ({self.cfg.optim.epochs} epochs × {self.ipe}); lower prune.steps/every "
+                              "or train longer")
+        return TrainingPruner(self.model, spec, method=p.method, schedule=schedule, latency_model=lat,
+                              settings=settings, solver=p.solver, time_limit=p.time_limit)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if self.pruner is not None:
+            self.pruner.load_state_dict(state["pruner"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise LatlabError(f"checkpoint {self.ckpt_path} does not match the model: {str(exc).splitlines()[0]}"
+                              ) from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+        self.best_top1, self.skipped = float(state["best_top1"]), int(state["skipped"])
+        self.history = [dict(r) for r in state["history"]]
+        rngs = state["rng"]
+        if len(rngs) == self.info.world:
+            set_rng_state(rngs[self.info.rank])
+        else:
+            log.warning("checkpoint has RNG states of %d ranks, this run has %d: RNG streams restart",
+                        len(rngs), self.info.world)
+        if self.progress:
+            tqdm.write(f"resumed from {self.ckpt_path}: epoch {self.epoch}, global step {self.global_step}")
+
+    # ----------------------------------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        if self.info.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.resolved.yaml")
+        self._setup()
+        ran = 0
+        while self.epoch < cfg.optim.epochs:
+            if cfg.run.stop_after_epochs is not None and ran >= cfg.run.stop_after_epochs:
+                break
+            row = self._train_epoch()
+            row.update(self._evaluate())
+            self._finish_epoch(row)
+            ran += 1
+        finished = self.epoch >= cfg.optim.epochs
+        paths = self._export() if finished and cfg.run.export else {}
+        barrier()
+        p = self.pruner
+        return TrainResult(
+            self.out, self.history[-1] if self.history else {}, paths,
+            p.schedule.l0 if p else None, p.predicted_latency() if p and self.info.main else None,
+            p.removed_blocks() if p else [], list(self.history), list(p.history) if p else [], self.epoch,
+            self.global_step, finished, p.masks.state_dict() if p else {})
+
+    def _train_epoch(self) -> dict[str, Any]:
+        cfg, info, dev = self.cfg, self.info, self.info.device
+        seed_epoch(self.train_loader, cfg.run.seed, self.epoch, info.rank)
+        self.ddp.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        counted, images = 0, 0
+        bar = tqdm(total=self.ipe, desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}", disable=not self.progress,
+                   dynamic_ncols=True, leave=False)
+        lr = self.base_lr
+        for i, (x, y) in enumerate(self.train_loader):
+            if i >= self.ipe:
+                break
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            lr = lr_at(self.global_step, base=self.base_lr, iters_per_epoch=self.ipe,
+                       warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.optim.epochs, schedule=cfg.optim.schedule)
+            set_lr(self.optimizer, lr)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=cfg.run.amp):
+                loss = self.criterion(self.ddp(x), y)
+            finite = torch.isfinite(loss.detach()).to(torch.float32)
+            if info.distributed:
+                all_reduce_sum(finite)
+            if float(finite) < info.world:  # skip on every rank, so DDP's collectives stay matched
+                self.skipped += 1
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                if self.pruner is not None:
+                    self.pruner.after_backward(self.global_step)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                loss_sum += loss.detach().double()
+                counted += 1
+            if self.pruner is not None:
+                rec = self.pruner.after_step(self.global_step, self.optimizer)
+                if rec is not None and self.progress:
+                    tqdm.write(f"prune step {rec['step']}/{self.pruner.schedule.steps} at global step "
+                               f"{rec['global_step']}: target {rec['target_ms']:.4g} ms, solver "
+                               f"{rec['solver_status']}, removed blocks {len(rec['removed_blocks'])}")
+            self.global_step += 1
+            images += x.shape[0]
+            if self.progress and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
+            bar.update(1)
+        bar.close()
+        stats = torch.tensor([float(loss_sum), counted, images], dtype=torch.float64, device=dev)
+        all_reduce_sum(stats)
+        seconds = time.perf_counter() - t0
+        return {"epoch": self.epoch + 1, "global_step": self.global_step, "lr": lr,
+                "train_loss": float(stats[0] / stats[1]) if stats[1] else math.nan,
+                "images_per_s": float(stats[2]) / seconds if seconds > 0 else math.nan, "seconds": seconds}
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, Any]:
+        dev = self.info.device
+        self.ddp.eval()
+        totals = torch.zeros(4, dtype=torch.float64, device=dev)  # correct@1, correct@5, n, loss sum
+        for i, (x, y) in enumerate(self.val_loader):
+            if self.cfg.run.max_val_iters is not None and i >= self.cfg.run.max_val_iters:
+                break
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.cfg.run.amp):
+                out = self.model(x)
+            out = out.float()
+            k = min(5, out.shape[1])
+            top = out.topk(k, dim=1).indices
+            hit = top.eq(y[:, None])
+            totals += torch.tensor([float(hit[:, 0].sum()), float(hit.any(1).sum()), float(len(y)),
+                                    float(nn.functional.cross_entropy(out, y, reduction="sum"))],
+                                   dtype=torch.float64, device=dev)
+        all_reduce_sum(totals)
+        n = float(totals[2]) or math.nan
+        return {"top1": 100.0 * float(totals[0]) / n, "top5": 100.0 * float(totals[1]) / n,
+                "val_loss": float(totals[3]) / n}
+
+    def _finish_epoch(self, row: dict[str, Any]) -> None:
+        p = self.pruner
+        row["kept_channels"] = sum(p.widths().values()) if p else None
+        row["removed_blocks"] = len(p.removed_blocks()) if p else 0
+        row["predicted_ms"] = p.predicted_latency() if p and self.info.main else None
+        row["skipped_batches"] = self.skipped
+        self.epoch += 1
+        self.best_top1 = max(self.best_top1, row["top1"]) if not math.isnan(row["top1"]) else self.best_top1
+        self.history.append(row)
+        rngs = gather_rng_states()  # collective: every rank
+        if self.info.main:
+            path = self.out / "metrics.csv"
+            new = not path.is_file() or self.epoch == 1
+            with open(path, "w" if new else "a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+            state = {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "pruner": p.state_dict() if p else None,
+                "epoch": self.epoch, "global_step": self.global_step, "best_top1": self.best_top1,
+                "skipped": self.skipped, "history": self.history, "rng": rngs, "config": self.cfg.to_dict(),
+                "world_size": self.info.world,
+            }
+            save_checkpoint(state, self.ckpt_path)
+            every = self.cfg.run.checkpoint_every
+            if every and (self.epoch % every == 0 or self.epoch == self.cfg.optim.epochs):
+                save_checkpoint(state, self.out / f"checkpoint_epoch{self.epoch}.pt")
+            if self.progress:
+                tqdm.write(f"epoch {self.epoch}: loss {row['train_loss']:.4f} top1 {row['top1']:.2f} "
+                           f"top5 {row['top5']:.2f}" + (f" predicted {row['predicted_ms']:.4g} ms"
+                                                       if row["predicted_ms"] is not None else ""))
+        barrier()
+
+    # ---------------------------------------------------------------------------------------- export
+    def _export(self) -> dict[str, Path]:
+        if not self.info.main:
+            return {}
+        from training.pruner import baked_copy
+
+        paths = {"metrics": self.out / "metrics.csv", "checkpoint": self.ckpt_path,
+                 "config": self.out / "config.resolved.yaml", "final_state": self.out / "final_state.pt",
+                 "result": self.out / "result.json"}
+        plain = baked_copy(self.model).cpu().float().eval()
+        torch.save(plain.state_dict(), paths["final_state"])
+        summary: dict[str, Any] = {"final": self.history[-1] if self.history else {}, "best_top1": self.best_top1}
+        p = self.pruner
+        if p is not None:
+            from profiler.plan import trace_network
+            from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
+
+            size = tuple(p.spec.input_size)
+            masks, removed = p.masks.conv_masks(), p.removed_blocks()
+            slim = export_pruned(plain, trace_network(plain, size), masks, removed)
+            delta = verify_export(masked_reference(plain, masks, removed), slim, (2, 3, *size))
+            paths["masks"], paths["slim"] = self.out / "masks.pt", self.out / "pruned.pt2"
+            torch.save({"masks": {k: v.cpu() for k, v in masks.items()}, "removed_blocks": removed}, paths["masks"])
+            program = torch.export.export(slim.eval(), (torch.zeros(2, 3, *size),),
+                                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+            torch.export.save(program, str(paths["slim"]))
+            dense_p, dense_macs = param_and_mac_counts(plain, (1, 3, *size))
+            slim_p, slim_macs = param_and_mac_counts(slim, (1, 3, *size))
+            summary.update({
+                "method": self.cfg.prune.method, "latency_model": self.latency_source,
+                "predicted_dense_ms": p.schedule.l0, "predicted_pruned_ms": p.predicted_latency(),
+                "final_target_ms": p.schedule.final_target, "removed_blocks": removed, "group_widths": p.widths(),
+                "max_logit_delta": delta, "params_dense": dense_p, "params_pruned": slim_p,
+                "macs_dense": dense_macs, "macs_pruned": slim_macs, "prune_steps": p.history,
+            })
+        paths["result"].write_text(json.dumps(summary, indent=2, default=float))
+        return paths
