@@ -1,37 +1,54 @@
 #!/usr/bin/env bash
 # One batched GPU session: the gpu-marked tests, the CUDA profiler on ResNet-50's reference shapes,
-# the timer cross-check, and the latency models judged on whole pruned ResNet-50s timed on the GPU.
+# pruned networks predicted vs measured on that LUT, the timer cross-check, training-step throughput
+# and the demo on the GPU.
 #
-#   bash benchmarks/gpu_session.sh OUTDIR [PROFILE_SECONDS]
+#   bash benchmarks/gpu_session.sh OUTDIR [PACK.tgz]
 #
-# Expects latlab importable (installed, or PYTHONPATH at the checkout). Each step has its own time
-# limit so one slow step cannot starve the others; a sweep cut short by its limit resumes on a rerun.
+# Expects latlab importable (installed, or PYTHONPATH at the checkout). Each step has its own time limit
+# so one slow step cannot starve the others; with PACK, OUTDIR is re-packed after every step, so what
+# finished survives a session cut short (keep PACK under the device tool's 16 MiB per file). A sweep cut by
+# its limit resumes on a rerun. Every step's full output is in OUTDIR/*.log.
 set -u
-OUT_DIR=${1:?usage: gpu_session.sh OUTDIR [PROFILE_SECONDS]}
-PROFILE_SECONDS=${2:-150}
+OUT_DIR=${1:?usage: gpu_session.sh OUTDIR [PACK.tgz]}
+PACK=${2:-}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 LATLAB=(python3 -m latlab)
 DB="$OUT_DIR/rn50_gpu.db"
 step() { echo "=== $(date -u +%T) $*"; }
+pack() { [ -n "$PACK" ] && tar czf "$PACK" -C "$(dirname "$OUT_DIR")" "$(basename "$OUT_DIR")"; }
 
 step "device"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$OUT_DIR/nvidia_smi.csv"
-"${LATLAB[@]}" hw --backend cuda | tee "$OUT_DIR/hw.txt"
+"${LATLAB[@]}" hw --backend cuda > "$OUT_DIR/hw.txt" 2>&1
 
 step "gpu-marked tests"
-timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT_DIR/gpu_tests.log" | tail -25
+timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider tests > "$OUT_DIR/gpu_tests.log" 2>&1
+tail -5 "$OUT_DIR/gpu_tests.log"; pack
 
-step "CUDA events / graphs vs torch.profiler kernel times"
-timeout 120 python3 -m benchmarks.cuda_vs_torch_profiler --repeats 30 --profiler-calls 10 \
-    --out "$OUT_DIR/cuda_vs_torch_profiler.json" 2>&1 | tail -45
-
-step "ResNet-50 reference sweep, fp16 NHWC batch 256 (cut at ${PROFILE_SECONDS}s, resumable)"
+step "ResNet-50 reference sweep, fp16 NHWC batch 256 (cut at 130 s, resumable)"
 "${LATLAB[@]}" profile --model resnet50 --backend cuda --grid reference --batch 256 --dtype fp16 --layout nhwc \
-    --repeats 30 --min-repeats 10 --max-rel-iqr 0.02 --time-budget "$PROFILE_SECONDS" --quiet --db "$DB" 2>&1 | tail -15
-"${LATLAB[@]}" lut list --db "$DB" 2>&1 | tail -8
+    --repeats 30 --min-repeats 10 --max-rel-iqr 0.02 --time-budget 130 --quiet --db "$DB" 2>&1 | tail -3; pack
 
-step "latency models on that LUT, whole pruned ResNet-50s timed on the GPU"
-timeout 120 "${LATLAB[@]}" evaluate --db "$DB" --models lut,llm,mdlm,bilinear,rf,gbdt --network resnet50 \
-    --pruned 16 --measure-backend cuda --out "$OUT_DIR/eval" 2>&1 | tail -40
+step "pruned ResNet-50s: HALP/MGP/MDLM/MDP at 3 targets, predicted vs measured on the GPU"
+timeout 75 python3 -m benchmarks.export_speed --db "$DB" --sweep-name "" --backend cuda --targets 0.7,0.5,0.3 \
+    --repeats 30 --out "$OUT_DIR/export_speed_gpu" > "$OUT_DIR/export_speed.log" 2>&1
+tail -12 "$OUT_DIR/export_speed.log"; pack
+
+step "CUDA events (with / without queue backlog) and graphs vs torch.profiler kernel times"
+timeout 100 python3 -m benchmarks.cuda_vs_torch_profiler --repeats 30 --profiler-calls 10 \
+    --out "$OUT_DIR/cuda_vs_torch_profiler.json" > "$OUT_DIR/cuda_vs_torch_profiler.log" 2>&1
+tail -3 "$OUT_DIR/cuda_vs_torch_profiler.log"; pack
+
+step "training-step throughput vs torchvision's reference step"
+timeout 50 python3 -m benchmarks.train_throughput --device cuda --model resnet50 --batch 256 --amp --channels-last \
+    --out "$OUT_DIR/train_throughput_gpu" > "$OUT_DIR/train_throughput.log" 2>&1
+tail -8 "$OUT_DIR/train_throughput.log"; pack
+
+step "the demo on the GPU"
+timeout 100 "${LATLAB[@]}" demo --device cuda --batch 32 --out "$OUT_DIR/demo_cuda" --quiet > "$OUT_DIR/demo.log" 2>&1
+tail -3 "$OUT_DIR/demo.log"
+rm -rf "$OUT_DIR/demo_cuda/runs" "$OUT_DIR/demo_cuda/digits"  # checkpoints and images: too big to bring back
+pack
 step "done"

@@ -8,9 +8,11 @@
 4. fit every latency model on half of the LUT keys and score the rest, and predict random pruned
    versions of the network against their measured latency (``<out>/latency_models/``);
 5. prune the network one-shot with HALP and MDP for this machine, export and time the slim networks;
-6. write ``<out>/report.md``, ``<out>/lut_summary.csv`` and ``<out>/lut_latency.png``.
-
-Fine-tuning on a small dataset (issue #6) will extend this report.
+6. train the network on a small local dataset (scikit-learn's bundled digits written as an ImageFolder,
+   32×32), then prune it *while fine-tuning* with HALP and MDP at two latency targets for this machine
+   (latency predicted at the deployment resolution), export, time and store each slim network with the
+   latencies the LLM and MDLM predicted for it;
+7. write ``<out>/report.md`` (with PNGs), ``<out>/lut_summary.csv`` and ``<out>/finetune.csv``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ class DemoConfig:
     model_repeats: int = 30
     pruned_networks: int = 3
     prune_target: float = 0.6  # kept share of the dense conv latency for the one-shot HALP / MDP step
+    finetune: bool = True  # stage 6: train on the digits, prune while fine-tuning, export, time
+    finetune_targets: tuple[float, ...] = (0.8, 0.6)
+    dense_epochs: int = 4
+    finetune_epochs: int = 2
+    train_batch: int = 32
+    max_iters_per_epoch: int | None = None  # cap (tests)
+    device: str = "cpu"  # where the networks are trained (cuda: AMP on)
     seed: int = 0
     progress: bool = True
 
@@ -86,6 +95,7 @@ class DemoResult:
     models: pd.DataFrame | None = None  # held-out accuracy per latency model
     whole_network: pd.DataFrame | None = None  # per model: error vs measured pruned networks
     pruned: pd.DataFrame | None = None  # one-shot HALP and MDP, exported and timed
+    finetuned: pd.DataFrame | None = None  # dense + HALP/MDP pruned while fine-tuning: accuracy, latency
 
 
 def _conv_sum(database: Database, sweep_id: int, configs: list[ConvConfig]) -> tuple[float | None, list[str]]:
@@ -181,6 +191,114 @@ def _prune(fitted: dict[str, Any], config: DemoConfig, net: Any, backend: Any, d
     return pd.DataFrame(rows)
 
 
+def _train_config(config: DemoConfig, data: Path, out: Path, **extra: Any) -> Any:
+    from training.config import load_config
+
+    return load_config(None, {
+        "data.path": str(data), "data.input_size": 32, "data.batch_size": config.train_batch, "data.workers": 0,
+        "model.name": config.model, "model.num_classes": 10, "optim.lr": 1.024, "optim.warmup_epochs": 1,
+        "optim.schedule": "cosine", "run.out": str(out), "run.seed": config.seed, "run.device": config.device,
+        "run.amp": config.device == "cuda", "run.max_iters_per_epoch": config.max_iters_per_epoch,
+        "run.log_every": 10, **extra,
+    })
+
+
+def _predicted(fitted: dict[str, Any], spec: Any, widths: dict[str, int], removed: list[str],
+               config: DemoConfig) -> dict[str, float]:
+    """Conv latency (ms) HALP's LLM (input widths frozen) and the MDLM predict for a pruned network."""
+    from latency_models.network import network_latency
+
+    conv_widths = spec.conv_widths({g: w for g, w in widths.items() if w}, removed)
+    return {"llm_frozen": network_latency(fitted["llm"], spec.convs, conv_widths, batch=config.batch, freeze_cin=True),
+            "mdlm": network_latency(fitted["mdlm"], spec.convs, conv_widths, batch=config.batch, freeze_cin=False)}
+
+
+def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, fitted: dict[str, Any],
+              backend: Any, dense_ms: float | None) -> pd.DataFrame:
+    """Dense training on the digits, then HALP / MDP pruning while fine-tuning at each target; timed and stored."""
+    import torch
+
+    from profiler.measure import load_model
+    from training.data import make_digits_imagefolder
+    from training.trainer import train
+
+    data = make_digits_imagefolder(out / "digits", image_size=32, seed=config.seed)
+    runs = out / "runs"
+    dense = train(_train_config(config, data, runs / "dense", **{"optim.epochs": config.dense_epochs}),
+                  progress=config.progress)
+    weights = dense.paths["final_state"]
+    _, dense_net = load_model(config.model, weights=weights, num_classes=10)
+    spec = build_network_spec(dense_net, config.input_size, group_sizes="auto")
+    shape = (config.batch, 3, config.input_size, config.input_size)
+    dense_pred = _predicted(fitted, spec, spec.dense_widths(), [], config)
+    dense_meas = measure_model(database, backend, dense_net, name=config.model, variant="digits-dense",
+                               input_shape=shape, extra_details={"predicted_conv_ms": dense_pred})
+    rows: list[dict[str, Any]] = [{"method": "dense", "target": 1.0, "top1": dense.metrics["top1"],
+                                   "measured_ms": dense_meas.median_ms, **dense_pred, "removed_blocks": 0}]
+    schedules = {"halp": {"prune.steps": 6, "prune.every": 3}, "mdp": {"prune.steps": 1, "prune.every": 10}}
+    for target in config.finetune_targets:
+        for method in ("halp", "mdp"):
+            variant = f"digits-{method}{round(100 * target)}"
+            cfg = _train_config(config, data, runs / variant, **{
+                "optim.epochs": config.finetune_epochs, "model.weights": str(weights), "prune.method": method,
+                "prune.ratio": round(1.0 - target, 6), "prune.sweep": sweep_id,
+                "prune.db": database.url.render_as_string(hide_password=False),
+                "prune.input_size": config.input_size, "prune.group_sizes": "auto", **schedules[method]})
+            row: dict[str, Any] = {"method": method, "target": target}
+            try:
+                res = train(cfg, progress=config.progress)
+            except LatlabError as exc:
+                rows.append(row | {"status": str(exc)[:160]})
+                continue
+            widths = {g: int(m.sum()) for g, m in res.masks.items()}
+            pred = _predicted(fitted, spec, widths, res.removed_blocks, config)
+            slim = torch.export.load(str(res.paths["slim"])).module()
+            meas = measure_model(database, backend, slim, name=config.model, variant=variant, input_shape=shape,
+                                 extra_details={"predicted_conv_ms": pred, "top1": res.metrics["top1"]})
+            rows.append(row | {"top1": res.metrics["top1"], "measured_ms": meas.median_ms, **pred,
+                               "removed_blocks": len(res.removed_blocks)})
+    frame = pd.DataFrame(rows)
+    frame["speedup"] = frame["measured_ms"].rdiv(dense_meas.median_ms or np.nan)
+    for p in ("llm_frozen", "mdlm"):
+        predicted_speedup = dense_pred[p] / frame[p]
+        frame[f"{p}_speedup_err_pct"] = 100 * (predicted_speedup - frame["speedup"]) / frame["speedup"]
+    return frame
+
+
+def _plot_finetune(frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = frame.dropna(subset=["measured_ms"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for method, part in ok.groupby("method", sort=False):
+        left.scatter(part["measured_ms"], part["top1"], s=40, label=method)
+        for _, r in part.iterrows():
+            left.annotate(f"{r['target']:.0%}", (r["measured_ms"], r["top1"]), fontsize=8,
+                          xytext=(4, 3), textcoords="offset points")
+    left.set_xlabel("measured latency of the exported network (ms)")
+    left.set_ylabel("top-1 on the digits validation set (%)")
+    left.set_title("Accuracy vs measured latency")
+    left.grid(alpha=0.3)
+    left.legend()
+    pruned = ok[ok["method"] != "dense"]
+    for p, label in (("llm_frozen", "HALP's LLM (input widths frozen)"), ("mdlm", "MDLM")):
+        predicted = ok.loc[ok["method"] == "dense", p].iloc[0] / pruned[p]
+        right.scatter(pruned["speedup"], predicted, s=40, label=label)
+    lim = [0.9, max(2.0, float(np.nanmax(pruned["speedup"])) * 1.2 if len(pruned) else 2.0)]
+    right.plot(lim, lim, color="grey", lw=1, ls="--")
+    right.set_xlabel("measured speed-up over dense")
+    right.set_ylabel("predicted speed-up (conv LUT sums)")
+    right.set_title("Predicted vs measured speed-up")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo chain and write its report; returns what it measured."""
     out = Path(config.out_dir)
@@ -209,6 +327,10 @@ def run_demo(config: DemoConfig) -> DemoResult:
         X, y = lut_frame(session, sweep.sweep_id)
     result.models, result.whole_network, fitted = _compare_models(X, y, config, net, model_backend, out)
     result.pruned = _prune(fitted, config, net, model_backend, whole.median_ms)
+    if config.finetune:
+        result.finetuned = _finetune(config, out, database, sweep.sweep_id, fitted, model_backend, whole.median_ms)
+        result.finetuned.to_csv(out / "finetune.csv", index=False)
+        _plot_finetune(result.finetuned, out / "finetune.png")
 
     (out / "lut_summary.csv").write_text(render(lut_rows, "csv"))
     _plot(lut_rows, database, sweep.sweep_id, out / "lut_latency.png")
@@ -271,6 +393,28 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
             render(r.pruned.to_dict(orient="records"), "markdown"),
         ]
 
+    if r.finetuned is not None:
+        ft = r.finetuned.copy()
+        cols = [c for c in ("method", "target", "top1", "measured_ms", "speedup", "llm_frozen", "mdlm",
+                            "llm_frozen_speedup_err_pct", "mdlm_speedup_err_pct", "removed_blocks", "status")
+                if c in ft.columns]
+        errs = ft[ft["method"] != "dense"]
+        lines += [
+            "## 5. Prune while fine-tuning, then measure", "",
+            f"{c.model} trained from scratch for {c.dense_epochs} epochs on scikit-learn's bundled digits (written "
+            f"as an ImageFolder, 32×32, 10 classes; no download), then pruned *while fine-tuning* for "
+            f"{c.finetune_epochs} epochs with HALP (LLM, 6 steps, 3 iterations apart) and MDP (MDLM with block "
+            "removal, one shot) at "
+            f"{', '.join(f'{t:.0%}' for t in c.finetune_targets)} of the dense conv latency predicted at "
+            f"{c.input_size}×{c.input_size}, batch {c.batch}. Each exported network is timed on this machine and "
+            "stored in the database (`model_measurements`, variant `digits-…`, with the predicted latencies in "
+            "`details`). `llm_frozen` / `mdlm` are the conv latency (ms) each model predicts; the speed-up "
+            "errors compare the speed-up each predicts (dense / pruned) with the measured one.", "",
+            render(ft[cols].round(3).to_dict(orient="records"), "markdown"),
+            f"Mean |speed-up error|: HALP's LLM {errs['llm_frozen_speedup_err_pct'].abs().mean():.1f}%, "
+            f"MDLM {errs['mdlm_speedup_err_pct'].abs().mean():.1f}%.", "",
+            "![accuracy vs latency, predicted vs measured](finetune.png)", "",
+        ]
     if r.missing:
         lines += ["Missing LUT entries:", "", *[f"- {m}" for m in r.missing], ""]
     return "\n".join(lines)

@@ -8,8 +8,9 @@ from latlab.demo import DemoConfig, run_demo
 
 
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
-    cfg = DemoConfig(out_dir=str(tmp_path / "demo"), model="resnet18", input_size=64, grid="lhs:2:32",
-                     repeats=3, warmup=1, model_repeats=5, threads=1, pruned_networks=1, progress=False)
+    cfg = DemoConfig(out_dir=str(tmp_path / "demo"), model="resnet18", input_size=64, grid="lhs:4:16",
+                     repeats=3, warmup=1, model_repeats=5, threads=1, pruned_networks=1, progress=False,
+                     dense_epochs=1, finetune_epochs=2, finetune_targets=(0.8,), max_iters_per_epoch=10)
     first = run_demo(cfg)
     assert first.sweep.complete and first.sweep.measured == first.sweep.planned > 0
     assert len(first.lut_rows) == 11  # ResNet-18 has 11 conv shape families
@@ -24,5 +25,21 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert (out / "lut_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "lut_summary.csv").read_text().count("\n") == 12
     assert (out / "config.json").exists()
+    ft = first.finetuned.set_index("method")
+    assert list(ft.index) == ["dense", "halp", "mdp"] and "## 5. Prune while fine-tuning" in report
+    for method in ("halp", "mdp"):  # each pruned network was trained, exported, timed and stored
+        assert ft.loc[method, "measured_ms"] > 0 and 0 <= ft.loc[method, "top1"] <= 100
+        assert (out / "runs" / f"digits-{method}80" / "pruned.pt2").exists()
+    assert (out / "finetune.png").read_bytes()[:4] == b"\x89PNG" and (out / "finetune.csv").exists()
+    from sqlalchemy import select
+
+    from db import open_database
+    from db.models import ModelMeasurement
+
+    with open_database(out / "latlab.db").session() as session:
+        stored = {m.variant: m.details for m in session.scalars(select(ModelMeasurement))}
+    assert {"digits-dense", "digits-halp80", "digits-mdp80"} <= set(stored)
+    assert set(stored["digits-mdp80"]["predicted_conv_ms"]) == {"llm_frozen", "mdlm"}
+    cfg.finetune = False
     again = run_demo(cfg)
     assert again.sweep.measured == 0 and again.sweep.already_done == first.sweep.planned

@@ -24,7 +24,7 @@ __all__ = ["FORMAT", "check_compatible", "gather_rng_states", "load_checkpoint",
 FORMAT = 1
 # config keys that must match between a checkpoint and the run resuming it
 IDENTITY_KEYS = ("model.name", "model.num_classes", "data.input_size", "prune.method", "prune.ratio",
-                 "prune.schedule", "prune.steps", "prune.every", "prune.start", "prune.group_sizes",
+                 "prune.schedule", "prune.steps", "prune.every", "prune.start", "prune.group_sizes", "prune.input_size",
                  "optim.epochs", "optim.warmup_epochs", "optim.schedule", "data.batch_size")
 
 

@@ -79,6 +79,7 @@ class PruneConfig:
     latency_model: str | None = None  # a stored model's name; else `kind` is fitted on the sweep's LUT
     kind: str | None = None  # default: llm for halp/mgp, mdlm for mdlm/mdp
     group_sizes: str | int = "auto"  # auto | reference | N channels per item
+    input_size: int | None = None  # resolution latency is predicted at (default data.input_size; e.g. deploy at 224)
     solver: str = "milp-highs"
     time_limit: float = 60.0
 
@@ -216,7 +217,8 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
             _fail(f"{key} must be >= 0, got {v!r}", source)
     for key, v in {"run.max_iters_per_epoch": cfg.run.max_iters_per_epoch, "run.max_val_iters": cfg.run.max_val_iters,
                    "run.stop_after_epochs": cfg.run.stop_after_epochs, "prune.steps": cfg.prune.steps,
-                   "prune.every": cfg.prune.every, "data.val_batch_size": cfg.data.val_batch_size}.items():
+                   "prune.every": cfg.prune.every, "data.val_batch_size": cfg.data.val_batch_size,
+                   "prune.input_size": cfg.prune.input_size}.items():
         if v is not None and v < 1:
             _fail(f"{key} must be >= 1 when given, got {v!r}", source)
     if not 0 <= cfg.optim.label_smoothing < 1:

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from db.errors import LatlabError
-from latlab.cli import db_cmd, demo, evaluate, graph, hw, lut, measure, models, profile, prune, sweep
+from latlab.cli import db_cmd, demo, evaluate, graph, hw, lut, measure, models, profile, prune, sweep, train
 
 app = typer.Typer(
     name="latlab",
@@ -25,6 +25,7 @@ app.command("fit")(models.fit)
 app.command("evaluate")(evaluate.evaluate)
 app.command("graph")(graph.graph)
 app.command("prune")(prune.prune)
+app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.add_typer(lut.app, name="lut")
 app.add_typer(models.app, name="models")

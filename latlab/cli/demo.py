@@ -16,21 +16,36 @@ def demo(
     input_size: Annotated[int, typer.Option(help="Input resolution.")] = 224,
     grid: Annotated[str, typer.Option(help="Channel grid (see `latlab profile --help`).")] = "lhs:12:16",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    backend: Annotated[str, typer.Option(help="cpu | cuda | fake")] = "cpu",
+    backend: Annotated[str | None, typer.Option(help="LUT and timing backend: cpu | cuda | fake (default: --device)")
+                       ] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda: where networks are trained (and timed, by default)")
+                      ] = "cpu",
+    finetune: Annotated[bool, typer.Option(help="Stage 5: train on the digits, prune while fine-tuning, measure.")
+                        ] = True,
     threads: Annotated[int, typer.Option(
         help="CPU threads (1 gives repeatable numbers; more threads make tiny convs erratic on small VMs).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed samples per configuration.")] = 15,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: DbOption = None,
 ) -> None:
-    """Profile a real network's conv shapes into SQLite, summarise the LUT, time the whole network, report.
+    """The whole chain on this machine: LUT → latency models → prune → fine-tune → export → measure → report.
 
-    Re-running resumes: stored configurations are not measured again.
+    Profiles a real network's conv shapes into SQLite, compares the latency models, prunes one-shot with
+    HALP and MDP, trains on scikit-learn's bundled digits and prunes while fine-tuning at two latency
+    targets, times every exported network and writes OUT/report.md with PNG plots. Re-running resumes the
+    LUT sweep: stored configurations are not measured again.
 
-    Example: latlab demo --out latlab-demo   (then open latlab-demo/report.md)
+    Examples:
+
+      latlab demo --out latlab-demo   (then open latlab-demo/report.md)
+
+      latlab demo --device cuda --batch 64 --out latlab-demo-gpu
     """
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
     cfg = DemoConfig(out_dir=out, db=db, model=model, input_size=input_size, grid=grid, batch=batch,
-                     backend=backend, threads=threads, repeats=repeats, progress=not quiet)
+                     backend=backend or device, device=device, finetune=finetune, threads=threads, repeats=repeats,
+                     progress=not quiet)
     result = run_demo(cfg)
     from latlab.tables import render
 

@@ -1,0 +1,66 @@
+"""``latlab train``: prune-while-training from a YAML preset (one process, or N through torchrun)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.errors import LatlabError
+from latlab.tables import render
+
+
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML config, e.g. configs/mdp_resnet50.yaml.")] = None,
+    data: Annotated[Path | None, typer.Option(help="ImageFolder root with train/ and val/ (sets data.path).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (sets run.out).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Local pretrained state dict (sets model.weights).")] = None,
+    db: Annotated[str | None, typer.Option(help="LUT database for pruning (sets prune.db).")] = None,
+    hardware: Annotated[str | None, typer.Option(help="Hardware profile to prune for (sets prune.hardware).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override any config key, e.g. --set optim.epochs=30 --set prune.ratio=0.5.")] = None,
+    nproc_per_node: Annotated[int, typer.Option(
+        help="Processes (GPUs) on this machine; > 1 launches torchrun --standalone.")] = 1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train (and prune on the schedule of the config's method) with DDP/AMP; checkpoint and resume.
+
+    The resolved config is saved as OUT/config.resolved.yaml; per-epoch metrics go to OUT/metrics.csv,
+    OUT/checkpoint_last.pt is written every epoch (rerunning the same command resumes from it), and at
+    the end the slim network (pruned.pt2), masks.pt and result.json. Unknown config keys, a missing dataset
+    or weights that do not match the model stop the run before any work.
+
+    Multi-node: run `torchrun --nnodes N --nproc_per_node G --rdzv_endpoint HOST:PORT -m training --config …`.
+
+    Examples:
+
+      latlab train --config configs/mdp_resnet50.yaml --data /data/imagenet --weights rn50.pth --hardware "H200"
+
+      latlab train --config configs/halp_resnet50.yaml --data /data/imagenet --nproc-per-node 8 --out runs/halp70
+    """
+    sets = list(overrides or [])
+    for key, value in (("data.path", data), ("run.out", out), ("model.weights", weights), ("prune.db", db),
+                       ("prune.hardware", hardware)):
+        if value is not None:
+            sets.append(f"{key}={value}")
+    from training.config import load_config
+
+    cfg = load_config(config, sets)  # validate here, before any process is started
+    if nproc_per_node > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+               "-m", "training", *(["--config", str(config)] if config else []),
+               *[a for s in sets for a in ("--set", s)], *(["--no-progress"] if quiet else [])]
+        code = subprocess.run(cmd, env=os.environ.copy()).returncode
+        if code:
+            raise LatlabError(f"torchrun exited with status {code}")
+        return
+    from training.trainer import train as run_training
+
+    result = run_training(cfg, progress=not quiet)
+    final = {k: result.metrics.get(k) for k in ("epoch", "top1", "top5", "predicted_ms", "removed_blocks")}
+    typer.echo(render([final | {"finished": result.finished}], "table", title="training"))
+    typer.echo(f"run directory: {result.out_dir}")
