@@ -138,7 +138,7 @@ class ChannelMasks:
         for stat in ("running_mean", "running_var"):
             t = getattr(bn, stat, None)
             if t is not None:  # via .data: no autograd version bump (stats are not used by BN's backward)
-                t.data[drop.to(t.device)] = 0
+                t.data.masked_fill_(drop.to(t.device), 0)  # elementwise: no host sync (bool indexing would sync)
 
     @torch.no_grad()
     def _sync(self, group: str) -> None:
