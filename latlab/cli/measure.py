@@ -29,6 +29,23 @@ def _apply_mask_file(net, path: Path, input_size: int, *, per_layer: bool):  # t
     return export_pruned(net, trace_network(net, input_size), masks, removed).eval()
 
 
+def _predictions(database, names: list[str], net, input_size: int, batch: int, dtype: str,  # type: ignore[no-untyped-def]
+                 layout: str) -> dict[str, float]:
+    """Conv latency (ms) each stored latency model predicts for ``net`` as it is (its real cin and cout)."""
+    from latency_models.network import network_latency
+    from latency_models.store import load_model as load_latency_model
+    from profiler.plan import trace_network
+    from profiler.widths import dense_widths
+
+    try:
+        trace = trace_network(net, input_size)
+    except Exception as exc:
+        raise LatlabError(f"cannot trace the network to predict its latency: {type(exc).__name__}: {exc}") from None
+    widths = dense_widths(trace)
+    return {name: network_latency(load_latency_model(database, name), trace.layers, widths, batch=batch, dtype=dtype,
+                                  layout=layout, freeze_cin=False) for name in names}
+
+
 def measure(
     model: Annotated[str | None, typer.Option(help="torchvision model name (random init unless --weights).")] = None,
     module: Annotated[Path | None, typer.Option(help="Saved TorchScript (.pt) or torch.export (.pt2) module.")] = None,
@@ -41,6 +58,9 @@ def measure(
     ] = None,
     mgp: Annotated[bool, typer.Option(help="--mask holds per-layer masks (MDP's layer_masks.pkl, as its --mgp).")
                    ] = False,
+    latency_model: Annotated[list[str] | None, typer.Option(
+        "--latency-model", help="Stored latency model (`latlab models list`) to predict this network's conv "
+        "latency with; repeatable; the predictions are printed and stored with the measurement.")] = None,
     num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
@@ -80,10 +100,12 @@ def measure(
     protocol = TimingProtocol(warmup=warmup, repeats=repeats, min_repeats=min(10, repeats), timer=timer,
                               num_threads=threads)
     timing_backend = get_backend(backend, protocol)
-    database = open_database(db) if store else None
+    database = open_database(db) if store or latency_model else None
+    predicted = _predictions(database, latency_model, net, input_size, batch, dtype, layout) if latency_model else {}
     result = measure_model(
-        database, timing_backend, net, name=name, variant=variant,
+        database if store else None, timing_backend, net, name=name, variant=variant,
         input_shape=(batch, 3, input_size, input_size), dtype=dtype, layout=layout, hardware_name=hardware_name,
+        extra_details={"predicted_conv_ms": predicted} if predicted else None,
     )
     row = {
         "model": result.model, "variant": result.variant, "hardware": result.hardware, "backend": result.backend,
@@ -92,6 +114,8 @@ def measure(
         "images_per_s": result.images_per_s, "gmacs_per_image": (result.details.get("macs_per_image") or 0) / 1e9,
         "params_m": result.details.get("params", 0) / 1e6,
     }
+    for lat_name, ms in predicted.items():
+        row[f"predicted_conv_ms[{lat_name}]"] = ms
     if result.message:
         row["message"] = result.message
     typer.echo(render([row], fmt, title="whole-model latency"))

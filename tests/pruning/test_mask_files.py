@@ -118,12 +118,25 @@ def test_measure_cli_with_mdp_mask_and_module_prefixed_checkpoint(tmp_path, cli,
     ckpt = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}
     torch.save(ckpt, tmp_path / "ckpt.pth")
     db = f"sqlite:///{tmp_path / 'm.db'}"
+    for argv in (["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:32", "--input-size",
+                  str(SIZE), "--batch", "1", "-q", "--db", db],
+                 ["fit", "--models", "mdlm", "--name", "r18-mdlm", "--db", db]):
+        code, out, err = cli(argv)
+        assert code == 0, err
     code, out, err = cli(["measure", "--model", "resnet18", "--num-classes", "10", "--weights",
                           str(tmp_path / "ckpt.pth"), "--mask", str(tmp_path / "layer_masks.pkl"), "--mgp",
                           "--input-size", str(SIZE), "--backend", "cpu", "--warmup", "1", "--repeats", "3",
-                          "--threads", "1", "--format", "json", "--db", db])
+                          "--threads", "1", "--latency-model", "r18-mdlm", "--format", "json", "--db", db])
     assert code == 0, err
-    assert "mask:layer_masks.pkl" in out
+    assert "mask:layer_masks.pkl" in out and "predicted_conv_ms[r18-mdlm]" in out
+    from sqlalchemy import select
+
+    from db import open_database
+    from db.models import ModelMeasurement
+
+    with open_database(db).session() as session:
+        row = session.scalars(select(ModelMeasurement)).one()
+    assert row.variant == "mask:layer_masks.pkl" and row.details["predicted_conv_ms"]["r18-mdlm"] > 0
     torch.save(net, tmp_path / "whole.pth")  # a whole-model pickle: refused without --trust-checkpoint
     code, out, err = cli(["measure", "--model", "resnet18", "--num-classes", "10", "--weights",
                           str(tmp_path / "whole.pth"), "--backend", "cpu", "--no-store"])
