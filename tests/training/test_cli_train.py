@@ -1,0 +1,34 @@
+"""`latlab train`: bad input stops before any work with one line; a tiny run trains, checkpoints and resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "demo_resnet18_digits.yaml")
+
+
+def test_train_cli_rejects_bad_input_before_work(cli, tmp_path: Path, digits: Path) -> None:
+    out = tmp_path / "run"
+    cases = (
+        (["--data", str(tmp_path / "missing")], "does not exist"),
+        (["--data", str(digits / "train")], "train"),  # a class folder root, not ROOT/train + ROOT/val
+        (["--data", str(digits), "--set", "optim.lr_typo=1"], "unknown key 'optim.lr_typo'"),
+        (["--data", str(digits), "--weights", str(tmp_path / "none.pth")], "does not exist"),
+    )
+    for extra, expected in cases:
+        code, stdout, err = cli(["train", "--config", CONFIG, "--out", str(out), "--set", "prune.method=none", *extra])
+        assert code != 0 and expected in stdout + err, (extra, stdout + err)
+    assert not (out / "checkpoint_last.pt").exists()
+
+
+def test_train_cli_runs_and_resumes(cli, tmp_path: Path, digits: Path) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--config", CONFIG, "--data", str(digits), "--out", str(out), "-q", "--set", "prune.method=none",
+            "--set", "optim.epochs=2", "--set", "run.max_iters_per_epoch=2", "--set", "run.stop_after_epochs=1"]
+    code, stdout, err = cli(argv)
+    assert code == 0, err
+    assert (out / "config.resolved.yaml").exists() and (out / "checkpoint_last.pt").exists()
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
+    code, stdout, err = cli(argv)  # the same command continues from the checkpoint
+    assert code == 0, err
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3 and (out / "final_state.pt").exists()
