@@ -188,8 +188,7 @@ class TaylorImportance:
         self._mods = _modules(model, self.groups)
         self._width = {g: _width(self._mods, m, g) for g, m in self.groups.items()}
         self._device = _device(model)
-        self.count = 0
-        self.skipped = 0
+        self._counts = torch.zeros(2, dtype=torch.float64, device=self._device)  # counted, skipped
         self._group_acc: dict[str, torch.Tensor] = {}
         self._layer_acc: dict[str, torch.Tensor] = {}
         self.reset()
@@ -199,8 +198,20 @@ class TaylorImportance:
         self._group_acc = {g: torch.zeros(w, dtype=torch.float32, device=self._device) for g, w in self._width.items()}
         self._layer_acc = {c: torch.zeros(self._width[g], dtype=torch.float32, device=self._device)
                            for g, m in self.groups.items() for c, _ in m}
-        self.count = 0
-        self.skipped = 0
+        self._counts = torch.zeros(2, dtype=torch.float64, device=self._device)
+
+    @property
+    def count(self) -> int:
+        """Iterations accumulated (reading it waits for the device)."""
+        return int(self._counts[0].item())
+
+    @property
+    def skipped(self) -> int:
+        """Iterations skipped because a score was not finite."""
+        return int(self._counts[1].item())
+
+    def _set_counts(self, count: float, skipped: float) -> None:
+        self._counts = torch.tensor([count, skipped], dtype=torch.float64, device=self._device)
 
     def _terms(self, members: Sequence[tuple[str, str | None]]) -> list[torch.Tensor]:
         if all(b is not None for _, b in members):
@@ -208,8 +219,12 @@ class TaylorImportance:
         return [_conv_term(self._mods[c]) for c, _ in members]  # type: ignore[arg-type]
 
     @torch.no_grad()
-    def accumulate(self) -> bool:
-        """Add this iteration's scores; call after backward (and ``GradScaler.unscale_``). False if skipped."""
+    def accumulate(self) -> torch.Tensor:
+        """Add this iteration's scores; call after backward (and ``GradScaler.unscale_``).
+
+        Returns a 0-dim bool tensor, False when the iteration was skipped as non-finite. Nothing here waits
+        for the device (no host sync), so the host keeps queueing work ahead of a GPU.
+        """
         group_s: dict[str, torch.Tensor] = {}
         layer_s: dict[str, torch.Tensor] = {}
         finite = []
@@ -226,15 +241,13 @@ class TaylorImportance:
             total = torch.where(total == 0, torch.ones_like(total), total)
             for (c, _), a_l in zip(members, a, strict=True):
                 layer_s[c] = s_g * a_l / total
-        if not bool(torch.stack(finite).all()):  # one host sync per iteration
-            self.skipped += 1
-            return False
-        for g, s in group_s.items():
-            self._group_acc[g] += s
-        for c, s in layer_s.items():
-            self._layer_acc[c] += s
-        self.count += 1
-        return True
+        ok = torch.stack(finite).all()
+        for acc, scores in ((self._group_acc, group_s), (self._layer_acc, layer_s)):
+            for k, s in scores.items():
+                acc[k] += torch.where(ok, s, torch.zeros_like(s))  # a skipped iteration adds exactly 0
+        okf = ok.to(torch.float64)
+        self._counts += torch.stack([okf, 1.0 - okf])
+        return ok
 
     def all_reduce(self) -> None:
         """Sum accumulators and counts over DDP ranks (no-op unless torch.distributed is initialised).
@@ -245,8 +258,7 @@ class TaylorImportance:
             return
         keys_g, keys_l = sorted(self._group_acc), sorted(self._layer_acc)
         flat = torch.cat([self._group_acc[k] for k in keys_g] + [self._layer_acc[k] for k in keys_l])
-        counts = torch.tensor([float(self.count), float(self.skipped)], device=flat.device)
-        flat = torch.cat([flat, counts])
+        flat = torch.cat([flat, self._counts.to(flat.dtype)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         off = 0
         for store, keys in ((self._group_acc, keys_g), (self._layer_acc, keys_l)):
@@ -254,12 +266,13 @@ class TaylorImportance:
                 n = store[k].numel()
                 store[k] = flat[off:off + n].clone()
                 off += n
-        self.count, self.skipped = int(flat[off].item()), int(flat[off + 1].item())
+        self._set_counts(float(flat[off]), float(flat[off + 1]))
 
     def _avg(self, acc: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.count == 0:
+        count = self.count
+        if count == 0:
             raise LatlabError(f"no importance accumulated yet ({self.skipped} iterations skipped as non-finite)")
-        return {k: v / self.count for k, v in acc.items()}
+        return {k: v / count for k, v in acc.items()}
 
     def scores(self) -> dict[str, torch.Tensor]:
         """``{group: accumulated score / counted iterations}`` (fp32, one entry per output channel)."""
@@ -286,7 +299,7 @@ class TaylorImportance:
                     raise LatlabError(f"importance state for {k!r} has shape {tuple(v.shape)}, "
                                       f"expected {tuple(store[k].shape)}")
                 store[k] = v.detach().to(device=self._device, dtype=torch.float32).clone()
-        self.count, self.skipped = int(state["count"]), int(state["skipped"])
+        self._set_counts(int(state["count"]), int(state["skipped"]))
 
 
 @torch.no_grad()
