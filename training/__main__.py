@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from db.errors import LatlabError
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except LatlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if result.metrics:
+    if result.metrics and os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print({k: result.metrics[k] for k in ("epoch", "top1", "top5", "predicted_ms") if k in result.metrics})
     return 0
 
