@@ -15,7 +15,7 @@ __all__ = ["LutSettings", "resolve_latency_model"]
 
 @dataclass(frozen=True)
 class LutSettings:
-    """Execution settings of the LUT keys the model was fitted on (same fields as ``pruning.cost.Settings``)."""
+    """Execution settings of the LUT keys a latency model is fitted on / asked about (``pruning.cost.Settings``)."""
 
     batch: int
     dtype: str = "fp32"

@@ -28,20 +28,13 @@ from db.errors import LatlabError
 from db.keys import ConvConfig
 from latency_models.base import LatencyModel
 from latency_models.features import frame_from_configs
+from latency_models.resolve import LutSettings as Settings  # execution settings of the LUT keys
 from pruning.graph import NetworkSpec
 from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
 
 METHODS = ("halp", "mgp", "mdlm", "mdp")
-
-
-@dataclass
-class Settings:
-    """Execution settings of the latency model's LUT keys."""
-
-    batch: int
-    dtype: str = "fp32"
-    layout: str = "nchw"
-    op: str = "conv"
+# method -> latency-model kind fitted on a LUT when no stored model is named (HALP/MGP: LLM, MDLM/MDP: MDLM)
+DEFAULT_KIND = {"halp": "llm", "mgp": "llm", "mdlm": "mdlm", "mdp": "mdlm"}
 
 
 @dataclass

@@ -16,15 +16,14 @@ from typing import Any
 import yaml
 
 from db.errors import LatlabError
+from pruning.cost import METHODS as PRUNE_METHODS
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "PruneConfig", "RunConfig", "TrainConfig", "load_config",
     "save_config",
 ]
 
-METHODS = ("none", "halp", "mgp", "mdlm", "mdp")
-# method -> latency-model kind fitted on the LUT when no stored model is named (same as `latlab prune`)
-DEFAULT_KIND = {"halp": "llm", "mgp": "llm", "mdlm": "mdlm", "mdp": "mdlm"}
+METHODS = ("none", *PRUNE_METHODS)
 
 
 @dataclass

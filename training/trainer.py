@@ -24,8 +24,9 @@ from torch import nn
 from tqdm import tqdm
 
 from db.errors import LatlabError
+from pruning.cost import DEFAULT_KIND
 from training.checkpoint import check_compatible, gather_rng_states, load_checkpoint, save_checkpoint, set_rng_state
-from training.config import DEFAULT_KIND, TrainConfig, save_config
+from training.config import TrainConfig, save_config
 from training.data import build_loaders, check_layout, seed_epoch
 from training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, teardown
 from training.optim import build_optimizer, loss_fn, lr_at, scaled_lr, set_lr
@@ -154,9 +155,9 @@ class _Run:
 
             try:
                 database = open_database(p.db, create=False, upgrade=True)
-                lat, lut, source = resolve_latency_model(database, latency_model=p.latency_model, sweep=p.sweep,
-                                                         hardware=p.hardware, kind=p.kind or DEFAULT_KIND[p.method])
-                settings = Settings(lut.batch, lut.dtype, lut.layout, lut.op)
+                lat, settings, source = resolve_latency_model(database, latency_model=p.latency_model, sweep=p.sweep,
+                                                              hardware=p.hardware,
+                                                              kind=p.kind or DEFAULT_KIND[p.method])
                 l0 = dense_latency(spec, lat, settings)
                 shared: dict[str, Any] = {"settings": settings.__dict__, "l0": l0, "source": source}
             except LatlabError as exc:

@@ -14,26 +14,22 @@ from latency_models.resolve import resolve_latency_model
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.tables import render
 from profiler.measure import load_model as load_network
-from pruning.cost import METHODS, Settings
+from pruning.cost import DEFAULT_KIND, METHODS
 from pruning.graph import build_network_spec
 from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
 from pruning.solvers import list_solvers
 
-_DEFAULT_KIND = {"halp": "llm", "mgp": "llm", "mdlm": "mdlm", "mdp": "mdlm"}
-
 
 def _data_batches(path: Path, input_size: int, batch_size: int):  # type: ignore[no-untyped-def]
     import torch
-    from torchvision import datasets, transforms
+    from torchvision import datasets
+
+    from training.data import transforms_for
 
     if not path.is_dir():
         raise LatlabError(f"dataset folder {path} does not exist (expected ImageFolder layout: CLASS/IMAGE)")
-    tf = transforms.Compose([
-        transforms.Resize(int(input_size * 256 / 224)), transforms.CenterCrop(input_size), transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
     try:
-        data = datasets.ImageFolder(str(path), transform=tf)
+        data = datasets.ImageFolder(str(path), transform=transforms_for(input_size, train=False))
     except (FileNotFoundError, RuntimeError) as exc:
         raise LatlabError(f"cannot read {path} as an ImageFolder dataset: {exc}") from None
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
@@ -84,9 +80,8 @@ def prune(
     spec = build_network_spec(net, input_size, group_sizes=sizes)
     batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
     database = open_database(db, create=False, upgrade=True)
-    lat, lut, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
-                                             kind=kind or _DEFAULT_KIND[method])
-    settings = Settings(lut.batch, lut.dtype, lut.layout, lut.op)
+    lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
+                                                  kind=kind or DEFAULT_KIND[method])
     if batches_iter is not None:
         importances = taylor_scores(net, spec, batches_iter, max_batches=batches)
         imp_source = f"BN-Taylor over {batches} batches of {data}"

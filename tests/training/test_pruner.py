@@ -9,7 +9,6 @@ from torchvision.models import resnet18
 from db import open_database
 from db.errors import LatlabError
 from latency_models.resolve import resolve_latency_model
-from pruning.cost import Settings
 from pruning.export import masked_reference
 from pruning.graph import build_network_spec
 from pruning.masks import BlockGates, ChannelMasks
@@ -22,9 +21,8 @@ def _pruner(lut_db: str, method: str, ratio: float) -> tuple[torch.nn.Module, Tr
     torch.manual_seed(0)
     model = resnet18(num_classes=10)
     spec = build_network_spec(model, 32, group_sizes=32)
-    lat, lut, _ = resolve_latency_model(open_database(lut_db, create=False), latency_model=None, sweep=None,
-                                        hardware=None, kind="mdlm")
-    settings = Settings(lut.batch, lut.dtype, lut.layout, lut.op)
+    lat, settings, _ = resolve_latency_model(open_database(lut_db, create=False), latency_model=None, sweep=None,
+                                             hardware=None, kind="mdlm")
     schedule = LatencySchedule(dense_latency(spec, lat, settings), ratio, steps=1, every=2)
     return model, TrainingPruner(model, spec, method=method, schedule=schedule, latency_model=lat, settings=settings)
 
