@@ -35,23 +35,20 @@ from db.models import Sweep
 from latency_models.base import get_model
 from latency_models.evaluate import markdown_table
 from latency_models.features import configs_from_frame, lut_frame
-from latency_models.network import network_latency
 from profiler.backends import get_backend
 from profiler.hardware import detect_hardware
 from profiler.plan import resolve_model
 from profiler.protocol import TimingProtocol
-from pruning.cost import Settings
+from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.graph import build_network_spec
 from pruning.oneshot import prune_once
 
-METHODS = {"halp": "llm", "mgp": "llm", "mdlm": "mdlm", "mdp": "mdlm"}
 PREDICTORS = ("llm_frozen", "mdlm")
 
 
-def _predict(models: dict, spec, widths: dict, s: Settings) -> dict[str, float]:
-    kw = {"batch": s.batch, "dtype": s.dtype, "layout": s.layout, "op": s.op}
-    return {"llm_frozen": network_latency(models["llm"], spec.convs, widths, freeze_cin=True, **kw),
-            "mdlm": network_latency(models["mdlm"], spec.convs, widths, freeze_cin=False, **kw)}
+def _predict(models: dict, spec, s: Settings, widths: dict | None = None, removed: list | None = None) -> dict:
+    return {"llm_frozen": spec_latency(models["llm"], spec, s, widths, removed or (), freeze_cin=True),
+            "mdlm": spec_latency(models["mdlm"], spec, s, widths, removed or ())}
 
 
 def _summary(rows: list[dict]) -> pd.DataFrame:
@@ -102,16 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         return backend.measure_model(module, shape, dtype=settings.dtype, layout=settings.layout).median_ms
 
     dense_ms = timed(net)
-    dense_pred = _predict(models, spec, spec.conv_widths({}), settings)
+    dense_pred = _predict(models, spec, settings)
     rows = [{"method": "dense", "target": 1.0, "measured_ms": round(dense_ms, 3), "speedup": 1.0,
              "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2), "removed_blocks": 0,
              **{f"{p}_ms": round(v, 3) for p, v in dense_pred.items()}}]
     for target in (float(t) for t in args.targets.split(",")):
         for method in args.methods.split(","):
-            res = prune_once(net, spec, models[METHODS[method]], importances, method=method, target=target,
+            res = prune_once(net, spec, models[DEFAULT_KIND[method]], importances, method=method, target=target,
                              settings=settings)
-            widths = spec.conv_widths({g: w for g, w in res.widths.items() if w}, res.removed_blocks)
-            pred = _predict(models, spec, widths, settings)
+            pred = _predict(models, spec, settings, res.widths, res.removed_blocks)
             ms = timed(res.slim)
             row = {"method": method, "target": target, "measured_ms": round(ms, 3),
                    "speedup": round(dense_ms / ms, 3), "params_m": round(res.counts["params_pruned"] / 1e6, 2),

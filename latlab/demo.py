@@ -46,7 +46,7 @@ from profiler.measure import measure_model
 from profiler.plan import build_plan, resolve_model, trace_network
 from profiler.protocol import TimingProtocol
 from profiler.runner import SweepReport, run_sweep
-from pruning.cost import Settings
+from pruning.cost import Settings, spec_latency
 from pruning.graph import build_network_spec
 from pruning.oneshot import magnitude_scores, prune_once
 
@@ -206,11 +206,9 @@ def _train_config(config: DemoConfig, data: Path, out: Path, **extra: Any) -> An
 def _predicted(fitted: dict[str, Any], spec: Any, widths: dict[str, int], removed: list[str],
                config: DemoConfig) -> dict[str, float]:
     """Conv latency (ms) HALP's LLM (input widths frozen) and the MDLM predict for a pruned network."""
-    from latency_models.network import network_latency
-
-    conv_widths = spec.conv_widths({g: w for g, w in widths.items() if w}, removed)
-    return {"llm_frozen": network_latency(fitted["llm"], spec.convs, conv_widths, batch=config.batch, freeze_cin=True),
-            "mdlm": network_latency(fitted["mdlm"], spec.convs, conv_widths, batch=config.batch, freeze_cin=False)}
+    s = Settings(config.batch)
+    return {"llm_frozen": spec_latency(fitted["llm"], spec, s, widths, removed, freeze_cin=True),
+            "mdlm": spec_latency(fitted["mdlm"], spec, s, widths, removed)}
 
 
 def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, fitted: dict[str, Any],

@@ -18,7 +18,7 @@ frozen input width through its ``cin_ref`` column.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ from db.errors import LatlabError
 from db.keys import ConvConfig
 from latency_models.base import LatencyModel
 from latency_models.features import frame_from_configs
+from latency_models.network import network_latency
 from latency_models.resolve import LutSettings as Settings  # execution settings of the LUT keys
 from pruning.graph import NetworkSpec
 from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
@@ -117,6 +118,18 @@ def build_problem(
     problem = PruningProblem(groups, budget=float(target * dense), linear=linear, pairwise=terms,
                              blocks=list(range(len(block_names))), name=f"{spec.model_name} {method} {target:g}")
     return problem, ProblemMap(list(spec.groups), block_names, order, float(dense))
+
+
+def spec_latency(model: LatencyModel, spec: NetworkSpec, settings: Settings,
+                 group_widths: Mapping[str, int] | None = None, removed_blocks: Iterable[str] = (), *,
+                 freeze_cin: bool = False) -> float:
+    """Predicted conv latency (ms) of ``spec`` at ``group_widths`` (0 or missing: dense) without ``removed_blocks``.
+
+    ``freeze_cin=True`` is HALP's view: every conv priced at its dense input width.
+    """
+    widths = spec.conv_widths({g: w for g, w in (group_widths or {}).items() if w}, removed_blocks)
+    return float(network_latency(model, spec.convs, widths, batch=settings.batch, dtype=settings.dtype,
+                                 layout=settings.layout, op=settings.op, freeze_cin=freeze_cin))
 
 
 def solution_masks(spec: NetworkSpec, result: SolveResult, mapping: ProblemMap) -> tuple[dict[str, torch.Tensor],

@@ -18,9 +18,8 @@ from torch import nn
 
 from db.errors import LatlabError
 from latency_models.base import LatencyModel
-from latency_models.network import network_latency
 from profiler.plan import trace_network
-from pruning.cost import ProblemMap, Settings, build_problem, group_widths, solution_masks
+from pruning.cost import ProblemMap, Settings, build_problem, group_widths, solution_masks, spec_latency
 from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
 from pruning.graph import NetworkSpec
 from pruning.importance import TaylorImportance, magnitude_importance
@@ -100,9 +99,7 @@ def prune_once(
     result = get_solver(solver, time_limit=time_limit).solve(problem)
     masks, removed = solution_masks(spec, result, mapping)
     widths = group_widths(spec, result, mapping)
-    pruned_ms = network_latency(latency_model, spec.convs, spec.conv_widths(
-        {g: w for g, w in widths.items() if w}, removed), batch=settings.batch, dtype=settings.dtype,
-        layout=settings.layout, op=settings.op, freeze_cin=False)
+    pruned_ms = spec_latency(latency_model, spec, settings, widths, removed)
     out = PruneResult(method, target, result, mapping, masks, removed, widths, mapping.dense_latency, pruned_ms)
     trace = trace_network(model, spec.input_size)
     t0 = time.perf_counter()

@@ -37,8 +37,7 @@ from torch.nn.utils import parametrize
 
 from db.errors import LatlabError
 from latency_models.base import LatencyModel
-from latency_models.network import network_latency
-from pruning.cost import Settings, build_problem, solution_masks
+from pruning.cost import Settings, build_problem, solution_masks, spec_latency
 from pruning.graph import NetworkSpec
 from pruning.importance import TaylorImportance
 from pruning.masks import BlockGates, ChannelMasks
@@ -46,7 +45,7 @@ from pruning.schedule import LatencySchedule
 from pruning.solvers import get_solver
 from training.distributed import broadcast_object
 
-__all__ = ["TrainingPruner", "baked_copy", "block_last_bns", "dense_latency"]
+__all__ = ["TrainingPruner", "baked_copy", "block_last_bns"]
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +57,6 @@ def block_last_bns(spec: NetworkSpec) -> dict[str, list[str]]:
         bns = [spec.conv(c).bn for c in b.convs if spec.conv(c).group == b.output_group]
         out[b.name] = [n for n in bns if n is not None]
     return out
-
-
-def dense_latency(spec: NetworkSpec, model: LatencyModel, settings: Settings) -> float:
-    """Predicted conv latency (ms) of the dense network."""
-    return float(network_latency(model, spec.convs, spec.conv_widths({}), batch=settings.batch, dtype=settings.dtype,
-                                 layout=settings.layout, op=settings.op, freeze_cin=False))
 
 
 def _raw(m: nn.Module, name: str) -> torch.Tensor | None:
@@ -245,11 +238,8 @@ class TrainingPruner:
         """Predicted conv latency (ms) of the current masks (None without a latency model)."""
         if self.latency_model is None:
             return None
-        w = {g: n for g, n in self.widths().items() if n and self.spec.groups[g].prunable}
-        s = self.settings
-        widths = self.spec.conv_widths(w, self.removed_blocks())
-        return float(network_latency(self.latency_model, self.spec.convs, widths,
-                                     batch=s.batch, dtype=s.dtype, layout=s.layout, op=s.op, freeze_cin=False))
+        w = {g: n for g, n in self.widths().items() if self.spec.groups[g].prunable}
+        return spec_latency(self.latency_model, self.spec, self.settings, w, self.removed_blocks())
 
     def state_dict(self) -> dict[str, Any]:
         """Masks, removed blocks, importance accumulators, schedule and history (weights_only-loadable)."""

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from db.errors import LatlabError
-from pruning.cost import DEFAULT_KIND
+from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from training.checkpoint import check_compatible, gather_rng_states, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import TrainConfig, save_config
 from training.data import build_loaders, check_layout, seed_epoch
@@ -142,10 +142,9 @@ class _Run:
 
     def _build_pruner(self) -> Any:
         from latency_models.resolve import resolve_latency_model
-        from pruning.cost import Settings
         from pruning.graph import build_network_spec
         from pruning.schedule import LatencySchedule, preset
-        from training.pruner import TrainingPruner, dense_latency
+        from training.pruner import TrainingPruner
 
         p, info = self.cfg.prune, self.info
         spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes)
@@ -158,7 +157,7 @@ class _Run:
                 lat, settings, source = resolve_latency_model(database, latency_model=p.latency_model, sweep=p.sweep,
                                                               hardware=p.hardware,
                                                               kind=p.kind or DEFAULT_KIND[p.method])
-                l0 = dense_latency(spec, lat, settings)
+                l0 = spec_latency(lat, spec, settings)
                 shared: dict[str, Any] = {"settings": settings.__dict__, "l0": l0, "source": source}
             except LatlabError as exc:
                 shared = {"error": str(exc)}

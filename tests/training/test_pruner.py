@@ -9,12 +9,13 @@ from torchvision.models import resnet18
 from db import open_database
 from db.errors import LatlabError
 from latency_models.resolve import resolve_latency_model
+from pruning.cost import spec_latency
 from pruning.export import masked_reference
 from pruning.graph import build_network_spec
 from pruning.masks import BlockGates, ChannelMasks
 from pruning.schedule import LatencySchedule
 from training.optim import build_optimizer, param_groups
-from training.pruner import TrainingPruner, baked_copy, block_last_bns, dense_latency
+from training.pruner import TrainingPruner, baked_copy, block_last_bns
 
 
 def _pruner(lut_db: str, method: str, ratio: float) -> tuple[torch.nn.Module, TrainingPruner]:
@@ -23,7 +24,7 @@ def _pruner(lut_db: str, method: str, ratio: float) -> tuple[torch.nn.Module, Tr
     spec = build_network_spec(model, 32, group_sizes=32)
     lat, settings, _ = resolve_latency_model(open_database(lut_db, create=False), latency_model=None, sweep=None,
                                              hardware=None, kind="mdlm")
-    schedule = LatencySchedule(dense_latency(spec, lat, settings), ratio, steps=1, every=2)
+    schedule = LatencySchedule(spec_latency(lat, spec, settings), ratio, steps=1, every=2)
     return model, TrainingPruner(model, spec, method=method, schedule=schedule, latency_model=lat, settings=settings)
 
 
