@@ -115,6 +115,10 @@ class NetworkSpec:
         except KeyError:
             raise LatlabError(f"network {self.model_name!r} has no conv {name!r}") from None
 
+    def group_members(self) -> dict[str, list[tuple[str, str | None]]]:
+        """``{group id: [(conv, its BN or None)]}``: the input of importance and masks."""
+        return {gid: [(c, self.conv(c).bn) for c in g.convs] for gid, g in self.groups.items()}
+
     def group_of(self, conv: str) -> str:
         """Group id of ``conv``'s output channels."""
         return self.conv(conv).group

@@ -32,7 +32,14 @@ from torch.nn.utils import parametrize
 from db.errors import LatlabError
 from pruning.importance import Groups, GroupsIn, _modules, _width, normalise_groups
 
-__all__ = ["BlockGates", "ChannelMasks"]
+__all__ = ["BlockGates", "ChannelMasks", "raw_parameter"]
+
+
+def raw_parameter(m: nn.Module, name: str) -> torch.Tensor | None:
+    """The trained tensor behind ``m.<name>``: the parametrization's ``original`` when there is one."""
+    if parametrize.is_parametrized(m, name):
+        return m.parametrizations[name].original
+    return getattr(m, name, None)
 
 
 class _RowMask(nn.Module):
@@ -97,18 +104,12 @@ class ChannelMasks:
         for c, b in self.groups[group]:
             conv = self._mods[c]
             out.append((conv, "weight"))
-            if self._raw(conv, "bias") is not None:
+            if raw_parameter(conv, "bias") is not None:
                 out.append((conv, "bias"))
             if b is not None:
                 bn = self._mods[b]
-                out += [(bn, n) for n in ("weight", "bias") if self._raw(bn, n) is not None]
+                out += [(bn, n) for n in ("weight", "bias") if raw_parameter(bn, n) is not None]
         return out
-
-    @staticmethod
-    def _raw(m: nn.Module, name: str) -> torch.Tensor | None:
-        if parametrize.is_parametrized(m, name):
-            return m.parametrizations[name].original
-        return getattr(m, name, None)
 
     def apply(self) -> None:
         """Register the parametrizations and BN hooks (idempotent) and zero masked BN running stats."""
@@ -116,7 +117,7 @@ class ChannelMasks:
             for g in self.groups:
                 for m, name in self._targets(g):
                     if not parametrize.is_parametrized(m, name):
-                        raw = self._raw(m, name)
+                        raw = raw_parameter(m, name)
                         parametrize.register_parametrization(m, name, _RowMask(raw.shape[0], raw.device, raw.dtype))
                 for _, b in self.groups[g]:
                     if b is not None:
@@ -212,7 +213,7 @@ class BlockGates:
             self._gates[block] = []
             for bn in bns:
                 for name in ("weight", "bias"):
-                    raw = ChannelMasks._raw(bn, name)
+                    raw = raw_parameter(bn, name)
                     if raw is None:
                         raise LatlabError(f"block {block!r}: its BN has no affine {name}; cannot gate it")
                     gate = _Gate(raw.device, raw.dtype)

@@ -29,19 +29,15 @@ from pruning.solvers import get_solver
 log = logging.getLogger(__name__)
 
 
-def _importance_groups(spec: NetworkSpec) -> dict[str, list[tuple[str, str | None]]]:
-    return {gid: [(c, spec.conv(c).bn) for c in g.convs] for gid, g in spec.groups.items()}
-
-
 def magnitude_scores(model: nn.Module, spec: NetworkSpec) -> dict[str, np.ndarray]:
     """Data-free importance per group (BN |γ| summed over the group's convs)."""
-    scores = magnitude_importance(model, _importance_groups(spec))
+    scores = magnitude_importance(model, spec.group_members())
     return {gid: s.cpu().numpy() for gid, s in scores.items()}
 
 
 def taylor_scores(model: nn.Module, spec: NetworkSpec, batches: Any, *, max_batches: int) -> dict[str, np.ndarray]:
     """HALP's BN-Taylor importance accumulated over up to ``max_batches`` (images, labels) batches."""
-    importance = TaylorImportance(model, _importance_groups(spec))
+    importance = TaylorImportance(model, spec.group_members())
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     seen = 0

@@ -40,7 +40,7 @@ from latency_models.base import LatencyModel
 from pruning.cost import Settings, build_problem, solution_masks, spec_latency
 from pruning.graph import NetworkSpec
 from pruning.importance import TaylorImportance
-from pruning.masks import BlockGates, ChannelMasks
+from pruning.masks import BlockGates, ChannelMasks, raw_parameter
 from pruning.schedule import LatencySchedule
 from pruning.solvers import get_solver
 from training.distributed import broadcast_object
@@ -57,12 +57,6 @@ def block_last_bns(spec: NetworkSpec) -> dict[str, list[str]]:
         bns = [spec.conv(c).bn for c in b.convs if spec.conv(c).group == b.output_group]
         out[b.name] = [n for n in bns if n is not None]
     return out
-
-
-def _raw(m: nn.Module, name: str) -> torch.Tensor | None:
-    if parametrize.is_parametrized(m, name):
-        return m.parametrizations[name].original
-    return getattr(m, name, None)
 
 
 def baked_copy(model: nn.Module) -> nn.Module:
@@ -90,7 +84,7 @@ class TrainingPruner:
         self.model, self.spec, self.method, self.schedule = model, spec, method, schedule
         self.latency_model, self.settings = latency_model, settings
         self.solver, self.time_limit = solver, time_limit
-        groups = {gid: [(c, spec.conv(c).bn) for c in g.convs] for gid, g in spec.groups.items()}
+        groups = spec.group_members()
         self.importance = TaylorImportance(model, groups)
         self.masks = ChannelMasks(model, groups)
         with_blocks = method in ("mgp", "mdp") and bool(spec.blocks)
@@ -201,13 +195,13 @@ class TrainingPruner:
             for conv, bn in members:
                 for m, name in [(mods[conv], "weight"), (mods[conv], "bias")] + (
                         [(mods[bn], "weight"), (mods[bn], "bias")] if bn else []):
-                    p = _raw(m, name)
+                    p = raw_parameter(m, name)
                     if p is not None:
                         targets.append((p, drop))
         for block in self.gates.removed() if self.gates else []:
             for bn in block_last_bns(self.spec)[block]:
                 for name in ("weight", "bias"):
-                    p = _raw(mods[bn], name)
+                    p = raw_parameter(mods[bn], name)
                     if p is not None:
                         targets.append((p, None))
         for p, drop in targets:
