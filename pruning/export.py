@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +30,9 @@ from db.errors import LatlabError
 from profiler._trace import _OPAQUE_MODULES, TraceResult, _PathTracer
 from pruning.importance import conv_bn_pairs
 
-__all__ = ["export_pruned", "masked_reference", "param_and_mac_counts", "verify_export"]
+__all__ = [
+    "export_checked", "export_pruned", "masked_reference", "param_and_mac_counts", "save_pruned", "verify_export",
+]
 
 _JOIN = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
          torch.add, torch.sub, torch.mul, "add", "add_", "sub", "sub_", "mul", "mul_"}
@@ -360,3 +363,34 @@ def param_and_mac_counts(model: nn.Module, input_shape: tuple[int, ...] | list[i
         for h in handles:
             h.remove()
     return params, macs
+
+
+def export_checked(model: nn.Module, input_size: tuple[int, int], masks: Mapping[str, torch.Tensor],
+                   removed_blocks: RemovedBlocks | None = None, verify_input: tuple[int, ...] | None = None,
+                   ) -> tuple[nn.Module, float, dict[str, int]]:
+    """Export, verify and count: ``(slim network, max |Δ logits| against the masked model, counts)``.
+
+    ``counts``: ``params_dense``, ``params_pruned``, ``macs_dense``, ``macs_pruned`` (per image).
+    """
+    from profiler.plan import trace_network
+
+    size = tuple(input_size)
+    slim = export_pruned(model, trace_network(model, size), masks, removed_blocks)
+    delta = verify_export(masked_reference(model, masks, removed_blocks), slim, verify_input or (2, 3, *size))
+    dense_p, dense_macs = param_and_mac_counts(model, (1, 3, *size))
+    slim_p, slim_macs = param_and_mac_counts(slim, (1, 3, *size))
+    return slim, delta, {"params_dense": dense_p, "params_pruned": slim_p, "macs_dense": dense_macs,
+                         "macs_pruned": slim_macs}
+
+
+def save_pruned(out_dir: Path, slim: nn.Module, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str],
+                input_size: tuple[int, int]) -> dict[str, Path]:
+    """Write ``masks.pt`` (``{"masks", "removed_blocks"}``, weights_only-loadable) and ``pruned.pt2``
+    (torch.export of the slim network, any batch size; ``latlab measure --module`` times it)."""
+    paths = {"masks": out_dir / "masks.pt", "slim": out_dir / "pruned.pt2"}
+    torch.save({"masks": {k: v.detach().cpu().clone() for k, v in masks.items()},
+                "removed_blocks": list(removed_blocks)}, paths["masks"])
+    program = torch.export.export(slim.eval(), (torch.zeros(2, 3, *input_size),),
+                                  dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    torch.export.save(program, str(paths["slim"]))
+    return paths

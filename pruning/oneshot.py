@@ -18,9 +18,8 @@ from torch import nn
 
 from db.errors import LatlabError
 from latency_models.base import LatencyModel
-from profiler.plan import trace_network
 from pruning.cost import ProblemMap, Settings, build_problem, group_widths, solution_masks, spec_latency
-from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
+from pruning.export import export_checked, save_pruned
 from pruning.graph import NetworkSpec
 from pruning.importance import TaylorImportance, magnitude_importance
 from pruning.problem import SolveResult
@@ -97,15 +96,9 @@ def prune_once(
     widths = group_widths(spec, result, mapping)
     pruned_ms = spec_latency(latency_model, spec, settings, widths, removed)
     out = PruneResult(method, target, result, mapping, masks, removed, widths, mapping.dense_latency, pruned_ms)
-    trace = trace_network(model, spec.input_size)
     t0 = time.perf_counter()
-    out.slim = export_pruned(model, trace, masks, removed)
-    shape = verify_input or (2, 3, *spec.input_size)
-    out.max_logit_delta = verify_export(masked_reference(model, masks, removed), out.slim, shape)
-    dense_p, dense_macs = param_and_mac_counts(model, (1, 3, *spec.input_size))
-    slim_p, slim_macs = param_and_mac_counts(out.slim, (1, 3, *spec.input_size))
-    out.counts = {"params_dense": dense_p, "params_pruned": slim_p, "macs_dense": dense_macs,
-                  "macs_pruned": slim_macs, "export_s": round(time.perf_counter() - t0, 3)}
+    out.slim, out.max_logit_delta, counts = export_checked(model, spec.input_size, masks, removed, verify_input)
+    out.counts = {**counts, "export_s": round(time.perf_counter() - t0, 3)}
     return out
 
 
@@ -114,14 +107,9 @@ def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dic
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"masks": out_dir / "masks.pt", "slim": out_dir / "pruned.pt2", "result": out_dir / "result.json",
-             "report": out_dir / "report.md"}
-    torch.save({"masks": {k: v.clone() for k, v in res.masks.items()}, "removed_blocks": list(res.removed_blocks)},
-               paths["masks"])
     assert res.slim is not None
-    example = (torch.zeros(2, 3, *spec.input_size),)
-    program = torch.export.export(res.slim.eval(), example, dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-    torch.export.save(program, str(paths["slim"]))  # any batch size
+    paths = {**save_pruned(out_dir, res.slim, res.masks, res.removed_blocks, spec.input_size),
+             "result": out_dir / "result.json", "report": out_dir / "report.md"}
     body = {"config": config, "summary": res.summary(), "solver": res.result.as_dict(),
             "group_widths": res.widths, "dense_widths": spec.dense_widths()}
     paths["result"].write_text(json.dumps(body, indent=2, default=float))

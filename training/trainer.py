@@ -356,26 +356,16 @@ class _Run:
         summary: dict[str, Any] = {"final": self.history[-1] if self.history else {}, "best_top1": self.best_top1}
         p = self.pruner
         if p is not None:
-            from profiler.plan import trace_network
-            from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
+            from pruning.export import export_checked, save_pruned
 
-            size = tuple(p.spec.input_size)
             masks, removed = p.masks.conv_masks(), p.removed_blocks()
-            slim = export_pruned(plain, trace_network(plain, size), masks, removed)
-            delta = verify_export(masked_reference(plain, masks, removed), slim, (2, 3, *size))
-            paths["masks"], paths["slim"] = self.out / "masks.pt", self.out / "pruned.pt2"
-            torch.save({"masks": {k: v.cpu() for k, v in masks.items()}, "removed_blocks": removed}, paths["masks"])
-            program = torch.export.export(slim.eval(), (torch.zeros(2, 3, *size),),
-                                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-            torch.export.save(program, str(paths["slim"]))
-            dense_p, dense_macs = param_and_mac_counts(plain, (1, 3, *size))
-            slim_p, slim_macs = param_and_mac_counts(slim, (1, 3, *size))
+            slim, delta, counts = export_checked(plain, p.spec.input_size, masks, removed)
+            paths.update(save_pruned(self.out, slim, masks, removed, p.spec.input_size))
             summary.update({
                 "method": self.cfg.prune.method, "latency_model": self.latency_source,
                 "predicted_dense_ms": p.schedule.l0, "predicted_pruned_ms": p.predicted_latency(),
                 "final_target_ms": p.schedule.final_target, "removed_blocks": removed, "group_widths": p.widths(),
-                "max_logit_delta": delta, "params_dense": dense_p, "params_pruned": slim_p,
-                "macs_dense": dense_macs, "macs_pruned": slim_macs, "prune_steps": p.history,
+                "max_logit_delta": delta, **counts, "prune_steps": p.history,
             })
         paths["result"].write_text(json.dumps(summary, indent=2, default=float))
         return paths
