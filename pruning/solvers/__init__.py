@@ -1,8 +1,9 @@
 """Exact back-ends for :class:`pruning.problem.PruningProblem` (spec §5.3 rec, §12.2, §13.1 item 5).
 
 ``get_solver(name, **options).solve(problem) -> SolveResult``.  Names: ``dp`` (multiple-choice
-knapsack, linear problems without blocks), ``milp-highs``, ``milp-cbc`` (exact linearised MILP),
-``scip`` (bilinear MINLP), ``mindtpy`` (Pyomo MindtPy on the bilinear model, as the paper).
+knapsack, linear problems without blocks), ``lagrange`` (the default: Lagrangian dual by dynamic
+programming over the network graph + branch and bound, every variant), ``milp-highs``, ``milp-cbc``
+(exact linearised MILP), ``scip`` (bilinear MINLP), ``mindtpy`` (Pyomo MindtPy on the bilinear model, as the paper).
 Solver packages are imported lazily inside the back-ends.
 """
 
@@ -33,6 +34,10 @@ def _load(name: str) -> Callable[..., Solver]:
         from pruning.solvers.scip import ScipSolver
 
         return ScipSolver
+    if name == "lagrange":
+        from pruning.solvers.lagrange import LagrangeSolver
+
+        return LagrangeSolver
     if name == "mindtpy":
         from pruning.solvers.mindtpy import MindtPySolver
 
@@ -42,7 +47,7 @@ def _load(name: str) -> Callable[..., Solver]:
 
 def list_solvers() -> list[str]:
     """Names accepted by :func:`get_solver`."""
-    return ["dp", "milp-highs", "milp-cbc", "scip", "mindtpy"]
+    return ["dp", "lagrange", "milp-highs", "milp-cbc", "scip", "mindtpy"]
 
 
 def get_solver(name: str, **options) -> Solver:

@@ -113,3 +113,51 @@ def resnet_like(rng: np.random.Generator, *, pairwise: bool = True) -> PruningPr
     prob = PruningProblem(groups, 0.0, linear=[] if pairwise else lin, pairwise=terms if pairwise else [])
     lats = sorted(prob.latency(s) for s in prob.enumerate_solutions())
     return prob.with_budget(lats[0] + float(rng.random()) * (lats[-1] - lats[0]))
+
+
+def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool) -> PruningProblem:
+    """A random ResNet-like network too large for brute force: 2-3 stages of 1-3 bottleneck blocks.
+
+    Stage residual groups chain through downsample layers; each block reads and writes its stage's residual
+    group through two internal groups.  Some internal groups may be emptied alone (``min_keep = 0``), some
+    linear tables cost something at ``k = 0``, and a constant is added, to exercise every rule.
+    """
+
+    def size() -> int:
+        return int(rng.integers(2, 7))
+
+    def table(rows: int, cols: int | None) -> np.ndarray:
+        if cols is None:
+            at_zero = rng.random() * 0.2 * (rng.random() < 0.3)  # some layers cost something even when emptied
+            return np.concatenate([[at_zero], rng.random(rows) * np.arange(1, rows + 1)])
+        out = rng.random((rows + 1, cols + 1)) * np.outer(np.arange(rows + 1), np.arange(cols + 1)) ** 0.7
+        return out + np.outer(np.arange(rows + 1) > 0, np.arange(cols + 1) > 0) * 0.05 * np.sin(np.arange(cols + 1))
+
+    groups = [Group.from_importances(rng.lognormal(0, 1, size()), name="stem")]
+    lin: list[LinearTerm] = []
+    pw: list[PairwiseTerm] = []
+    block = 0
+    prev = 0
+    for st in range(int(rng.integers(2, 4))):
+        res = len(groups)
+        groups.append(Group.from_importances(rng.lognormal(0, 1, size()), name=f"res{st}"))
+        for gi, pi in ((res, prev),):
+            m, mp = groups[gi].size, groups[pi].size
+            (pw.append(PairwiseTerm(gi, pi, table(m, mp))) if pairwise else lin.append(LinearTerm(gi, table(m, None))))
+        for _ in range(int(rng.integers(1, 4))):
+            b = block if blocks else None
+            a, c = len(groups), len(groups) + 1
+            for _j in range(2):
+                mk = 0 if rng.random() < 0.15 else 1
+                groups.append(Group.from_importances(rng.lognormal(0, 1, size()), min_keep=mk, block=b))
+            for go, gi in ((a, res), (c, a), (res, c)):
+                m, mp = groups[go].size, groups[gi].size
+                if pairwise:
+                    pw.append(PairwiseTerm(go, gi, table(m, mp), block=b))
+                else:
+                    lin.append(LinearTerm(go, table(m, None), block=b))
+            block += 1
+        prev = res
+    prob = PruningProblem(groups, 0.0, linear=lin, pairwise=pw, constant=float(rng.random()), name="random_network")
+    dense = prob.latency(prob.dense_solution())
+    return prob.with_budget(dense * float(rng.uniform(0.15, 0.95)))

@@ -26,7 +26,7 @@ def _available(name: str) -> bool:
     return mod is None or importlib.util.find_spec(mod) is not None
 
 
-EXACT = [s for s in ("milp-highs", "milp-cbc", "scip") if _available(s)]
+EXACT = [s for s in ("lagrange", "milp-highs", "milp-cbc", "scip") if _available(s)]
 ALL = [s for s in list_solvers() if _available(s)]
 PROPS = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 TOL = 1e-6
@@ -266,3 +266,66 @@ def test_two_blocks_match_brute_force(seed: int, pairwise: bool, max_kept: int |
         assert res.status == "optimal", (name, res.message)
         assert not p.check(res.solution)
         assert res.objective == pytest.approx(best, abs=TOL), name
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), pairwise=st.booleans(), blocks=st.booleans())
+def test_lagrange_matches_highs_on_random_networks(seed: int, pairwise: bool, blocks: bool) -> None:
+    p = inst.random_network(np.random.default_rng(seed), pairwise=pairwise, blocks=blocks)
+    ref = get_solver("milp-highs", time_limit=60).solve(p)
+    res = get_solver("lagrange", time_limit=60).solve(p)
+    assert res.status == ref.status, (res.message, ref.message)
+    if ref.status == "optimal":
+        assert not p.check(res.solution)
+        assert res.objective == pytest.approx(ref.objective, rel=1e-7, abs=1e-9)
+        assert res.bound == pytest.approx(res.objective, rel=1e-7)
+
+
+def test_lagrange_time_limit_returns_checked_incumbent() -> None:
+    p = inst.random_network(np.random.default_rng(5), pairwise=True, blocks=True)
+    res = get_solver("lagrange", time_limit=0.0).solve(p)
+    assert res.status in ("feasible", "optimal"), res.message
+    assert not p.check(res.solution) and res.bound >= res.objective - 1e-9
+    if res.status == "feasible":
+        assert "time limit" in res.message
+
+
+def test_lagrange_resnet50_mdp_matches_highs() -> None:
+    path = Path(__file__).parents[2] / "benchmarks" / "solvers.py"
+    spec = importlib.util.spec_from_file_location("bench_solvers", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = bench.build("MDP")
+    dense = base.latency(base.dense_solution())
+    for target in (0.3, 0.6):
+        p = base.with_budget(target * dense)
+        res, ref = get_solver("lagrange").solve(p), get_solver("milp-highs").solve(p)
+        assert res.status == ref.status == "optimal", res.message
+        assert res.objective == pytest.approx(ref.objective, rel=1e-9)
+        assert res.removed_blocks == ref.removed_blocks
+
+
+@pytest.mark.skipif(not _available("milp-highs"), reason="highspy not installed")
+def test_lagrange_hands_over_to_highs_when_labels_explode() -> None:
+    for seed in range(50):  # the first random network whose dual bound does not close at once
+        p = inst.random_network(np.random.default_rng(seed), pairwise=True, blocks=True)
+        if "branch and bound" in get_solver("lagrange").solve(p).message:
+            break
+    res = get_solver("lagrange", handover_labels=1).solve(p)
+    ref = get_solver("milp-highs").solve(p)
+    assert res.status == ref.status == "optimal"
+    assert "solved by milp-highs" in res.message and "labels" in res.message
+    assert res.objective == pytest.approx(ref.objective, rel=1e-9)
+
+
+def test_lagrange_label_guard_reports_feasible_with_bound() -> None:
+    for seed in range(50):
+        p = inst.random_network(np.random.default_rng(seed), pairwise=True, blocks=True)
+        exact = get_solver("lagrange").solve(p)
+        if "branch and bound" in exact.message:
+            break
+    res = get_solver("lagrange", handover_labels=0, max_labels=1, beam=1).solve(p)
+    assert res.status in ("feasible", "optimal"), res.message
+    assert not p.check(res.solution) and res.objective <= exact.objective + 1e-9 <= res.bound + 2e-9
+    if res.status == "feasible":
+        assert "more than 1 labels" in res.message

@@ -20,19 +20,21 @@ def bench():  # type: ignore[no-untyped-def]
     return module
 
 
-def test_time_limit_gives_timeout_status(bench, figure) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("name", ["milp-highs", "lagrange"])
+def test_time_limit_gives_timeout_status(bench, figure, name: str) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("highspy")
     p = bench.build("MDP")
     p = p.with_budget(0.3 * p.latency(p.dense_solution()))
-    res = get_solver("milp-highs", time_limit=0.001).solve(p)
-    figure(f"ResNet-50 MDP MILP with a 1 ms time limit -> status {res.status!r} in {res.seconds:.2f}s: {res.message}")
+    res = get_solver(name, time_limit=0.001).solve(p)
+    figure(f"ResNet-50 MDP on {name} with a 1 ms time limit -> status {res.status!r} in {res.seconds:.2f}s: "
+           f"{res.message}")
     assert res.status in ("timeout", "feasible")
     assert res.seconds < 10 and "time limit" in res.message.lower()
     if res.solution is not None:  # an incumbent is reported only if it passes the re-check
         assert not p.check(res.solution)
 
 
-@pytest.mark.parametrize("name, kind", [("dp", "OCP+LLM"), ("milp-highs", "MDP")])
+@pytest.mark.parametrize("name, kind", [("dp", "OCP+LLM"), ("milp-highs", "MDP"), ("lagrange", "MDP")])
 def test_infeasible_budget_is_reported(bench, figure, name: str, kind: str) -> None:  # type: ignore[no-untyped-def]
     if name != "dp":
         pytest.importorskip("highspy")
