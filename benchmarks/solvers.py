@@ -1,10 +1,11 @@
 """How fast and how good is every pruning back-end on ResNet50- and ResNet101-sized instances?
 
-By default (``--source synthetic``) builds the ResNet50 structure of the spec (§2.2/§2.3: 37 groups, 246 items, 53 convs with their producer
-groups, 16 bottleneck blocks) with a synthetic roofline-like conv latency (FLOP term ∝ cin·cout·f²·k²,
-a memory term, a launch overhead and a deterministic ±8 % "kernel choice" ripple so the tables are
-non-monotone like real LUTs) and random item importances.  For OCP+LLM, MGP+LLM, OCP+MDLM and MDP at
-latency targets 0.1…0.9 of the dense latency it times every applicable back-end on one thread and writes
+By default (``--source synthetic``) builds the ResNet50 structure of the spec (§2.2/§2.3: 37 groups,
+246 items, 53 convs with their producer groups, 16 bottleneck blocks) with a synthetic roofline-like conv
+latency (FLOP term ∝ cin·cout·f²·k², a memory term, a launch overhead and a deterministic ±8 % "kernel
+choice" ripple so the tables are non-monotone like real LUTs) and random item importances.  For OCP+LLM,
+MGP+LLM, OCP+MDLM and MDP at latency targets 0.1…0.9 of the dense latency it times every applicable
+back-end on one thread and writes
 ``benchmarks/results/solvers.{md,json}``.  ``--source fake|legacy`` takes the latency tables from a
 model fitted on a LUT; ``--source resnet101|resnet50`` traces the torchvision network (auto group sizes)
 and times its convs with the fake backend.

@@ -83,14 +83,14 @@ class PruneResult:
 
 def prune_once(
     model: nn.Module, spec: NetworkSpec, latency_model: LatencyModel, importances: dict[str, np.ndarray], *,
-    method: str, target: float, settings: Settings, solver: str = "milp-highs", time_limit: float = 60.0,
+    method: str, target: float, settings: Settings, solver: str = "lagrange", time_limit: float = 60.0,
     verify_input: tuple[int, ...] | None = None,
 ) -> PruneResult:
     """Solve the pruning problem and export the slim network (verified against the masked one)."""
     problem, mapping = build_problem(spec, latency_model, importances, method=method, target=target,
                                      settings=settings)
     if solver == "dp" and (problem.has_blocks or not problem.is_linear):
-        raise LatlabError(f"the dp solver handles halp (OCP+LLM) only; use milp-highs for {method}")
+        raise LatlabError(f"the dp solver handles halp (OCP+LLM) only; use lagrange or milp-highs for {method}")
     result = get_solver(solver, time_limit=time_limit).solve(problem)
     masks, removed = solution_masks(spec, result, mapping)
     widths = group_widths(spec, result, mapping)

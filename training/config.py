@@ -79,7 +79,7 @@ class PruneConfig:
     kind: str | None = None  # default: llm for halp/mgp, mdlm for mdlm/mdp
     group_sizes: str | int = "auto"  # auto | reference | N channels per item
     input_size: int | None = None  # resolution latency is predicted at (default data.input_size; e.g. deploy at 224)
-    solver: str = "milp-highs"
+    solver: str = "lagrange"
     time_limit: float = 60.0
 
 
@@ -243,7 +243,7 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
 
         _choice(cfg.prune.solver, tuple(list_solvers()), "prune.solver", source)
         if cfg.prune.solver == "dp" and cfg.prune.method != "halp":
-            _fail(f"prune.solver dp handles halp (OCP+LLM) only; use milp-highs for {cfg.prune.method}", source)
+            _fail(f"prune.solver dp handles halp (OCP+LLM) only; use lagrange for {cfg.prune.method}", source)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:

@@ -75,7 +75,7 @@ class TrainingPruner:
 
     def __init__(
         self, model: nn.Module, spec: NetworkSpec, *, method: str, schedule: LatencySchedule,
-        latency_model: LatencyModel | None, settings: Settings, solver: str = "milp-highs", time_limit: float = 60.0,
+        latency_model: LatencyModel | None, settings: Settings, solver: str = "lagrange", time_limit: float = 60.0,
     ) -> None:
         """Registers the masks (and block gates for mgp/mdp) on ``model`` now; build the optimizer afterwards.
 

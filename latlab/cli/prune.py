@@ -52,7 +52,7 @@ def prune(
     data: Annotated[Path | None, typer.Option(help="ImageFolder for Taylor importance (else BN magnitude).")] = None,
     batches: Annotated[int, typer.Option(help="Batches of --data for importance.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Images per importance batch.")] = 16,
-    solver: Annotated[str, typer.Option(help=" | ".join(list_solvers()))] = "milp-highs",
+    solver: Annotated[str, typer.Option(help=" | ".join(list_solvers()))] = "lagrange",
     time_limit: Annotated[float, typer.Option(help="Solver time limit (s).")] = 60.0,
     db: DbOption = None,
 ) -> None:

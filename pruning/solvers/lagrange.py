@@ -218,10 +218,10 @@ class Plan:
 
 
 class Elimination:
-    """Max-sum variable elimination of per-step tables (``wV·V − wT·T``, rules as −∞) on a fixed plan.
+    """Max-sum variable elimination of per-step tables (``V − λT`` or ``−T``; broken rules −∞) on a fixed plan.
 
     ``psi[i]`` is step ``i``'s table over its scope, ``msg[i] = psi[i].max(axis=0)``; ``total`` is the
-    maximum over all assignments, the network constant (weighted by ``wT``) included.
+    maximum over all assignments, the network constant (times the latency weight ``wT``) included.
     """
 
     def __init__(self, p: Plan, tables: list[np.ndarray], wT: float) -> None:
@@ -295,7 +295,7 @@ class LagrangeSolver(Solver):
         from pruning.solvers.milp import HighsSolver
 
         res = HighsSolver(**(vars(self.options) | {"time_limit": time_limit}))._solve(problem)
-        res.message = f"{reason}: solved by milp-highs. {res.message}"
+        res.backend, res.message = self.name, f"{reason}: solved by milp-highs. {res.message}"
         return res
 
 
