@@ -253,16 +253,17 @@ LAMBDA_GRID = np.array([1.0, 0.5, 0.8, 0.95, 1.05, 1.25, 2.0])  # multipliers (�
 class LagrangeSolver(Solver):
     """``lagrange``: exact Lagrangian dual + branch and bound over the network graph (module docstring).
 
-    Extra options: ``beam`` (labels kept per level by the incumbent heuristic); ``handover_labels`` (when a
-    level of the exact search holds more labels — a duality gap the bounds cannot close quickly — and
-    ``highspy`` is installed, ``milp-highs`` finishes the solve in the time left; 0 never hands over);
-    ``max_labels`` (memory guard: above it the incumbent is returned as "feasible" with the bound);
-    ``max_table`` (largest elimination table; a graph that needs more goes to ``milp-highs`` at once).
-    Needs only numpy.
+    Extra options: ``beam`` (labels kept per level by the incumbent heuristic); ``handover_labels`` (when
+    the exact search has created more labels, or an eighth of them on one level — a duality gap the bounds
+    cannot close quickly, e.g. from whole-block decisions — and ``highspy`` is installed, ``milp-highs``
+    finishes the solve in the time left; a label count rather than a time keeps the result deterministic;
+    0 never hands over); ``max_labels`` (memory guard per level: above it the incumbent is returned as
+    "feasible" with the bound); ``max_table`` (largest elimination table; a graph that needs more goes to
+    ``milp-highs`` at once).  Needs only numpy.
     """
 
     name = "lagrange"
-    extra_options = {"beam": 256, "handover_labels": 50_000, "max_labels": 2_000_000, "max_table": 20_000_000}
+    extra_options = {"beam": 256, "handover_labels": 400_000, "max_labels": 2_000_000, "max_table": 20_000_000}
 
     def _solve(self, problem: PruningProblem) -> SolveResult:
         deadline = time.perf_counter() + float(self.options.time_limit)
@@ -275,18 +276,17 @@ class LagrangeSolver(Solver):
             reason = f"the graph needs an elimination table of {largest} entries"
             return self._highs(problem, reason, float(self.options.time_limit))
         handover = int(self.extra["handover_labels"]) if importlib.util.find_spec("highspy") else 0
-        cap = min(handover, int(self.extra["max_labels"])) if handover > 0 else int(self.extra["max_labels"])
         search = _Search(problem, Plan(graph, steps), deadline, float(self.options.mip_gap))
-        res = search.run(self.name, int(self.extra["beam"]), cap)
+        res = search.run(self.name, int(self.extra["beam"]), handover, int(self.extra["max_labels"]))
         left = deadline - time.perf_counter()
-        if not (search.stopped_by_labels and 0 < handover <= cap and left > 0):
+        if search.stopped != "handover" or left <= 0:
             return res
-        highs = self._highs(problem, f"{res.message}; more than {cap} labels on one level", left)
-        if highs.status == "optimal" or (highs.solution is not None and problem.value(highs.solution) > res.objective):
-            if highs.status != "optimal" and res.bound is not None:
-                highs.bound = min(res.bound, highs.bound) if highs.bound is not None else res.bound
+        highs = self._highs(problem, res.message, left)
+        if highs.status == "optimal":
             return highs
-        res.message += f"; milp-highs in the time left: {highs.message}"
+        if highs.solution is not None and problem.value(highs.solution) > problem.value(res.solution):
+            res.solution = highs.solution
+        res.message = highs.message
         if highs.bound is not None:
             res.bound = min(res.bound, highs.bound)
         return res
@@ -308,7 +308,7 @@ class _Search:
         self.budget = float(problem.budget)
         self.tol = problem.tolerance()
         self.nodes = 0
-        self.stopped_by_labels = False
+        self.stopped = ""  # why the exact search ended early: "time", "handover" or "memory"
 
     def solution(self, x: np.ndarray) -> Solution:
         graph = self.plan.graph
@@ -325,7 +325,7 @@ class _Search:
     def closes(self, bound: float, value: float) -> bool:
         return bound - value <= self.mip_gap * abs(bound) + 1e-9 * max(1.0, abs(bound))
 
-    def run(self, backend: str, beam: int, max_labels: int) -> SolveResult:
+    def run(self, backend: str, beam: int, handover: int, max_labels: int) -> SolveResult:
         """Dual, then beam and exact search; "feasible" with the bound when stopped by time or labels."""
         p = self.problem
         xa, va, ta, e = self.point(0.0)
@@ -359,13 +359,14 @@ class _Search:
         lams = best_lam * LAMBDA_GRID
         elims = [best_e] + [self.plan.lagrangian(float(lam)) for lam in lams[1:]]
         best, best_x, _ = self.branch_and_bound(elims, lams, emin, vb, xb, beam=beam)
-        self.max_labels = max_labels
+        self.handover, self.max_labels = handover, max_labels
         best, best_x, done = self.branch_and_bound(elims, lams, emin, best, best_x)
         msg += f"; branch and bound: {self.nodes} labels"
         if done:
             return SolveResult("optimal", backend, self.solution(best_x), bound=best, message=msg)
-        why = "time limit" if time.perf_counter() > self.deadline else f"more than {max_labels} labels"
-        return SolveResult("feasible", backend, self.solution(best_x), bound=ub, message=f"{msg} ({why})")
+        why = {"time": "time limit", "memory": f"more than {max_labels} labels on one level",
+               "handover": f"more than {handover} labels in the exact search or {handover // 8} on one level"}
+        return SolveResult("feasible", backend, self.solution(best_x), bound=ub, message=f"{msg} ({why[self.stopped]})")
 
     def branch_and_bound(
         self, elims: list[Elimination], lams: np.ndarray, emin: Elimination, best: float, best_x: np.ndarray,
@@ -401,8 +402,10 @@ class _Search:
         cut = best + self.mip_gap * abs(best) + 1e-9 * max(1.0, abs(best))
         assigned: list[int] = []
         prev_live: list[int] = []
+        created = 0
         for depth, i in enumerate(order):
             if time.perf_counter() > self.deadline:
+                self.stopped = "time"
                 return best, best_x, False
             s = p.steps[i]
             rest = list(s.scope[1:])
@@ -419,13 +422,17 @@ class _Search:
             X[:, s.var] = state
             assigned.append(s.var)
             self.nodes += len(X)
+            created += len(X)
             live = sorted(set(assigned) & reads_later[depth])
             if len(X) > 1 and len(live) < len(prev_live) + 1:  # a variable left: labels may now compete
                 sel = _pareto(X, F[:, 0] - lams[0] * negt, -negt, live, sizes)
                 X, F, negt, bound = X[sel], F[sel], negt[sel], bound[sel]
             prev_live = live
             if beam is None and len(X) > self.max_labels:
-                self.stopped_by_labels = True
+                self.stopped = "memory"
+                return best, best_x, False
+            if beam is None and self.handover > 0 and (created > self.handover or len(X) > self.handover // 8):
+                self.stopped = "handover"
                 return best, best_x, False
             if beam is not None and len(X) > beam:
                 top = np.argpartition(-bound, beam)[:beam]
