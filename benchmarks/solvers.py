@@ -136,7 +136,6 @@ def build_from_lut(variant: str, source: str, seed: int = 0) -> PruningProblem:
 
     from benchmarks.latency_models import fake_lut, legacy_lut
     from latency_models.base import get_model
-    from pruning.cost import Settings, build_problem
     from pruning.graph import build_network_spec
 
     if source not in _LUTS:
@@ -147,12 +146,17 @@ def build_from_lut(variant: str, source: str, seed: int = 0) -> PruningProblem:
                 X, y = legacy_lut(Path(tmp))
         _LUTS[source] = (X, y)
     X, y = _LUTS[source]
-    method, kind = _METHOD[variant]
     spec = build_network_spec("resnet50", 224, group_sizes="reference")
+    return _spec_problem(spec, get_model(_METHOD[variant][1]).fit(X, y), variant, seed)
+
+
+def _spec_problem(spec, model, variant: str, seed: int) -> PruningProblem:
+    """``variant``'s problem on a traced network with seeded log-normal importances, batch 256."""
+    from pruning.cost import Settings, build_problem
+
     rng = np.random.default_rng(seed)
     imp = {gid: rng.lognormal(0.0, 1.0, g.width) for gid, g in spec.groups.items()}
-    problem, _ = build_problem(spec, get_model(kind).fit(X, y), imp, method=method, target=1.0,
-                               settings=Settings(256))
+    problem, _ = build_problem(spec, model, imp, method=_METHOD[variant][0], target=1.0, settings=Settings(256))
     return problem
 
 
@@ -176,14 +180,9 @@ class FakeLatency:
 
 def build_from_graph(variant: str, arch: str, seed: int = 0) -> PruningProblem:
     """``arch`` traced by ``pruning.graph`` (auto group sizes), conv latencies from the fake backend, batch 256."""
-    from pruning.cost import Settings, build_problem
     from pruning.graph import build_network_spec
 
-    spec = build_network_spec(arch, 224)
-    rng = np.random.default_rng(seed)
-    imp = {gid: rng.lognormal(0.0, 1.0, g.width) for gid, g in spec.groups.items()}
-    problem, _ = build_problem(spec, FakeLatency(), imp, method=_METHOD[variant][0], target=1.0, settings=Settings(256))
-    return problem
+    return _spec_problem(build_network_spec(arch, 224), FakeLatency(), variant, seed)
 
 
 def build_source(variant: str, source: str) -> PruningProblem:
@@ -324,10 +323,9 @@ _SOURCES = {
             "reference LUT (batch 256, 2% noise).",
     "legacy": "Latency tables from `pruning.cost.build_problem`: LLM / MDLM fitted on a TITAN V-style MDP pickle "
               "(synthetic, 3% noise) read through the legacy importer.",
-    "resnet101": "torchvision ResNet-101 traced by `pruning.graph` with the auto group sizes (more channel states "
-                 "than the HALP/MDP reference sizes); conv latency tables from the fake backend (batch 256, no noise).",
-    "resnet50": "torchvision ResNet-50 traced by `pruning.graph` with the auto group sizes (more channel states "
-                "than the HALP/MDP reference sizes); conv latency tables from the fake backend (batch 256, no noise).",
+    **{arch: f"torchvision {name} traced by `pruning.graph` with the auto group sizes (more channel states than "
+              "the HALP/MDP reference sizes); conv latency tables from the fake backend (batch 256, no noise)."
+       for arch, name in (("resnet101", "ResNet-101"), ("resnet50", "ResNet-50"))},
 }
 
 

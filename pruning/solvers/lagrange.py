@@ -359,8 +359,8 @@ class _Search:
         lams = best_lam * LAMBDA_GRID
         elims = [best_e] + [self.plan.lagrangian(float(lam)) for lam in lams[1:]]
         best, best_x, _ = self.branch_and_bound(elims, lams, emin, vb, xb, beam=beam)
-        self.handover, self.max_labels = handover, max_labels
-        best, best_x, done = self.branch_and_bound(elims, lams, emin, best, best_x)
+        best, best_x, done = self.branch_and_bound(elims, lams, emin, best, best_x, handover=handover,
+                                                   max_labels=max_labels)
         msg += f"; branch and bound: {self.nodes} labels"
         if done:
             return SolveResult("optimal", backend, self.solution(best_x), bound=best, message=msg)
@@ -370,7 +370,7 @@ class _Search:
 
     def branch_and_bound(
         self, elims: list[Elimination], lams: np.ndarray, emin: Elimination, best: float, best_x: np.ndarray,
-        beam: int | None = None,
+        beam: int | None = None, handover: int = 0, max_labels: int | None = None,
     ) -> tuple[float, np.ndarray, bool]:
         """Breadth-first labelling in reverse elimination order with exact completion bounds and dominance.
 
@@ -384,7 +384,9 @@ class _Search:
         dynamic programming for knapsacks).  Returns the incumbent and whether the search finished.
 
         With ``beam`` only that many labels with the best bounds survive each level: a fast heuristic for a
-        good incumbent (the search is then not exhaustive).
+        good incumbent (the search is then not exhaustive).  Otherwise the search stops ("memory") above
+        ``max_labels`` labels on a level, and ("handover") above ``handover`` labels created in all or an
+        eighth of that on one level (``handover = 0``: never).
         """
         p = self.plan
         sizes = np.array(p.graph.sizes)
@@ -428,10 +430,10 @@ class _Search:
                 sel = _pareto(X, F[:, 0] - lams[0] * negt, -negt, live, sizes)
                 X, F, negt, bound = X[sel], F[sel], negt[sel], bound[sel]
             prev_live = live
-            if beam is None and len(X) > self.max_labels:
+            if max_labels is not None and len(X) > max_labels:
                 self.stopped = "memory"
                 return best, best_x, False
-            if beam is None and self.handover > 0 and (created > self.handover or len(X) > self.handover // 8):
+            if handover > 0 and (created > handover or len(X) > handover // 8):
                 self.stopped = "handover"
                 return best, best_x, False
             if beam is not None and len(X) > beam:

@@ -228,12 +228,27 @@ def test_result_as_dict() -> None:
     assert d["status"] == "optimal" and d["kept"] == list(kept) and d["backend"] == "milp-highs"
 
 
-def test_resnet50_dp_matches_highs_and_time_limit_is_honoured() -> None:
+def _bench():  # type: ignore[no-untyped-def]
+    """benchmarks/solvers.py as a module (the ResNet-50 instance builders)."""
     path = Path(__file__).parents[2] / "benchmarks" / "solvers.py"
     spec = importlib.util.spec_from_file_location("bench_solvers", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    build = bench.build
+    return bench
+
+
+def _network_needing_search():  # type: ignore[no-untyped-def]
+    """The first random network whose dual bound does not close at once, and lagrange's result on it."""
+    for seed in range(50):
+        p = inst.random_network(np.random.default_rng(seed), pairwise=True, blocks=True)
+        res = get_solver("lagrange").solve(p)
+        if "branch and bound" in res.message:
+            return p, res
+    raise AssertionError("no random network needed the branch and bound")
+
+
+def test_resnet50_dp_matches_highs_and_time_limit_is_honoured() -> None:
+    build = _bench().build
     p = build("OCP+LLM")
     p = p.with_budget(0.5 * p.latency(p.dense_solution()))
     dp, milp = get_solver("dp").solve(p), get_solver("milp-highs").solve(p)
@@ -291,11 +306,7 @@ def test_lagrange_time_limit_returns_checked_incumbent() -> None:
 
 
 def test_lagrange_resnet50_mdp_matches_highs() -> None:
-    path = Path(__file__).parents[2] / "benchmarks" / "solvers.py"
-    spec = importlib.util.spec_from_file_location("bench_solvers", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    base = bench.build("MDP")
+    base = _bench().build("MDP")
     dense = base.latency(base.dense_solution())
     for target in (0.3, 0.6):
         p = base.with_budget(target * dense)
@@ -307,10 +318,7 @@ def test_lagrange_resnet50_mdp_matches_highs() -> None:
 
 @pytest.mark.skipif(not _available("milp-highs"), reason="highspy not installed")
 def test_lagrange_hands_over_to_highs_when_labels_explode() -> None:
-    for seed in range(50):  # the first random network whose dual bound does not close at once
-        p = inst.random_network(np.random.default_rng(seed), pairwise=True, blocks=True)
-        if "branch and bound" in get_solver("lagrange").solve(p).message:
-            break
+    p, _ = _network_needing_search()
     res = get_solver("lagrange", handover_labels=1).solve(p)
     ref = get_solver("milp-highs").solve(p)
     assert res.status == ref.status == "optimal"
@@ -319,11 +327,7 @@ def test_lagrange_hands_over_to_highs_when_labels_explode() -> None:
 
 
 def test_lagrange_label_guard_reports_feasible_with_bound() -> None:
-    for seed in range(50):
-        p = inst.random_network(np.random.default_rng(seed), pairwise=True, blocks=True)
-        exact = get_solver("lagrange").solve(p)
-        if "branch and bound" in exact.message:
-            break
+    p, exact = _network_needing_search()
     res = get_solver("lagrange", handover_labels=0, max_labels=1, beam=1).solve(p)
     assert res.status in ("feasible", "optimal"), res.message
     assert not p.check(res.solution) and res.objective <= exact.objective + 1e-9 <= res.bound + 2e-9
