@@ -214,8 +214,9 @@ def whole_network_eval(
     dtype: str = "fp32",
     layout: str = "nchw",
     op: str = "conv",
-    measure: Callable[[Widths], float] | None = None,
+    measure: Callable[[Sequence[Widths]], list[float]] | None = None,
     truth: Callable[[Widths], float] | None = None,
+    other: Callable[[Widths], float] | None = None,
     group_sizes: Mapping[str, int] | None = None,
     min_keep: float = 0.3,
     multiple: int = 8,
@@ -224,11 +225,14 @@ def whole_network_eval(
     """Predicted vs reference latency of the dense network and ``n_configs`` random consistent prunings.
 
     ``models`` are fitted. ``truth(widths)`` is the exact lattice sum (e.g. :func:`network.lattice_sum`
-    of measured / true per-conv latencies); ``measure(widths)`` a measured whole-model latency (e.g.
-    :func:`measure_pruned`). ``freeze_cin`` optionally overrides the per-model input freezing (default:
-    frozen for kind ``"llm"``, HALP's assumption). One row per (configuration, model): ``config``
-    (0 = dense), ``dense``, ``macs_ratio``, ``predicted_ms``, ``lattice_ms``, ``measured_ms`` and the
-    signed % errors ``err_vs_lattice_pct`` / ``err_vs_measured_pct``; ``error`` names a failed prediction.
+    of measured / true per-conv latencies); ``measure(configs)`` the measured whole-model latency of every
+    width assignment (e.g. :func:`measure_pruned`, which times them in interleaved rounds);
+    ``other(widths)`` the time of the network's non-conv ops (e.g.
+    :meth:`profiler.other_ops.OtherOps.latency`). ``freeze_cin`` optionally overrides the per-model input
+    freezing (default: frozen for kind ``"llm"``, HALP's assumption). One row per (configuration, model):
+    ``config`` (0 = dense), ``dense``, ``macs_ratio``, ``predicted_ms``, ``lattice_ms``, ``measured_ms``,
+    ``other_ms`` and the signed % errors ``err_vs_lattice_pct``, ``err_vs_measured_pct`` and
+    ``err_vs_measured_whole_pct`` (convs + other ops vs measured); ``error`` names a failed prediction.
     """
     from profiler.widths import dense_widths, random_pruned_widths
 
@@ -241,9 +245,10 @@ def whole_network_eval(
     dense_macs = _macs(trace, configs[0])
     freeze = dict(freeze_cin or {})
     rows: list[dict[str, Any]] = []
-    for i, widths in enumerate(configs):
+    all_measured = [float(m) for m in measure(configs)] if measure is not None else [float("nan")] * len(configs)
+    for i, (widths, measured) in enumerate(zip(configs, all_measured, strict=True)):
         lattice = _lattice_or_nan(truth, widths)
-        measured = float(measure(widths)) if measure is not None else float("nan")
+        other_ms = float(other(widths)) if other is not None else float("nan")
         for name, model in models.items():
             error = ""
             try:
@@ -256,6 +261,9 @@ def whole_network_eval(
                 "model": name, "predicted_ms": pred, "lattice_ms": lattice, "measured_ms": measured,
                 "err_vs_lattice_pct": 100.0 * (pred - lattice) / lattice if lattice else float("nan"),
                 "err_vs_measured_pct": 100.0 * (pred - measured) / measured if measured else float("nan"),
+                "other_ms": other_ms,
+                "err_vs_measured_whole_pct": 100.0 * (pred + other_ms - measured) / measured if measured
+                else float("nan"),
                 "error": error,
             })
     return pd.DataFrame(rows)
@@ -276,7 +284,7 @@ def summarise_whole_network(whole: pd.DataFrame) -> pd.DataFrame:
     out = []
     for name, part in whole.groupby("model", sort=False):
         row: dict[str, Any] = {"model": name, "n_pruned": int((~part["dense"]).sum())}
-        for ref in ("lattice", "measured"):
+        for ref in ("lattice", "measured", "measured_whole"):
             col = f"err_vs_{ref}_pct"
             if col not in part or part[col].isna().all():
                 continue
@@ -293,16 +301,21 @@ def summarise_whole_network(whole: pd.DataFrame) -> pd.DataFrame:
 
 def measure_pruned(
     backend: Backend, module: nn.Module, trace: TraceResult, *, batch: int, dtype: str = "fp32",
-    layout: str = "nchw",
-) -> Callable[[Widths], float]:
-    """A ``measure`` for :func:`whole_network_eval`: rebuild ``module`` at the widths, time it on ``backend``."""
+    layout: str = "nchw", rounds: int = 1,
+) -> Callable[[Sequence[Widths]], list[float]]:
+    """A ``measure`` for :func:`whole_network_eval`: rebuild ``module`` at each width assignment and time the
+    networks on ``backend`` in ``rounds`` interleaved rounds (:func:`profiler.measure.measure_models_interleaved`;
+    a network that fails to run gives NaN)."""
+    from profiler.measure import measure_models_interleaved
     from profiler.widths import rebuild_with_widths
 
     shape = (int(batch), 3, *trace.input_size)
 
-    def measure(widths: Widths) -> float:
-        net = rebuild_with_widths(module, trace, widths)
-        return float(backend.measure_model(net, shape, dtype=dtype, layout=layout).median_ms)
+    def measure(configs: Sequence[Widths]) -> list[float]:
+        nets = {str(i): rebuild_with_widths(module, trace, widths) for i, widths in enumerate(configs)}
+        timed = measure_models_interleaved(None, backend, nets, name="pruned", rounds=rounds, input_shape=shape,
+                                           dtype=dtype, layout=layout)
+        return [float("nan") if timed[k].median_ms is None else float(timed[k].median_ms) for k in nets]
 
     return measure
 

@@ -1,4 +1,4 @@
-"""Private: channel grids for sweep plans (full, explicit, random, Latin hypercube, ResNet50 reference).
+"""Private: channel grids for sweep plans (full, solver lattice, explicit, random, Latin hypercube, ResNet50 reference).
 
 Every function returns the set of (cin, cout) points to measure for one family. Used by
 :mod:`profiler.plan`; import from there.
@@ -38,6 +38,30 @@ def layer_full_grid(layer: ConvLayer, step: int) -> set[Point]:
         return {(c, c) for c in axis(layer.cout, step)}
     couts = axis(layer.cout, step, fam.groups)
     cins = [layer.cin] if layer.fixed_cin else axis(layer.cin, step, fam.groups)
+    return {(ci, co) for ci in cins for co in couts}
+
+
+def auto_group_size(width: int) -> int:
+    """Hardware-friendly channel group size q: 8 for width <= 64, 16 for <= 256, else 32 (a divisor of ``width``).
+
+    The pruner's default (``group_sizes="auto"``) keeps channels in multiples of q; the ``lattice`` grid
+    measures exactly those widths.
+    """
+    target = 8 if width <= 64 else 16 if width <= 256 else 32
+    return math.gcd(width, target)
+
+
+def layer_lattice_grid(layer: ConvLayer) -> set[Point]:
+    """The pruner's lattice of one conv with auto group sizes: cout in steps of q(cout), cin in steps of q(cin).
+
+    A conv's cin is its producer group's width, so its steps are the producer's q. Depthwise convs get the
+    diagonal; grouped convs multiples of lcm(q, groups); a conv fed by the network input keeps its cin.
+    """
+    fam = layer.family
+    if fam.depthwise:
+        return {(c, c) for c in axis(layer.cout, auto_group_size(layer.cout))}
+    couts = axis(layer.cout, auto_group_size(layer.cout), fam.groups)
+    cins = [layer.cin] if layer.fixed_cin else axis(layer.cin, auto_group_size(layer.cin), fam.groups)
     return {(ci, co) for ci in cins for co in couts}
 
 

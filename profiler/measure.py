@@ -8,6 +8,8 @@ archive (``torch.jit.save``) or an exported program (``torch.export.save``, ``.p
 from __future__ import annotations
 
 import logging
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from db.engine import Database
 from db.errors import LatlabError
 from db.lut import get_or_create_hardware, record_model_measurement
 from profiler.backends._modules import eval_mode
-from profiler.backends.base import Backend, MeasurementFailed
+from profiler.backends.base import Backend, MeasurementFailed, TimingResult
 from profiler.plan import resolve_model
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class ModelLatency:
     message: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     row_id: int | None = None
+    round_ms: list[float] = field(default_factory=list)  # median of each interleaved round
 
     @property
     def images_per_s(self) -> float | None:
@@ -161,34 +164,84 @@ def measure_model(
     ``extra_details`` (e.g. the latencies latency models predicted for this network) are stored beside
     the parameter and MAC counts in the row's ``details``.
     """
+    return measure_models_interleaved(
+        db, backend, {variant: model}, name=name, rounds=1, input_shape=input_shape, dtype=dtype, layout=layout,
+        hardware_name=hardware_name, extra_details={variant: extra_details or {}})[variant]
+
+
+def measure_models_interleaved(
+    db: Database | None, backend: Backend, models: Mapping[str, nn.Module], *, name: str, rounds: int = 8,
+    input_shape: tuple[int, ...] = (1, 3, 224, 224), dtype: str = "fp32", layout: str = "nchw",
+    hardware_name: str | None = None, extra_details: Mapping[str, dict[str, Any]] | None = None,
+) -> dict[str, ModelLatency]:
+    """Time several variants of a network in turns and store one row per variant (keys of ``models``).
+
+    Each round times every variant once under the backend's protocol (order A B C, then C B A, ...), so
+    slow drift of the host (other tenants, clocks, heat) hits every variant alike instead of whichever
+    was timed during a slow minute. Use :func:`paired_speedup` for speed-ups: it compares the variants
+    round by round. A variant that fails (e.g. out of memory) is recorded as failed and skipped after.
+    """
     if len(input_shape) != 4 or min(input_shape) < 1:
         raise LatlabError(f"input shape must be (batch, channels, height, width), got {input_shape}")
-    details = {**count_params_and_macs(model, input_shape), **(extra_details or {})}
-    result = ModelLatency(name, variant, backend.name, "", tuple(input_shape), dtype, layout, "ok",
-                          details=details)
-    telemetry: dict[str, Any] = {}
-    try:
-        timing = backend.measure_model(model, tuple(input_shape), dtype=dtype, layout=layout)
-    except MeasurementFailed as exc:
-        result.status, result.message = exc.status, str(exc)
-    else:
-        result.median_ms, result.iqr_ms, result.mean_ms, result.n = (
-            timing.median_ms, timing.iqr_ms, timing.mean_ms, timing.n)
-        telemetry = dict(timing.telemetry)
+    if rounds < 1:
+        raise LatlabError(f"rounds must be >= 1, got {rounds}")
+    if not models:
+        raise LatlabError("no models to measure")
+    details = {v: {**count_params_and_macs(m, input_shape), **dict((extra_details or {}).get(v, {}))}
+               for v, m in models.items()}
+    samples: dict[str, list[list[float]]] = {v: [] for v in models}
+    failed: dict[str, MeasurementFailed] = {}
+    telemetry: dict[str, dict[str, Any]] = {v: {} for v in models}
+    order = list(models)
+    for r in range(rounds):
+        for variant in order if r % 2 == 0 else order[::-1]:
+            if variant in failed:
+                continue
+            try:
+                timing = backend.measure_model(models[variant], tuple(input_shape), dtype=dtype, layout=layout)
+            except MeasurementFailed as exc:
+                failed[variant] = exc
+                continue
+            samples[variant].append(timing.samples_ms)
+            telemetry[variant] = dict(timing.telemetry)
     info = backend.hardware()
     if hardware_name:
         info["name"] = hardware_name
-    result.hardware = info["name"]
-    if db is not None:
-        with db.session() as session:
-            hw = get_or_create_hardware(session, info)
-            row = record_model_measurement(
-                session, hw, model_name=name, variant=variant, backend=backend.name,
-                input_h=input_shape[2], input_w=input_shape[3], batch=input_shape[0], dtype=dtype,
-                layout=layout, protocol={**backend.protocol.to_dict(), "timer": backend.timer},
-                median_ms=result.median_ms, iqr_ms=result.iqr_ms, mean_ms=result.mean_ms,
-                min_ms=None if result.status != "ok" else timing.min_ms, n=result.n, status=result.status,
-                message=result.message, details=details, telemetry=telemetry,
-            )
-            result.row_id = row.id
-    return result
+    protocol = {**backend.protocol.to_dict(), "timer": backend.timer}
+    if rounds > 1:
+        protocol["interleaved"] = {"rounds": rounds, "variants": order}
+    out: dict[str, ModelLatency] = {}
+    for variant in order:
+        result = ModelLatency(name, variant, backend.name, info["name"], tuple(input_shape), dtype, layout, "ok",
+                              details=details[variant])
+        timing = TimingResult([x for chunk in samples[variant] for x in chunk]) if samples[variant] else None
+        if variant in failed:
+            result.status, result.message = failed[variant].status, str(failed[variant])
+        if timing is not None:
+            result.median_ms, result.iqr_ms, result.mean_ms, result.n = (
+                timing.median_ms, timing.iqr_ms, timing.mean_ms, timing.n)
+            result.round_ms = [statistics.median(chunk) for chunk in samples[variant]]
+            if rounds > 1:
+                result.details["round_median_ms"] = [round(x, 4) for x in result.round_ms]
+        if db is not None:
+            with db.session() as session:
+                hw = get_or_create_hardware(session, info)
+                row = record_model_measurement(
+                    session, hw, model_name=name, variant=variant, backend=backend.name,
+                    input_h=input_shape[2], input_w=input_shape[3], batch=input_shape[0], dtype=dtype,
+                    layout=layout, protocol=protocol, median_ms=result.median_ms, iqr_ms=result.iqr_ms,
+                    mean_ms=result.mean_ms, min_ms=timing.min_ms if timing is not None else None, n=result.n,
+                    status=result.status, message=result.message, details=result.details,
+                    telemetry=telemetry[variant],
+                )
+                result.row_id = row.id
+        out[variant] = result
+    return out
+
+
+def paired_speedup(reference: ModelLatency, other: ModelLatency) -> float | None:
+    """Speed-up of ``other`` over ``reference`` timed by :func:`measure_models_interleaved` in the same rounds:
+    the median over rounds of (reference's round median / other's round median). None if either failed."""
+    if not reference.round_ms or len(reference.round_ms) != len(other.round_ms):
+        return None
+    return float(statistics.median(a / b for a, b in zip(reference.round_ms, other.round_ms, strict=True)))

@@ -6,7 +6,8 @@
 3. :func:`parse_grid` reads a grid spec (CLI syntax) into a :class:`GridSpec`.
 4. :func:`build_plan` expands the grid per shape family into a deduplicated :class:`SweepPlan`.
 
-Grid kinds: ``full[:STEP]`` (channel multiples of STEP up to each layer's dense widths),
+Grid kinds: ``full[:STEP]`` (channel multiples of STEP up to each layer's dense widths), ``lattice``
+(the pruner's channel-group lattice with auto group sizes: what ``latlab prune`` will ask for),
 ``reference`` (the HALP/MDP channel-group lattice of ResNet50, halp_mdp_spec.md §2-3),
 ``explicit:cin=A:B:S,cout=A:B:S``, ``random:N[:STEP]`` and ``lhs:N[:STEP]`` (N points per family
 sampled from the full grid). Importing this module does not initialise CUDA.
@@ -37,9 +38,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GRID_KINDS = ("full", "reference", "explicit", "random", "lhs")
+GRID_KINDS = ("full", "lattice", "reference", "explicit", "random", "lhs")
 GRID_SYNTAX = (
-    "full[:STEP] | reference | explicit:cin=START:STOP:STEP,cout=START:STOP:STEP | "
+    "full[:STEP] | lattice | reference | explicit:cin=START:STOP:STEP,cout=START:STOP:STEP | "
     "random:N[:STEP][:seed=S] | lhs:N[:STEP][:seed=S]"
 )
 
@@ -123,7 +124,7 @@ class GridSpec:
     """How to choose (cin, cout) points per family. Build from CLI text with :func:`parse_grid`.
 
     Attributes:
-        kind: ``full``, ``reference``, ``explicit``, ``random`` or ``lhs``.
+        kind: ``full``, ``lattice``, ``reference``, ``explicit``, ``random`` or ``lhs``.
         step: channel step of the full grid (full/random/lhs).
         n: points per family (random/lhs).
         cin / cout: ``(start, stop, step)`` with inclusive stop (explicit).
@@ -157,8 +158,8 @@ class GridSpec:
     @property
     def text(self) -> str:
         """Canonical CLI form, e.g. ``full:8`` or ``lhs:200:8:seed=0``."""
-        if self.kind == "reference":
-            return "reference"
+        if self.kind in ("reference", "lattice"):
+            return self.kind
         if self.kind == "full":
             return f"full:{self.step}"
         if self.kind == "explicit":
@@ -198,10 +199,10 @@ def parse_grid(text: str) -> GridSpec:
     if kind not in GRID_KINDS:
         close = difflib.get_close_matches(kind, GRID_KINDS, n=1)
         raise _bad_grid(raw, f"unknown kind {kind!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    if kind == "reference":
+    if kind in ("reference", "lattice"):
         if rest:
-            raise _bad_grid(raw, "reference takes no arguments")
-        return GridSpec("reference")
+            raise _bad_grid(raw, f"{kind} takes no arguments")
+        return GridSpec(kind)
     if kind == "full":
         if not rest:
             return GridSpec("full")
@@ -275,6 +276,8 @@ def _family_points(spec: GridSpec, trace: TraceResult) -> dict[ConvFamily, set[_
         rng = np.random.default_rng([spec.seed, index])
         if spec.kind == "full":
             points = _grids.family_full_grid(layers, spec.step)
+        elif spec.kind == "lattice":
+            points = set().union(*(_grids.layer_lattice_grid(layer) for layer in layers))
         elif spec.kind == "explicit":
             assert spec.cin is not None and spec.cout is not None
             cin = range(spec.cin[0], spec.cin[1] + 1, spec.cin[2])

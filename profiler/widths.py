@@ -220,6 +220,36 @@ def _has_state(module: nn.Module) -> bool:
     )
 
 
+def _conv_node_names(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> dict[fx.Node, str]:
+    """Conv call nodes -> their trace names (``layer1.0.conv1``; ``name#2`` for a module's 2nd call)."""
+    calls: dict[str, int] = {}
+    names: dict[fx.Node, str] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
+            calls[node.target] = calls.get(node.target, 0) + 1
+            names[node] = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
+    return names
+
+
+def _width_sources(graph: fx.Graph, modules: Mapping[str, nn.Module],
+                   conv_names: Mapping[fx.Node, str]) -> dict[fx.Node, frozenset[str]]:
+    """For every node, the convs whose output channels its tensor carries (through BN, activations, adds, ...).
+
+    A conv starts a new set; an opaque module (one that mixes channels, e.g. attention) ends it.
+    """
+    sources: dict[fx.Node, frozenset[str]] = {}
+    for node in graph.nodes:
+        if node in conv_names:
+            sources[node] = frozenset((conv_names[node],))
+        elif node.op in ("placeholder", "get_attr", "output") or (
+            node.op == "call_module" and isinstance(modules[node.target], _OPAQUE_MODULES)
+        ):
+            sources[node] = frozenset()
+        else:
+            sources[node] = frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
+    return sources
+
+
 def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[str, tuple[int, int]]) -> nn.Module:
     """A deep copy of ``model`` whose convs have ``widths`` (missing convs stay dense).
 
@@ -250,8 +280,11 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
     dense_out = {name: layer.cout for name, layer in layers.items()}
     new_out = {name: w[1] for name, w in new_w.items()}
 
-    sources: dict[fx.Node, frozenset[str]] = {}
-    calls: dict[str, int] = {}
+    names = _conv_node_names(graph, modules)
+    for name in names.values():
+        if name not in layers:
+            raise LatlabError(f"conv {name} is not in the trace; trace the same model you rebuild")
+    sources = _width_sources(graph, modules, names)
     replace: dict[str, nn.Module] = {}
     for node in graph.nodes:
         inputs = node.all_input_nodes
@@ -260,11 +293,8 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
             mod = modules[node.target]
             src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
             src_set = sources.get(src, frozenset()) if src is not None else merged
-            if isinstance(mod, nn.Conv2d):
-                calls[node.target] = calls.get(node.target, 0) + 1
-                name = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
-                if name not in layers:
-                    raise LatlabError(f"conv {name} is not in the trace; trace the same model you rebuild")
+            if node in names:
+                name = names[node]
                 ci, co = new_w[name]
                 carried = _width_of(src_set, new_out, group_of) if src_set else layers[name].cin
                 if carried != ci:
@@ -277,9 +307,7 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                         replace[node.target] = _new_conv(mod, ci, co, layers[name].family.depthwise)
                     except LatlabError as exc:
                         raise LatlabError(f"conv {name}: {exc}") from None
-                sources[node] = frozenset((name,))
-                continue
-            if isinstance(mod, nn.BatchNorm2d) and src_set:
+            elif isinstance(mod, nn.BatchNorm2d) and src_set:
                 if _width_of(src_set, dense_out, group_of) != mod.num_features:
                     raise LatlabError(f"BatchNorm2d {node.target}: its {mod.num_features} features do not match "
                                       "the convs feeding it; unsupported structure")
@@ -299,14 +327,12 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
             ):
                 raise LatlabError(f"module {node.target} ({type(mod).__name__}) has per-channel state or mixes "
                                   "the channels of pruned convs; rebuild_with_widths cannot resize it")
-            sources[node] = frozenset() if isinstance(mod, _OPAQUE_MODULES) else merged
             continue
         if node.op in ("call_function", "call_method") and merged:
             attrs = [a for a in inputs if a.op == "get_attr"]
             if attrs:
                 raise LatlabError(f"parameter {attrs[0].target} is applied to pruned conv outputs at node "
                                   f"{node.name}; rebuild_with_widths cannot resize it")
-        sources[node] = frozenset() if node.op in ("placeholder", "get_attr", "output") else merged
 
     # deepcopy with the replaced modules pre-seeded in the memo: their dense tensors are never copied
     memo: dict[int, Any] = {}

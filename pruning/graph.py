@@ -39,6 +39,7 @@ from torch import nn
 from db.errors import LatlabError
 from db.keys import ConvFamily
 from profiler import _grids
+from profiler._grids import auto_group_size
 from profiler._trace import TraceResult, _UnionFind, normalise_size
 from profiler.plan import resolve_model, trace_network
 from pruning._graph_fx import graph_facts
@@ -203,12 +204,6 @@ class NetworkSpec:
             "blocks": [{"name": b.name, "convs": list(b.convs), "input_group": b.input_group,
                         "output_group": b.output_group} for b in self.blocks],
         }
-
-
-def auto_group_size(width: int) -> int:
-    """Hardware-friendly q: 8 for width <= 64, 16 for <= 256, else 32; always a divisor of ``width`` (gcd)."""
-    target = 8 if width <= 64 else 16 if width <= 256 else 32
-    return math.gcd(width, target)
 
 
 def _base(name: str) -> str:

@@ -10,7 +10,8 @@ from latlab.demo import DemoConfig, run_demo
 def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     cfg = DemoConfig(out_dir=str(tmp_path / "demo"), model="resnet18", input_size=64, grid="lhs:4:16",
                      repeats=3, warmup=1, model_repeats=5, threads=1, pruned_networks=1, progress=False,
-                     dense_epochs=1, finetune_epochs=2, finetune_targets=(0.8,), max_iters_per_epoch=10)
+                     dense_epochs=1, finetune_epochs=2, finetune_targets=(0.8,), max_iters_per_epoch=10,
+                     model_rounds=2)
     first = run_demo(cfg)
     assert first.sweep.complete and first.sweep.measured == first.sweep.planned > 0
     assert len(first.lut_rows) == 11  # ResNet-18 has 11 conv shape families
@@ -40,6 +41,12 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
         stored = {m.variant: m.details for m in session.scalars(select(ModelMeasurement))}
     assert {"digits-dense", "digits-halp80", "digits-mdp80"} <= set(stored)
     assert set(stored["digits-mdp80"]["predicted_conv_ms"]) == {"llm_frozen", "mdlm"}
+    assert 0 < stored["digits-mdp80"]["predicted_other_ops_ms"] <= stored["digits-dense"]["predicted_other_ops_ms"]
+    assert len(stored["digits-dense"]["round_median_ms"]) == cfg.model_rounds  # timed in interleaved rounds
+    assert ft.loc["dense", "speedup"] == 1.0 and ft.loc["halp", "speedup"] > 0
+    assert first.other_ops is not None and first.other_ops.dense_ms > 0 and "convs + other ops explain" in report
+    for col in ("mdlm+other_err_pct", "llm_frozen+other_speedup_err_pct", "mdlm_speedup_err_pct"):
+        assert ft[col].notna().all() and col in report
     cfg.finetune = False
     again = run_demo(cfg)
     assert again.sweep.measured == 0 and again.sweep.already_done == first.sweep.planned

@@ -14,7 +14,8 @@ def demo(
     out: Annotated[str, typer.Option(help="Directory for the database, report and plots.")] = "latlab-demo",
     model: Annotated[str, typer.Option(help="torchvision model to profile.")] = "resnet18",
     input_size: Annotated[int, typer.Option(help="Input resolution.")] = 224,
-    grid: Annotated[str, typer.Option(help="Channel grid (see `latlab profile --help`).")] = "lhs:12:16",
+    grid: Annotated[str, typer.Option(
+        help="Channel grid (see `latlab profile --help`); lattice = what the pruner will ask for.")] = "lattice",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     backend: Annotated[str | None, typer.Option(help="LUT and timing backend: cpu | cuda | fake (default: --device)")
                        ] = None,

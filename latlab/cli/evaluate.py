@@ -112,15 +112,19 @@ def evaluate(
         def truth(widths):  # type: ignore[no-untyped-def]
             return lattice_sum(measured, trace.layers, widths, **settings)
 
-        measure = None
+        measure = other = None
         if measure_backend is not None:
             from profiler.backends import get_backend
+            from profiler.other_ops import measure_other_ops
             from profiler.plan import resolve_model
 
             _, module = resolve_model(network)
-            measure = measure_pruned(get_backend(measure_backend), module, trace, batch=first.batch,
-                                     dtype=first.dtype, layout=first.layout)
-        whole = whole_network_eval(fitted, trace, pruned, seed, measure=measure, truth=truth,
+            backend = get_backend(measure_backend)
+            measure = measure_pruned(backend, module, trace, batch=first.batch, dtype=first.dtype,
+                                     layout=first.layout)
+            other = measure_other_ops(backend, module, trace, batch=first.batch, dtype=first.dtype,
+                                      layout=first.layout).latency
+        whole = whole_network_eval(fitted, trace, pruned, seed, measure=measure, truth=truth, other=other,
                                    group_sizes=group_sizes, multiple=multiple, **settings)
     report = write_report(out, tables, predictions, whole,
                           title=f"Latency models on sweep {sweep_id} ({hw_name})")

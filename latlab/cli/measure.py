@@ -13,7 +13,7 @@ from db.keys import check_exec_settings
 from latlab.cli._options import DbOption, FormatOption
 from latlab.tables import render
 from profiler.backends import get_backend
-from profiler.measure import load_model, measure_model
+from profiler.measure import load_model, measure_models_interleaved, paired_speedup
 from profiler.protocol import TimingProtocol
 
 
@@ -72,6 +72,11 @@ def measure(
     timer: Annotated[str, typer.Option(help="auto | cuda_events | cuda_graph")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for --backend cpu.")] = None,
     variant: Annotated[str, typer.Option(help="Label stored with the row, e.g. 'halp70'.")] = "dense",
+    speedup: Annotated[bool, typer.Option(
+        help="With --mask: also time the unpruned --model, in turns with the pruned one, and report the speed-up.")
+    ] = False,
+    rounds: Annotated[int, typer.Option(
+        help="With --speedup: interleaved rounds (pruned, dense, dense, pruned, ...); --repeats passes each.")] = 8,
     hardware_name: Annotated[str | None, typer.Option(help="Name the hardware profile yourself.")] = None,
     store: Annotated[bool, typer.Option(help="Store the result in the database.")] = True,
     fmt: FormatOption = "table",
@@ -88,25 +93,36 @@ def measure(
       latlab measure --module pruned.pt --backend cuda --batch 256 --variant halp55
 
       latlab measure --model resnet50 --mask layer_masks.pkl --mgp --backend cuda --batch 256
+
+      latlab measure --model resnet18 --mask masks.pt --speedup --rounds 8 --repeats 10 --threads 1
     """
     check_exec_settings(dtype, layout)
+    if speedup and mask is None:
+        raise LatlabError("--speedup compares a --mask-pruned --model with the dense one; give --mask")
+    if rounds < 1:
+        raise LatlabError(f"--rounds must be >= 1, got {rounds}")
     name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes,
                            trust_checkpoint=trust_checkpoint)
+    nets = {}
     if mask is not None:
         if model is None:
             raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
+        if speedup:
+            nets["dense"] = net
         net = _apply_mask_file(net, mask, input_size, per_layer=mgp)
         variant = variant if variant != "dense" else f"mask:{mask.name}"
+    nets = {variant: net, **nets}
     protocol = TimingProtocol(warmup=warmup, repeats=repeats, min_repeats=min(10, repeats), timer=timer,
                               num_threads=threads)
     timing_backend = get_backend(backend, protocol)
     database = open_database(db) if store or latency_model else None
     predicted = _predictions(database, latency_model, net, input_size, batch, dtype, layout) if latency_model else {}
-    result = measure_model(
-        database if store else None, timing_backend, net, name=name, variant=variant,
+    timed = measure_models_interleaved(
+        database if store else None, timing_backend, nets, name=name, rounds=rounds if speedup else 1,
         input_shape=(batch, 3, input_size, input_size), dtype=dtype, layout=layout, hardware_name=hardware_name,
-        extra_details={"predicted_conv_ms": predicted} if predicted else None,
+        extra_details={variant: {"predicted_conv_ms": predicted}} if predicted else None,
     )
+    result = timed[variant]
     row = {
         "model": result.model, "variant": result.variant, "hardware": result.hardware, "backend": result.backend,
         "batch": batch, "dtype": dtype, "layout": layout, "status": result.status,
@@ -116,6 +132,8 @@ def measure(
     }
     for lat_name, ms in predicted.items():
         row[f"predicted_conv_ms[{lat_name}]"] = ms
+    if speedup:
+        row.update(dense_median_ms=timed["dense"].median_ms, speedup=paired_speedup(timed["dense"], result))
     if result.message:
         row["message"] = result.message
     typer.echo(render([row], fmt, title="whole-model latency"))

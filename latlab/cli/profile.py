@@ -24,8 +24,8 @@ def profile(
     model: Annotated[str, typer.Option(help="torchvision model name, e.g. resnet50, mobilenet_v2.")],
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake (seeded synthetic GPU, for CI)")] = "cpu",
     grid: Annotated[str, typer.Option(
-        help="full[:STEP] | reference (ResNet50 HALP/MDP lattice) | explicit:cin=A:B:S,cout=A:B:S | "
-             "random:N[:STEP] | lhs:N[:STEP]")] = "full:8",
+        help="full[:STEP] | lattice (what `latlab prune` asks for, auto group sizes) | reference (ResNet50 "
+             "HALP/MDP lattice) | explicit:cin=A:B:S,cout=A:B:S | random:N[:STEP] | lhs:N[:STEP]")] = "full:8",
     input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
     batch: Annotated[int, typer.Option(help="Batch size of every timed call (HALP/MDP LUTs use 256).")] = 256,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",

@@ -11,8 +11,16 @@ from sqlalchemy import select
 
 from db import LatlabError, open_database
 from db.models import ModelMeasurement
+from profiler.backends.base import MeasurementFailed, TimingResult
 from profiler.backends.fake import FakeBackend
-from profiler.measure import count_params_and_macs, load_model, load_state_dict, measure_model
+from profiler.measure import (
+    count_params_and_macs,
+    load_model,
+    load_state_dict,
+    measure_model,
+    measure_models_interleaved,
+    paired_speedup,
+)
 from profiler.protocol import TimingProtocol
 
 
@@ -90,3 +98,60 @@ def test_fake_backend_refuses_graphs_without_conv_modules(tmp_path: Path) -> Non
     _, loaded = load_model(module_file=tmp_path / "m.pt2")
     result = measure_model(None, FakeBackend(), loaded, name="m", input_shape=(1, 3, 16, 16))
     assert result.status == "error" and "nn.Conv2d" in result.message
+
+
+class DriftingBackend(FakeBackend):
+    """The fake backend on a host that slows down steadily (10% more per call), as busy VMs do."""
+
+    def __init__(self, fail: torch.nn.Module | None = None) -> None:
+        super().__init__(TimingProtocol(repeats=5))
+        self.calls: list[int] = []
+        self.fail = fail
+
+    def measure_model(self, model, input_shape, dtype="fp32", layout="nchw"):  # type: ignore[no-untyped-def]
+        if model is self.fail:
+            raise MeasurementFailed("out of memory (injected)", "oom")
+        self.calls.append(id(model))
+        slow = 1.0 + 0.1 * len(self.calls)
+        result = super().measure_model(model, input_shape, dtype, layout)
+        return TimingResult([x * slow for x in result.samples_ms], result.telemetry)
+
+
+def test_interleaved_rounds_cancel_host_drift(tmp_path: Path) -> None:
+    dense = torchvision.models.resnet34(num_classes=10).eval()
+    slim = torchvision.models.resnet18(num_classes=10).eval()
+    shape = (2, 3, 64, 64)
+    truth = FakeBackend().model_latency_ms(dense, shape) / FakeBackend().model_latency_ms(slim, shape)
+    assert truth > 1.4
+
+    sequential = DriftingBackend()
+    one_after_other = sequential.measure_model(dense, shape).median_ms / sequential.measure_model(slim, shape).median_ms
+    assert abs(one_after_other / truth - 1) > 0.08  # the drift shows up as a speed-up error
+
+    database = open_database(tmp_path / "m.db")
+    backend = DriftingBackend()
+    timed = measure_models_interleaved(database, backend, {"dense": dense, "slim": slim}, name="resnet18",
+                                       rounds=6, input_shape=shape, extra_details={"slim": {"top1": 50.0}})
+    assert backend.calls == [id(dense), id(slim), id(slim), id(dense)] * 3  # A B, B A, ...
+    assert paired_speedup(timed["dense"], timed["slim"]) == pytest.approx(truth, rel=0.03)
+    assert timed["slim"].n == 30 and len(timed["slim"].round_ms) == 6
+    with database.session() as s:
+        rows = {r.variant: r for r in s.scalars(select(ModelMeasurement))}
+    assert set(rows) == {"dense", "slim"} and rows["slim"].details["top1"] == 50.0
+    assert rows["dense"].protocol["interleaved"] == {"rounds": 6, "variants": ["dense", "slim"]}
+    assert len(rows["dense"].details["round_median_ms"]) == 6
+
+
+def test_interleaved_failure_is_recorded_and_the_rest_goes_on(tmp_path: Path) -> None:
+    dense = torchvision.models.resnet18(num_classes=10).eval()
+    broken = torchvision.models.resnet18(num_classes=10).eval()
+    database = open_database(tmp_path / "m.db")
+    timed = measure_models_interleaved(database, DriftingBackend(fail=broken), {"dense": dense, "big": broken},
+                                       name="resnet18", rounds=3, input_shape=(1, 3, 32, 32))
+    assert timed["dense"].status == "ok" and timed["dense"].n == 15
+    assert timed["big"].status == "oom" and timed["big"].median_ms is None
+    assert paired_speedup(timed["dense"], timed["big"]) is None
+    with database.session() as s:
+        assert {r.variant: r.status for r in s.scalars(select(ModelMeasurement))} == {"dense": "ok", "big": "oom"}
+    with pytest.raises(LatlabError, match="rounds"):
+        measure_models_interleaved(None, FakeBackend(), {"dense": dense}, name="x", rounds=0)

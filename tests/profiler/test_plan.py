@@ -271,6 +271,7 @@ def test_unknown_model_suggests() -> None:
     [
         ("full", GridSpec("full")),
         ("full:16", GridSpec("full", step=16)),
+        ("lattice", GridSpec("lattice")),
         (" Reference ", GridSpec("reference")),
         ("explicit:cin=16:256:16,cout=16:256:16",
          GridSpec("explicit", cin=(16, 256, 16), cout=(16, 256, 16))),
@@ -293,7 +294,7 @@ def test_parse_grid_valid(text: str, spec: GridSpec) -> None:
     ["full:0", "full:-8", "full:8:2", "lhs", "lhs:0", "random:x", "random:10:y", "random:1:2:3",
      "explicit:cin=1:2", "explicit:cin=1:2:1", "explicit:cin=4:2:1,cout=1:2:1",
      "explicit:cin=0:8:1,cout=1:8:1",
-     "explicit:cin=1:8:1,cout=1:8:0", "explicit:cin=1:8:1,cin=1:8:1", "explicit:foo=1:2:3", "reference:2",
+     "explicit:cin=1:8:1,cout=1:8:0", "explicit:cin=1:8:1,cin=1:8:1", "explicit:foo=1:2:3", "reference:2", "lattice:8",
      "bogus", "", "   "],
 )
 def test_parse_grid_invalid(text: str) -> None:
@@ -395,6 +396,33 @@ def test_reference_rejects_resnet50_lookalike(rn50: TraceResult) -> None:
     fake = TraceResult("wide", rn50.input_size, layers, rn50.groups)
     with pytest.raises(LatlabError, match="only for resnet50"):
         build_plan(fake, "reference")
+
+
+# ------------------------------------------------------------------------------------------ lattice
+
+def _pruner_points(model: str) -> set[tuple[ConvFamily, int, int]]:
+    """Every (family, cin, cout) the pruner can ask for with auto group sizes (from its own network spec)."""
+    from pruning.graph import build_network_spec
+
+    spec = build_network_spec(model, 224, group_sizes="auto")
+    out: set[tuple[ConvFamily, int, int]] = set()
+    for conv in spec.convs:
+        g = spec.groups[conv.group]
+        couts = range(g.q, g.width + 1, g.q) if g.prunable else [g.width]
+        if conv.depthwise:
+            out.update((conv.family, c, c) for c in couts)
+            continue
+        p = spec.groups.get(conv.producer_group or "")
+        cins = range(p.q, p.width + 1, p.q) if p is not None and p.prunable else [conv.cin]
+        out.update((conv.family, ci, co) for ci in cins for co in couts)
+    return out
+
+
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
+def test_lattice_grid_is_what_the_pruner_asks_for(model: str) -> None:
+    plan = build_plan(model, "lattice", input_size=224, batch=1)
+    assert {(c.family, c.cin, c.cout) for c in plan.configs} == _pruner_points(model)
+    assert plan.description["grid"]["text"] == "lattice"
 
 
 # ------------------------------------------------------------------------------------------ full / others

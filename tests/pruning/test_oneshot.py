@@ -100,6 +100,14 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
                              "--input-size", str(SIZE), "--batch", "2", "--repeats", "3", "--warmup", "1",
                              "--threads", "1", "--no-store", "-f", "csv"])
     assert code == 0 and ",ok," in stdout, err  # the mask file rebuilds the same slim network
+    code, stdout, err = cli(["measure", "--model", "resnet18", "--num-classes", "10", "--mask", str(out / "masks.pt"),
+                             "--speedup", "--rounds", "2", "--backend", "fake", "--input-size", str(SIZE), "--batch",
+                             str(BATCH), "--repeats", "3", "--no-store", "-f", "json"])
+    assert code == 0, err
+    row = json.loads(stdout)[0]
+    assert row["speedup"] > 1.0 and row["dense_median_ms"] > row["median_ms"]
+    code, _, err = cli(["measure", "--model", "resnet18", "--speedup", "--no-store"])
+    assert code != 0 and "--speedup compares a --mask-pruned" in err
     assert "max |Δ logits|" in (out / "report.md").read_text()
     code, stdout, err = cli(["measure", "--module", str(out / "pruned.pt2"), "--input-size", str(SIZE), "--batch",
                              "2", "--repeats", "3", "--warmup", "1", "--threads", "1", "--no-store", "-f", "csv"])

@@ -1,0 +1,164 @@
+"""Predicted vs measured latency of pruned networks, repeated: how far off are HALP's LLM and the MDLM?
+
+Each repetition builds a fresh LUT of ResNet-18's conv shapes on this machine's CPU (the pruner's
+``lattice`` grid, one thread), fits HALP's linear model (LLM) and MDP's MDLM on it, prunes ResNet-18
+one-shot with HALP (OCP+LLM) and MDP (MGP+MDLM with block removal) at each target, exports the slim
+networks, times the non-conv ops of the dense network one by one (:mod:`profiler.other_ops`), and times
+the dense and slim networks in interleaved rounds. Weights do not change latency, so nothing is trained.
+
+Per pruned network and latency model it reports the error of the predicted speed-up (dense / pruned)
+from the convs alone and from convs + other ops, and of the whole-network latency (convs + other ops).
+Repeating the whole chain shows how much of the error is this host's timing noise. Writes JSON and
+Markdown to ``--out``.
+
+    python -m benchmarks.prediction_error --repeats 4 --targets 0.8,0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from db import open_database
+from latency_models.evaluate import candidate_models
+from latency_models.features import lut_frame
+from latlab.tables import render
+from profiler.backends import get_backend
+from profiler.hardware import detect_hardware
+from profiler.measure import measure_models_interleaved, paired_speedup
+from profiler.other_ops import measure_other_ops
+from profiler.plan import build_plan, resolve_model, trace_network
+from profiler.protocol import TimingProtocol
+from profiler.runner import run_sweep
+from pruning.cost import Settings, spec_latency
+from pruning.graph import build_network_spec
+from pruning.oneshot import magnitude_scores, prune_once
+
+PREDICTORS = {"llm": ("llm", True), "mdlm": ("mdlm", False)}  # column -> (model kind, freeze input widths)
+
+
+def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    """LUT → models → HALP / MDP one-shot → export → other ops → interleaved timing; one row per network."""
+    size, batch = args.input_size, 1
+    lut_protocol = TimingProtocol(warmup=3, repeats=15, min_repeats=5, max_rel_iqr=0.1, num_threads=args.threads)
+    database = open_database(tmp / f"lut{rep}.db")
+    plan = build_plan(args.model, "lattice", input_size=size, batch=batch)
+    sweep = run_sweep(database, plan, get_backend("cpu", lut_protocol), name=f"rep{rep}", progress=False)
+    with database.session() as session:
+        X, y = lut_frame(session, sweep.sweep_id)
+    database.dispose()
+    models = {k: m.fit(X, y) for k, m in candidate_models(("llm", "mdlm"), seed=rep).items()}
+    _, net = resolve_model(args.model)
+    spec = build_network_spec(net, size, group_sizes="auto")
+    settings = Settings(batch)
+    importances = magnitude_scores(net, spec)
+    nets: dict[str, Any] = {"dense": net}
+    shapes: dict[str, tuple[dict[str, int], list[str]]] = {"dense": ({}, [])}
+    for target in args.targets:
+        for method, kind in (("halp", "llm"), ("mdp", "mdlm")):
+            res = prune_once(net, spec, models[kind], importances, method=method, target=target, settings=settings)
+            name = f"{method}{round(100 * target)}"
+            nets[name] = res.slim
+            shapes[name] = ({g: w for g, w in res.widths.items() if w}, list(res.removed_blocks))
+    timing = TimingProtocol(warmup=1, repeats=3, min_repeats=3, num_threads=args.threads)
+    other = measure_other_ops(get_backend("cpu", TimingProtocol(warmup=3, repeats=15, min_repeats=5,
+                                                                num_threads=args.threads)),
+                              net, trace_network(net, size), batch=batch)
+    timed = measure_models_interleaved(None, get_backend("cpu", timing), nets, name=args.model, rounds=args.rounds,
+                                       input_shape=(batch, 3, size, size))
+    pred: dict[str, dict[str, float]] = {}
+    for name, (widths, removed) in shapes.items():
+        pred[name] = {col: spec_latency(models[kind], spec, settings, widths, removed, freeze_cin=frozen)
+                      for col, (kind, frozen) in PREDICTORS.items()}
+        pred[name]["other"] = other.latency(spec.conv_widths(widths, removed))
+    rows = []
+    for name in nets:
+        if name == "dense":
+            continue
+        measured = paired_speedup(timed["dense"], timed[name])
+        row: dict[str, Any] = {"rep": rep, "network": name, "removed_blocks": len(shapes[name][1]),
+                               "measured_ms": timed[name].median_ms, "speedup": measured}
+        for col in PREDICTORS:
+            conv, dense_conv = pred[name][col], pred["dense"][col]
+            whole, dense_whole = conv + pred[name]["other"], dense_conv + pred["dense"]["other"]
+            row[f"{col}_speedup_err_pct"] = 100 * (dense_conv / conv / measured - 1)
+            row[f"{col}+other_speedup_err_pct"] = 100 * (dense_whole / whole / measured - 1)
+            row[f"{col}+other_err_pct"] = 100 * (whole / timed[name].median_ms - 1)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=4, help="whole chain repetitions (fresh LUT each)")
+    parser.add_argument("--targets", default="0.8,0.6", help="kept share of the dense conv latency")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prediction_error_cpu"),
+                        help="output path without extension")
+    args = parser.parse_args(argv)
+    args.targets = [float(t) for t in args.targets.split(",")]
+
+    start = time.time()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            rows += one_repetition(rep, args, Path(tmp))
+            print(f"repetition {rep + 1}/{args.repeats} done ({time.time() - start:.0f} s)", file=sys.stderr)
+    elapsed = time.time() - start
+    frame = pd.DataFrame(rows)
+    error_cols = [c for c in frame.columns if c.endswith("_pct")]
+    per_rep = frame.groupby("rep")[error_cols].agg(lambda s: s.abs().mean()).reset_index()
+    summary = [{"error": col, "mean_abs_pct": round(float(frame[col].abs().mean()), 2),
+                "median_abs_pct": round(float(frame[col].abs().median()), 2),
+                "best_rep_pct": round(float(per_rep[col].min()), 2),
+                "worst_rep_pct": round(float(per_rep[col].max()), 2)}
+               for col in error_cols]
+    hw = detect_hardware("cpu")
+    result = {
+        "benchmark": "prediction_error", "backend": "cpu",
+        "command": "python -m benchmarks.prediction_error " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"device": hw.name, "cpu_model": hw.cpu_model, "cores": hw.cpu_cores, "threads": hw.cpu_threads,
+                    "torch": hw.torch_version, "python": platform.python_version()},
+        "model": args.model, "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
+        "elapsed_s": round(elapsed, 1), "summary": summary, "rows": frame.round(4).to_dict(orient="records"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    md = [
+        "# Predicted vs measured latency of pruned networks (repeated)", "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {hw.name}, {hw.cpu_cores} cores / {hw.cpu_threads} threads, torch {hw.torch_version}, "
+        f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
+        f"{args.repeats} repetitions of: `lattice` LUT of {args.model} (fresh sweep) → LLM and MDLM fitted → "
+        f"HALP and MDP one-shot at {', '.join(f'{t:.0%}' for t in args.targets)} of the dense conv latency → "
+        f"exported → other ops timed one by one → dense and slim networks timed in {args.rounds} interleaved "
+        f"rounds; {elapsed:.0f} s in all. Errors are signed % (predicted / measured − 1); `llm` is HALP's "
+        "linear model with input widths frozen (as HALP prices), `mdlm` MDP's model; `+other` adds the "
+        "non-conv ops priced from their dense timings.", "",
+        "Mean |error| over all pruned networks, and over the networks of the best / worst repetition:", "",
+        render(summary, "markdown"),
+        "Per network:", "",
+        render(frame.round(2).to_dict(orient="records"), "markdown"),
+        f"Median over networks of |MDLM speed-up error| (convs alone): "
+        f"{statistics.median(frame['mdlm_speedup_err_pct'].abs()):.1f}%; HALP's LLM: "
+        f"{statistics.median(frame['llm_speedup_err_pct'].abs()):.1f}%.",
+    ]
+    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

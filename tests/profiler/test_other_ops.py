@@ -1,0 +1,71 @@
+"""Non-conv ops timed one by one and priced at pruned widths (profiler.other_ops)."""
+
+from __future__ import annotations
+
+import pytest
+import torchvision
+
+from db.errors import LatlabError
+from profiler.backends import get_backend
+from profiler.other_ops import measure_other_ops
+from profiler.plan import trace_network
+from profiler.protocol import TimingProtocol
+
+SIZE = 64
+
+
+def _cpu():  # type: ignore[no-untyped-def]
+    return get_backend("cpu", TimingProtocol(warmup=1, repeats=3, min_repeats=3, num_threads=1))
+
+
+@pytest.fixture(scope="module")
+def resnet18_ops():  # type: ignore[no-untyped-def]
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    trace = trace_network(net, SIZE)
+    return trace, measure_other_ops(_cpu(), net, trace, batch=2)
+
+
+def test_resnet18_other_ops_are_found_and_timed(resnet18_ops) -> None:  # type: ignore[no-untyped-def]
+    _, other = resnet18_ops
+    assert not other.failed
+    counts = {row["op"]: row["count"] for row in other.table()}
+    assert counts == {"MaxPool2d": 1, "BatchNorm2d": 20, "ReLU": 17, "add": 8, "AdaptiveAvgPool2d": 1, "Linear": 1}
+    assert all(op.ms > 0 for op in other.ops)
+    assert other.latency({}) == pytest.approx(other.dense_ms)
+    ops = {op.node: op for op in other.ops}
+    assert ops["maxpool"].sources == ("conv1",)  # the stem's pool follows the stem's width
+    assert set(ops["fc"].sources) >= {"layer4.1.conv2"}
+
+
+def test_pruned_widths_scale_each_op_by_the_channels_it_carries(resnet18_ops) -> None:  # type: ignore[no-untyped-def]
+    trace, other = resnet18_ops
+    ops = {op.node: op for op in other.ops}
+    inner = ops["layer2_0_bn1"].ms + ops["layer2_0_relu"].ms  # the only ops on layer2.0.conv1's channels
+    halved = {"layer2.0.conv1": (64, 64), "layer2.0.conv2": (64, 128)}
+    assert other.latency(halved) == pytest.approx(other.dense_ms - inner / 2)
+    removed = {"layer2.1.conv1": (0, 0), "layer2.1.conv2": (0, 0)}  # a removed block: its BNs, ReLU and add go
+    gone = sum(ops[n].ms for n in ("layer2_1_bn1", "layer2_1_relu", "layer2_1_bn2", "add_3"))
+    assert other.latency(removed) == pytest.approx(other.dense_ms - gone)
+    stem = {"conv1": (3, 32), "layer1.0.conv1": (32, 64), "layer1.1.conv1": (32, 64), "layer2.0.conv1": (32, 128),
+            "layer2.0.downsample.0": (32, 128), "layer1.0.conv2": (64, 32), "layer1.1.conv2": (64, 32)}
+    assert other.latency(stem) < other.dense_ms - ops["maxpool"].ms / 2 + 1e-9
+    with pytest.raises(LatlabError, match="unknown conv"):
+        other.latency({"nope": (1, 1)})
+    assert {layer.name for layer in trace.layers} == set(other.dense_cout)
+
+
+def test_broadcast_operands_and_depthwise_networks_are_timed() -> None:
+    net = torchvision.models.mobilenet_v3_small(num_classes=10).eval()  # squeeze-excitation: x * scale(x)
+    trace = trace_network(net, SIZE)
+    other = measure_other_ops(_cpu(), net, trace, batch=1)
+    assert not other.failed
+    kinds = {row["op"] for row in other.table()}
+    assert {"mul", "Hardswish", "BatchNorm2d", "AdaptiveAvgPool2d", "Linear"} <= kinds
+    assert other.dense_ms > 0
+
+
+def test_an_op_the_backend_cannot_time_is_reported_not_summed() -> None:
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    other = measure_other_ops(get_backend("fake"), net, trace_network(net, SIZE), batch=1)
+    assert other.failed and "nn.Conv2d" in next(iter(other.failed.values()))
+    assert other.dense_ms == sum(op.ms for op in other.ops)
