@@ -13,14 +13,12 @@ with the same number of forward passes per network:
 Reported per method: the twin's speed-up error (|measured - 1|, the truth is known) and the spread of
 the pruned network's speed-up over trials ((max - min) / median). Writes JSON and Markdown to ``--out``.
 
-    python benchmarks/interleaving.py --trials 6 --rounds 8 --repeats 3 --threads 1
+    python -m benchmarks.interleaving --trials 6 --rounds 24 --repeats 1 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -29,9 +27,9 @@ from pathlib import Path
 import torch
 import torchvision
 
+from benchmarks._cpu_report import cpu_machine, machine_line, write_result
 from latlab.tables import render
 from profiler.backends import get_backend
-from profiler.hardware import detect_hardware
 from profiler.measure import measure_model, measure_models_interleaved, paired_speedup
 from profiler.plan import trace_network
 from profiler.protocol import TimingProtocol
@@ -68,8 +66,8 @@ def _summary(values: list[float], truth: float | None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds per trial")
-    parser.add_argument("--repeats", type=int, default=3, help="samples per network per round")
+    parser.add_argument("--rounds", type=int, default=24, help="interleaved rounds per trial")
+    parser.add_argument("--repeats", type=int, default=1, help="samples per network per round")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/interleaving_cpu"),
@@ -100,22 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"method": method, "twin_mean_abs_err_pct": twin["mean_abs_err_pct"],
                      "twin_max_abs_err_pct": twin["max_abs_err_pct"], "pruned_speedup_median": pruned["median"],
                      "pruned_speedup_spread_pct": round(100 * pruned["spread"], 2)})
-    hw = detect_hardware("cpu")
+    machine = cpu_machine()
     result = {
         "benchmark": "interleaving", "backend": "cpu",
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"device": hw.name, "cpu_model": hw.cpu_model, "cores": hw.cpu_cores, "threads": hw.cpu_threads,
-                    "torch": hw.torch_version, "python": platform.python_version()},
+        "command": "python -m benchmarks.interleaving " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine,
         "trials": args.trials, "rounds": args.rounds, "repeats": args.repeats, "threads": args.threads,
         "elapsed_s": round(elapsed, 1), "rows": rows,
         "speedups": {m: {k: [round(x, 4) for x in v] for k, v in d.items()} for m, d in speedups.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = [
         "# Whole-network speed-ups: one after the other vs interleaved", "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {hw.name}, {hw.cpu_cores} cores / {hw.cpu_threads} threads, torch {hw.torch_version}, "
+        f"{machine_line(machine)}, "
         f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
         f"{args.trials} trials; each times dense ResNet-18, an independently initialised twin (true speed-up 1) "
         f"and a copy with every block's inner width halved, {args.rounds * args.repeats} forward passes per network: "
@@ -126,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         render([{"method": m, "network": k, "speedups": ", ".join(f"{x:.3f}" for x in v)}
                 for m, d in speedups.items() for k, v in d.items()], "markdown"),
     ]
-    args.out.with_suffix(".md").write_text("\n".join(md))
-    print("\n".join(md))
+    write_result(args.out, result, md)
     return 0
 
 

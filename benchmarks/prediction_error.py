@@ -17,8 +17,6 @@ Markdown to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,12 +26,12 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks._cpu_report import cpu_machine, machine_line, write_result
 from db import open_database
 from latency_models.evaluate import candidate_models
 from latency_models.features import lut_frame
 from latlab.tables import render
 from profiler.backends import get_backend
-from profiler.hardware import detect_hardware
 from profiler.measure import measure_models_interleaved, paired_speedup
 from profiler.other_ops import measure_other_ops
 from profiler.plan import build_plan, resolve_model, trace_network
@@ -69,7 +67,7 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[s
             name = f"{method}{round(100 * target)}"
             nets[name] = res.slim
             shapes[name] = ({g: w for g, w in res.widths.items() if w}, list(res.removed_blocks))
-    timing = TimingProtocol(warmup=1, repeats=3, min_repeats=3, num_threads=args.threads)
+    timing = TimingProtocol(warmup=1, repeats=1, min_repeats=1, num_threads=args.threads)
     other = measure_other_ops(get_backend("cpu", TimingProtocol(warmup=3, repeats=15, min_repeats=5,
                                                                 num_threads=args.threads)),
                               net, trace_network(net, size), batch=batch)
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=4, help="whole chain repetitions (fresh LUT each)")
     parser.add_argument("--targets", default="0.8,0.6", help="kept share of the dense conv latency")
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=24, help="interleaved timing rounds (one pass each)")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=1)
@@ -125,21 +123,18 @@ def main(argv: list[str] | None = None) -> int:
                 "best_rep_pct": round(float(per_rep[col].min()), 2),
                 "worst_rep_pct": round(float(per_rep[col].max()), 2)}
                for col in error_cols]
-    hw = detect_hardware("cpu")
+    machine = cpu_machine()
     result = {
         "benchmark": "prediction_error", "backend": "cpu",
         "command": "python -m benchmarks.prediction_error " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"device": hw.name, "cpu_model": hw.cpu_model, "cores": hw.cpu_cores, "threads": hw.cpu_threads,
-                    "torch": hw.torch_version, "python": platform.python_version()},
+        "machine": machine,
         "model": args.model, "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
         "elapsed_s": round(elapsed, 1), "summary": summary, "rows": frame.round(4).to_dict(orient="records"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = [
         "# Predicted vs measured latency of pruned networks (repeated)", "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {hw.name}, {hw.cpu_cores} cores / {hw.cpu_threads} threads, torch {hw.torch_version}, "
+        f"{machine_line(machine)}, "
         f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
         f"{args.repeats} repetitions of: `lattice` LUT of {args.model} (fresh sweep) → LLM and MDLM fitted → "
         f"HALP and MDP one-shot at {', '.join(f'{t:.0%}' for t in args.targets)} of the dense conv latency → "
@@ -155,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(frame['mdlm_speedup_err_pct'].abs()):.1f}%; HALP's LLM: "
         f"{statistics.median(frame['llm_speedup_err_pct'].abs()):.1f}%.",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_result(args.out, result, md)
     return 0
 
 

@@ -16,8 +16,6 @@ Writes JSON and Markdown to ``--out`` (default ``benchmarks/results/profiler_noi
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,12 +24,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from benchmarks._cpu_report import cpu_machine, machine_line, write_result
 from db import open_database
 from db.lut import load_lut, row_config
 from db.models import Measurement
 from latlab.tables import render
 from profiler.backends import get_backend
-from profiler.hardware import detect_hardware
 from profiler.plan import SweepPlan, build_plan
 from profiler.protocol import TimingProtocol
 from profiler.runner import run_sweep
@@ -96,28 +94,24 @@ def main(argv: list[str] | None = None) -> int:
         "median_cv": statistics.median(r["cv"] for r in rows),
         "configs": len(rows), "runs": args.runs, "elapsed_s": round(elapsed, 1),
     }
-    hw = detect_hardware("cpu")
+    machine = cpu_machine()
     result = {
         "benchmark": "profiler_noise", "backend": "cpu",
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"device": hw.name, "cpu_model": hw.cpu_model, "cores": hw.cpu_cores, "threads": hw.cpu_threads,
-                    "torch": hw.torch_version, "python": platform.python_version()},
+        "machine": machine,
         "protocol": protocol.to_dict(), "batch": args.batch, "input_size": args.input_size,
         "summary": summary, "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     md = [
         "# CPU profiler noise", "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {hw.name}, {hw.cpu_cores} cores / {hw.cpu_threads} threads, torch {hw.torch_version}  ",
+        f"{machine_line(machine)}  ",
         f"Protocol: {args.warmup} warm-up, {args.repeats} samples per configuration (blocks >= 1 ms), "
         f"batch {args.batch}, {args.input_size}px, {args.runs} repeated sweeps, {elapsed:.0f} s in all.", "",
         render([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}], "markdown"),
         render(rows, "markdown"),
     ]
-    args.out.with_suffix(".md").write_text("\n".join(md))
-    print("\n".join(md))
+    write_result(args.out, result, md)
     return 0
 
 

@@ -73,7 +73,7 @@ class DemoConfig:
     repeats: int = 15
     max_rel_iqr: float = 0.1  # a configuration stops sampling (after 5) once IQR/median is below this
     model_repeats: int = 30
-    model_rounds: int = 8  # fine-tuned networks and the dense one are timed in this many interleaved rounds
+    model_rounds: int = 24  # networks compared with the dense one are timed in this many interleaved rounds
     pruned_networks: int = 3
     prune_target: float = 0.6  # kept share of the dense conv latency for the one-shot HALP / MDP step
     finetune: bool = True  # stage 6: train on the digits, prune while fine-tuning, export, time
@@ -153,9 +153,9 @@ def _plot(rows: list[dict[str, Any]], database: Database, sweep_id: int, path: P
 
 
 def _round_backend(config: DemoConfig, backend: Any) -> Any:
-    """``backend`` with a protocol for one interleaved round: 1 warm-up call, model_repeats / model_rounds samples."""
-    per_round = max(3, config.model_repeats // config.model_rounds)
-    return get_backend(config.backend, replace(backend.protocol, warmup=1, repeats=per_round, min_repeats=per_round))
+    """``backend`` with a protocol for one interleaved round: model_repeats / model_rounds samples (at least 1)."""
+    per_round = max(1, config.model_repeats // config.model_rounds)
+    return get_backend(config.backend, replace(backend.protocol, repeats=per_round, min_repeats=per_round))
 
 
 def _compare_models(
@@ -178,29 +178,36 @@ def _compare_models(
     return table, summarise_whole_network(whole), fitted
 
 
-def _prune(fitted: dict[str, Any], config: DemoConfig, net: Any, backend: Any, dense_ms: float | None) -> pd.DataFrame:
-    """HALP (LLM) and MDP (MDLM) one-shot at ``config.prune_target`` of the dense conv latency, timed."""
+def _prune(fitted: dict[str, Any], config: DemoConfig, net: Any, backend: Any) -> pd.DataFrame:
+    """HALP (LLM) and MDP (MDLM) one-shot at ``config.prune_target`` of the dense conv latency, timed in
+    interleaved rounds with the dense network."""
     spec = build_network_spec(net, config.input_size, group_sizes="auto")
     importances = magnitude_scores(net, spec)
-    rows = []
+    rows: dict[str, dict[str, Any]] = {}
+    nets = {"dense": net}
     for method, kind in (("halp", "llm"), ("mdp", "mdlm")):
         row: dict[str, Any] = {"method": method, "target": config.prune_target}
         try:
             res = prune_once(net, spec, fitted[kind], importances, method=method,
                              target=config.prune_target, settings=Settings(config.batch))
         except LatlabError as exc:
-            rows.append(row | {"status": str(exc)[:120]})
+            rows[method] = row | {"status": str(exc)[:120]}
             continue
-        shape = (config.batch, 3, config.input_size, config.input_size)
-        measured = backend.measure_model(res.slim, shape).median_ms
-        rows.append(row | {
+        nets[method] = res.slim
+        rows[method] = row | {
             "status": res.result.status, "solve_s": round(res.result.seconds, 3),
-            "predicted_conv_ms": round(res.predicted_pruned_ms, 3), "measured_ms": round(measured, 3),
-            "speedup": round(dense_ms / measured, 3) if dense_ms else None,
-            "params": res.counts["params_pruned"], "removed_blocks": len(res.removed_blocks),
-            "max_logit_delta": res.max_logit_delta,
-        })
-    return pd.DataFrame(rows)
+            "predicted_conv_ms": round(res.predicted_pruned_ms, 3), "params": res.counts["params_pruned"],
+            "removed_blocks": len(res.removed_blocks), "max_logit_delta": res.max_logit_delta,
+        }
+    timed = measure_models_interleaved(None, _round_backend(config, backend), nets, name=config.model,
+                                       rounds=config.model_rounds,
+                                       input_shape=(config.batch, 3, config.input_size, config.input_size))
+    for method, row in rows.items():
+        if method in timed:
+            speedup = paired_speedup(timed["dense"], timed[method])
+            row.update(measured_ms=round(timed[method].median_ms or float("nan"), 3),
+                       speedup=round(speedup, 3) if speedup else None)
+    return pd.DataFrame(rows.values())
 
 
 def _train_config(config: DemoConfig, data: Path, out: Path, **extra: Any) -> Any:
@@ -360,7 +367,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         X, y = lut_frame(session, sweep.sweep_id)
     result.models, result.whole_network, fitted = _compare_models(X, y, config, net, model_backend, out,
                                                                   result.other_ops)
-    result.pruned = _prune(fitted, config, net, model_backend, whole.median_ms)
+    result.pruned = _prune(fitted, config, net, model_backend)
     if config.finetune:
         result.finetuned = _finetune(config, out, database, sweep.sweep_id, fitted, model_backend)
         result.finetuned.to_csv(out / "finetune.csv", index=False)
@@ -433,9 +440,12 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
             f"One-shot HALP (linear latency model, input widths frozen) and MDP (multi-dimensional model with "
             f"block removal) at {c.prune_target:.0%} of the dense conv latency, solved exactly, exported to a "
             "physically smaller network (checked against the masked one: max |Δ logits|) and timed on the same "
-            "backend. Importance is BN |γ| of the untrained network: this shows latency, not accuracy (fine-tuning "
+            "backend, in interleaved rounds with the dense network. Importance is BN |γ| of the untrained "
+            "network: this shows latency, not accuracy (fine-tuning "
             "comes with the training stage).", "",
-            render(r.pruned.to_dict(orient="records"), "markdown"),
+            render(r.pruned[[k for k in ("method", "target", "status", "solve_s", "predicted_conv_ms", "measured_ms",
+                                         "speedup", "params", "removed_blocks", "max_logit_delta")
+                             if k in r.pruned.columns]].to_dict(orient="records"), "markdown"),
         ]
 
     if r.finetuned is not None:

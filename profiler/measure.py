@@ -21,7 +21,7 @@ from db.engine import Database
 from db.errors import LatlabError
 from db.lut import get_or_create_hardware, record_model_measurement
 from profiler.backends._modules import eval_mode
-from profiler.backends.base import Backend, MeasurementFailed, TimingResult
+from profiler.backends.base import Backend, TimingResult
 from profiler.plan import resolve_model
 
 log = logging.getLogger(__name__)
@@ -189,21 +189,12 @@ def measure_models_interleaved(
         raise LatlabError("no models to measure")
     details = {v: {**count_params_and_macs(m, input_shape), **dict((extra_details or {}).get(v, {}))}
                for v, m in models.items()}
-    samples: dict[str, list[list[float]]] = {v: [] for v in models}
-    failed: dict[str, MeasurementFailed] = {}
-    telemetry: dict[str, dict[str, Any]] = {v: {} for v in models}
     order = list(models)
-    for r in range(rounds):
-        for variant in order if r % 2 == 0 else order[::-1]:
-            if variant in failed:
-                continue
-            try:
-                timing = backend.measure_model(models[variant], tuple(input_shape), dtype=dtype, layout=layout)
-            except MeasurementFailed as exc:
-                failed[variant] = exc
-                continue
-            samples[variant].append(timing.samples_ms)
-            telemetry[variant] = dict(timing.telemetry)
+    per_round, failures = backend.measure_rounds([models[v] for v in order], tuple(input_shape), rounds,
+                                                 dtype=dtype, layout=layout)
+    samples = {v: [t.samples_ms for t in per_round[i]] for i, v in enumerate(order)}
+    telemetry = {v: dict(per_round[i][-1].telemetry) if per_round[i] else {} for i, v in enumerate(order)}
+    failed = {order[i]: exc for i, exc in failures.items()}
     info = backend.hardware()
     if hardware_name:
         info["name"] = hardware_name

@@ -76,7 +76,8 @@ def measure(
         help="With --mask: also time the unpruned --model, in turns with the pruned one, and report the speed-up.")
     ] = False,
     rounds: Annotated[int, typer.Option(
-        help="With --speedup: interleaved rounds (pruned, dense, dense, pruned, ...); --repeats passes each.")] = 8,
+        help="With --speedup: interleaved rounds (pruned, dense, then dense, pruned, ...) that share the "
+             "--repeats passes of each network.")] = 25,
     hardware_name: Annotated[str | None, typer.Option(help="Name the hardware profile yourself.")] = None,
     store: Annotated[bool, typer.Option(help="Store the result in the database.")] = True,
     fmt: FormatOption = "table",
@@ -94,7 +95,7 @@ def measure(
 
       latlab measure --model resnet50 --mask layer_masks.pkl --mgp --backend cuda --batch 256
 
-      latlab measure --model resnet18 --mask masks.pt --speedup --rounds 8 --repeats 10 --threads 1
+      latlab measure --model resnet18 --mask masks.pt --speedup --rounds 25 --repeats 50 --threads 1
     """
     check_exec_settings(dtype, layout)
     if speedup and mask is None:
@@ -112,7 +113,8 @@ def measure(
         net = _apply_mask_file(net, mask, input_size, per_layer=mgp)
         variant = variant if variant != "dense" else f"mask:{mask.name}"
     nets = {variant: net, **nets}
-    protocol = TimingProtocol(warmup=warmup, repeats=repeats, min_repeats=min(10, repeats), timer=timer,
+    per_round = max(1, repeats // rounds) if speedup else repeats
+    protocol = TimingProtocol(warmup=warmup, repeats=per_round, min_repeats=min(10, per_round), timer=timer,
                               num_threads=threads)
     timing_backend = get_backend(backend, protocol)
     database = open_database(db) if store or latency_model else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -67,6 +68,11 @@ class TimingResult:
         return self.iqr_ms / med if med > 0 else 0.0
 
 
+def round_order(n: int, r: int) -> list[int]:
+    """Model order in interleaved round ``r``: forwards on even rounds, backwards on odd ones (A B, B A, ...)."""
+    return list(range(n)) if r % 2 == 0 else list(range(n - 1, -1, -1))
+
+
 def iqr(samples: list[float]) -> float:
     """Inter-quartile range (linear interpolation, like ``numpy.percentile``)."""
     if len(samples) < 2:
@@ -103,6 +109,28 @@ class Backend(ABC):
     ) -> TimingResult:
         """Time one forward pass of a whole ``model`` (eval, inference mode) on a random input
         of ``input_shape`` (batch first); raise :class:`MeasurementFailed` on OOM/library error."""
+
+    def measure_rounds(
+        self, models: Sequence[torch.nn.Module], input_shape: tuple[int, ...], rounds: int, dtype: str = "fp32",
+        layout: str = "nchw",
+    ) -> tuple[list[list[TimingResult]], dict[int, MeasurementFailed]]:
+        """Time ``models`` in turns: ``rounds`` rounds, each timing every model once under the protocol, in the
+        order 0 1 2 …, then … 2 1 0 (so drift of the host hits them alike). Returns one result per round for
+        each model, and the failures by model index (a failed model is skipped in the later rounds).
+
+        This default calls :meth:`measure_model` each time; a backend may prepare each model only once.
+        """
+        results: list[list[TimingResult]] = [[] for _ in models]
+        failed: dict[int, MeasurementFailed] = {}
+        for r in range(rounds):
+            for i in round_order(len(models), r):
+                if i in failed:
+                    continue
+                try:
+                    results[i].append(self.measure_model(models[i], input_shape, dtype=dtype, layout=layout))
+                except MeasurementFailed as exc:
+                    failed[i] = exc
+        return results, failed
 
     def hardware(self) -> dict[str, Any]:
         """Description of the device this backend times on (see :mod:`profiler.hardware`)."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from db.errors import LatlabError
@@ -20,7 +21,7 @@ from profiler.backends._modules import (
     prepare_module,
     torch_threads,
 )
-from profiler.backends.base import Backend, MeasurementFailed, TimingResult
+from profiler.backends.base import Backend, MeasurementFailed, TimingResult, round_order
 from profiler.protocol import TimingProtocol
 
 if TYPE_CHECKING:
@@ -92,20 +93,54 @@ class CpuBackend(Backend):
         layout: str = "nchw",
     ) -> TimingResult:
         """Time one forward pass of a copy of ``model`` (eval, inference mode, dtype/layout applied)."""
+        results, failed = self.measure_rounds([model], input_shape, 1, dtype=dtype, layout=layout)
+        if failed:
+            gc.collect()  # drop the failed attempt's tensors before the next model
+            raise failed[0]
+        return results[0][0]
+
+    def measure_rounds(
+        self, models: Sequence[torch.nn.Module], input_shape: tuple[int, ...], rounds: int, dtype: str = "fp32",
+        layout: str = "nchw",
+    ) -> tuple[list[list[TimingResult]], dict[int, MeasurementFailed]]:
+        """As :meth:`Backend.measure_rounds`, but each model is copied, warmed up and calibrated once, so a
+        round is nothing but timed blocks of every model in turn."""
         import torch
 
-        what = f"{type(model).__name__} input={tuple(input_shape)} dtype={dtype} layout={layout}"
-        try:
-            net = copy_model(model, dtype, layout)
-            x = make_input(input_shape, dtype, layout, seed=self.protocol.seed)
+        results: list[list[TimingResult]] = [[] for _ in models]
+        failed: dict[int, MeasurementFailed] = {}
+        calls: dict[int, tuple[Callable[[], Any], int]] = {}
+        timer_cls = _benchmark_timer()
+        with torch_threads(self.num_threads) as threads:
+            for i, model in enumerate(models):
+                what = f"{type(model).__name__} input={tuple(input_shape)} dtype={dtype} layout={layout}"
+                try:
+                    x = make_input(input_shape, dtype, layout, seed=self.protocol.seed)
+                    fn = functools.partial(copy_model(model, dtype, layout), x)
+                    with torch.inference_mode():
+                        for _ in range(self.protocol.warmup):
+                            fn()
+                        calls[i] = (fn, _calibrate(fn))
+                except (RuntimeError, MemoryError, NotImplementedError) as exc:
+                    failed[i] = _failure(exc, what, dtype)
+            timers = {i: timer_cls(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab")
+                      for i, (fn, _) in calls.items()}
             with torch.inference_mode():
-                samples, number = self._time(lambda: net(x))
-        except (RuntimeError, MemoryError, NotImplementedError) as exc:
-            failure = _failure(exc, what, dtype)
-        else:
-            return TimingResult(samples, telemetry=self._telemetry(number))
-        gc.collect()
-        raise failure
+                for r in range(rounds):
+                    for i in round_order(len(models), r):
+                        if i not in calls:
+                            continue
+                        number = calls[i][1]
+                        samples: list[float] = []
+                        try:
+                            while not enough_samples(samples, self.protocol):
+                                samples.append(_block_seconds(timers[i], number) / number * 1e3)
+                        except (RuntimeError, MemoryError, NotImplementedError) as exc:
+                            failed[i] = _failure(exc, type(models[i]).__name__, dtype)
+                            del calls[i]
+                            continue
+                        results[i].append(TimingResult(samples, telemetry=self._telemetry(number)))
+        return results, failed
 
     def settings(self) -> dict[str, Any]:
         """Timer, thread count and the ATen parallel backend line."""

@@ -395,6 +395,32 @@ def test_cpu_measure_model_resnet18() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before), "the caller's model is untouched"
 
 
+class _Breaks(nn.Module):
+    """Runs fine until its ``calls_left`` run out, then fails the way an out-of-memory CPU op does."""
+
+    def __init__(self, calls_left: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.calls_left = calls_left
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.001)  # ~1 ms a call: one call per timed block, so calls_left counts blocks
+        self.calls_left -= 1
+        if self.calls_left < 0:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return self.conv(x)
+
+
+def test_cpu_measure_rounds_prepares_once_and_records_failures() -> None:
+    cpu = CpuBackend(TimingProtocol(warmup=2, repeats=2, min_repeats=2))
+    models = [nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), _Breaks(0), _Breaks(6)]
+    results, failed = cpu.measure_rounds(models, (1, 3, 16, 16), rounds=4)
+    assert [len(r) for r in results[:2]] == [4, 0] and all(t.n == 2 for t in results[0])
+    assert failed[1].status == "oom"  # failed in its warm-up: never timed
+    assert 2 in failed and 0 < len(results[2]) < 4  # failed in a later round: kept what it had
+    assert 0 not in failed
+
+
 def test_build_conv_op_geometry() -> None:
     fam = ConvFamily(20, 30, 3, 5, 2, 1, 1, 2, 1, 2, groups=2)
     c = ConvConfig(fam, 8, 12, 3, op="conv_bn_relu")

@@ -35,7 +35,8 @@ def test_sigkill_worker_then_resume(tmp_path: Path, h, reference_plan, figure) -
     assert after["rows"] == after["distinct"] == after["ok"] == h.N_REFERENCE and after["duplicates"] == 0
     assert killed_at + survivor.measured == h.N_REFERENCE  # every configuration measured (stored) exactly once
     assert status["victim"]["state"] == "dead" and status["victim"]["claimed"] == 0
-    assert 1 <= reissued <= 8  # at most one claim batch was in the victim's hands
+    # at most one claim batch was in the victim's hands (none if the kill fell between two batches)
+    assert 0 <= reissued <= 8
     assert set(h.claim_attempts(database)) <= {1, 2}
     # `latlab sweep status` shows the dead worker and the finished survivor
     from typer.testing import CliRunner
