@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,13 @@ def cpu_machine() -> dict[str, Any]:
     hw = detect_hardware("cpu")
     return {"device": hw.name, "cpu_model": hw.cpu_model, "cores": hw.cpu_cores, "threads": hw.cpu_threads,
             "torch": hw.torch_version, "python": platform.python_version()}
+
+
+def result_header(benchmark: str, argv: list[str] | None) -> dict[str, Any]:
+    """The first keys of a result: benchmark name, backend, the command that ran it and the machine."""
+    args = argv if argv is not None else sys.argv[1:]
+    return {"benchmark": benchmark, "backend": "cpu",
+            "command": " ".join(["python -m", f"benchmarks.{benchmark}", *args]), "machine": cpu_machine()}
 
 
 def machine_line(machine: dict[str, Any]) -> str:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torchvision
 
-from benchmarks._cpu_report import cpu_machine, machine_line, write_result
+from benchmarks._cpu_report import machine_line, result_header, write_result
 from latlab.tables import render
 from profiler.backends import get_backend
 from profiler.measure import measure_model, measure_models_interleaved, paired_speedup
@@ -98,11 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"method": method, "twin_mean_abs_err_pct": twin["mean_abs_err_pct"],
                      "twin_max_abs_err_pct": twin["max_abs_err_pct"], "pruned_speedup_median": pruned["median"],
                      "pruned_speedup_spread_pct": round(100 * pruned["spread"], 2)})
-    machine = cpu_machine()
     result = {
-        "benchmark": "interleaving", "backend": "cpu",
-        "command": "python -m benchmarks.interleaving " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine,
+        **result_header("interleaving", argv),
         "trials": args.trials, "rounds": args.rounds, "repeats": args.repeats, "threads": args.threads,
         "elapsed_s": round(elapsed, 1), "rows": rows,
         "speedups": {m: {k: [round(x, 4) for x in v] for k, v in d.items()} for m, d in speedups.items()},
@@ -110,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# Whole-network speed-ups: one after the other vs interleaved", "",
         f"Command: `{result['command']}`  ",
-        f"{machine_line(machine)}, "
+        f"{machine_line(result['machine'])}, "
         f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
         f"{args.trials} trials; each times dense ResNet-18, an independently initialised twin (true speed-up 1) "
         f"and a copy with every block's inner width halved, {args.rounds * args.repeats} forward passes per network: "

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks._cpu_report import cpu_machine, machine_line, write_result
+from benchmarks._cpu_report import machine_line, result_header, write_result
 from db import open_database
 from latency_models.evaluate import candidate_models
 from latency_models.features import lut_frame
@@ -123,18 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                 "best_rep_pct": round(float(per_rep[col].min()), 2),
                 "worst_rep_pct": round(float(per_rep[col].max()), 2)}
                for col in error_cols]
-    machine = cpu_machine()
     result = {
-        "benchmark": "prediction_error", "backend": "cpu",
-        "command": "python -m benchmarks.prediction_error " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine,
+        **result_header("prediction_error", argv),
         "model": args.model, "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
         "elapsed_s": round(elapsed, 1), "summary": summary, "rows": frame.round(4).to_dict(orient="records"),
     }
     md = [
         "# Predicted vs measured latency of pruned networks (repeated)", "",
         f"Command: `{result['command']}`  ",
-        f"{machine_line(machine)}, "
+        f"{machine_line(result['machine'])}, "
         f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
         f"{args.repeats} repetitions of: `lattice` LUT of {args.model} (fresh sweep) → LLM and MDLM fitted → "
         f"HALP and MDP one-shot at {', '.join(f'{t:.0%}' for t in args.targets)} of the dense conv latency → "
