@@ -1,18 +1,20 @@
 """``latlab demo``: the main job end to end on this machine's CPU with the embedded SQLite database.
 
 1. profile the conv shape families of a real torchvision network (ResNet-18 by default) with the
-   CPU backend over a Latin-hypercube channel grid, into ``<out>/latlab.db``;
+   CPU backend over the pruner's channel lattice, into ``<out>/latlab.db``;
 2. summarise the LUT per shape family (table + PNG);
-3. time the whole dense network and compare it with the sum of its convs read from the LUT
-   (how much of the network's latency a conv-only LUT explains);
+3. time the whole dense network and compare it with the sum of its convs read from the LUT and with its
+   other ops (BN, ReLU, pooling, adds, classifier) timed one by one;
 4. fit every latency model on half of the LUT keys and score the rest, and predict random pruned
    versions of the network against their measured latency (``<out>/latency_models/``);
 5. prune the network one-shot with HALP and MDP for this machine, export and time the slim networks;
 6. train the network on a small local dataset (scikit-learn's bundled digits written as an ImageFolder,
    32×32), then prune it *while fine-tuning* with HALP and MDP at two latency targets for this machine
-   (latency predicted at the deployment resolution), export, time and store each slim network with the
-   latencies the LLM and MDLM predicted for it;
+   (latency predicted at the deployment resolution), export, and store each slim network with the
+   latencies the LLM and MDLM predicted for it (convs, and convs + other ops);
 7. write ``<out>/report.md`` (with PNGs), ``<out>/lut_summary.csv`` and ``<out>/finetune.csv``.
+
+Networks compared with the dense one (stages 4–6) are timed with it in interleaved rounds.
 """
 
 from __future__ import annotations
