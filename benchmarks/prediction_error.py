@@ -28,7 +28,7 @@ import pandas as pd
 
 from benchmarks._cpu_report import machine_line, result_header, write_result
 from db import open_database
-from latency_models.evaluate import candidate_models
+from latency_models.evaluate import candidate_models, prediction_errors
 from latency_models.features import lut_frame
 from latlab.tables import render
 from profiler.backends import get_backend
@@ -77,22 +77,13 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[s
     for name, (widths, removed) in shapes.items():
         pred[name] = {col: spec_latency(models[kind], spec, settings, widths, removed, freeze_cin=frozen)
                       for col, (kind, frozen) in PREDICTORS.items()}
-        pred[name]["other"] = other.latency(spec.conv_widths(widths, removed))
-    rows = []
-    for name in nets:
-        if name == "dense":
-            continue
-        measured = paired_speedup(timed["dense"], timed[name])
-        row: dict[str, Any] = {"rep": rep, "network": name, "removed_blocks": len(shapes[name][1]),
-                               "measured_ms": timed[name].median_ms, "speedup": measured}
-        for col in PREDICTORS:
-            conv, dense_conv = pred[name][col], pred["dense"][col]
-            whole, dense_whole = conv + pred[name]["other"], dense_conv + pred["dense"]["other"]
-            row[f"{col}_speedup_err_pct"] = 100 * (dense_conv / conv / measured - 1)
-            row[f"{col}+other_speedup_err_pct"] = 100 * (dense_whole / whole / measured - 1)
-            row[f"{col}+other_err_pct"] = 100 * (whole / timed[name].median_ms - 1)
-        rows.append(row)
-    return rows
+        pred[name]["other_ms"] = other.latency(spec.conv_widths(widths, removed))
+    pruned = pd.DataFrame([{"rep": rep, "network": name, "removed_blocks": len(shapes[name][1]),
+                            "measured_ms": timed[name].median_ms,
+                            "speedup": paired_speedup(timed["dense"], timed[name]), **pred[name]}
+                           for name in nets if name != "dense"])
+    errors = prediction_errors(pruned, pred["dense"], tuple(PREDICTORS))
+    return errors.drop(columns=[*PREDICTORS, "other_ms"]).to_dict(orient="records")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESULT_COLUMNS", "accuracy_vs_budget", "candidate_models", "evaluate_models", "fit_predict", "markdown_table",
-    "measure_pruned", "summarise_whole_network", "whole_network_eval", "write_report",
+    "measure_pruned", "prediction_errors", "summarise_whole_network", "whole_network_eval", "write_report",
 ]
 
 RESULT_COLUMNS = ("model", "n_train", "n_test", "missing", "fit_s", "predict_s", *METRIC_COLUMNS, "error")
@@ -277,6 +277,26 @@ def _lattice_or_nan(truth: Callable[[Widths], float] | None, widths: Widths) -> 
         return float(truth(widths))
     except LUTMissError:
         return float("nan")
+
+
+def prediction_errors(
+    pruned: pd.DataFrame, dense: Mapping[str, float], predictors: Sequence[str], other: str = "other_ms",
+) -> pd.DataFrame:
+    """Signed % errors of predicted latency for pruned networks, as new columns of ``pruned``.
+
+    ``pruned`` holds one row per network with each predictor's conv latency (ms), the predicted time of its
+    other ops (column ``other``), ``measured_ms`` and the measured ``speedup`` over the dense network;
+    ``dense`` the same predictions for the dense network. Per predictor ``p``: ``p_speedup_err_pct`` (the
+    speed-up dense / pruned predicted from the convs alone), ``p+other_speedup_err_pct`` (from convs + other
+    ops) and ``p+other_err_pct`` (whole-network latency, convs + other ops, against ``measured_ms``).
+    """
+    out = pruned.copy()
+    for p in predictors:
+        whole, dense_whole = out[p] + out[other], dense[p] + dense[other]
+        out[f"{p}_speedup_err_pct"] = 100 * (dense[p] / out[p] / out["speedup"] - 1)
+        out[f"{p}+other_speedup_err_pct"] = 100 * (dense_whole / whole / out["speedup"] - 1)
+        out[f"{p}+other_err_pct"] = 100 * (whole / out["measured_ms"] - 1)
+    return out
 
 
 def summarise_whole_network(whole: pd.DataFrame) -> pd.DataFrame:

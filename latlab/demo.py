@@ -36,6 +36,7 @@ from latency_models.evaluate import (
     candidate_models,
     fit_predict,
     measure_pruned,
+    prediction_errors,
     summarise_whole_network,
     whole_network_eval,
     write_report,
@@ -288,17 +289,8 @@ def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, 
                    speedup=paired_speedup(timed["digits-dense"], timed[variant]))
     frame = pd.DataFrame([*rows.values(), *failed])
     for p in _PREDICTORS:
-        whole = frame[p] + frame["other_ms"]
-        frame[f"{p}_speedup_err_pct"] = _pct_error(dense_pred[p] / frame[p], frame["speedup"])
-        frame[f"{p}+other_ms"] = whole
-        frame[f"{p}+other_err_pct"] = _pct_error(whole, frame["measured_ms"])
-        frame[f"{p}+other_speedup_err_pct"] = _pct_error((dense_pred[p] + dense_pred["other_ms"]) / whole,
-                                                         frame["speedup"])
-    return frame
-
-
-def _pct_error(predicted: pd.Series, measured: pd.Series) -> pd.Series:
-    return 100 * (predicted - measured) / measured
+        frame[f"{p}+other_ms"] = frame[p] + frame["other_ms"]
+    return prediction_errors(frame, dense_pred, _PREDICTORS)
 
 
 def _plot_finetune(frame: pd.DataFrame, path: Path) -> None:

@@ -154,7 +154,7 @@ def _timed_op(
     if node.op == "call_module" and len(tensor_args) == 1 and not node.kwargs:
         return kind, copy.deepcopy(fn), tuple(shape)
     if node.op == "call_module":
-        fn, method = copy.deepcopy(fn), False
+        fn = copy.deepcopy(fn)
     call = _Call(fn, tuple(None if isinstance(a, fx.Node) else a for a in node.args), dict(node.kwargs), first,
                  {i: s for i, s in tensor_args[1:]}, method)
     return kind, call, tuple(shape)

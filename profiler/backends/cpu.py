@@ -109,35 +109,27 @@ class CpuBackend(Backend):
 
         results: list[list[TimingResult]] = [[] for _ in models]
         failed: dict[int, MeasurementFailed] = {}
-        calls: dict[int, tuple[Callable[[], Any], int]] = {}
-        timer_cls = _benchmark_timer()
+        prepared: dict[int, tuple[Any, int]] = {}
         with torch_threads(self.num_threads) as threads:
             for i, model in enumerate(models):
                 what = f"{type(model).__name__} input={tuple(input_shape)} dtype={dtype} layout={layout}"
                 try:
                     x = make_input(input_shape, dtype, layout, seed=self.protocol.seed)
-                    fn = functools.partial(copy_model(model, dtype, layout), x)
                     with torch.inference_mode():
-                        for _ in range(self.protocol.warmup):
-                            fn()
-                        calls[i] = (fn, _calibrate(fn))
+                        prepared[i] = self._prepare(functools.partial(copy_model(model, dtype, layout), x), threads)
                 except (RuntimeError, MemoryError, NotImplementedError) as exc:
                     failed[i] = _failure(exc, what, dtype)
-            timers = {i: timer_cls(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab")
-                      for i, (fn, _) in calls.items()}
             with torch.inference_mode():
                 for r in range(rounds):
                     for i in round_order(len(models), r):
-                        if i not in calls:
+                        if i not in prepared:
                             continue
-                        number = calls[i][1]
-                        samples: list[float] = []
+                        timer, number = prepared[i]
                         try:
-                            while not enough_samples(samples, self.protocol):
-                                samples.append(_block_seconds(timers[i], number) / number * 1e3)
+                            samples = self._sample(timer, number)
                         except (RuntimeError, MemoryError, NotImplementedError) as exc:
                             failed[i] = _failure(exc, type(models[i]).__name__, dtype)
-                            del calls[i]
+                            del prepared[i]
                             continue
                         results[i].append(TimingResult(samples, telemetry=self._telemetry(number)))
         return results, failed
@@ -161,17 +153,23 @@ class CpuBackend(Backend):
 
     def _time(self, fn: Callable[[], Any]) -> tuple[list[float], int]:
         """Warm up, choose the block size, then sample until the stop rule says enough."""
-        timer_cls = _benchmark_timer()
-        proto = self.protocol
         with torch_threads(self.num_threads) as threads:
-            for _ in range(proto.warmup):
-                fn()
-            number = _calibrate(fn)
-            timer = timer_cls(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab")
-            samples: list[float] = []
-            while not enough_samples(samples, proto):
-                samples.append(_block_seconds(timer, number) / number * 1e3)
-        return samples, number
+            timer, number = self._prepare(fn, threads)
+            return self._sample(timer, number), number
+
+    def _prepare(self, fn: Callable[[], Any], threads: int) -> tuple[Any, int]:
+        """Warm ``fn`` up and choose its block size: (its ``torch.utils.benchmark`` timer, calls per block)."""
+        for _ in range(self.protocol.warmup):
+            fn()
+        number = _calibrate(fn)
+        return _benchmark_timer()(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab"), number
+
+    def _sample(self, timer: Any, number: int) -> list[float]:
+        """Timed blocks of ``number`` calls (ms per call) until the protocol's stop rule says enough."""
+        samples: list[float] = []
+        while not enough_samples(samples, self.protocol):
+            samples.append(_block_seconds(timer, number) / number * 1e3)
+        return samples
 
     def _telemetry(self, number: int) -> dict[str, Any]:
         out: dict[str, Any] = {"calls_per_sample": number, "num_threads": self.num_threads}

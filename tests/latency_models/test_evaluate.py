@@ -18,6 +18,7 @@ from latency_models.evaluate import (
     fit_predict,
     markdown_table,
     measure_pruned,
+    prediction_errors,
     summarise_whole_network,
     whole_network_eval,
     write_report,
@@ -184,3 +185,13 @@ def test_markdown_table() -> None:
     df = pd.DataFrame({"a": [1.23456789, float("nan")], "b": ["x|y", None], "c": [True, False]})
     assert markdown_table(df).splitlines() == ["| a | b | c |", "|---|---|---|", "| 1.235 | x\\|y | True |",
                                                "|  |  | False |"]
+
+
+def test_prediction_errors_of_pruned_networks() -> None:
+    dense = {"m": 80.0, "other_ms": 20.0}  # predicts 100 ms for the dense network
+    pruned = pd.DataFrame([{"m": 40.0, "other_ms": 10.0, "measured_ms": 55.0, "speedup": 2.0}])
+    out = prediction_errors(pruned, dense, ("m",))
+    assert out.loc[0, "m_speedup_err_pct"] == pytest.approx(0.0)  # 80 / 40 = 2, as measured
+    assert out.loc[0, "m+other_speedup_err_pct"] == pytest.approx(0.0)  # 100 / 50 = 2
+    assert out.loc[0, "m+other_err_pct"] == pytest.approx(100 * (50 / 55 - 1))
+    assert "m_speedup_err_pct" not in pruned  # the input frame is left as it was
