@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,17 @@ class DemoResult:
     whole_network: pd.DataFrame | None = None  # per model: error vs measured pruned networks
     pruned: pd.DataFrame | None = None  # one-shot HALP and MDP, exported and timed
     finetuned: pd.DataFrame | None = None  # dense + HALP/MDP pruned while fine-tuning: accuracy, latency
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall-clock seconds per stage
+
+
+@contextmanager
+def _timed(stage_s: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall-clock time of the block to ``stage_s[stage]``."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        stage_s[stage] = stage_s.get(stage, 0.0) + time.monotonic() - start
 
 
 def _conv_sum(database: Database, sweep_id: int, configs: list[ConvConfig]) -> tuple[float | None, list[str]]:
@@ -335,41 +349,47 @@ def run_demo(config: DemoConfig) -> DemoResult:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    stage_s: dict[str, float] = {}
     database = open_database(config.db or out / "latlab.db")
-    plan = build_plan(config.model, config.grid, input_size=config.input_size, batch=config.batch)
-    protocol = TimingProtocol(warmup=config.warmup, repeats=config.repeats, min_repeats=min(5, config.repeats),
-                              max_rel_iqr=config.max_rel_iqr,
-                              num_threads=config.threads, seed=config.seed)
-    backend = get_backend(config.backend, protocol)
-    sweep = run_sweep(database, plan, backend, name="demo", progress=config.progress, command="latlab demo")
-    with database.session() as session:
-        lut_rows = family_summaries(session, sweep.sweep_id)
+    with _timed(stage_s, "1. LUT sweep"):
+        plan = build_plan(config.model, config.grid, input_size=config.input_size, batch=config.batch)
+        protocol = TimingProtocol(warmup=config.warmup, repeats=config.repeats, min_repeats=min(5, config.repeats),
+                                  max_rel_iqr=config.max_rel_iqr, num_threads=config.threads, seed=config.seed)
+        backend = get_backend(config.backend, protocol)
+        sweep = run_sweep(database, plan, backend, name="demo", progress=config.progress, command="latlab demo")
+        with database.session() as session:
+            lut_rows = family_summaries(session, sweep.sweep_id)
 
-    dense = [ConvConfig(layer.family, layer.cin, layer.cout, config.batch) for layer in plan.layers]
-    conv_sum, missing = _conv_sum(database, sweep.sweep_id, dense)
-    name, net = resolve_model(config.model)
-    model_protocol = TimingProtocol(warmup=config.warmup, repeats=config.model_repeats,
-                                    min_repeats=min(10, config.model_repeats), num_threads=config.threads,
-                                    seed=config.seed)
-    model_backend = get_backend(config.backend, model_protocol)
-    whole = measure_model(database, model_backend, net, name=name,
-                          input_shape=(config.batch, 3, config.input_size, config.input_size))
-    result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing)
-    result.other_ops = measure_other_ops(model_backend, net, trace_network(net, config.input_size),
-                                         batch=config.batch)
-    with database.session() as session:
-        X, y = lut_frame(session, sweep.sweep_id)
-    result.models, result.whole_network, fitted = _compare_models(X, y, config, net, model_backend, out,
-                                                                  result.other_ops)
-    result.pruned = _prune(fitted, config, net, model_backend)
+    with _timed(stage_s, "2. whole network and its other ops"):
+        dense = [ConvConfig(layer.family, layer.cin, layer.cout, config.batch) for layer in plan.layers]
+        conv_sum, missing = _conv_sum(database, sweep.sweep_id, dense)
+        name, net = resolve_model(config.model)
+        model_protocol = TimingProtocol(warmup=config.warmup, repeats=config.model_repeats,
+                                        min_repeats=min(10, config.model_repeats), num_threads=config.threads,
+                                        seed=config.seed)
+        model_backend = get_backend(config.backend, model_protocol)
+        whole = measure_model(database, model_backend, net, name=name,
+                              input_shape=(config.batch, 3, config.input_size, config.input_size))
+        result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing, stage_s=stage_s)
+        result.other_ops = measure_other_ops(model_backend, net, trace_network(net, config.input_size),
+                                             batch=config.batch)
+    with _timed(stage_s, "3. latency models"):
+        with database.session() as session:
+            X, y = lut_frame(session, sweep.sweep_id)
+        result.models, result.whole_network, fitted = _compare_models(X, y, config, net, model_backend, out,
+                                                                      result.other_ops)
+    with _timed(stage_s, "4. one-shot pruning"):
+        result.pruned = _prune(fitted, config, net, model_backend)
     if config.finetune:
-        result.finetuned = _finetune(config, out, database, sweep.sweep_id, fitted, model_backend)
-        result.finetuned.to_csv(out / "finetune.csv", index=False)
-        _plot_finetune(result.finetuned, out / "finetune.png")
+        with _timed(stage_s, "5. train, prune while fine-tuning, export, time"):
+            result.finetuned = _finetune(config, out, database, sweep.sweep_id, fitted, model_backend)
+            result.finetuned.to_csv(out / "finetune.csv", index=False)
+            _plot_finetune(result.finetuned, out / "finetune.png")
 
-    (out / "lut_summary.csv").write_text(render(lut_rows, "csv"))
-    _plot(lut_rows, database, sweep.sweep_id, out / "lut_latency.png")
-    result.report_path = out / "report.md"
+    with _timed(stage_s, "report and plots"):
+        (out / "lut_summary.csv").write_text(render(lut_rows, "csv"))
+        _plot(lut_rows, database, sweep.sweep_id, out / "lut_latency.png")
+        result.report_path = out / "report.md"
     result.report_path.write_text(_report(result, whole.hardware, plan.description))
     database.dispose()
     return result
@@ -446,6 +466,10 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         lines += _finetune_section(r.finetuned, c)
     if r.missing:
         lines += ["Missing LUT entries:", "", *[f"- {m}" for m in r.missing], ""]
+    if r.stage_s:
+        times = [{"stage": k, "seconds": round(v, 1)} for k, v in r.stage_s.items()]
+        times.append({"stage": "total", "seconds": round(sum(r.stage_s.values()), 1)})
+        lines += ["## Time per stage", "", render(times, "markdown")]
     return "\n".join(lines)
 
 

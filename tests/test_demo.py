@@ -26,6 +26,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert (out / "lut_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "lut_summary.csv").read_text().count("\n") == 12
     assert (out / "config.json").exists()
+    assert list(first.stage_s)[0] == "1. LUT sweep" and all(t >= 0 for t in first.stage_s.values())
+    assert "## Time per stage" in report and "| total |" in report
     ft = first.finetuned.set_index("method")
     assert list(ft.index) == ["dense", "halp", "mdp"] and "## 5. Prune while fine-tuning" in report
     for method in ("halp", "mdp"):  # each pruned network was trained, exported, timed and stored

@@ -1,4 +1,8 @@
-"""CPU timing backend: ``torch.utils.benchmark.Timer`` blocks of at least ~1 ms per sample."""
+"""CPU timing backend: ``torch.utils.benchmark.Timer`` blocks of at least ~1 ms per sample.
+
+With the protocol's ``l2_flush`` each sample is instead one call, timed alone with ``perf_counter``
+right after a buffer of twice the L2 size per thread has been overwritten (cold-cache numbers).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from db.errors import LatlabError
@@ -31,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 MIN_BLOCK_S = 1e-3  # each sample times a block of calls at least this long
 MAX_NUMBER = 100_000  # calls per block, upper bound
+L2_FALLBACK_BYTES = 2 * 2**20  # per-core L2 assumed when /sys does not say
+_CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 _OOM_MARKERS = ("not enough memory", "out of memory", "cannot allocate memory", "bad_alloc")
 
 
@@ -52,7 +59,9 @@ class CpuBackend(Backend):
     """Times convolutions and whole models on the host CPU (eval, ``torch.inference_mode``).
 
     Each sample is ``block_time / number`` from one ``torch.utils.benchmark.Timer`` block whose
-    call count ``number`` makes the block last at least ~1 ms, so timer overhead is negligible.
+    call count ``number`` makes the block last at least ~1 ms, so timer overhead is negligible. With
+    ``l2_flush`` a sample is one call made right after the flush buffer was overwritten (by every thread:
+    twice the L2 size per thread), so weights and input come from the shared last-level cache or memory.
     """
 
     name: ClassVar[str] = "cpu"
@@ -62,6 +71,7 @@ class CpuBackend(Backend):
         super().__init__(protocol)
         if self.timer != "torch_benchmark":
             raise LatlabError(f"the cpu backend supports timer 'torch_benchmark' only, not {self.timer!r}")
+        self._flush_buffer: torch.Tensor | None = None
 
     @property
     def num_threads(self) -> int:
@@ -109,7 +119,7 @@ class CpuBackend(Backend):
 
         results: list[list[TimingResult]] = [[] for _ in models]
         failed: dict[int, MeasurementFailed] = {}
-        prepared: dict[int, tuple[Any, int]] = {}
+        prepared: dict[int, tuple[Callable[[], float], int]] = {}
         with torch_threads(self.num_threads) as threads:
             for i, model in enumerate(models):
                 what = f"{type(model).__name__} input={tuple(input_shape)} dtype={dtype} layout={layout}"
@@ -124,9 +134,9 @@ class CpuBackend(Backend):
                     for i in round_order(len(models), r):
                         if i not in prepared:
                             continue
-                        timer, number = prepared[i]
+                        sample, number = prepared[i]
                         try:
-                            samples = self._sample(timer, number)
+                            samples = self._sample(sample)
                         except (RuntimeError, MemoryError, NotImplementedError) as exc:
                             failed[i] = _failure(exc, type(models[i]).__name__, dtype)
                             del prepared[i]
@@ -139,7 +149,9 @@ class CpuBackend(Backend):
         import torch
 
         out: dict[str, Any] = {"timer": self.timer, "num_threads": self.num_threads,
-                               "min_block_ms": MIN_BLOCK_S * 1e3}
+                               "min_block_ms": 0.0 if self.protocol.l2_flush else MIN_BLOCK_S * 1e3,
+                               "l2_flush": self.protocol.l2_flush,
+                               "l2_flush_bytes": self._flush_bytes() if self.protocol.l2_flush else 0}
         try:
             info = torch.__config__.parallel_info()
             backend = [ln.split(":", 1)[1].strip() for ln in info.splitlines() if "parallel backend" in ln]
@@ -151,25 +163,48 @@ class CpuBackend(Backend):
 
     # ---------------------------------------------------------------------------- timing
 
+    def close(self) -> None:
+        """Free the flush buffer."""
+        self._flush_buffer = None
+        super().close()
+
     def _time(self, fn: Callable[[], Any]) -> tuple[list[float], int]:
         """Warm up, choose the block size, then sample until the stop rule says enough."""
         with torch_threads(self.num_threads) as threads:
-            timer, number = self._prepare(fn, threads)
-            return self._sample(timer, number), number
+            sample, number = self._prepare(fn, threads)
+            return self._sample(sample), number
 
-    def _prepare(self, fn: Callable[[], Any], threads: int) -> tuple[Any, int]:
-        """Warm ``fn`` up and choose its block size: (its ``torch.utils.benchmark`` timer, calls per block)."""
+    def _prepare(self, fn: Callable[[], Any], threads: int) -> tuple[Callable[[], float], int]:
+        """Warm ``fn`` up and choose how to sample it: (one sample in ms per call, calls per sample)."""
         for _ in range(self.protocol.warmup):
             fn()
+        flush = self._flush()
+        if flush is not None:
+            return functools.partial(_cold_call_ms, fn, flush), 1
         number = _calibrate(fn)
-        return _benchmark_timer()(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab"), number
+        timer = _benchmark_timer()(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab")
+        return functools.partial(_block_ms, timer, number), number
 
-    def _sample(self, timer: Any, number: int) -> list[float]:
-        """Timed blocks of ``number`` calls (ms per call) until the protocol's stop rule says enough."""
+    def _sample(self, sample: Callable[[], float]) -> list[float]:
+        """Samples (ms per call) until the protocol's stop rule says enough."""
         samples: list[float] = []
         while not enough_samples(samples, self.protocol):
-            samples.append(_block_seconds(timer, number) / number * 1e3)
+            samples.append(sample())
         return samples
+
+    def _flush_bytes(self) -> int:
+        return 2 * l2_cache_bytes() * self.num_threads
+
+    def _flush(self) -> torch.Tensor | None:
+        """The flush buffer, allocated on first use; None without ``l2_flush``."""
+        import torch
+
+        if not self.protocol.l2_flush:
+            return None
+        if self._flush_buffer is None:
+            with torch.inference_mode(False):  # a normal tensor: in-place updates allowed in and out of the mode
+                self._flush_buffer = torch.zeros(self._flush_bytes() // 4, dtype=torch.float32)
+        return self._flush_buffer
 
     def _telemetry(self, number: int) -> dict[str, Any]:
         out: dict[str, Any] = {"calls_per_sample": number, "num_threads": self.num_threads}
@@ -213,11 +248,36 @@ def _benchmark_timer() -> type:
     return Timer
 
 
-def _block_seconds(timer: Any, number: int) -> float:
-    """Seconds for ``number`` calls. ``Timer.timeit`` would add its own warm-up of ``number // 100``
-    (>= 2) calls per sample; the per-config warm-up is already done, so use the bare block timer
-    when this torch has it."""
+def _block_ms(timer: Any, number: int) -> float:
+    """Milliseconds per call over one block of ``number`` calls. ``Timer.timeit`` would add its own
+    warm-up of ``number // 100`` (>= 2) calls per sample; the per-config warm-up is already done, so use
+    the bare block timer when this torch has it."""
     bare = getattr(timer, "_timeit", None)
-    if callable(bare):
-        return float(bare(number))
-    return float(timer.timeit(number).raw_times[0])
+    seconds = float(bare(number)) if callable(bare) else float(timer.timeit(number).raw_times[0])
+    return seconds / number * 1e3
+
+
+def _cold_call_ms(fn: Callable[[], Any], flush: torch.Tensor) -> float:
+    """Milliseconds of one call of ``fn`` made right after every thread overwrote its share of ``flush``."""
+    flush.add_(1.0)  # an ATen elementwise op: split across the intra-op threads, each dirtying its part
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def l2_cache_bytes() -> int:
+    """Per-core L2 size from ``/sys`` (Linux); :data:`L2_FALLBACK_BYTES` when it cannot be read."""
+    try:
+        for index in sorted(_CPU_CACHE_DIR.glob("index*")):
+            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
+                return _parse_size((index / "size").read_text())
+    except (OSError, ValueError):
+        logger.debug("no L2 size in %s", _CPU_CACHE_DIR, exc_info=True)
+    return L2_FALLBACK_BYTES
+
+
+def _parse_size(text: str) -> int:
+    """``"1024K"`` → 1048576 (sysfs cache sizes: a number with an optional K/M/G suffix)."""
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -434,3 +435,36 @@ def test_build_conv_op_geometry() -> None:
     assert tuple(y.shape) == (3, 12, fam.out_h, fam.out_w)
     a, b = build_conv_op(c, seed=1), build_conv_op(c, seed=1)
     assert torch.equal(a[0].weight, b[0].weight)
+
+
+def test_cpu_l2_flush_times_single_calls_after_a_flush() -> None:
+    from profiler.backends.cpu import l2_cache_bytes
+
+    cpu = CpuBackend(TimingProtocol(warmup=1, repeats=5, min_repeats=5, l2_flush=True, num_threads=2))
+    settings = cpu.settings()
+    assert settings["l2_flush"] is True and settings["l2_flush_bytes"] == 2 * l2_cache_bytes() * 2
+    r = cpu.measure(ConvConfig(SMALL, 16, 32, 2))
+    assert r.n == 5 and r.telemetry["calls_per_sample"] == 1 and r.median_ms > 0
+    buffer = cpu._flush_buffer
+    assert buffer is not None and buffer.numel() * 4 == settings["l2_flush_bytes"]
+    assert float(buffer[0]) == float(buffer[-1]) == 5.0  # the whole buffer rewritten before each sample
+    results, failed = cpu.measure_rounds([torch.nn.Conv2d(3, 8, 3)], (1, 3, 16, 16), rounds=2)
+    assert not failed and [x.n for x in results[0]] == [5, 5] and float(buffer[0]) == 15.0
+    cpu.close()
+    assert cpu._flush_buffer is None
+    assert CpuBackend(FAST).settings()["l2_flush_bytes"] == 0
+
+
+def test_l2_cache_bytes_reads_sysfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import profiler.backends.cpu as cpu_mod
+
+    for name, level, kind, size in (("index0", "1", "Data", "32K"), ("index1", "1", "Instruction", "32K"),
+                                    ("index2", "2", "Unified", "1024K"), ("index3", "3", "Unified", "32768K")):
+        (tmp_path / name).mkdir()
+        for field_name, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / name / field_name).write_text(value + "\n")
+    monkeypatch.setattr(cpu_mod, "_CPU_CACHE_DIR", tmp_path)
+    assert cpu_mod.l2_cache_bytes() == 2**20
+    monkeypatch.setattr(cpu_mod, "_CPU_CACHE_DIR", tmp_path / "missing")
+    assert cpu_mod.l2_cache_bytes() == cpu_mod.L2_FALLBACK_BYTES
+    assert cpu_mod._parse_size("2M") == 2 * 2**20 and cpu_mod._parse_size("4096") == 4096
