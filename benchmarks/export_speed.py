@@ -5,16 +5,19 @@ models fitted on a ResNet-50 reference LUT of the same hardware (default: this C
 ``benchmarks/data/cpu_luts.db``, sweep ``bench-rn50``: batch 1, one thread; on a GPU box, the sweep of
 ``latlab profile --model resnet50 --backend cuda --grid reference``). Importance is seeded log-normal
 noise per channel (no trained weights here; latency does not depend on them). Each slim network is
-exported, checked against the masked one, and timed on the sweep's backend with its batch, dtype and
-layout next to the dense network.
+exported and checked against the masked one; then all of them and the dense network are timed on the
+sweep's backend with its batch, dtype and layout in interleaved rounds (A B C …, then … C B A), and the
+dense network's non-conv ops are timed one by one (:mod:`profiler.other_ops`).
 
 Predictions of the pruned network's latency by HALP's LLM (input widths frozen at their dense values,
 as HALP's pruner assumes) and MDP's MDLM (the real (cin, cout); on the reference lattice it equals the
-LUT) are compared with the measurement in two ways: the raw conv-only LUT sum against the whole
-measured network (the LUT holds convs only, so it is low by the non-conv share), and the *speed-up*
-they predict (dense / pruned prediction) against the measured speed-up.
+LUT) are compared with the measurement (:func:`latency_models.evaluate.prediction_errors`): the *speed-up*
+each predicts (dense / pruned prediction) from the convs alone and from convs + other ops against the
+measured speed-up (median over rounds of the paired ratio), and the whole-network latency (convs + other
+ops) against the measured one.
 
-    python -m benchmarks.export_speed --db benchmarks/data/cpu_luts.db
+    latlab profile --model resnet50 --backend cpu --grid reference --threads 1 --db rn50_cpu.db
+    python -m benchmarks.export_speed --db rn50_cpu.db --sweep-name ""
     python -m benchmarks.export_speed --db rn50_h200.db --sweep-name "" --backend cuda \
         --out benchmarks/results/export_speed_h200
 """
@@ -33,11 +36,13 @@ from sqlalchemy import select
 from db import open_database
 from db.models import Sweep
 from latency_models.base import get_model
-from latency_models.evaluate import markdown_table
+from latency_models.evaluate import markdown_table, prediction_errors
 from latency_models.features import configs_from_frame, lut_frame
 from profiler.backends import get_backend
 from profiler.hardware import detect_hardware
-from profiler.plan import resolve_model
+from profiler.measure import measure_models_interleaved, paired_speedup
+from profiler.other_ops import measure_other_ops
+from profiler.plan import resolve_model, trace_network
 from profiler.protocol import TimingProtocol
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.graph import build_network_spec
@@ -51,15 +56,14 @@ def _predict(models: dict, spec, s: Settings, widths: dict | None = None, remove
             "mdlm": spec_latency(models["mdlm"], spec, s, widths, removed or ())}
 
 
-def _summary(rows: list[dict]) -> pd.DataFrame:
-    pruned = pd.DataFrame([r for r in rows if r["method"] != "dense"])
+def _summary(pruned: pd.DataFrame) -> pd.DataFrame:
     out = []
     for p in PREDICTORS:
-        speed = pruned[f"{p}_speedup_err_pct"].abs()
-        raw = pruned[f"{p}_vs_measured_pct"]
+        speed, with_other = pruned[f"{p}_speedup_err_pct"].abs(), pruned[f"{p}+other_speedup_err_pct"].abs()
         out.append({"predictor": p, "pruned networks": len(pruned), "speed-up error, mean abs %": speed.mean(),
                     "speed-up error, max abs %": speed.max(), "within 5%": f"{int((speed <= 5).sum())}/{len(pruned)}",
-                    "conv sum vs measured, mean %": raw.mean()})
+                    "+ other ops: speed-up error, mean abs %": with_other.mean(),
+                    "+ other ops: latency error, mean %": pruned[f"{p}+other_err_pct"].mean()})
     return pd.DataFrame(out).round(2)
 
 
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="cpu", help="cpu | cuda: where the networks are timed")
     parser.add_argument("--methods", default="halp,mgp,mdlm,mdp")
     parser.add_argument("--targets", default="0.8,0.6,0.4")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="timed samples per network and round")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for --backend cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export_speed_cpu"))
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if sweep is None:
             raise SystemExit(f"no sweep named {args.sweep_name!r} in {args.db}")
         X, y = lut_frame(session, sweep.id)
-        hw_name = sweep.hardware.name
+        hw_name, lut_command = sweep.hardware.name, sweep.command
     first = configs_from_frame(X.iloc[:1])[0]
     settings = Settings(first.batch, first.dtype, first.layout, first.op)
     models = {"llm": get_model("llm").fit(X, y), "mdlm": get_model("mdlm").fit(X, y)}
@@ -94,51 +99,54 @@ def main(argv: list[str] | None = None) -> int:
                               num_threads=args.threads if args.backend == "cpu" else None)
     backend = get_backend(args.backend, protocol)
     shape = (settings.batch, 3, 224, 224)
-
-    def timed(module) -> float:  # type: ignore[no-untyped-def]
-        return backend.measure_model(module, shape, dtype=settings.dtype, layout=settings.layout).median_ms
-
-    dense_ms = timed(net)
-    dense_pred = _predict(models, spec, settings)
-    rows = [{"method": "dense", "target": 1.0, "measured_ms": round(dense_ms, 3), "speedup": 1.0,
-             "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2), "removed_blocks": 0,
-             **{f"{p}_ms": round(v, 3) for p, v in dense_pred.items()}}]
+    other = measure_other_ops(backend, net, trace_network(net, 224), batch=settings.batch, dtype=settings.dtype,
+                              layout=settings.layout)
+    rows = {"dense": {"method": "dense", "target": 1.0, "removed_blocks": 0, **_predict(models, spec, settings),
+                      "other_ms": other.dense_ms,
+                      "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2)}}
+    nets = {"dense": net}
     for target in (float(t) for t in args.targets.split(",")):
         for method in args.methods.split(","):
             res = prune_once(net, spec, models[DEFAULT_KIND[method]], importances, method=method, target=target,
                              settings=settings)
-            pred = _predict(models, spec, settings, res.widths, res.removed_blocks)
-            ms = timed(res.slim)
-            row = {"method": method, "target": target, "measured_ms": round(ms, 3),
-                   "speedup": round(dense_ms / ms, 3), "params_m": round(res.counts["params_pruned"] / 1e6, 2),
-                   "removed_blocks": len(res.removed_blocks), "max_logit_delta": res.max_logit_delta}
-            for p, v in pred.items():
-                row[f"{p}_ms"] = round(v, 3)
-                row[f"{p}_vs_measured_pct"] = round(100 * (v - ms) / ms, 2)
-                predicted_speedup = dense_pred[p] / v
-                row[f"{p}_speedup_err_pct"] = round(100 * (predicted_speedup - dense_ms / ms) / (dense_ms / ms), 2)
-            rows.append(row)
-            print({k: row[k] for k in ("method", "target", "measured_ms", "speedup", "mdlm_speedup_err_pct")},
-                  file=sys.stderr)
+            name = f"{method}{round(100 * target)}"
+            nets[name] = res.slim
+            rows[name] = {"method": method, "target": target, "removed_blocks": len(res.removed_blocks),
+                          **_predict(models, spec, settings, res.widths, res.removed_blocks),
+                          "other_ms": other.latency(spec.conv_widths({g: w for g, w in res.widths.items() if w},
+                                                                     res.removed_blocks)),
+                          "params_m": round(res.counts["params_pruned"] / 1e6, 2),
+                          "max_logit_delta": res.max_logit_delta}
+            print(f"pruned {name}: {len(res.removed_blocks)} blocks removed", file=sys.stderr)
+    timed = measure_models_interleaved(None, backend, nets, name="resnet50", rounds=args.rounds, input_shape=shape,
+                                       dtype=settings.dtype, layout=settings.layout)
+    for name, row in rows.items():
+        row.update(measured_ms=timed[name].median_ms, speedup=paired_speedup(timed["dense"], timed[name]))
+    frame = prediction_errors(pd.DataFrame(rows.values()), rows["dense"], PREDICTORS)
     hw = detect_hardware(args.backend)
     command = "python -m benchmarks.export_speed " + " ".join(argv if argv is not None else sys.argv[1:])
     cols = ["method", "target", "measured_ms", "speedup", "params_m", "removed_blocks",
-            *[f"{p}_speedup_err_pct" for p in PREDICTORS], "max_logit_delta"]
-    summary = _summary(rows)
+            *[f"{p}_speedup_err_pct" for p in PREDICTORS], *[f"{p}+other_speedup_err_pct" for p in PREDICTORS],
+            *[f"{p}+other_err_pct" for p in PREDICTORS], "max_logit_delta"]
+    summary = _summary(frame[frame["method"] != "dense"])
     md = ["# Pruned ResNet-50 on the hardware it was pruned for: predicted vs measured", "",
           f"Command: `{command}`  ",
           f"Machine: {hw.name}, torch {hw.torch_version}; backend `{args.backend}`, batch {settings.batch}, "
-          f"{settings.dtype}, {settings.layout}, 224×224, median of {args.repeats}. Latency models fitted on sweep "
-          f"`{args.sweep_name}` ({hw_name}) of `{args.db}`.", "",
+          f"{settings.dtype}, {settings.layout}, 224×224; all networks timed in {args.rounds} interleaved rounds "
+          f"of {args.repeats} samples. Latency models fitted on sweep `{args.sweep_name}` ({hw_name}) of "
+          f"`{args.db}`" + (f", made by `{lut_command}`." if lut_command else "."), "",
           "target = kept share of the dense conv latency (as predicted by the method's own latency model). "
           "`*_speedup_err_pct` = signed error of the speed-up a predictor expects (dense / pruned prediction) "
-          "against the measured speed-up; `llm_frozen` is HALP's view (input widths frozen at dense).", "",
+          "against the measured one (median over rounds of dense / pruned); `+other` adds the non-conv ops, each "
+          "timed alone and priced by the channels they still carry; `*+other_err_pct` is the whole-network "
+          "latency error. `llm_frozen` is HALP's view (input widths frozen at dense).", "",
           "## Summary", "", markdown_table(summary), "",
-          "## Every network", "", markdown_table(pd.DataFrame(rows)[[c for c in cols if c in rows[-1]]]), ""]
+          "## Every network", "", markdown_table(frame[[c for c in cols if c in frame.columns]].round(3)), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(md))
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "hardware": hw.to_dict(),
-                                                         "rows": rows}, indent=1, default=float))
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "hardware": hw.to_dict(), "lut_command": lut_command, "rounds": args.rounds,
+         "rows": frame.round(4).to_dict(orient="records")}, indent=1, default=float))
     print("\n".join(md))
     return 0
 

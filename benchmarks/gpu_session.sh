@@ -32,8 +32,8 @@ step "ResNet-50 reference sweep, fp16 NHWC batch 256 (cut at 130 s, resumable)"
     --repeats 30 --min-repeats 10 --max-rel-iqr 0.02 --time-budget 130 --quiet --db "$DB" 2>&1 | tail -3; pack
 
 step "pruned ResNet-50s: HALP/MGP/MDLM/MDP at 3 targets, predicted vs measured on the GPU"
-timeout 75 python3 -m benchmarks.export_speed --db "$DB" --sweep-name "" --backend cuda --targets 0.7,0.5,0.3 \
-    --repeats 30 --out "$OUT_DIR/export_speed_gpu" > "$OUT_DIR/export_speed.log" 2>&1
+timeout 110 python3 -m benchmarks.export_speed --db "$DB" --sweep-name "" --backend cuda --targets 0.7,0.5,0.3 \
+    --repeats 5 --rounds 10 --out "$OUT_DIR/export_speed_gpu" > "$OUT_DIR/export_speed.log" 2>&1
 tail -12 "$OUT_DIR/export_speed.log"; pack
 
 step "CUDA events (with / without queue backlog) and graphs vs torch.profiler kernel times"
