@@ -47,8 +47,9 @@ PREDICTORS = {"llm": ("llm", True), "mdlm": ("mdlm", False)}  # column -> (model
 def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """LUT → models → HALP / MDP one-shot → export → other ops → interleaved timing; one row per network."""
     size, batch = args.input_size, 1
+    cache = {"l2_flush": args.l2_flush, "cold_weights": args.cold_weights}
     lut_protocol = TimingProtocol(warmup=3, repeats=15, min_repeats=5, max_rel_iqr=0.1, num_threads=args.threads,
-                                  l2_flush=args.l2_flush)
+                                  **cache)
     database = open_database(tmp / f"lut{rep}.db")
     plan = build_plan(args.model, "lattice", input_size=size, batch=batch)
     sweep = run_sweep(database, plan, get_backend("cpu", lut_protocol), name=f"rep{rep}", progress=False)
@@ -70,7 +71,7 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[s
             shapes[name] = ({g: w for g, w in res.widths.items() if w}, list(res.removed_blocks))
     timing = TimingProtocol(warmup=1, repeats=1, min_repeats=1, num_threads=args.threads)
     other = measure_other_ops(get_backend("cpu", TimingProtocol(warmup=3, repeats=15, min_repeats=5,
-                                                                num_threads=args.threads, l2_flush=args.l2_flush)),
+                                                                num_threads=args.threads, **cache)),
                               net, trace_network(net, size), batch=batch)
     timed = measure_models_interleaved(None, get_backend("cpu", timing), nets, name=args.model, rounds=args.rounds,
                                        input_shape=(batch, 3, size, size))
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--l2-flush", action="store_true",
                         help="time the LUT's convs and the other ops cold (L2 flushed before each call)")
+    parser.add_argument("--cold-weights", action="store_true",
+                        help="time them with cold weights (last-level cache flushed, input re-read, each call)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prediction_error_cpu"),
                         help="output path without extension")
     args = parser.parse_args(argv)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         **result_header("prediction_error", argv),
         "model": args.model, "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
-        "l2_flush": args.l2_flush,
+        "l2_flush": args.l2_flush, "cold_weights": args.cold_weights,
         "elapsed_s": round(elapsed, 1), "summary": summary, "rows": frame.round(4).to_dict(orient="records"),
     }
     md = [
@@ -129,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine_line(result['machine'])}, "
         f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
         f"{args.repeats} repetitions of: `lattice` LUT of {args.model} (fresh sweep"
-        f"{', L2 flushed before each timed call' if args.l2_flush else ''}) → LLM and MDLM fitted → "
+        f"{', L2 flushed before each timed call' if args.l2_flush else ''}"
+        f"{', weights cold: cache flushed, input re-read before each timed call' if args.cold_weights else ''}"
+        ") → LLM and MDLM fitted → "
         f"HALP and MDP one-shot at {', '.join(f'{t:.0%}' for t in args.targets)} of the dense conv latency → "
         f"exported → other ops timed one by one → dense and slim networks timed in {args.rounds} interleaved "
         f"rounds; {elapsed:.0f} s in all. Errors are signed % (predicted / measured − 1); `llm` is HALP's "

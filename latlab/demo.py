@@ -78,6 +78,7 @@ class DemoConfig:
     warmup: int = 3
     repeats: int = 15
     max_rel_iqr: float = 0.1  # a configuration stops sampling (after 5) once IQR/median is below this
+    cold_weights: bool = False  # CPU: LUT convs and other ops timed with the cache flushed, input re-read
     model_repeats: int = 30
     model_rounds: int = 24  # networks compared with the dense one are timed in this many interleaved rounds
     pruned_networks: int = 3
@@ -250,9 +251,10 @@ def _predicted(fitted: dict[str, Any], spec: Any, other: OtherOps, widths: dict[
 
 
 def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, fitted: dict[str, Any],
-              backend: Any) -> pd.DataFrame:
+              backend: Any, ops_backend: Any) -> pd.DataFrame:
     """Dense training on the digits, then HALP / MDP pruning while fine-tuning at each target; the exported
-    networks and the dense one are then timed in interleaved rounds and stored."""
+    networks and the dense one are then timed in interleaved rounds on ``backend`` and stored (the dense
+    network's other ops are timed on ``ops_backend``)."""
     import torch
 
     from profiler.measure import load_model
@@ -266,7 +268,8 @@ def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, 
     weights = dense.paths["final_state"]
     _, dense_net = load_model(config.model, weights=weights, num_classes=10)
     spec = build_network_spec(dense_net, config.input_size, group_sizes="auto")
-    other = measure_other_ops(backend, dense_net, trace_network(dense_net, config.input_size), batch=config.batch)
+    other = measure_other_ops(ops_backend, dense_net, trace_network(dense_net, config.input_size),
+                              batch=config.batch)
     dense_pred = _predicted(fitted, spec, other, spec.dense_widths(), [], config)
     rows: dict[str, dict[str, Any]] = {"digits-dense": {
         "method": "dense", "target": 1.0, "top1": dense.metrics["top1"], **dense_pred, "removed_blocks": 0}}
@@ -354,7 +357,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     with _timed(stage_s, "1. LUT sweep"):
         plan = build_plan(config.model, config.grid, input_size=config.input_size, batch=config.batch)
         protocol = TimingProtocol(warmup=config.warmup, repeats=config.repeats, min_repeats=min(5, config.repeats),
-                                  max_rel_iqr=config.max_rel_iqr, num_threads=config.threads, seed=config.seed)
+                                  max_rel_iqr=config.max_rel_iqr, num_threads=config.threads, seed=config.seed,
+                                  cold_weights=config.cold_weights)
         backend = get_backend(config.backend, protocol)
         sweep = run_sweep(database, plan, backend, name="demo", progress=config.progress, command="latlab demo")
         with database.session() as session:
@@ -368,10 +372,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
                                         min_repeats=min(10, config.model_repeats), num_threads=config.threads,
                                         seed=config.seed)
         model_backend = get_backend(config.backend, model_protocol)
+        # the other ops are priced like the convs: timed alone under the LUT's cache protocol
+        ops_backend = get_backend(config.backend, replace(model_protocol, cold_weights=True)) \
+            if config.cold_weights else model_backend
         whole = measure_model(database, model_backend, net, name=name,
                               input_shape=(config.batch, 3, config.input_size, config.input_size))
         result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing, stage_s=stage_s)
-        result.other_ops = measure_other_ops(model_backend, net, trace_network(net, config.input_size),
+        result.other_ops = measure_other_ops(ops_backend, net, trace_network(net, config.input_size),
                                              batch=config.batch)
     with _timed(stage_s, "3. latency models"):
         with database.session() as session:
@@ -382,7 +389,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         result.pruned = _prune(fitted, config, net, model_backend)
     if config.finetune:
         with _timed(stage_s, "5. train, prune while fine-tuning, export, time"):
-            result.finetuned = _finetune(config, out, database, sweep.sweep_id, fitted, model_backend)
+            result.finetuned = _finetune(config, out, database, sweep.sweep_id, fitted, model_backend, ops_backend)
             result.finetuned.to_csv(out / "finetune.csv", index=False)
             _plot_finetune(result.finetuned, out / "finetune.png")
 
@@ -417,8 +424,11 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         f"families; grid `{c.grid}` gives {r.sweep.planned} configurations. This run measured "
         f"{r.sweep.measured} ({r.sweep.already_done} were already stored; failed: "
         f"{sum(r.sweep.failed.values())}) in {r.sweep.elapsed_s:.1f} s. Protocol: {c.warmup} warm-up calls, "
-        f"up to {c.repeats} timed samples per configuration (torch.utils.benchmark; at least 5, then until "
-        f"IQR/median < {c.max_rel_iqr:g}), median and IQR stored.", "",
+        f"up to {c.repeats} timed samples per configuration (at least 5, then until IQR/median < "
+        f"{c.max_rel_iqr:g}), median and IQR stored; "
+        + ("weights cold: each sample is one call, made after the last-level cache was flushed and the input "
+           "read back (`--cold-weights`; the other ops in section 2 are timed the same way)." if c.cold_weights
+           else "warm caches: each sample is a torch.utils.benchmark block of calls of at least 1 ms."), "",
         render(r.lut_rows, "markdown"),
         "![latency per shape family](lut_latency.png)", "",
         "## 2. Whole network vs its convs", "",

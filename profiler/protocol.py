@@ -22,6 +22,9 @@ class TimingProtocol:
         timer: backend-specific timer (``cuda_events``, ``cuda_graph``, ``torch_benchmark``, ``model``).
         cudnn_benchmark / cudnn_deterministic / allow_tf32: cuDNN and math-mode flags (CUDA).
         l2_flush: overwrite an L2-sized buffer before each timed call (cold-cache numbers).
+        cold_weights: CPU only: overwrite a buffer twice the last-level cache before each timed call, then
+            re-read the input, so the weights come from memory and the input from cache, as inside a
+            network whose weights exceed the cache.
         num_threads: intra-op threads for the CPU backend (None: torch's default).
         seed: RNG seed for inputs and the fake backend's noise.
     """
@@ -35,6 +38,7 @@ class TimingProtocol:
     cudnn_deterministic: bool = False
     allow_tf32: bool = True
     l2_flush: bool = False
+    cold_weights: bool = False
     num_threads: int | None = None
     seed: int = 0
 
@@ -47,6 +51,8 @@ class TimingProtocol:
             object.__setattr__(self, "min_repeats", max(1, min(self.min_repeats, self.repeats)))
         if self.max_rel_iqr < 0:
             raise LatlabError(f"max_rel_iqr must be >= 0, got {self.max_rel_iqr}")
+        if self.l2_flush and self.cold_weights:
+            raise LatlabError("choose one of l2_flush and cold_weights (cold_weights flushes the whole cache)")
         if self.num_threads is not None and self.num_threads < 1:
             raise LatlabError(f"num_threads must be >= 1, got {self.num_threads}")
 
@@ -62,6 +68,11 @@ class TimingProtocol:
         return cls(**data)
 
     def fingerprint(self, backend: str) -> str:
-        """Stable hash of backend + protocol; one sweep row per (hardware, fingerprint, name)."""
-        blob = json.dumps({"backend": backend, **self.to_dict()}, sort_keys=True)
+        """Stable hash of backend + protocol; one sweep row per (hardware, fingerprint, name). Fields added
+        after the first release count only when set, so older sweeps keep their fingerprint."""
+        fields_ = {k: v for k, v in self.to_dict().items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+        blob = json.dumps({"backend": backend, **fields_}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_LATER_FIELDS: dict[str, Any] = {"cold_weights": False}  # field -> default, left out of the hash at that value

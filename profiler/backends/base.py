@@ -90,9 +90,13 @@ class Backend(ABC):
 
     name: ClassVar[str]
     default_timer: ClassVar[str]
+    supports_cold_weights: ClassVar[bool] = False
 
     def __init__(self, protocol: TimingProtocol | None = None) -> None:
         self.protocol = protocol or TimingProtocol()
+        if self.protocol.cold_weights and not self.supports_cold_weights:
+            raise LatlabError(f"the {self.name} backend does not implement cold_weights (the cpu backend does; "
+                              "on a GPU, l2_flush flushes its last-level cache)")
 
     @property
     def timer(self) -> str:

@@ -1,7 +1,10 @@
 """CPU timing backend: ``torch.utils.benchmark.Timer`` blocks of at least ~1 ms per sample.
 
 With the protocol's ``l2_flush`` each sample is instead one call, timed alone with ``perf_counter``
-right after a buffer of twice the L2 size per thread has been overwritten (cold-cache numbers).
+right after a buffer of twice the L2 size per thread has been overwritten (cold-cache numbers). With
+``cold_weights`` the buffer is twice the last-level cache and the call's input is read again after it, so
+only the weights (and what the call allocates) come from memory: a conv as it runs inside a network whose
+weights do not fit in the cache.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ logger = logging.getLogger(__name__)
 MIN_BLOCK_S = 1e-3  # each sample times a block of calls at least this long
 MAX_NUMBER = 100_000  # calls per block, upper bound
 L2_FALLBACK_BYTES = 2 * 2**20  # per-core L2 assumed when /sys does not say
+LLC_FALLBACK_BYTES = 32 * 2**20  # last-level cache assumed when /sys does not say
 _CPU_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 _OOM_MARKERS = ("not enough memory", "out of memory", "cannot allocate memory", "bad_alloc")
 
@@ -62,10 +66,12 @@ class CpuBackend(Backend):
     call count ``number`` makes the block last at least ~1 ms, so timer overhead is negligible. With
     ``l2_flush`` a sample is one call made right after the flush buffer was overwritten (by every thread:
     twice the L2 size per thread), so weights and input come from the shared last-level cache or memory.
+    With ``cold_weights`` the buffer is twice the last-level cache and the input is re-read before the call.
     """
 
     name: ClassVar[str] = "cpu"
     default_timer: ClassVar[str] = "torch_benchmark"
+    supports_cold_weights: ClassVar[bool] = True
 
     def __init__(self, protocol: TimingProtocol | None = None) -> None:
         super().__init__(protocol)
@@ -90,7 +96,7 @@ class CpuBackend(Backend):
             module = prepare_module(build_conv_op(config, self.protocol.seed), config.dtype, config.layout)
             x = make_input(config_input_shape(config), config.dtype, config.layout, seed=self.protocol.seed)
             with torch.inference_mode():
-                samples, number = self._time(lambda: module(x))
+                samples, number = self._time(lambda: module(x), x)
         except (RuntimeError, MemoryError, NotImplementedError) as exc:
             failure = _failure(exc, what, config.dtype)
         else:
@@ -126,7 +132,7 @@ class CpuBackend(Backend):
                 try:
                     x = make_input(input_shape, dtype, layout, seed=self.protocol.seed)
                     with torch.inference_mode():
-                        prepared[i] = self._prepare(functools.partial(copy_model(model, dtype, layout), x), threads)
+                        prepared[i] = self._prepare(functools.partial(copy_model(model, dtype, layout), x), threads, x)
                 except (RuntimeError, MemoryError, NotImplementedError) as exc:
                     failed[i] = _failure(exc, what, dtype)
             with torch.inference_mode():
@@ -149,9 +155,9 @@ class CpuBackend(Backend):
         import torch
 
         out: dict[str, Any] = {"timer": self.timer, "num_threads": self.num_threads,
-                               "min_block_ms": 0.0 if self.protocol.l2_flush else MIN_BLOCK_S * 1e3,
-                               "l2_flush": self.protocol.l2_flush,
-                               "l2_flush_bytes": self._flush_bytes() if self.protocol.l2_flush else 0}
+                               "min_block_ms": 0.0 if self._flushing else MIN_BLOCK_S * 1e3,
+                               "l2_flush": self.protocol.l2_flush, "cold_weights": self.protocol.cold_weights,
+                               "flush_bytes": self._flush_bytes() if self._flushing else 0}
         try:
             info = torch.__config__.parallel_info()
             backend = [ln.split(":", 1)[1].strip() for ln in info.splitlines() if "parallel backend" in ln]
@@ -168,19 +174,20 @@ class CpuBackend(Backend):
         self._flush_buffer = None
         super().close()
 
-    def _time(self, fn: Callable[[], Any]) -> tuple[list[float], int]:
+    def _time(self, fn: Callable[[], Any], *inputs: torch.Tensor) -> tuple[list[float], int]:
         """Warm up, choose the block size, then sample until the stop rule says enough."""
         with torch_threads(self.num_threads) as threads:
-            sample, number = self._prepare(fn, threads)
+            sample, number = self._prepare(fn, threads, *inputs)
             return self._sample(sample), number
 
-    def _prepare(self, fn: Callable[[], Any], threads: int) -> tuple[Callable[[], float], int]:
-        """Warm ``fn`` up and choose how to sample it: (one sample in ms per call, calls per sample)."""
+    def _prepare(self, fn: Callable[[], Any], threads: int, *inputs: torch.Tensor) -> tuple[Callable[[], float], int]:
+        """Warm ``fn`` up and choose how to sample it: (one sample in ms per call, calls per sample).
+        ``inputs`` are re-read after each flush under ``cold_weights``."""
         for _ in range(self.protocol.warmup):
             fn()
         flush = self._flush()
         if flush is not None:
-            return functools.partial(_cold_call_ms, fn, flush), 1
+            return functools.partial(_cold_call_ms, fn, flush, inputs if self.protocol.cold_weights else ()), 1
         number = _calibrate(fn)
         timer = _benchmark_timer()(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab")
         return functools.partial(_block_ms, timer, number), number
@@ -192,14 +199,20 @@ class CpuBackend(Backend):
             samples.append(sample())
         return samples
 
+    @property
+    def _flushing(self) -> bool:
+        return self.protocol.l2_flush or self.protocol.cold_weights
+
     def _flush_bytes(self) -> int:
-        return 2 * l2_cache_bytes() * self.num_threads
+        if self.protocol.cold_weights:
+            return 2 * last_level_cache_bytes()
+        return 2 * cache_bytes(2, L2_FALLBACK_BYTES) * self.num_threads
 
     def _flush(self) -> torch.Tensor | None:
-        """The flush buffer, allocated on first use; None without ``l2_flush``."""
+        """The flush buffer, allocated on first use; None when the protocol flushes nothing."""
         import torch
 
-        if not self.protocol.l2_flush:
+        if not self._flushing:
             return None
         if self._flush_buffer is None:
             with torch.inference_mode(False):  # a normal tensor: in-place updates allowed in and out of the mode
@@ -257,23 +270,39 @@ def _block_ms(timer: Any, number: int) -> float:
     return seconds / number * 1e3
 
 
-def _cold_call_ms(fn: Callable[[], Any], flush: torch.Tensor) -> float:
-    """Milliseconds of one call of ``fn`` made right after every thread overwrote its share of ``flush``."""
+def _cold_call_ms(fn: Callable[[], Any], flush: torch.Tensor, inputs: Sequence[torch.Tensor] = ()) -> float:
+    """Milliseconds of one call of ``fn`` made right after every thread overwrote its share of ``flush``
+    (then ``inputs`` are read again, back into the cache)."""
     flush.add_(1.0)  # an ATen elementwise op: split across the intra-op threads, each dirtying its part
+    for tensor in inputs:
+        tensor.sum()
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) * 1e3
 
 
-def l2_cache_bytes() -> int:
-    """Per-core L2 size from ``/sys`` (Linux); :data:`L2_FALLBACK_BYTES` when it cannot be read."""
+def _caches() -> dict[int, int]:
+    """``{level: bytes}`` of this CPU's data/unified caches, read from ``/sys`` (Linux); empty if unreadable."""
+    out: dict[int, int] = {}
     try:
         for index in sorted(_CPU_CACHE_DIR.glob("index*")):
-            if (index / "level").read_text().strip() == "2" and (index / "type").read_text().strip() != "Instruction":
-                return _parse_size((index / "size").read_text())
+            if (index / "type").read_text().strip() != "Instruction":
+                out[int((index / "level").read_text())] = _parse_size((index / "size").read_text())
     except (OSError, ValueError):
-        logger.debug("no L2 size in %s", _CPU_CACHE_DIR, exc_info=True)
-    return L2_FALLBACK_BYTES
+        logger.debug("no cache sizes in %s", _CPU_CACHE_DIR, exc_info=True)
+        return {}
+    return out
+
+
+def cache_bytes(level: int, fallback: int) -> int:
+    """Size of one cache of ``level`` (per core for L1/L2 on most CPUs), or ``fallback`` when unknown."""
+    return _caches().get(level, fallback)
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the highest cache level (usually the shared L3), or :data:`LLC_FALLBACK_BYTES`."""
+    caches = _caches()
+    return caches[max(caches)] if caches else LLC_FALLBACK_BYTES
 
 
 def _parse_size(text: str) -> int:

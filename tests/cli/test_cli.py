@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +96,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["profile", "--model", "resnet18", "--backend", "warp", "--db", fresh], "unknown profiler backend"),
         (["profile", "--model", "resnet18", "--backend", "cuda", "--db", fresh], "torch.cuda.is_available"),
         (["profile", "--model", "resnet18", "--backend", "fake", "--dtype", "fp8", "--db", fresh], "unknown dtype"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--cold-weights", "--db", fresh],
+         "does not implement cold_weights"),
+        (["profile", "--model", "resnet18", "--backend", "cpu", "--cold-weights", "--l2-flush", "--db", fresh],
+         "choose one"),
         (["profile", "--model", "resnet18", "--backend", "fake", "--db", str(corrupt)], "not a SQLite database"),
         (["profile", "--model", "resnet18", "--backend", "fake", "--db", "nosuch://x"], "cannot use database URL"),
         (["profile", "--model", "resnet18", "--backend", "fake", "--db", "postgresql+psycopg://u@127.0.0.1:1/x"],
@@ -144,4 +150,15 @@ def test_measure_and_hw(tmp_path: Path, cli) -> None:
     code, out, _ = cli(["hw", "-f", "json"])
     assert code == 0 and '"fingerprint"' in out
     code, out, _ = cli(["db", "current", "--db", db])
-    assert code == 0 and "revision 0004" in out
+    assert code == 0 and "revision 0005" in out
+
+
+def test_cold_weights_sweep_is_recorded(tmp_path: Path, cli) -> None:
+    db = tmp_path / "cold.db"
+    code, out, err = cli(["profile", "--model", "resnet18", "--backend", "cpu", "--grid", "random:2", "--threads", "1",
+                          "--warmup", "1", "--repeats", "2", "--min-repeats", "2", "--cold-weights", "-q",
+                          "--db", str(db)])
+    assert code == 0, err
+    with sqlite3.connect(db) as conn:
+        cold, settings = conn.execute("select cold_weights, settings from sweeps").fetchone()
+    assert cold == 1 and json.loads(settings)["flush_bytes"] > 0

@@ -438,24 +438,58 @@ def test_build_conv_op_geometry() -> None:
 
 
 def test_cpu_l2_flush_times_single_calls_after_a_flush() -> None:
-    from profiler.backends.cpu import l2_cache_bytes
+    from profiler.backends.cpu import L2_FALLBACK_BYTES, cache_bytes
 
     cpu = CpuBackend(TimingProtocol(warmup=1, repeats=5, min_repeats=5, l2_flush=True, num_threads=2))
     settings = cpu.settings()
-    assert settings["l2_flush"] is True and settings["l2_flush_bytes"] == 2 * l2_cache_bytes() * 2
+    assert settings["l2_flush"] is True and settings["flush_bytes"] == 2 * cache_bytes(2, L2_FALLBACK_BYTES) * 2
     r = cpu.measure(ConvConfig(SMALL, 16, 32, 2))
     assert r.n == 5 and r.telemetry["calls_per_sample"] == 1 and r.median_ms > 0
     buffer = cpu._flush_buffer
-    assert buffer is not None and buffer.numel() * 4 == settings["l2_flush_bytes"]
+    assert buffer is not None and buffer.numel() * 4 == settings["flush_bytes"]
     assert float(buffer[0]) == float(buffer[-1]) == 5.0  # the whole buffer rewritten before each sample
     results, failed = cpu.measure_rounds([torch.nn.Conv2d(3, 8, 3)], (1, 3, 16, 16), rounds=2)
     assert not failed and [x.n for x in results[0]] == [5, 5] and float(buffer[0]) == 15.0
     cpu.close()
     assert cpu._flush_buffer is None
-    assert CpuBackend(FAST).settings()["l2_flush_bytes"] == 0
+    assert CpuBackend(FAST).settings()["flush_bytes"] == 0
 
 
-def test_l2_cache_bytes_reads_sysfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_cold_weights_flushes_the_last_level_cache_and_rereads_the_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import profiler.backends.cpu as cpu_mod
+
+    reread: list[tuple[int, ...]] = []
+    real = cpu_mod._cold_call_ms
+
+    def spy(fn, flush, inputs=()):  # type: ignore[no-untyped-def]
+        reread.extend(tuple(t.shape) for t in inputs)
+        return real(fn, flush, inputs)
+
+    monkeypatch.setattr(cpu_mod, "_cold_call_ms", spy)
+    monkeypatch.setattr(cpu_mod, "last_level_cache_bytes", lambda: 4 * 2**20)
+    cpu = CpuBackend(TimingProtocol(warmup=1, repeats=3, min_repeats=3, cold_weights=True, num_threads=1))
+    assert cpu.settings()["cold_weights"] is True and cpu.settings()["flush_bytes"] == 8 * 2**20
+    r = cpu.measure(ConvConfig(SMALL, 16, 32, 2))
+    assert r.n == 3 and r.telemetry["calls_per_sample"] == 1
+    assert reread == [(2, 16, SMALL.in_h, SMALL.in_w)] * 3  # the conv's input, after every flush
+    assert float(cpu._flush_buffer[0]) == 3.0
+    results, failed = cpu.measure_rounds([torch.nn.Conv2d(3, 8, 3)], (1, 3, 16, 16), rounds=1)
+    assert not failed and results[0][0].n == 3 and reread[-1] == (1, 3, 16, 16)
+
+
+def test_cold_weights_protocol() -> None:
+    with pytest.raises(LatlabError, match="choose one"):
+        TimingProtocol(l2_flush=True, cold_weights=True)
+    with pytest.raises(LatlabError, match="does not implement cold_weights"):
+        FakeBackend(TimingProtocol(cold_weights=True))
+    # a field added later leaves the fingerprint of protocols that do not set it unchanged
+    assert TimingProtocol().fingerprint("cpu") == "2a67617529a217f4"  # as before the field existed
+    assert TimingProtocol(cold_weights=True).fingerprint("cpu") != TimingProtocol().fingerprint("cpu")
+
+
+def test_cache_sizes_read_from_sysfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import profiler.backends.cpu as cpu_mod
 
     for name, level, kind, size in (("index0", "1", "Data", "32K"), ("index1", "1", "Instruction", "32K"),
@@ -464,7 +498,7 @@ def test_l2_cache_bytes_reads_sysfs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         for field_name, value in (("level", level), ("type", kind), ("size", size)):
             (tmp_path / name / field_name).write_text(value + "\n")
     monkeypatch.setattr(cpu_mod, "_CPU_CACHE_DIR", tmp_path)
-    assert cpu_mod.l2_cache_bytes() == 2**20
+    assert cpu_mod.cache_bytes(2, 0) == 2**20 and cpu_mod.last_level_cache_bytes() == 32 * 2**20
     monkeypatch.setattr(cpu_mod, "_CPU_CACHE_DIR", tmp_path / "missing")
-    assert cpu_mod.l2_cache_bytes() == cpu_mod.L2_FALLBACK_BYTES
+    assert cpu_mod.cache_bytes(2, 123) == 123 and cpu_mod.last_level_cache_bytes() == cpu_mod.LLC_FALLBACK_BYTES
     assert cpu_mod._parse_size("2M") == 2 * 2**20 and cpu_mod._parse_size("4096") == 4096
