@@ -373,8 +373,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
                                         seed=config.seed)
         model_backend = get_backend(config.backend, model_protocol)
         # the other ops are priced like the convs: timed alone under the LUT's cache protocol
-        ops_backend = get_backend(config.backend, replace(model_protocol, cold_weights=True)) \
-            if config.cold_weights else model_backend
+        ops_backend = (get_backend(config.backend, replace(model_protocol, cold_weights=True))
+                       if config.cold_weights else model_backend)
         whole = measure_model(database, model_backend, net, name=name,
                               input_shape=(config.batch, 3, config.input_size, config.input_size))
         result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing, stage_s=stage_s)

@@ -28,7 +28,7 @@ def demo(
     repeats: Annotated[int, typer.Option(help="Timed samples per configuration.")] = 15,
     cold_weights: Annotated[bool, typer.Option(
         help="CPU: time the LUT's convs and the other ops with the cache flushed and the input re-read "
-             "(weights from memory, as inside a network too big for the cache; about 1.5 minutes longer).")
+             "(weights from memory, as inside a network too big for the cache; about 70 s longer here).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: DbOption = None,
@@ -52,8 +52,7 @@ def demo(
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
     cfg = DemoConfig(out_dir=out, db=db, model=model, input_size=input_size, grid=grid, batch=batch,
                      backend=backend or device, device=device, finetune=finetune, threads=threads, repeats=repeats,
-                     cold_weights=cold_weights,
-                     progress=not quiet)
+                     cold_weights=cold_weights, progress=not quiet)
     result = run_demo(cfg)
     from latlab.tables import render
 
