@@ -113,6 +113,29 @@ def test_two_process_cpu_ddp_gives_identical_masks(digits: Path, lut_db: str, tm
     assert sum(int((~m).sum()) for m in r0["masks"].values()) > 0
 
 
+_CUDA_DDP_SCRIPT = _DDP_SCRIPT.replace('method="mdp")', 'method="mdp", **{{"run.device": "cuda", "run.amp": True}})')
+
+
+@pytest.mark.gpu
+def test_cuda_ddp_nccl_with_fp16_grad_scaler(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    """torchrun on every GPU here (NCCL; one process on a one-GPU machine), fp16 autocast with GradScaler,
+    pruning at two steps: same masks on every rank, and the scaler's state is checkpointed."""
+    nproc = torch.cuda.device_count()
+    script = tmp_path / "ddp_cuda.py"
+    out = tmp_path / "ddp"
+    script.write_text(_CUDA_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", str(script)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
+    assert all(r["step"] == 6 and r["removed"] == ranks[0]["removed"] for r in ranks)
+    assert all(torch.equal(r["masks"][g], ranks[0]["masks"][g]) for r in ranks for g in ranks[0]["masks"])
+    assert sum(int((~m).sum()) for m in ranks[0]["masks"].values()) > 0
+    scaler = load_checkpoint(out / "checkpoint_last.pt")["scaler"]
+    assert scaler and float(scaler["scale"]) > 0  # GradScaler was enabled (fp16) and saved
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) -> None:
     sets = [f"data.path={digits}", "data.input_size=32", "data.batch_size=8", "data.workers=0", "model.name=resnet18",
