@@ -87,6 +87,9 @@ def evaluate(
         sweep_row = find_sweep(session, sweep, hardware)
         X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype)
         sweep_id, plan, hw_name = sweep_row.id, dict(sweep_row.plan), sweep_row.hardware.name
+        # other ops are priced like the LUT's convs: under the sweep's cache protocol, on the same backend
+        sweep_cache = ({"l2_flush": bool(sweep_row.l2_flush), "cold_weights": bool(sweep_row.cold_weights)}
+                       if sweep_row.backend == measure_backend else {})
     candidates = candidate_models(kinds, seed=seed, strict=strict)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}
@@ -117,12 +120,15 @@ def evaluate(
             from profiler.backends import get_backend
             from profiler.other_ops import measure_other_ops
             from profiler.plan import resolve_model
+            from profiler.protocol import TimingProtocol
 
             _, module = resolve_model(network)
             backend = get_backend(measure_backend)
             measure = measure_pruned(backend, module, trace, batch=first.batch, dtype=first.dtype,
                                      layout=first.layout)
-            other = measure_other_ops(backend, module, trace, batch=first.batch, dtype=first.dtype,
+            ops_backend = (get_backend(measure_backend, TimingProtocol(**sweep_cache))
+                           if any(sweep_cache.values()) else backend)
+            other = measure_other_ops(ops_backend, module, trace, batch=first.batch, dtype=first.dtype,
                                       layout=first.layout).latency
         whole = whole_network_eval(fitted, trace, pruned, seed, measure=measure, truth=truth, other=other,
                                    group_sizes=group_sizes, multiple=multiple, **settings)
