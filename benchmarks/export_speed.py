@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from profiler.hardware import detect_hardware
 from profiler.measure import measure_models_interleaved, paired_speedup
 from profiler.other_ops import measure_other_ops
 from profiler.plan import resolve_model, trace_network
-from profiler.protocol import TimingProtocol
+from profiler.protocol import TimingProtocol, cache_flags
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.graph import build_network_spec
 from pruning.oneshot import prune_once
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no sweep named {args.sweep_name!r} in {args.db}")
         X, y = lut_frame(session, sweep.id)
         hw_name, lut_command = sweep.hardware.name, sweep.command
+        cache = cache_flags(sweep) if sweep.backend == args.backend else {}
     first = configs_from_frame(X.iloc[:1])[0]
     settings = Settings(first.batch, first.dtype, first.layout, first.op)
     models = {"llm": get_model("llm").fit(X, y), "mdlm": get_model("mdlm").fit(X, y)}
@@ -99,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                               num_threads=args.threads if args.backend == "cpu" else None)
     backend = get_backend(args.backend, protocol)
     shape = (settings.batch, 3, 224, 224)
-    other = measure_other_ops(backend, net, trace_network(net, 224), batch=settings.batch, dtype=settings.dtype,
+    # the other ops are priced like the LUT's convs: timed alone under the sweep's cache protocol
+    ops_backend = get_backend(args.backend, replace(protocol, **cache)) if any(cache.values()) else backend
+    other = measure_other_ops(ops_backend, net, trace_network(net, 224), batch=settings.batch, dtype=settings.dtype,
                               layout=settings.layout)
     rows = {"dense": {"method": "dense", "target": 1.0, "removed_blocks": 0, **_predict(models, spec, settings),
                       "other_ms": other.dense_ms,
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
           "target = kept share of the dense conv latency (as predicted by the method's own latency model). "
           "`*_speedup_err_pct` = signed error of the speed-up a predictor expects (dense / pruned prediction) "
           "against the measured one (median over rounds of dense / pruned); `+other` adds the non-conv ops, each "
-          "timed alone and priced by the channels they still carry; `*+other_err_pct` is the whole-network "
+          "timed alone (under the LUT's cache protocol) and priced by the channels they still carry; "
+          "`*+other_err_pct` is the whole-network "
           "latency error. `llm_frozen` is HALP's view (input widths frozen at dense).", "",
           "## Summary", "", markdown_table(summary), "",
           "## Every network", "", markdown_table(frame[[c for c in cols if c in frame.columns]].round(3)), ""]

@@ -47,7 +47,7 @@ PREDICTORS = {"llm": ("llm", True), "mdlm": ("mdlm", False)}  # column -> (model
 def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """LUT → models → HALP / MDP one-shot → export → other ops → interleaved timing; one row per network."""
     size, batch = args.input_size, 1
-    cache = {"l2_flush": args.l2_flush, "cold_weights": args.cold_weights}
+    cache = {"l2_flush": args.l2_flush, "llc_flush": args.llc_flush}
     lut_protocol = TimingProtocol(warmup=3, repeats=15, min_repeats=5, max_rel_iqr=0.1, num_threads=args.threads,
                                   **cache)
     database = open_database(tmp / f"lut{rep}.db")
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--l2-flush", action="store_true",
                         help="time the LUT's convs and the other ops cold (L2 flushed before each call)")
-    parser.add_argument("--cold-weights", action="store_true",
-                        help="time them with cold weights (last-level cache flushed, input re-read, each call)")
+    parser.add_argument("--llc-flush", action="store_true",
+                        help="time them with the last-level cache flushed and the input read back before each call")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prediction_error_cpu"),
                         help="output path without extension")
     args = parser.parse_args(argv)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         **result_header("prediction_error", argv),
         "model": args.model, "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
-        "l2_flush": args.l2_flush, "cold_weights": args.cold_weights,
+        "l2_flush": args.l2_flush, "llc_flush": args.llc_flush,
         "elapsed_s": round(elapsed, 1), "summary": summary, "rows": frame.round(4).to_dict(orient="records"),
     }
     md = [
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
         f"{args.repeats} repetitions of: `lattice` LUT of {args.model} (fresh sweep"
         f"{', L2 flushed before each timed call' if args.l2_flush else ''}"
-        f"{', weights cold: cache flushed, input re-read before each timed call' if args.cold_weights else ''}"
+        f"{', last-level cache flushed and input read back before each timed call' if args.llc_flush else ''}"
         ") → LLM and MDLM fitted → "
         f"HALP and MDP one-shot at {', '.join(f'{t:.0%}' for t in args.targets)} of the dense conv latency → "
         f"exported → other ops timed one by one → dense and slim networks timed in {args.rounds} interleaved "

@@ -89,7 +89,7 @@ class Sweep(Base):
     cudnn_deterministic: Mapped[bool | None] = mapped_column(Boolean)
     allow_tf32: Mapped[bool | None] = mapped_column(Boolean)
     l2_flush: Mapped[bool | None] = mapped_column(Boolean)
-    cold_weights: Mapped[bool | None] = mapped_column(Boolean)
+    llc_flush: Mapped[bool | None] = mapped_column(Boolean)
     num_threads: Mapped[int | None] = mapped_column(Integer)
     seed: Mapped[int | None] = mapped_column(Integer)
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -78,7 +78,7 @@ class DemoConfig:
     warmup: int = 3
     repeats: int = 15
     max_rel_iqr: float = 0.1  # a configuration stops sampling (after 5) once IQR/median is below this
-    cold_weights: bool = False  # CPU: LUT convs and other ops timed with the cache flushed, input re-read
+    llc_flush: bool = False  # CPU: LUT convs and other ops timed with the cache flushed, input re-read
     model_repeats: int = 30
     model_rounds: int = 24  # networks compared with the dense one are timed in this many interleaved rounds
     pruned_networks: int = 3
@@ -358,7 +358,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         plan = build_plan(config.model, config.grid, input_size=config.input_size, batch=config.batch)
         protocol = TimingProtocol(warmup=config.warmup, repeats=config.repeats, min_repeats=min(5, config.repeats),
                                   max_rel_iqr=config.max_rel_iqr, num_threads=config.threads, seed=config.seed,
-                                  cold_weights=config.cold_weights)
+                                  llc_flush=config.llc_flush)
         backend = get_backend(config.backend, protocol)
         sweep = run_sweep(database, plan, backend, name="demo", progress=config.progress, command="latlab demo")
         with database.session() as session:
@@ -373,8 +373,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
                                         seed=config.seed)
         model_backend = get_backend(config.backend, model_protocol)
         # the other ops are priced like the convs: timed alone under the LUT's cache protocol
-        ops_backend = (get_backend(config.backend, replace(model_protocol, cold_weights=True))
-                       if config.cold_weights else model_backend)
+        ops_backend = (get_backend(config.backend, replace(model_protocol, llc_flush=True))
+                       if config.llc_flush else model_backend)
         whole = measure_model(database, model_backend, net, name=name,
                               input_shape=(config.batch, 3, config.input_size, config.input_size))
         result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing, stage_s=stage_s)
@@ -426,8 +426,8 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         f"{sum(r.sweep.failed.values())}) in {r.sweep.elapsed_s:.1f} s. Protocol: {c.warmup} warm-up calls, "
         f"up to {c.repeats} timed samples per configuration (at least 5, then until IQR/median < "
         f"{c.max_rel_iqr:g}), median and IQR stored; "
-        + ("weights cold: each sample is one call, made after the last-level cache was flushed and the input "
-           "read back (`--cold-weights`; the other ops in section 2 are timed the same way)." if c.cold_weights
+        + ("cold cache: each sample is one call, made after the last-level cache was flushed and the input "
+           "read back (`--llc-flush`; the other ops in section 2 are timed the same way)." if c.llc_flush
            else "warm caches: each sample is a torch.utils.benchmark block of calls of at least 1 ms."), "",
         render(r.lut_rows, "markdown"),
         "![latency per shape family](lut_latency.png)", "",

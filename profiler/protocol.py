@@ -22,9 +22,9 @@ class TimingProtocol:
         timer: backend-specific timer (``cuda_events``, ``cuda_graph``, ``torch_benchmark``, ``model``).
         cudnn_benchmark / cudnn_deterministic / allow_tf32: cuDNN and math-mode flags (CUDA).
         l2_flush: overwrite an L2-sized buffer before each timed call (cold-cache numbers).
-        cold_weights: CPU only: overwrite a buffer twice the last-level cache before each timed call, then
-            re-read the input, so the weights come from memory and the input from cache, as inside a
-            network whose weights exceed the cache.
+        llc_flush: CPU only: overwrite a buffer twice the last-level cache before each timed call, then
+            read the input back: everything but the input starts out of the cache, as inside a network
+            too big for the cache.
         num_threads: intra-op threads for the CPU backend (None: torch's default).
         seed: RNG seed for inputs and the fake backend's noise.
     """
@@ -38,7 +38,7 @@ class TimingProtocol:
     cudnn_deterministic: bool = False
     allow_tf32: bool = True
     l2_flush: bool = False
-    cold_weights: bool = False
+    llc_flush: bool = False
     num_threads: int | None = None
     seed: int = 0
 
@@ -51,8 +51,8 @@ class TimingProtocol:
             object.__setattr__(self, "min_repeats", max(1, min(self.min_repeats, self.repeats)))
         if self.max_rel_iqr < 0:
             raise LatlabError(f"max_rel_iqr must be >= 0, got {self.max_rel_iqr}")
-        if self.l2_flush and self.cold_weights:
-            raise LatlabError("choose one of l2_flush and cold_weights (cold_weights flushes the whole cache)")
+        if self.l2_flush and self.llc_flush:
+            raise LatlabError("choose one of l2_flush and llc_flush (llc_flush flushes the whole cache)")
         if self.num_threads is not None and self.num_threads < 1:
             raise LatlabError(f"num_threads must be >= 1, got {self.num_threads}")
 
@@ -75,4 +75,11 @@ class TimingProtocol:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS: dict[str, Any] = {"cold_weights": False}  # field -> default, left out of the hash at that value
+_LATER_FIELDS: dict[str, Any] = {"llc_flush": False}  # field -> default, left out of the hash at that value
+CACHE_FIELDS = ("l2_flush", "llc_flush")
+
+
+def cache_flags(source: Any) -> dict[str, bool]:
+    """The cache settings (``l2_flush``, ``llc_flush``) of a protocol or a stored ``sweeps`` row, so that
+    ops priced next to a LUT's convs can be timed the way the convs were."""
+    return {name: bool(getattr(source, name, False)) for name in CACHE_FIELDS}

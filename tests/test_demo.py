@@ -52,7 +52,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     cfg.finetune = False
     again = run_demo(cfg)
     assert again.sweep.measured == 0 and again.sweep.already_done == first.sweep.planned
-    cfg.cold_weights, cfg.pruned_networks = True, 0  # another protocol: a sweep of its own in the same database
+    cfg.llc_flush, cfg.pruned_networks = True, 0  # another protocol: a sweep of its own in the same database
     cold = run_demo(cfg)
     assert cold.sweep.sweep_id != first.sweep.sweep_id and cold.sweep.measured == first.sweep.planned
-    assert "weights cold" in cold.report_path.read_text() and cold.other_ops is not None
+    assert "cold cache" in cold.report_path.read_text() and cold.other_ops is not None

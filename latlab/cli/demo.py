@@ -26,9 +26,9 @@ def demo(
     threads: Annotated[int, typer.Option(
         help="CPU threads (1 gives repeatable numbers; more threads make tiny convs erratic on small VMs).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed samples per configuration.")] = 15,
-    cold_weights: Annotated[bool, typer.Option(
+    llc_flush: Annotated[bool, typer.Option(
         help="CPU: time the LUT's convs and the other ops with the cache flushed and the input re-read "
-             "(weights from memory, as inside a network too big for the cache; about 70 s longer here).")
+             "(all but the input cold, as inside a network too big for the cache; about 70 s longer here).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: DbOption = None,
@@ -44,7 +44,7 @@ def demo(
 
       latlab demo --out latlab-demo   (then open latlab-demo/report.md)
 
-      latlab demo --cold-weights --out latlab-demo-cold   (CPU: better pruned-latency predictions)
+      latlab demo --llc-flush --out latlab-demo-cold   (CPU: better pruned-latency predictions)
 
       latlab demo --device cuda --batch 64 --out latlab-demo-gpu
     """
@@ -52,7 +52,7 @@ def demo(
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
     cfg = DemoConfig(out_dir=out, db=db, model=model, input_size=input_size, grid=grid, batch=batch,
                      backend=backend or device, device=device, finetune=finetune, threads=threads, repeats=repeats,
-                     cold_weights=cold_weights, progress=not quiet)
+                     llc_flush=llc_flush, progress=not quiet)
     result = run_demo(cfg)
     from latlab.tables import render
 

@@ -24,6 +24,7 @@ from latency_models.splits import SPLIT_KINDS, make_split
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.cli.models import ModelsOption, parse_kinds
 from latlab.tables import render
+from profiler.protocol import TimingProtocol, cache_flags
 
 
 def _width_rule(plan: dict, trace, multiple: int | None):  # type: ignore[no-untyped-def]
@@ -88,8 +89,7 @@ def evaluate(
         X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype)
         sweep_id, plan, hw_name = sweep_row.id, dict(sweep_row.plan), sweep_row.hardware.name
         # other ops are priced like the LUT's convs: under the sweep's cache protocol, on the same backend
-        sweep_cache = ({"l2_flush": bool(sweep_row.l2_flush), "cold_weights": bool(sweep_row.cold_weights)}
-                       if sweep_row.backend == measure_backend else {})
+        sweep_cache = cache_flags(sweep_row) if sweep_row.backend == measure_backend else {}
     candidates = candidate_models(kinds, seed=seed, strict=strict)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}
@@ -120,7 +120,6 @@ def evaluate(
             from profiler.backends import get_backend
             from profiler.other_ops import measure_other_ops
             from profiler.plan import resolve_model
-            from profiler.protocol import TimingProtocol
 
             _, module = resolve_model(network)
             backend = get_backend(measure_backend)

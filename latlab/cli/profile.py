@@ -40,9 +40,9 @@ def profile(
     cudnn_deterministic: Annotated[bool, typer.Option(help="Deterministic cuDNN algorithms only.")] = False,
     tf32: Annotated[bool, typer.Option(help="Allow TF32 math for fp32 convs (Ampere+).")] = True,
     l2_flush: Annotated[bool, typer.Option(help="Flush L2 before each timed call (cold cache).")] = False,
-    cold_weights: Annotated[bool, typer.Option(
-        help="CPU: flush the last-level cache and re-read the input before each timed call, so weights come "
-             "from memory as in a network too big for the cache.")] = False,
+    llc_flush: Annotated[bool, typer.Option(
+        help="CPU: flush the last-level cache and read the input back before each timed call (all but the "
+             "input cold, as in a network too big for the cache).")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads for --backend cpu.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for inputs, random grids and the fake backend.")] = 0,
     name: Annotated[str, typer.Option(help="Label of the sweep (separate sweeps with equal protocol).")] = "",
@@ -102,7 +102,7 @@ def profile(
     protocol = TimingProtocol(
         warmup=warmup, repeats=repeats, min_repeats=min_repeats, max_rel_iqr=max_rel_iqr, timer=timer,
         cudnn_benchmark=cudnn_benchmark, cudnn_deterministic=cudnn_deterministic, allow_tf32=tf32,
-        l2_flush=l2_flush, cold_weights=cold_weights, num_threads=threads, seed=seed,
+        l2_flush=l2_flush, llc_flush=llc_flush, num_threads=threads, seed=seed,
     )
     if adaptive and budget is None:
         raise LatlabError("--adaptive needs --budget N (the most new configurations to measure)")

@@ -90,12 +90,12 @@ class Backend(ABC):
 
     name: ClassVar[str]
     default_timer: ClassVar[str]
-    supports_cold_weights: ClassVar[bool] = False
+    supports_llc_flush: ClassVar[bool] = False
 
     def __init__(self, protocol: TimingProtocol | None = None) -> None:
         self.protocol = protocol or TimingProtocol()
-        if self.protocol.cold_weights and not self.supports_cold_weights:
-            raise LatlabError(f"the {self.name} backend does not implement cold_weights (the cpu backend does; "
+        if self.protocol.llc_flush and not self.supports_llc_flush:
+            raise LatlabError(f"the {self.name} backend does not implement llc_flush (the cpu backend does; "
                               "on a GPU, l2_flush flushes its last-level cache)")
 
     @property

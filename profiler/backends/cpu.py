@@ -2,9 +2,9 @@
 
 With the protocol's ``l2_flush`` each sample is instead one call, timed alone with ``perf_counter``
 right after a buffer of twice the L2 size per thread has been overwritten (cold-cache numbers). With
-``cold_weights`` the buffer is twice the last-level cache and the call's input is read again after it, so
-only the weights (and what the call allocates) come from memory: a conv as it runs inside a network whose
-weights do not fit in the cache.
+``llc_flush`` the buffer is twice the last-level cache and the call's input is read back after it: the
+conv starts with its weights, its output memory and everything else but its input out of the cache, as
+inside a network too big for the cache.
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ class CpuBackend(Backend):
     call count ``number`` makes the block last at least ~1 ms, so timer overhead is negligible. With
     ``l2_flush`` a sample is one call made right after the flush buffer was overwritten (by every thread:
     twice the L2 size per thread), so weights and input come from the shared last-level cache or memory.
-    With ``cold_weights`` the buffer is twice the last-level cache and the input is re-read before the call.
+    With ``llc_flush`` the buffer is twice the last-level cache and the input is re-read before the call.
     """
 
     name: ClassVar[str] = "cpu"
     default_timer: ClassVar[str] = "torch_benchmark"
-    supports_cold_weights: ClassVar[bool] = True
+    supports_llc_flush: ClassVar[bool] = True
 
     def __init__(self, protocol: TimingProtocol | None = None) -> None:
         super().__init__(protocol)
@@ -156,7 +156,7 @@ class CpuBackend(Backend):
 
         out: dict[str, Any] = {"timer": self.timer, "num_threads": self.num_threads,
                                "min_block_ms": 0.0 if self._flushing else MIN_BLOCK_S * 1e3,
-                               "l2_flush": self.protocol.l2_flush, "cold_weights": self.protocol.cold_weights,
+                               "l2_flush": self.protocol.l2_flush, "llc_flush": self.protocol.llc_flush,
                                "flush_bytes": self._flush_bytes() if self._flushing else 0}
         try:
             info = torch.__config__.parallel_info()
@@ -182,12 +182,12 @@ class CpuBackend(Backend):
 
     def _prepare(self, fn: Callable[[], Any], threads: int, *inputs: torch.Tensor) -> tuple[Callable[[], float], int]:
         """Warm ``fn`` up and choose how to sample it: (one sample in ms per call, calls per sample).
-        ``inputs`` are re-read after each flush under ``cold_weights``."""
+        ``inputs`` are re-read after each flush under ``llc_flush``."""
         for _ in range(self.protocol.warmup):
             fn()
         flush = self._flush()
         if flush is not None:
-            return functools.partial(_cold_call_ms, fn, flush, inputs if self.protocol.cold_weights else ()), 1
+            return functools.partial(_cold_call_ms, fn, flush, inputs if self.protocol.llc_flush else ()), 1
         number = _calibrate(fn)
         timer = _benchmark_timer()(stmt="fn()", globals={"fn": fn}, num_threads=threads, label="latlab")
         return functools.partial(_block_ms, timer, number), number
@@ -201,10 +201,10 @@ class CpuBackend(Backend):
 
     @property
     def _flushing(self) -> bool:
-        return self.protocol.l2_flush or self.protocol.cold_weights
+        return self.protocol.l2_flush or self.protocol.llc_flush
 
     def _flush_bytes(self) -> int:
-        if self.protocol.cold_weights:
+        if self.protocol.llc_flush:
             return 2 * last_level_cache_bytes()
         return 2 * cache_bytes(2, L2_FALLBACK_BYTES) * self.num_threads
 

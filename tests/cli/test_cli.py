@@ -96,9 +96,9 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["profile", "--model", "resnet18", "--backend", "warp", "--db", fresh], "unknown profiler backend"),
         (["profile", "--model", "resnet18", "--backend", "cuda", "--db", fresh], "torch.cuda.is_available"),
         (["profile", "--model", "resnet18", "--backend", "fake", "--dtype", "fp8", "--db", fresh], "unknown dtype"),
-        (["profile", "--model", "resnet18", "--backend", "fake", "--cold-weights", "--db", fresh],
-         "does not implement cold_weights"),
-        (["profile", "--model", "resnet18", "--backend", "cpu", "--cold-weights", "--l2-flush", "--db", fresh],
+        (["profile", "--model", "resnet18", "--backend", "fake", "--llc-flush", "--db", fresh],
+         "does not implement llc_flush"),
+        (["profile", "--model", "resnet18", "--backend", "cpu", "--llc-flush", "--l2-flush", "--db", fresh],
          "choose one"),
         (["profile", "--model", "resnet18", "--backend", "fake", "--db", str(corrupt)], "not a SQLite database"),
         (["profile", "--model", "resnet18", "--backend", "fake", "--db", "nosuch://x"], "cannot use database URL"),
@@ -153,12 +153,12 @@ def test_measure_and_hw(tmp_path: Path, cli) -> None:
     assert code == 0 and "revision 0005" in out
 
 
-def test_cold_weights_sweep_is_recorded(tmp_path: Path, cli) -> None:
+def test_llc_flush_sweep_is_recorded(tmp_path: Path, cli) -> None:
     db = tmp_path / "cold.db"
     code, out, err = cli(["profile", "--model", "resnet18", "--backend", "cpu", "--grid", "random:2", "--threads", "1",
-                          "--warmup", "1", "--repeats", "2", "--min-repeats", "2", "--cold-weights", "-q",
+                          "--warmup", "1", "--repeats", "2", "--min-repeats", "2", "--llc-flush", "-q",
                           "--db", str(db)])
     assert code == 0, err
     with sqlite3.connect(db) as conn:
-        cold, settings = conn.execute("select cold_weights, settings from sweeps").fetchone()
+        cold, settings = conn.execute("select llc_flush, settings from sweeps").fetchone()
     assert cold == 1 and json.loads(settings)["flush_bytes"] > 0

@@ -82,17 +82,17 @@ def test_evaluate_prices_other_ops_under_the_sweeps_cache_protocol(tmp_path: Pat
     db = str(tmp_path / "cold.db")
     code, _, err = cli(["profile", "--model", "resnet18", "--backend", "cpu", "--input-size", "32", "--batch", "1",
                         "--grid", "lhs:3:8", "--threads", "1", "--warmup", "1", "--repeats", "2", "--min-repeats", "2",
-                        "--cold-weights", "-q", "--db", db])
+                        "--llc-flush", "-q", "--db", db])
     assert code == 0, err
     seen: list[bool] = []
     real = profiler.other_ops.measure_other_ops
 
     def spy(backend, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(backend.protocol.cold_weights)
+        seen.append(backend.protocol.llc_flush)
         return real(backend, *args, **kwargs)
 
     monkeypatch.setattr(profiler.other_ops, "measure_other_ops", spy)
     code, _, err = cli(["evaluate", "--models", "mdlm", "--db", db, "--network", "resnet18", "--input-size", "32",
                         "--pruned", "1", "--measure-backend", "cpu", "--out", str(tmp_path / "eval")])
     assert code == 0, err
-    assert seen == [True]  # the LUT was swept with cold weights, so the other ops are timed that way too
+    assert seen == [True]  # the LUT was swept with the LLC flushed, so the other ops are timed that way too

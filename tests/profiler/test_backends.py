@@ -455,7 +455,7 @@ def test_cpu_l2_flush_times_single_calls_after_a_flush() -> None:
     assert CpuBackend(FAST).settings()["flush_bytes"] == 0
 
 
-def test_cpu_cold_weights_flushes_the_last_level_cache_and_rereads_the_input(
+def test_cpu_llc_flush_flushes_the_last_level_cache_and_rereads_the_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import profiler.backends.cpu as cpu_mod
@@ -469,8 +469,8 @@ def test_cpu_cold_weights_flushes_the_last_level_cache_and_rereads_the_input(
 
     monkeypatch.setattr(cpu_mod, "_cold_call_ms", spy)
     monkeypatch.setattr(cpu_mod, "last_level_cache_bytes", lambda: 4 * 2**20)
-    cpu = CpuBackend(TimingProtocol(warmup=1, repeats=3, min_repeats=3, cold_weights=True, num_threads=1))
-    assert cpu.settings()["cold_weights"] is True and cpu.settings()["flush_bytes"] == 8 * 2**20
+    cpu = CpuBackend(TimingProtocol(warmup=1, repeats=3, min_repeats=3, llc_flush=True, num_threads=1))
+    assert cpu.settings()["llc_flush"] is True and cpu.settings()["flush_bytes"] == 8 * 2**20
     r = cpu.measure(ConvConfig(SMALL, 16, 32, 2))
     assert r.n == 3 and r.telemetry["calls_per_sample"] == 1
     assert reread == [(2, 16, SMALL.in_h, SMALL.in_w)] * 3  # the conv's input, after every flush
@@ -479,14 +479,17 @@ def test_cpu_cold_weights_flushes_the_last_level_cache_and_rereads_the_input(
     assert not failed and results[0][0].n == 3 and reread[-1] == (1, 3, 16, 16)
 
 
-def test_cold_weights_protocol() -> None:
+def test_llc_flush_protocol() -> None:
     with pytest.raises(LatlabError, match="choose one"):
-        TimingProtocol(l2_flush=True, cold_weights=True)
-    with pytest.raises(LatlabError, match="does not implement cold_weights"):
-        FakeBackend(TimingProtocol(cold_weights=True))
+        TimingProtocol(l2_flush=True, llc_flush=True)
+    with pytest.raises(LatlabError, match="does not implement llc_flush"):
+        FakeBackend(TimingProtocol(llc_flush=True))
     # a field added later leaves the fingerprint of protocols that do not set it unchanged
     assert TimingProtocol().fingerprint("cpu") == "2a67617529a217f4"  # as before the field existed
-    assert TimingProtocol(cold_weights=True).fingerprint("cpu") != TimingProtocol().fingerprint("cpu")
+    assert TimingProtocol(llc_flush=True).fingerprint("cpu") != TimingProtocol().fingerprint("cpu")
+    from profiler.protocol import cache_flags
+
+    assert cache_flags(TimingProtocol(llc_flush=True)) == {"l2_flush": False, "llc_flush": True}
 
 
 def test_cache_sizes_read_from_sysfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Sweeps record the cold_weights timing-protocol flag.
+"""Sweeps record the llc_flush timing-protocol flag.
 
 Revision ID: 0005
 Revises: 0004
@@ -18,9 +18,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("sweeps") as batch:
-        batch.add_column(sa.Column("cold_weights", sa.Boolean()))
+        batch.add_column(sa.Column("llc_flush", sa.Boolean()))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("sweeps") as batch:
-        batch.drop_column("cold_weights")
+        batch.drop_column("llc_flush")
