@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from db.models import Sweep
 from latency_models.base import get_model
 from latency_models.evaluate import markdown_table, prediction_errors
 from latency_models.features import configs_from_frame, lut_frame
-from profiler.backends import get_backend
+from profiler.backends import get_backend, with_protocol
 from profiler.hardware import detect_hardware
 from profiler.measure import measure_models_interleaved, paired_speedup
 from profiler.other_ops import measure_other_ops
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = get_backend(args.backend, protocol)
     shape = (settings.batch, 3, 224, 224)
     # the other ops are priced like the LUT's convs: timed alone under the sweep's cache protocol
-    ops_backend = get_backend(args.backend, replace(protocol, **cache)) if any(cache.values()) else backend
+    ops_backend = with_protocol(backend, **cache)
     other = measure_other_ops(ops_backend, net, trace_network(net, 224), batch=settings.batch, dtype=settings.dtype,
                               layout=settings.layout)
     rows = {"dense": {"method": "dense", "target": 1.0, "removed_blocks": 0, **_predict(models, spec, settings),

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,11 @@ from latency_models.evaluate import (
 from latency_models.features import lut_frame
 from latency_models.splits import make_split
 from latlab.tables import render
-from profiler.backends import get_backend
+from profiler.backends import get_backend, with_protocol
 from profiler.measure import measure_model, measure_models_interleaved, paired_speedup
 from profiler.other_ops import OtherOps, measure_other_ops
 from profiler.plan import build_plan, resolve_model, trace_network
-from profiler.protocol import TimingProtocol
+from profiler.protocol import TimingProtocol, cache_flags
 from profiler.runner import SweepReport, run_sweep
 from pruning.cost import Settings, spec_latency
 from pruning.graph import build_network_spec
@@ -173,7 +173,7 @@ def _plot(rows: list[dict[str, Any]], database: Database, sweep_id: int, path: P
 def _round_backend(config: DemoConfig, backend: Any) -> Any:
     """``backend`` with a protocol for one interleaved round: model_repeats / model_rounds samples (at least 1)."""
     per_round = max(1, config.model_repeats // config.model_rounds)
-    return get_backend(config.backend, replace(backend.protocol, repeats=per_round, min_repeats=per_round))
+    return with_protocol(backend, repeats=per_round, min_repeats=per_round)
 
 
 def _compare_models(
@@ -373,8 +373,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                                         seed=config.seed)
         model_backend = get_backend(config.backend, model_protocol)
         # the other ops are priced like the convs: timed alone under the LUT's cache protocol
-        ops_backend = (get_backend(config.backend, replace(model_protocol, llc_flush=True))
-                       if config.llc_flush else model_backend)
+        ops_backend = with_protocol(model_backend, **cache_flags(protocol))
         whole = measure_model(database, model_backend, net, name=name,
                               input_shape=(config.batch, 3, config.input_size, config.input_size))
         result = DemoResult(config, sweep, lut_rows, conv_sum, whole.median_ms, missing, stage_s=stage_s)

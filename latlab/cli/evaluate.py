@@ -24,7 +24,7 @@ from latency_models.splits import SPLIT_KINDS, make_split
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.cli.models import ModelsOption, parse_kinds
 from latlab.tables import render
-from profiler.protocol import TimingProtocol, cache_flags
+from profiler.protocol import cache_flags
 
 
 def _width_rule(plan: dict, trace, multiple: int | None):  # type: ignore[no-untyped-def]
@@ -117,7 +117,7 @@ def evaluate(
 
         measure = other = None
         if measure_backend is not None:
-            from profiler.backends import get_backend
+            from profiler.backends import get_backend, with_protocol
             from profiler.other_ops import measure_other_ops
             from profiler.plan import resolve_model
 
@@ -125,8 +125,7 @@ def evaluate(
             backend = get_backend(measure_backend)
             measure = measure_pruned(backend, module, trace, batch=first.batch, dtype=first.dtype,
                                      layout=first.layout)
-            ops_backend = (get_backend(measure_backend, TimingProtocol(**sweep_cache))
-                           if any(sweep_cache.values()) else backend)
+            ops_backend = with_protocol(backend, **sweep_cache)
             other = measure_other_ops(ops_backend, module, trace, batch=first.batch, dtype=first.dtype,
                                       layout=first.layout).latency
         whole = whole_network_eval(fitted, trace, pruned, seed, measure=measure, truth=truth, other=other,

@@ -6,6 +6,7 @@ Built-in backends are imported lazily, so ``import profiler`` never initialises 
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from typing import Any
 
 from db.errors import LatlabError
@@ -20,6 +21,7 @@ __all__ = [
     "get_backend",
     "list_backends",
     "register_backend",
+    "with_protocol",
 ]
 
 _BUILTIN: dict[str, str] = {
@@ -52,3 +54,10 @@ def get_backend(name: str, protocol: TimingProtocol | None = None, **options: An
     else:
         raise LatlabError(f"unknown profiler backend {name!r}; choose from {', '.join(list_backends())}")
     return cls(protocol, **options)
+
+
+def with_protocol(backend: Backend, **changes: Any) -> Backend:
+    """``backend`` itself when ``changes`` leave its protocol as it is, else a new backend of the same name
+    under the changed protocol (constructor options of the original are not carried over)."""
+    protocol = replace(backend.protocol, **changes)
+    return backend if protocol == backend.protocol else get_backend(backend.name, protocol)

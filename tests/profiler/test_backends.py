@@ -505,3 +505,12 @@ def test_cache_sizes_read_from_sysfs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(cpu_mod, "_CPU_CACHE_DIR", tmp_path / "missing")
     assert cpu_mod.cache_bytes(2, 123) == 123 and cpu_mod.last_level_cache_bytes() == cpu_mod.LLC_FALLBACK_BYTES
     assert cpu_mod._parse_size("2M") == 2 * 2**20 and cpu_mod._parse_size("4096") == 4096
+
+
+def test_with_protocol_reuses_or_rebuilds() -> None:
+    from profiler.backends import with_protocol
+
+    cpu = CpuBackend(FAST)
+    assert with_protocol(cpu) is cpu and with_protocol(cpu, llc_flush=False) is cpu
+    cold = with_protocol(cpu, llc_flush=True)
+    assert isinstance(cold, CpuBackend) and cold.protocol.llc_flush and cold.protocol.repeats == FAST.repeats
