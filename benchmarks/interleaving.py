@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from benchmarks._cpu_report import machine_line, result_header, write_result
+from benchmarks._report import machine_line, result_header, write_result
 from latlab.tables import render
 from profiler.backends import get_backend
 from profiler.measure import measure_model, measure_models_interleaved, paired_speedup

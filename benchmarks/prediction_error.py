@@ -1,10 +1,11 @@
 """Predicted vs measured latency of pruned networks, repeated: how far off are HALP's LLM and the MDLM?
 
-Each repetition builds a fresh LUT of ResNet-18's conv shapes on this machine's CPU (the pruner's
-``lattice`` grid, one thread), fits HALP's linear model (LLM) and MDP's MDLM on it, prunes ResNet-18
-one-shot with HALP (OCP+LLM) and MDP (MGP+MDLM with block removal) at each target, exports the slim
-networks, times the non-conv ops of the dense network one by one (:mod:`profiler.other_ops`), and times
-the dense and slim networks in interleaved rounds. Weights do not change latency, so nothing is trained.
+Each repetition builds a fresh LUT of ResNet-18's conv shapes on this machine (the pruner's ``lattice``
+grid; by default on the CPU with one thread at batch 1, with ``--backend cuda`` on the GPU), fits HALP's
+linear model (LLM) and MDP's MDLM on it, prunes ResNet-18 one-shot with HALP (OCP+LLM) and MDP (MGP+MDLM
+with block removal) at each target, exports the slim networks, times the non-conv ops of the dense network
+one by one (:mod:`profiler.other_ops`), and times the dense and slim networks in interleaved rounds.
+Weights do not change latency, so nothing is trained.
 
 Per pruned network and latency model it reports the error of the predicted speed-up (dense / pruned)
 from the convs alone and from convs + other ops, and of the whole-network latency (convs + other ops).
@@ -12,6 +13,7 @@ Repeating the whole chain shows how much of the error is this host's timing nois
 Markdown to ``--out``.
 
     python -m benchmarks.prediction_error --repeats 4 --targets 0.8,0.6
+    python -m benchmarks.prediction_error --backend cuda --batch 64 --dtype fp16 --layout nhwc --repeats 2
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from benchmarks._cpu_report import machine_line, result_header, write_result
+from benchmarks._report import machine_line, result_header, write_result
 from db import open_database
 from latency_models.evaluate import candidate_models, prediction_errors
 from latency_models.features import lut_frame
@@ -46,20 +49,20 @@ PREDICTORS = {"llm": ("llm", True), "mdlm": ("mdlm", False)}  # column -> (model
 
 def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """LUT → models → HALP / MDP one-shot → export → other ops → interleaved timing; one row per network."""
-    size, batch = args.input_size, 1
+    size, batch, dtype, layout = args.input_size, args.batch, args.dtype, args.layout
+    threads = args.threads if args.backend == "cpu" else None
     cache = {"l2_flush": args.l2_flush, "llc_flush": args.llc_flush}
-    lut_protocol = TimingProtocol(warmup=3, repeats=15, min_repeats=5, max_rel_iqr=0.1, num_threads=args.threads,
-                                  **cache)
+    lut_protocol = TimingProtocol(warmup=3, repeats=15, min_repeats=5, max_rel_iqr=0.1, num_threads=threads, **cache)
     database = open_database(tmp / f"lut{rep}.db")
-    plan = build_plan(args.model, "lattice", input_size=size, batch=batch)
-    sweep = run_sweep(database, plan, get_backend("cpu", lut_protocol), name=f"rep{rep}", progress=False)
+    plan = build_plan(args.model, "lattice", input_size=size, batch=batch, dtype=dtype, layout=layout)
+    sweep = run_sweep(database, plan, get_backend(args.backend, lut_protocol), name=f"rep{rep}", progress=False)
     with database.session() as session:
         X, y = lut_frame(session, sweep.sweep_id)
     database.dispose()
     models = {k: m.fit(X, y) for k, m in candidate_models(("llm", "mdlm"), seed=rep).items()}
     _, net = resolve_model(args.model)
     spec = build_network_spec(net, size, group_sizes="auto")
-    settings = Settings(batch)
+    settings = Settings(batch, dtype, layout)
     importances = magnitude_scores(net, spec)
     nets: dict[str, Any] = {"dense": net}
     shapes: dict[str, tuple[dict[str, int], list[str]]] = {"dense": ({}, [])}
@@ -69,12 +72,12 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[s
             name = f"{method}{round(100 * target)}"
             nets[name] = res.slim
             shapes[name] = ({g: w for g, w in res.widths.items() if w}, list(res.removed_blocks))
-    timing = TimingProtocol(warmup=1, repeats=1, min_repeats=1, num_threads=args.threads)
-    other = measure_other_ops(get_backend("cpu", TimingProtocol(warmup=3, repeats=15, min_repeats=5,
-                                                                num_threads=args.threads, **cache)),
-                              net, trace_network(net, size), batch=batch)
-    timed = measure_models_interleaved(None, get_backend("cpu", timing), nets, name=args.model, rounds=args.rounds,
-                                       input_shape=(batch, 3, size, size))
+    timing = TimingProtocol(warmup=1, repeats=1, min_repeats=1, num_threads=threads)
+    other = measure_other_ops(get_backend(args.backend, replace(lut_protocol, max_rel_iqr=0.0)), net,
+                              trace_network(net, size), batch=batch, dtype=dtype, layout=layout)
+    timed = measure_models_interleaved(None, get_backend(args.backend, timing), nets, name=args.model,
+                                       rounds=args.rounds, input_shape=(batch, 3, size, size), dtype=dtype,
+                                       layout=layout)
     pred: dict[str, dict[str, float]] = {}
     for name, (widths, removed) in shapes.items():
         pred[name] = {col: spec_latency(models[kind], spec, settings, widths, removed, freeze_cin=frozen)
@@ -95,15 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=24, help="interleaved timing rounds (one pass each)")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--backend", default="cpu", help="cpu | cuda | fake: where the LUT and networks are timed")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16")
+    parser.add_argument("--layout", default="nchw", help="nchw | nhwc")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for --backend cpu")
     parser.add_argument("--l2-flush", action="store_true",
                         help="time the LUT's convs and the other ops cold (L2 flushed before each call)")
     parser.add_argument("--llc-flush", action="store_true",
                         help="time them with the last-level cache flushed and the input read back before each call")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prediction_error_cpu"),
-                        help="output path without extension")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output path without extension (default benchmarks/results/prediction_error_BACKEND)")
     args = parser.parse_args(argv)
     args.targets = [float(t) for t in args.targets.split(",")]
+    args.out = args.out or Path(f"benchmarks/results/prediction_error_{args.backend}")
 
     start = time.time()
     rows: list[dict[str, Any]] = []
@@ -121,16 +129,18 @@ def main(argv: list[str] | None = None) -> int:
                 "worst_rep_pct": round(float(per_rep[col].max()), 2)}
                for col in error_cols]
     result = {
-        **result_header("prediction_error", argv),
-        "model": args.model, "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
+        **result_header("prediction_error", argv, args.backend),
+        "model": args.model, "batch": args.batch, "dtype": args.dtype, "layout": args.layout,
+        "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
         "l2_flush": args.l2_flush, "llc_flush": args.llc_flush,
         "elapsed_s": round(elapsed, 1), "summary": summary, "rows": frame.round(4).to_dict(orient="records"),
     }
     md = [
         "# Predicted vs measured latency of pruned networks (repeated)", "",
         f"Command: `{result['command']}`  ",
-        f"{machine_line(result['machine'])}, "
-        f"{args.threads} thread(s), batch 1, {args.input_size}px  ",
+        f"{machine_line(result['machine'])}; backend `{args.backend}`"
+        f"{f', {args.threads} thread(s)' if args.backend == 'cpu' else ''}, batch {args.batch}, {args.dtype}, "
+        f"{args.layout}, {args.input_size}px  ",
         f"{args.repeats} repetitions of: `lattice` LUT of {args.model} (fresh sweep"
         f"{', L2 flushed before each timed call' if args.l2_flush else ''}"
         f"{', last-level cache flushed and input read back before each timed call' if args.llc_flush else ''}"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from benchmarks._cpu_report import cpu_machine, machine_line, write_result
+from benchmarks._report import machine, machine_line, write_result
 from db import open_database
 from db.lut import load_lut, row_config
 from db.models import Measurement
@@ -94,18 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         "median_cv": statistics.median(r["cv"] for r in rows),
         "configs": len(rows), "runs": args.runs, "elapsed_s": round(elapsed, 1),
     }
-    machine = cpu_machine()
+    host = machine()
     result = {
         "benchmark": "profiler_noise", "backend": "cpu",
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine,
+        "machine": host,
         "protocol": protocol.to_dict(), "batch": args.batch, "input_size": args.input_size,
         "summary": summary, "rows": rows,
     }
     md = [
         "# CPU profiler noise", "",
         f"Command: `{result['command']}`  ",
-        f"{machine_line(machine)}  ",
+        f"{machine_line(host)}  ",
         f"Protocol: {args.warmup} warm-up, {args.repeats} samples per configuration (blocks >= 1 ms), "
         f"batch {args.batch}, {args.input_size}px, {args.runs} repeated sweeps, {elapsed:.0f} s in all.", "",
         render([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}], "markdown"),
