@@ -96,6 +96,7 @@ class RunConfig:
     max_iters_per_epoch: int | None = None  # cap (tests, demo, smoke runs)
     max_val_iters: int | None = None
     log_every: int = 50
+    tensorboard: bool = False  # also TensorBoard scalars in out/tensorboard (pip install 'latlab[tensorboard]')
     resume: str = "auto"  # auto (resume from out/checkpoint_last.pt if present) | never | required
     stop_after_epochs: int | None = None  # run at most this many epochs in this invocation (time-sliced jobs)
     export: bool = True  # at the end: slim network (pruned.pt2), masks.pt, final_state.pt, result.json

@@ -30,6 +30,7 @@ from training.config import TrainConfig, save_config
 from training.data import build_loaders, check_layout, seed_epoch
 from training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, teardown
 from training.optim import build_optimizer, loss_fn, lr_at, scaled_lr, set_lr
+from training.tensorboard import ScalarLog
 
 __all__ = ["TrainResult", "train"]
 
@@ -101,6 +102,8 @@ class _Run:
         cfg, info = self.cfg, self.info
         check_layout(cfg.data.path, cfg.data.train_dir, cfg.data.val_dir)  # before any heavy work
         self.resume_state = self._find_checkpoint()
+        self.tb = ScalarLog(self.out, enabled=cfg.run.tensorboard, writes=info.main,
+                            resume_step=int(self.resume_state["global_step"]) if self.resume_state else 0)
         self.model = _build_model(cfg)  # a weights file that does not match raises here
         self.train_loader, self.val_loader, classes = build_loaders(
             cfg.data.path, input_size=cfg.data.input_size, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
@@ -214,13 +217,16 @@ class _Run:
             save_config(cfg, self.out / "config.resolved.yaml")
         self._setup()
         ran = 0
-        while self.epoch < cfg.optim.epochs:
-            if cfg.run.stop_after_epochs is not None and ran >= cfg.run.stop_after_epochs:
-                break
-            row = self._train_epoch()
-            row.update(self._evaluate())
-            self._finish_epoch(row)
-            ran += 1
+        try:
+            while self.epoch < cfg.optim.epochs:
+                if cfg.run.stop_after_epochs is not None and ran >= cfg.run.stop_after_epochs:
+                    break
+                row = self._train_epoch()
+                row.update(self._evaluate())
+                self._finish_epoch(row)
+                ran += 1
+        finally:
+            self.tb.close()
         finished = self.epoch >= cfg.optim.epochs
         paths = self._export() if finished and cfg.run.export else {}
         barrier()
@@ -267,14 +273,18 @@ class _Run:
                 counted += 1
             if self.pruner is not None:
                 rec = self.pruner.after_step(self.global_step, self.optimizer)
+                if rec is not None:
+                    self.tb.scalars("prune", {"target_ms": rec["target_ms"], "step": rec["step"],
+                                              "removed_blocks": len(rec["removed_blocks"])}, self.global_step + 1)
                 if rec is not None and self.progress:
                     tqdm.write(f"prune step {rec['step']}/{self.pruner.schedule.steps} at global step "
                                f"{rec['global_step']}: target {rec['target_ms']:.4g} ms, solver "
                                f"{rec['solver_status']}, removed blocks {len(rec['removed_blocks'])}")
             self.global_step += 1
             images += x.shape[0]
-            if self.progress and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
+            if (self.progress or self.tb.writer) and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
+                self.tb.scalars("train", {"loss": float(loss.detach()), "lr": lr}, self.global_step)
             bar.update(1)
         bar.close()
         stats = torch.tensor([float(loss_sum), counted, images], dtype=torch.float64, device=dev)
@@ -325,6 +335,7 @@ class _Run:
                 if new:
                     w.writeheader()
                 w.writerow(row)
+            self.tb.scalars("epoch", {k: row.get(k) for k in METRIC_FIELDS if k != "global_step"}, self.global_step)
             state = {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "pruner": p.state_dict() if p else None,

@@ -25,13 +25,16 @@ def train(
         "--set", help="Override any config key, e.g. --set optim.epochs=30 --set prune.ratio=0.5.")] = None,
     nproc_per_node: Annotated[int, typer.Option(
         help="Processes (GPUs) on this machine; > 1 launches torchrun --standalone.")] = 1,
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard", help="Also write TensorBoard scalars to OUT/tensorboard (sets run.tensorboard).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train (and prune on the schedule of the config's method) with DDP/AMP; checkpoint and resume.
 
     The resolved config is saved as OUT/config.resolved.yaml; per-epoch metrics go to OUT/metrics.csv,
     OUT/checkpoint_last.pt is written every epoch (rerunning the same command resumes from it), and at
-    the end the slim network (pruned.pt2), masks.pt and result.json. Unknown config keys, a missing dataset
+    the end the slim network (pruned.pt2), masks.pt and result.json; with --tensorboard, the same metrics
+    plus loss, LR and pruning targets as TensorBoard scalars in OUT/tensorboard. Unknown config keys, a missing dataset
     or weights that do not match the model stop the run before any work.
 
     Multi-node: run `torchrun --nnodes N --nproc_per_node G --rdzv_endpoint HOST:PORT -m training --config …`.
@@ -42,7 +45,7 @@ def train(
 
       latlab train --config configs/halp_resnet50.yaml --data /data/imagenet --nproc-per-node 8 --out runs/halp70
     """
-    sets = list(overrides or [])
+    sets = list(overrides or []) + (["run.tensorboard=true"] if tensorboard else [])
     for key, value in (("data.path", data), ("run.out", out), ("model.weights", weights), ("prune.db", db),
                        ("prune.hardware", hardware)):
         if value is not None:

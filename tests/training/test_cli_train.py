@@ -24,7 +24,8 @@ def test_train_cli_rejects_bad_input_before_work(cli, tmp_path: Path, digits: Pa
 def test_train_cli_runs_and_resumes(cli, tmp_path: Path, digits: Path) -> None:
     out = tmp_path / "run"
     argv = ["train", "--config", CONFIG, "--data", str(digits), "--out", str(out), "-q", "--set", "prune.method=none",
-            "--set", "optim.epochs=2", "--set", "run.max_iters_per_epoch=2", "--set", "run.stop_after_epochs=1"]
+            "--set", "optim.epochs=2", "--set", "run.max_iters_per_epoch=2", "--set", "run.stop_after_epochs=1",
+            "--tensorboard"]
     code, stdout, err = cli(argv)
     assert code == 0, err
     assert (out / "config.resolved.yaml").exists() and (out / "checkpoint_last.pt").exists()
@@ -32,3 +33,5 @@ def test_train_cli_runs_and_resumes(cli, tmp_path: Path, digits: Path) -> None:
     code, stdout, err = cli(argv)  # the same command continues from the checkpoint
     assert code == 0, err
     assert len((out / "metrics.csv").read_text().splitlines()) == 3 and (out / "final_state.pt").exists()
+    assert "tensorboard: true" in (out / "config.resolved.yaml").read_text()
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one per invocation

@@ -1,0 +1,46 @@
+"""Optional TensorBoard scalars of a training run (``run.tensorboard: true``), written by rank 0 only.
+
+Every scalar is logged at the global step (iterations so far): per epoch every numeric column of
+``metrics.csv`` under ``epoch/``; every ``run.log_every`` iterations the training loss and learning rate
+under ``train/``; each pruning step's latency target under ``prune/``. A resumed run purges what the killed
+one logged after its checkpoint, so curves do not fold back on themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from db.errors import LatlabError
+
+
+class ScalarLog:
+    """A ``torch.utils.tensorboard.SummaryWriter`` under ``OUT/tensorboard`` on the rank that ``writes``, or
+    nothing. Every rank checks that TensorBoard is importable, so a missing package stops them all at once."""
+
+    def __init__(self, out: Path, *, enabled: bool, writes: bool, resume_step: int = 0) -> None:
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise LatlabError("run.tensorboard is true but TensorBoard is not installed: "
+                              "pip install 'latlab[tensorboard]' (or set run.tensorboard: false)") from exc
+        if writes:
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        """Every finite number of ``values`` as ``prefix/key`` at ``step``."""
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
