@@ -34,6 +34,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from db import open_database
+from db.errors import LatlabError
 from db.models import Sweep
 from latency_models.base import get_model
 from latency_models.evaluate import markdown_table, prediction_errors
@@ -108,11 +109,17 @@ def main(argv: list[str] | None = None) -> int:
                       "other_ms": other.dense_ms,
                       "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2)}}
     nets = {"dense": net}
+    unreached: list[dict] = []  # (method, target) pairs the method cannot reach (e.g. channels alone at 30%)
     for target in (float(t) for t in args.targets.split(",")):
         for method in args.methods.split(","):
-            res = prune_once(net, spec, models[DEFAULT_KIND[method]], importances, method=method, target=target,
-                             settings=settings)
             name = f"{method}{round(100 * target)}"
+            try:
+                res = prune_once(net, spec, models[DEFAULT_KIND[method]], importances, method=method,
+                                 target=target, settings=settings)
+            except LatlabError as exc:
+                unreached.append({"method": method, "target": target, "why": str(exc)})
+                print(f"{name}: {exc}", file=sys.stderr)
+                continue
             nets[name] = res.slim
             rows[name] = {"method": method, "target": target, "removed_blocks": len(res.removed_blocks),
                           **_predict(models, spec, settings, res.widths, res.removed_blocks),
@@ -146,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
           "latency error. `llm_frozen` is HALP's view (input widths frozen at dense).", "",
           "## Summary", "", markdown_table(summary), "",
           "## Every network", "", markdown_table(frame[[c for c in cols if c in frame.columns]].round(3)), ""]
+    if unreached:
+        md += ["## Targets a method cannot reach", "", markdown_table(pd.DataFrame(unreached)), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(md))
     args.out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "hardware": hw.to_dict(), "lut_command": lut_command, "rounds": args.rounds,
-         "rows": frame.round(4).to_dict(orient="records")}, indent=1, default=float))
+         "rows": frame.round(4).to_dict(orient="records"), "unreached": unreached}, indent=1, default=float))
     print("\n".join(md))
     return 0
 

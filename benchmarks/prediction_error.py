@@ -31,6 +31,7 @@ import pandas as pd
 
 from benchmarks._report import machine_line, result_header, write_result
 from db import open_database
+from db.errors import LatlabError
 from latency_models.evaluate import candidate_models, prediction_errors
 from latency_models.features import lut_frame
 from latlab.tables import render
@@ -47,8 +48,9 @@ from pruning.oneshot import magnitude_scores, prune_once
 PREDICTORS = {"llm": ("llm", True), "mdlm": ("mdlm", False)}  # column -> (model kind, freeze input widths)
 
 
-def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
-    """LUT → models → HALP / MDP one-shot → export → other ops → interleaved timing; one row per network."""
+def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """LUT → models → HALP / MDP one-shot → export → other ops → interleaved timing; one row per network, and
+    one per (method, target) the method cannot reach."""
     size, batch, dtype, layout = args.input_size, args.batch, args.dtype, args.layout
     threads = args.threads if args.backend == "cpu" else None
     cache = {"l2_flush": args.l2_flush, "llc_flush": args.llc_flush}
@@ -66,10 +68,16 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[s
     importances = magnitude_scores(net, spec)
     nets: dict[str, Any] = {"dense": net}
     shapes: dict[str, tuple[dict[str, int], list[str]]] = {"dense": ({}, [])}
+    unreached: list[dict[str, Any]] = []
     for target in args.targets:
         for method, kind in (("halp", "llm"), ("mdp", "mdlm")):
-            res = prune_once(net, spec, models[kind], importances, method=method, target=target, settings=settings)
             name = f"{method}{round(100 * target)}"
+            try:
+                res = prune_once(net, spec, models[kind], importances, method=method, target=target,
+                                 settings=settings)
+            except LatlabError as exc:
+                unreached.append({"rep": rep, "network": name, "why": str(exc)})
+                continue
             nets[name] = res.slim
             shapes[name] = ({g: w for g, w in res.widths.items() if w}, list(res.removed_blocks))
     timing = TimingProtocol(warmup=1, repeats=1, min_repeats=1, num_threads=threads)
@@ -88,7 +96,7 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> list[dict[s
                             "speedup": paired_speedup(timed["dense"], timed[name]), **pred[name]}
                            for name in nets if name != "dense"])
     errors = prediction_errors(pruned, pred["dense"], tuple(PREDICTORS))
-    return errors.drop(columns=[*PREDICTORS, "other_ms"]).to_dict(orient="records")
+    return errors.drop(columns=[*PREDICTORS, "other_ms"]).to_dict(orient="records"), unreached
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
     rows: list[dict[str, Any]] = []
+    unreached: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
-            rows += one_repetition(rep, args, Path(tmp))
+            got, missed = one_repetition(rep, args, Path(tmp))
+            rows, unreached = rows + got, unreached + missed
             print(f"repetition {rep + 1}/{args.repeats} done ({time.time() - start:.0f} s)", file=sys.stderr)
+    if not rows:
+        raise SystemExit(f"no method reached any target: {unreached}")
     elapsed = time.time() - start
     frame = pd.DataFrame(rows)
     error_cols = [c for c in frame.columns if c.endswith("_pct")]
@@ -134,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": args.targets, "repeats": args.repeats, "rounds": args.rounds,
         "l2_flush": args.l2_flush, "llc_flush": args.llc_flush,
         "elapsed_s": round(elapsed, 1), "summary": summary, "rows": frame.round(4).to_dict(orient="records"),
+        "unreached": unreached,
     }
     md = [
         "# Predicted vs measured latency of pruned networks (repeated)", "",
@@ -158,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(frame['mdlm_speedup_err_pct'].abs()):.1f}%; HALP's LLM: "
         f"{statistics.median(frame['llm_speedup_err_pct'].abs()):.1f}%.",
     ]
+    if unreached:
+        md += ["", "Targets a method cannot reach:", "", render(unreached, "markdown")]
     write_result(args.out, result, md)
     return 0
 
