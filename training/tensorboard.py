@@ -8,7 +8,9 @@ one logged after its checkpoint, so curves do not fold back on themselves.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,13 @@ from db.errors import LatlabError
 
 
 class ScalarLog:
-    """A ``torch.utils.tensorboard.SummaryWriter`` under ``OUT/tensorboard`` on the rank that ``writes``, or
-    nothing. Every rank checks that TensorBoard is importable, so a missing package stops them all at once."""
+    """TensorBoard scalars under ``OUT/tensorboard`` on the rank that ``writes``, or nothing. Every rank checks
+    at once that TensorBoard is importable, so a missing package stops them all before any work; the event
+    file is opened on the first scalar, so a run refused during set-up leaves none behind."""
 
     def __init__(self, out: Path, *, enabled: bool, writes: bool, resume_step: int = 0) -> None:
-        self.writer = None
+        self.writer: Any = None
+        self._open: Callable[[], Any] | None = None
         if not enabled:
             return
         try:
@@ -29,12 +33,20 @@ class ScalarLog:
             raise LatlabError("run.tensorboard is true but TensorBoard is not installed: "
                               "pip install 'latlab[tensorboard]' (or set run.tensorboard: false)") from exc
         if writes:
-            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            purge = resume_step + 1 if resume_step else None  # drop what a killed run logged after its checkpoint
+            self._open = functools.partial(SummaryWriter, str(out / "tensorboard"), purge_step=purge)
+
+    @property
+    def enabled(self) -> bool:
+        """True on the rank that writes."""
+        return self._open is not None
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
         """Every finite number of ``values`` as ``prefix/key`` at ``step``."""
-        if self.writer is None:
+        if self._open is None:
             return
+        if self.writer is None:
+            self.writer = self._open()
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)

@@ -282,7 +282,7 @@ class _Run:
                                f"{rec['solver_status']}, removed blocks {len(rec['removed_blocks'])}")
             self.global_step += 1
             images += x.shape[0]
-            if (self.progress or self.tb.writer) and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
+            if (self.progress or self.tb.enabled) and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
                 self.tb.scalars("train", {"loss": float(loss.detach()), "lr": lr}, self.global_step)
             bar.update(1)

@@ -34,8 +34,8 @@ def train(
     The resolved config is saved as OUT/config.resolved.yaml; per-epoch metrics go to OUT/metrics.csv,
     OUT/checkpoint_last.pt is written every epoch (rerunning the same command resumes from it), and at
     the end the slim network (pruned.pt2), masks.pt and result.json; with --tensorboard, the same metrics
-    plus loss, LR and pruning targets as TensorBoard scalars in OUT/tensorboard. Unknown config keys, a missing dataset
-    or weights that do not match the model stop the run before any work.
+    plus loss, LR and pruning targets as TensorBoard scalars in OUT/tensorboard. Unknown config keys, a
+    missing dataset or weights that do not match the model stop the run before any work.
 
     Multi-node: run `torchrun --nnodes N --nproc_per_node G --rdzv_endpoint HOST:PORT -m training --config …`.
 

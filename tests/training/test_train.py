@@ -78,10 +78,11 @@ def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: 
 
     weights = tmp_path / "r18.pt"
     torch.save(resnet18(num_classes=1000).state_dict(), weights)
-    cfg = tiny_config(digits, tmp_path / "w", None, method="none", **{"model.weights": str(weights)})
+    cfg = tiny_config(digits, tmp_path / "w", None, method="none",
+                      **{"model.weights": str(weights), "run.tensorboard": True})
     with pytest.raises(LatlabError, match="do not match resnet18"):
         train(cfg, progress=False)
-    assert not (tmp_path / "w" / "checkpoint_last.pt").exists()
+    assert not (tmp_path / "w" / "checkpoint_last.pt").exists() and not (tmp_path / "w" / "tensorboard").exists()
 
 
 _DDP_SCRIPT = textwrap.dedent("""
