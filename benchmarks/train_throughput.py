@@ -40,15 +40,15 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
     """Images/s of ``args.iters`` timed steps of ``variant`` (reference | latlab-halp | latlab-mdp)."""
     torch.manual_seed(0)
     _, model = resolve_model(args.model)
+    model = model.to(device).train()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     pruner = None
-    if variant != "reference":
+    if variant != "reference":  # built on the device, as the trainer does
         spec = build_network_spec(model, args.input_size, group_sizes="auto")
         never = LatencySchedule(1.0, 0.5, steps=1, every=10**9)  # accumulate importance, never solve
         pruner = TrainingPruner(model, spec, method=variant.split("-")[1], schedule=never, latency_model=None,
                                 settings=Settings(args.batch))
-    model = model.to(device).train()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, lr=0.1, momentum=0.875, weight_decay=2**-15)
     criterion = loss_fn(0.1)
     use_amp = args.amp

@@ -172,12 +172,61 @@ def _device(m: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+class _Layout:
+    """Where each group's and each member conv's channels sit in the flat accumulators.
+
+    Members whose group is priced by BN terms come first (their terms are one batched product). A group of
+    one member scores ``|term|``; the members of coupled groups are summed in a zero-padded
+    ``(coupled groups, members, width)`` block by one dense reduction (deterministic, unlike a scatter-add
+    on a GPU)."""
+
+    def __init__(self, groups: Groups, widths: Mapping[str, int], device: torch.device) -> None:
+        names = list(groups)
+        by_bn = {g: all(b is not None for _, b in m) for g, m in groups.items()}
+        slots = [(g, i, c, b) for kind in (True, False) for g in names if by_bn[g] == kind
+                 for i, (c, b) in enumerate(groups[g])]
+        self.group_slices = _slices([(g, widths[g]) for g in names])
+        self.layer_slices = _slices([(c, widths[g]) for g, _, c, _ in slots])
+        self.bns = [(b, widths[g]) for g, _, _, b in slots if by_bn[g]]
+        self.convs = [c for g, _, c, _ in slots if not by_bn[g]]
+        coupled = [g for g in names if len(groups[g]) > 1]
+        row = {g: k for k, g in enumerate(coupled)}
+        members = max((len(groups[g]) for g in coupled), default=1)
+        width = max((widths[g] for g in coupled), default=1)
+        self.block = (len(coupled), members, width)
+        term_pos = {c: torch.arange(s.start, s.stop) for c, s in self.layer_slices.items()}
+        n_terms = sum(widths[g] for g, _, _, _ in slots)
+        in_coupled = [(g, i, c) for g, i, c, _ in slots if g in row]
+        # terms of coupled members, and where they go in the block / which (group, channel) of it they belong to
+        self.coupled_terms = _cat([term_pos[c] for _, _, c in in_coupled], device)
+        self.block_pos = _cat([(row[g] * members + i) * width + torch.arange(widths[g]) for g, i, _ in in_coupled],
+                              device)
+        self.block_group = _cat([row[g] * width + torch.arange(widths[g]) for g, _, _ in in_coupled], device)
+        # group channel -> position in cat(|terms|, coupled group sums)
+        self.group_pos = _cat([n_terms + row[g] * width + torch.arange(widths[g]) if g in row
+                               else term_pos[groups[g][0][0]] for g in names], device)
+
+
+def _cat(parts: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)).to(device)
+
+
+def _slices(sizes: Sequence[tuple[str, int]]) -> dict[str, slice]:
+    out, off = {}, 0
+    for name, n in sizes:
+        out[name] = slice(off, off + n)
+        off += n
+    return out
+
+
 class TaylorImportance:
     """Accumulates HALP's BN-Taylor group scores and MGP/MDP's per-layer split of them.
 
     Group score per channel: ``|Σ_{l∈G} (γ_l·∂γ_l + β_l·∂β_l)|`` (sum inside the abs, §4.1); when a
     conv of the group has no BN, ``|Σ_{l∈G} Σ_j w_j·∂w_j|`` over the group's conv weights instead.
     Layer score (§4.2): the group score split in proportion to each layer's own ``|term_l|``.
+    Every group is accumulated at once in a few batched ops (a ResNet-50 iteration launches a few dozen
+    kernels, not one per BN and group), into flat buffers that :meth:`scores` shows per group.
     """
 
     def __init__(self, model: nn.Module, groups: GroupsIn, bn_of: Mapping[str, str] | None = None) -> None:
@@ -188,16 +237,20 @@ class TaylorImportance:
         self._mods = _modules(model, self.groups)
         self._width = {g: _width(self._mods, m, g) for g, m in self.groups.items()}
         self._device = _device(model)
+        self._layout = _Layout(self.groups, self._width, self._device)
+        self._zeros = {w: torch.zeros(w, device=self._device) for _, w in self._layout.bns}  # a param without grad
+        n_group = sum(s.stop - s.start for s in self._layout.group_slices.values())
+        n_layer = sum(s.stop - s.start for s in self._layout.layer_slices.values())
+        self._group_flat = torch.zeros(n_group, dtype=torch.float32, device=self._device)
+        self._layer_flat = torch.zeros(n_layer, dtype=torch.float32, device=self._device)
+        self._group_acc = {g: self._group_flat[s] for g, s in self._layout.group_slices.items()}  # views
+        self._layer_acc = {c: self._layer_flat[s] for c, s in self._layout.layer_slices.items()}
         self._counts = torch.zeros(2, dtype=torch.float64, device=self._device)  # counted, skipped
-        self._group_acc: dict[str, torch.Tensor] = {}
-        self._layer_acc: dict[str, torch.Tensor] = {}
-        self.reset()
 
     def reset(self) -> None:
         """Zero the accumulators and the counters (after a pruning step)."""
-        self._group_acc = {g: torch.zeros(w, dtype=torch.float32, device=self._device) for g, w in self._width.items()}
-        self._layer_acc = {c: torch.zeros(self._width[g], dtype=torch.float32, device=self._device)
-                           for g, m in self.groups.items() for c, _ in m}
+        self._group_flat.zero_()
+        self._layer_flat.zero_()
         self._counts = torch.zeros(2, dtype=torch.float64, device=self._device)
 
     @property
@@ -213,10 +266,23 @@ class TaylorImportance:
     def _set_counts(self, count: float, skipped: float) -> None:
         self._counts = torch.tensor([count, skipped], dtype=torch.float64, device=self._device)
 
-    def _terms(self, members: Sequence[tuple[str, str | None]]) -> list[torch.Tensor]:
-        if all(b is not None for _, b in members):
-            return [_bn_term(self._mods[b]) for _, b in members]  # type: ignore[index, arg-type]
-        return [_conv_term(self._mods[c]) for c, _ in members]  # type: ignore[arg-type]
+    def _terms(self) -> torch.Tensor:
+        """Every member's term, flat in slot order: ``γ·∂γ + β·∂β`` of the BN members (one batched product),
+        then ``Σ_j w_j·∂w_j`` of the convs in groups without a BN on every member."""
+        values: list[list[torch.Tensor]] = [[], []]  # γ then β of every BN
+        grads: list[list[torch.Tensor]] = [[], []]
+        for bn, width in self._layout.bns:
+            for k, p in enumerate(_bn_params(self._mods[bn])):  # type: ignore[arg-type]
+                has = p is not None and p.grad is not None
+                values[k].append(p.detach() if has else self._zeros[width])  # type: ignore[union-attr]
+                grads[k].append(p.grad.detach() if has else self._zeros[width])  # type: ignore[union-attr]
+        parts = []
+        if self._layout.bns:
+            prod = torch.cat(values[0] + values[1]).float() * torch.cat(grads[0] + grads[1]).float()
+            half = prod.numel() // 2
+            parts.append(prod[:half] + prod[half:])
+        parts += [_conv_term(self._mods[c]).to(self._device) for c in self._layout.convs]  # type: ignore[arg-type]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @torch.no_grad()
     def accumulate(self) -> torch.Tensor:
@@ -225,26 +291,23 @@ class TaylorImportance:
         Returns a 0-dim bool tensor, False when the iteration was skipped as non-finite. Nothing here waits
         for the device (no host sync), so the host keeps queueing work ahead of a GPU.
         """
-        group_s: dict[str, torch.Tensor] = {}
-        layer_s: dict[str, torch.Tensor] = {}
-        finite = []
-        for g, members in self.groups.items():
-            terms = [t.to(self._device) for t in self._terms(members)]
-            s_g = torch.stack(terms).sum(0).abs()
-            group_s[g] = s_g
-            finite.append(torch.isfinite(s_g).all())
-            if len(members) == 1:
-                layer_s[members[0][0]] = s_g
-                continue
-            a = torch.stack(terms).abs()
-            total = a.sum(0)
-            total = torch.where(total == 0, torch.ones_like(total), total)
-            for (c, _), a_l in zip(members, a, strict=True):
-                layer_s[c] = s_g * a_l / total
-        ok = torch.stack(finite).all()
-        for acc, scores in ((self._group_acc, group_s), (self._layer_acc, layer_s)):
-            for k, s in scores.items():
-                acc[k] += torch.where(ok, s, torch.zeros_like(s))  # a skipped iteration adds exactly 0
+        lay = self._layout
+        term = self._terms()
+        if term.device != self._device:
+            raise LatlabError(f"the model's parameters are on {term.device} but its importance was set up on "
+                              f"{self._device}: build TaylorImportance (and TrainingPruner) after moving the model")
+        absterm = term.abs()  # a member of a one-conv group: its layer score is the group score |term|
+        coupled = term[lay.coupled_terms]
+        block = term.new_zeros(lay.block).view(-1).index_put_((lay.block_pos,), coupled).view(lay.block)
+        sums = block.sum(1).abs().view(-1)  # (coupled groups × width): the sum inside the abs
+        total = block.abs().sum(1).view(-1)
+        total = torch.where(total == 0, torch.ones_like(total), total)
+        mine = sums[lay.block_group]
+        layer = absterm.index_put((lay.coupled_terms,), mine * coupled.abs() / total[lay.block_group])
+        group = torch.cat([absterm, sums])[lay.group_pos]
+        ok = torch.isfinite(group).all()
+        self._group_flat += torch.where(ok, group, 0.0)  # a skipped iteration adds exactly 0
+        self._layer_flat += torch.where(ok, layer, 0.0)
         okf = ok.to(torch.float64)
         self._counts += torch.stack([okf, 1.0 - okf])
         return ok
@@ -256,17 +319,12 @@ class TaylorImportance:
         """
         if not (dist.is_available() and dist.is_initialized()):
             return
-        keys_g, keys_l = sorted(self._group_acc), sorted(self._layer_acc)
-        flat = torch.cat([self._group_acc[k] for k in keys_g] + [self._layer_acc[k] for k in keys_l])
-        flat = torch.cat([flat, self._counts.to(flat.dtype)])
+        flat = torch.cat([self._group_flat, self._layer_flat, self._counts.to(torch.float32)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        off = 0
-        for store, keys in ((self._group_acc, keys_g), (self._layer_acc, keys_l)):
-            for k in keys:
-                n = store[k].numel()
-                store[k] = flat[off:off + n].clone()
-                off += n
-        self._set_counts(float(flat[off]), float(flat[off + 1]))
+        n_group, n_layer = self._group_flat.numel(), self._layer_flat.numel()
+        self._group_flat.copy_(flat[:n_group])
+        self._layer_flat.copy_(flat[n_group:n_group + n_layer])
+        self._set_counts(float(flat[-2]), float(flat[-1]))
 
     def _avg(self, acc: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         count = self.count
@@ -298,7 +356,7 @@ class TaylorImportance:
                 if v.shape != store[k].shape:
                     raise LatlabError(f"importance state for {k!r} has shape {tuple(v.shape)}, "
                                       f"expected {tuple(store[k].shape)}")
-                store[k] = v.detach().to(device=self._device, dtype=torch.float32).clone()
+                store[k].copy_(v.detach().to(device=self._device, dtype=torch.float32))  # into the flat buffer
         self._set_counts(int(state["count"]), int(state["skipped"]))
 
 

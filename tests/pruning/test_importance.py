@@ -116,3 +116,29 @@ def test_all_reduce_single_rank(setup, tmp_path) -> None:
     assert imp.count == 1
     for g, s in imp.scores().items():
         torch.testing.assert_close(s, before[g])
+
+
+def test_batched_accumulation_matches_the_per_group_formulas(setup) -> None:
+    """BN groups (coupled and single), a conv-only group and a BN without gradients, all in one pass."""
+    model, groups = setup
+    mixed = dict(groups)
+    stem = next(g for g, m in groups.items() if ("conv1", "bn1") in m)
+    mixed[stem] = [(c, None) for c, _ in groups[stem]]  # priced by conv terms
+    imp = TaylorImportance(model, mixed)
+    _step(model)
+    frozen = model.layer4[1].bn2
+    frozen.weight.grad = None  # e.g. a frozen BN: counts as 0
+    assert imp.accumulate() and imp.count == 1
+    for g, members in mixed.items():
+        if members[0][1] is None:
+            terms = [(w * w.grad).flatten(1).sum(1) for w in (model.get_submodule(c).weight for c, _ in members)]
+        else:
+            terms = [sum(p * p.grad for p in (bn.weight, bn.bias) if p.grad is not None)
+                     for bn in (model.get_submodule(b) for _, b in members)]
+        score = torch.stack(terms).sum(0).abs().detach()
+        torch.testing.assert_close(imp.scores()[g], score)
+        a = torch.stack(terms).abs().detach()
+        total = torch.where(a.sum(0) == 0, torch.ones_like(score), a.sum(0))
+        for (c, _), a_l in zip(members, a, strict=True):
+            expected = score if len(members) == 1 else score * a_l / total
+            torch.testing.assert_close(imp.layer_scores()[c], expected)
