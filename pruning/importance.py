@@ -134,15 +134,6 @@ def _width(mods: Mapping[str, nn.Module], members: Sequence[tuple[str, str | Non
     return widths.pop()
 
 
-def _bn_term(bn: nn.BatchNorm2d) -> torch.Tensor:
-    """``γ·∂γ + β·∂β`` per channel in fp32 (missing grads count as 0)."""
-    total = torch.zeros(bn.num_features, dtype=torch.float32, device=_device(bn))
-    for p in _bn_params(bn):
-        if p is not None and p.grad is not None:
-            total += p.detach().float() * p.grad.detach().float()
-    return total
-
-
 def _bn_params(bn: nn.BatchNorm2d) -> list[torch.Tensor | None]:
     params = getattr(bn, "parametrizations", None)
     if params is not None:  # masked by pruning.masks: gradients live on the originals
