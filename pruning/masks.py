@@ -65,6 +65,7 @@ class ChannelMasks:
         self._width = {g: _width(self._mods, m, g) for g, m in self.groups.items()}
         dev = next(model.parameters()).device
         self._keep = {g: torch.ones(w, dtype=torch.bool, device=dev) for g, w in self._width.items()}
+        self._drop = {g: ~k for g, k in self._keep.items()}  # what the BN hooks zero, kept ready for each forward
         self._hooks: list[Any] = []
         self.applied = False
         if apply:
@@ -83,6 +84,7 @@ class ChannelMasks:
             raise LatlabError(f"mask for group {group!r} must be a bool tensor of shape "
                               f"{tuple(self._keep[group].shape)}, got {keep.dtype} {tuple(keep.shape)}")
         self._keep[group] = keep.clone()
+        self._drop[group] = ~keep
         if self.applied:
             self._sync(group)
 
@@ -135,7 +137,7 @@ class ChannelMasks:
     @torch.no_grad()
     def _zero_stats(self, group: str, bn_name: str) -> None:
         bn = self._mods[bn_name]
-        drop = ~self._keep[group]
+        drop = self._drop[group]
         for stat in ("running_mean", "running_var"):
             t = getattr(bn, stat, None)
             if t is not None:  # via .data: no autograd version bump (stats are not used by BN's backward)
