@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -79,7 +80,31 @@ def run(variant: str, args: argparse.Namespace, device: torch.device) -> dict:
     _sync(device)
     seconds = time.perf_counter() - t0
     return {"variant": variant, "images_per_s": args.batch * args.iters / seconds,
-            "ms_per_iter": 1e3 * seconds / args.iters}
+            "ms_per_iter": 1e3 * seconds / args.iters, **_op_counts(step, args.warmup + args.iters, device)}
+
+
+# ATen ops that only make views or read metadata: no kernel of their own
+_NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::detach", "aten::view", "aten::t",
+              "aten::as_strided", "aten::expand", "aten::reshape", "aten::_reshape_alias", "aten::transpose",
+              "aten::permute", "aten::unsqueeze", "aten::squeeze", "aten::select", "aten::slice", "aten::narrow",
+              "aten::alias", "aten::lift_fresh", "aten::result_type", "aten::to", "aten::resize_",
+              "aten::_has_compatible_shallow_copy_type"}
+
+
+def _op_counts(step: Callable[[int], None], i: int, device: torch.device) -> dict[str, int]:
+    """ATen ops of one more step that do work (views and no-op casts left out) and, on a GPU, the kernels
+    (and memcpy/memset) it launched: the per-iteration cost of pruning that a fast host has to keep ahead of."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(i)
+        _sync(device)
+    events = prof.events()
+    out = {"aten_ops": sum(1 for e in events if e.name.startswith("aten::") and e.name not in _NO_KERNEL)}
+    if device.type == "cuda":
+        out["gpu_kernels"] = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.input_size}×{args.input_size}, AMP {'on' if args.amp else 'off'}, channels_last "
           f"{'on' if args.channels_last else 'off'}; synthetic data on the device; {args.iters} timed iterations "
           f"after {args.warmup} warm-up.", "",
-          "| variant | images/s | ms / iteration | relative to reference |", "|---|---:|---:|---:|",
-          *[f"| {r['variant']} | {r['images_per_s']:.1f} | {r['ms_per_iter']:.2f} | {r['relative']:.3f} |"
-            for r in rows], "",
+          "| variant | images/s | ms / iteration | relative to reference | ATen ops / step | GPU kernels / step |",
+          "|---|---:|---:|---:|---:|---:|",
+          *[f"| {r['variant']} | {r['images_per_s']:.1f} | {r['ms_per_iter']:.2f} | {r['relative']:.3f} | "
+            f"{r['aten_ops']} | {r.get('gpu_kernels', '–')} |" for r in rows], "",
           "`latlab-halp`: soft masks on every conv/BN + BN-Taylor importance each iteration; `latlab-mdp`: the "
-          "same plus block gates.", ""]
+          "same plus block gates. Ops and kernels: one more step under `torch.profiler` (ATen ops that only make "
+          "views or no-op casts left out).", ""]
     print("\n".join(md))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
