@@ -46,6 +46,7 @@ from latency_models.evaluate import (
 )
 from latency_models.features import lut_frame
 from latency_models.splits import make_split
+from latency_models.store import save_model
 from latlab.tables import render
 from profiler.backends import get_backend, with_protocol
 from profiler.measure import measure_model, measure_models_interleaved, paired_speedup
@@ -53,7 +54,7 @@ from profiler.other_ops import OtherOps, measure_other_ops
 from profiler.plan import build_plan, resolve_model, trace_network
 from profiler.protocol import TimingProtocol, cache_flags
 from profiler.runner import SweepReport, run_sweep
-from pruning.cost import Settings, spec_latency
+from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.graph import build_network_spec
 from pruning.oneshot import magnitude_scores, prune_once
 
@@ -263,6 +264,10 @@ def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, 
 
     data = make_digits_imagefolder(out / "digits", image_size=32, seed=config.seed)
     runs = out / "runs"
+    # the pruners use the very models the report evaluated, stored by name (`latlab models list`), not refits
+    stored = {kind: f"demo-sweep{sweep_id}-{kind}" for kind in ("llm", "mdlm")}
+    for kind, name in stored.items():
+        save_model(database, name, fitted[kind], sweep_id=sweep_id, replace=True)
     dense = train(_train_config(config, data, runs / "dense", **{"optim.epochs": config.dense_epochs}),
                   progress=config.progress)
     weights = dense.paths["final_state"]
@@ -282,7 +287,7 @@ def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, 
             cfg = _train_config(config, data, runs / variant, **{
                 "optim.epochs": config.finetune_epochs, "optim.warmup_epochs": 0, "model.weights": str(weights),
                 "prune.method": method,
-                "prune.ratio": round(1.0 - target, 6), "prune.sweep": sweep_id,
+                "prune.ratio": round(1.0 - target, 6), "prune.latency_model": stored[DEFAULT_KIND[method]],
                 "prune.db": database.url.render_as_string(hide_password=False),
                 "prune.input_size": config.input_size, "prune.group_sizes": "auto", **schedules[method]})
             try:

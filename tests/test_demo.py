@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from latlab.demo import DemoConfig, run_demo
@@ -34,6 +35,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
         assert ft.loc[method, "measured_ms"] > 0 and 0 <= ft.loc[method, "top1"] <= 100
         assert (out / "runs" / f"digits-{method}80" / "pruned.pt2").exists()
     assert (out / "finetune.png").read_bytes()[:4] == b"\x89PNG" and (out / "finetune.csv").exists()
+    for method, kind in (("halp", "llm"), ("mdp", "mdlm")):  # pruned with the models the report evaluated
+        result = json.loads((out / "runs" / f"digits-{method}80" / "result.json").read_text())
+        assert result["latency_model"] == f"stored model 'demo-sweep{first.sweep.sweep_id}-{kind}'"
     from sqlalchemy import select
 
     from db import open_database
