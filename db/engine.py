@@ -22,12 +22,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.defaults import DEFAULT_DB, ENV_VAR
 from db.errors import DatabaseError, LatlabError, SchemaError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB = "latlab.db"
-ENV_VAR = "LATLAB_DB"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _MIGRATIONS = Path(__file__).with_name("migrations")

@@ -5,6 +5,20 @@ Modules: ``features`` (the shared feature frame), ``base`` (contract, registry, 
 ``store`` (models in the database), ``adaptive`` (adaptive LUT sampling).
 """
 
-from latency_models.base import LatencyModel, OutOfRangeError, get_model, list_models, model_from_state
+from __future__ import annotations
 
-__all__ = ["LatencyModel", "OutOfRangeError", "get_model", "list_models", "model_from_state"]
+from typing import TYPE_CHECKING
+
+from db._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from latency_models.base import LatencyModel, OutOfRangeError, get_model, list_models, model_from_state
+
+__all__ = [
+    "LatencyModel", "OutOfRangeError", "get_model", "list_models", "model_from_state",
+]
+# each name is imported from its submodule on first use (importing one submodule stays light)
+__getattr__ = lazy_getattr(__name__, {
+    **dict.fromkeys(("LatencyModel", "OutOfRangeError", "get_model", "list_models", "model_from_state"),
+                    "latency_models.base"),
+})

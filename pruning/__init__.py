@@ -5,8 +5,23 @@ Modules: ``graph`` (NetworkSpec: groups, items, blocks), ``mdp_tables`` (HALP/MD
 ``masks``, ``schedule``, ``export``, ``oneshot`` (the whole chain once).
 """
 
-from pruning.graph import NetworkSpec, build_network_spec
-from pruning.problem import PruningProblem, SolveResult
-from pruning.solvers import get_solver, list_solvers
+from __future__ import annotations
 
-__all__ = ["NetworkSpec", "PruningProblem", "SolveResult", "build_network_spec", "get_solver", "list_solvers"]
+from typing import TYPE_CHECKING
+
+from db._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from pruning.graph import NetworkSpec, build_network_spec
+    from pruning.problem import PruningProblem, SolveResult
+    from pruning.solvers import get_solver, list_solvers
+
+__all__ = [
+    "NetworkSpec", "PruningProblem", "SolveResult", "build_network_spec", "get_solver", "list_solvers",
+]
+# each name is imported from its submodule on first use (importing one submodule stays light)
+__getattr__ = lazy_getattr(__name__, {
+    **dict.fromkeys(("NetworkSpec", "build_network_spec"), "pruning.graph"),
+    **dict.fromkeys(("PruningProblem", "SolveResult"), "pruning.problem"),
+    **dict.fromkeys(("get_solver", "list_solvers"), "pruning.solvers"),
+})

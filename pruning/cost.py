@@ -31,11 +31,9 @@ from latency_models.features import frame_from_configs
 from latency_models.network import network_latency
 from latency_models.resolve import LutSettings as Settings  # execution settings of the LUT keys
 from pruning.graph import NetworkSpec
+from pruning.methods import DEFAULT_KIND as DEFAULT_KIND  # re-exported: where most callers import it
+from pruning.methods import METHODS
 from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
-
-METHODS = ("halp", "mgp", "mdlm", "mdp")
-# method -> latency-model kind fitted on a LUT when no stored model is named (HALP/MGP: LLM, MDLM/MDP: MDLM)
-DEFAULT_KIND = {"halp": "llm", "mgp": "llm", "mdlm": "mdlm", "mdp": "mdlm"}
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from db.engine import ENV_VAR
+from db.defaults import ENV_VAR
 
 DbOption = Annotated[
     str | None,

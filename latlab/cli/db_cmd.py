@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from db.engine import describe_url, head_revision, open_database
 from latlab.cli._options import DbOption
 
 app = typer.Typer(help="Database schema: show the revision, upgrade to the newest.", no_args_is_help=True)
@@ -16,6 +15,7 @@ def upgrade(db: DbOption = None) -> None:
 
     Example: latlab db upgrade --db postgresql+psycopg://me@gpu-fleet/latlab
     """
+    from db.engine import describe_url, open_database
     database = open_database(db, create=True, upgrade=True)
     typer.echo(f"{describe_url(database.url)}: schema at revision {database.revision()}")
 
@@ -23,6 +23,7 @@ def upgrade(db: DbOption = None) -> None:
 @app.command()
 def current(db: DbOption = None) -> None:
     """Print the schema revision of an existing database and the newest this latlab knows."""
+    from db.engine import describe_url, head_revision, open_database
     database = open_database(db, create=False, upgrade=False, check_schema=False)
     typer.echo(
         f"{describe_url(database.url)}: revision {database.revision() or 'none'} (newest: {head_revision()})"

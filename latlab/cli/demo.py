@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from latlab.cli._options import DbOption
-from latlab.demo import DemoConfig, run_demo
 
 
 def demo(
@@ -48,6 +47,7 @@ def demo(
 
       latlab demo --device cuda --batch 64 --out latlab-demo-gpu
     """
+    from latlab.demo import DemoConfig, run_demo
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
     cfg = DemoConfig(out_dir=out, db=db, model=model, input_size=input_size, grid=grid, batch=batch,

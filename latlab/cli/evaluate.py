@@ -7,24 +7,11 @@ from typing import Annotated
 
 import typer
 
-from db.engine import open_database
 from db.errors import LatlabError
-from db.lut import find_sweep
-from latency_models.evaluate import (
-    accuracy_vs_budget,
-    candidate_models,
-    fit_predict,
-    measure_pruned,
-    whole_network_eval,
-    write_report,
-)
-from latency_models.features import configs_from_frame, lut_frame
-from latency_models.network import lattice_sum
-from latency_models.splits import SPLIT_KINDS, make_split
+from latency_models.splits import SPLIT_KINDS
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.cli.models import ModelsOption, parse_kinds
 from latlab.tables import render
-from profiler.protocol import cache_flags
 
 
 def _width_rule(plan: dict, trace, multiple: int | None):  # type: ignore[no-untyped-def]
@@ -73,6 +60,20 @@ def evaluate(
 
       latlab evaluate --sweep 1 --network resnet50 --pruned 20 --measure-backend cpu --budget-curve
     """
+    from db.engine import open_database
+    from db.lut import find_sweep
+    from latency_models.evaluate import (
+        accuracy_vs_budget,
+        candidate_models,
+        fit_predict,
+        measure_pruned,
+        whole_network_eval,
+        write_report,
+    )
+    from latency_models.features import configs_from_frame, lut_frame
+    from latency_models.network import lattice_sum
+    from latency_models.splits import make_split
+    from profiler.protocol import cache_flags
     kinds = parse_kinds(models)
     if split not in SPLIT_KINDS:
         raise LatlabError(f"unknown split {split!r}; choose from {', '.join(SPLIT_KINDS)}")

@@ -8,7 +8,6 @@ import typer
 
 from latlab.cli._options import FormatOption
 from latlab.tables import render
-from profiler.hardware import detect_hardware, gpu_telemetry
 
 
 def hw(
@@ -24,6 +23,7 @@ def hw(
 
       latlab hw --backend cuda    # GPU 0 via NVML + torch (fails clearly without a GPU)
     """
+    from profiler.hardware import detect_hardware, gpu_telemetry
     info = detect_hardware(backend, device_index=device).to_dict()
     if backend == "cuda":
         info.update({f"now_{k}": v for k, v in gpu_telemetry(device).items()})

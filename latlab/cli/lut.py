@@ -6,14 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy import select
 
-from db.engine import open_database
 from db.errors import LatlabError
-from db.keys import ConvConfig, ConvFamily, check_exec_settings
-from db.legacy import export_legacy, import_legacy, read_legacy_lut
-from db.lut import family_summaries, find_sweep, lookup, sweep_summaries
-from db.models import Measurement
 from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
 from latlab.tables import render
 
@@ -29,6 +23,8 @@ def list_(hardware: HardwareOption = None, fmt: FormatOption = "table", db: DbOp
 
     Example: latlab lut list --db rn50.db
     """
+    from db.engine import open_database
+    from db.lut import sweep_summaries
     database = open_database(db, create=False)
     with database.session() as session:
         rows = sweep_summaries(session, hardware)
@@ -55,6 +51,12 @@ def show(
 
       latlab lut show --hardware "TITAN V" --rows --family f7x7_k3x3_s1x1_p1x1_d1x1_g1 -f csv
     """
+    from sqlalchemy import select
+
+    from db.engine import open_database
+    from db.keys import ConvFamily
+    from db.lut import family_summaries, find_sweep
+    from db.models import Measurement
     database = open_database(db, create=False)
     with database.session() as session:
         sweep_id = find_sweep(session, sweep, hardware).id
@@ -98,6 +100,9 @@ def query(
 
       latlab lut query --family f14x14_k3x3_s1x1_p1x1_d1x1_g1 --cin 256 --cout 256 --sweep 2
     """
+    from db.engine import open_database
+    from db.keys import ConvConfig, ConvFamily
+    from db.lut import find_sweep, lookup
     if family is not None:
         fam = ConvFamily.from_key(family)
     elif fmap is not None and k is not None:
@@ -131,6 +136,12 @@ def export(
 
       latlab lut export rn50.csv --format csv --sweep 1
     """
+    from sqlalchemy import select
+
+    from db.engine import open_database
+    from db.legacy import export_legacy
+    from db.lut import find_sweep
+    from db.models import Measurement
     database = open_database(db, create=False)
     with database.session() as session:
         sweep_id = find_sweep(session, sweep, hardware).id
@@ -165,6 +176,9 @@ def import_(
 
     Example: latlab lut import rn50_titanv_cudnn_batch256.pkl --hardware "TITAN V" --dtype fp32
     """
+    from db.engine import open_database
+    from db.keys import check_exec_settings
+    from db.legacy import import_legacy, read_legacy_lut
     check_exec_settings(dtype, layout, op)
     read_legacy_lut(path)  # validate the file before creating or touching a database
     database = open_database(db)

@@ -7,14 +7,9 @@ from typing import Annotated
 
 import typer
 
-from db.engine import open_database
 from db.errors import LatlabError
-from db.keys import check_exec_settings
 from latlab.cli._options import DbOption, FormatOption
 from latlab.tables import render
-from profiler.backends import get_backend
-from profiler.measure import load_model, measure_models_interleaved, paired_speedup
-from profiler.protocol import TimingProtocol
 
 
 def _apply_mask_file(net, path: Path, input_size: int, *, per_layer: bool):  # type: ignore[no-untyped-def]
@@ -97,6 +92,11 @@ def measure(
 
       latlab measure --model resnet18 --mask masks.pt --speedup --rounds 25 --repeats 50 --threads 1
     """
+    from db.engine import open_database
+    from db.keys import check_exec_settings
+    from profiler.backends import get_backend
+    from profiler.measure import load_model, measure_models_interleaved, paired_speedup
+    from profiler.protocol import TimingProtocol
     check_exec_settings(dtype, layout)
     if speedup and mask is None:
         raise LatlabError("--speedup compares a --mask-pruned --model with the dense one; give --mask")

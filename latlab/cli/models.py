@@ -4,17 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 import typer
 
-from db.engine import open_database
 from db.errors import LatlabError
-from db.lut import find_sweep
-from latency_models.base import LatencyModel, get_model, list_models
-from latency_models.evaluate import fit_predict
-from latency_models.features import lut_frame
-from latency_models.splits import make_split
-from latency_models.store import save_model, stored_models
 from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
 from latlab.tables import render
 
@@ -27,6 +19,7 @@ ModelsOption = Annotated[
 
 def parse_kinds(text: str) -> list[str]:
     """``"lut,llm"`` -> validated list of model kinds."""
+    from latency_models.base import list_models
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     known = list_models()
     unknown = [k for k in kinds if k not in known]
@@ -59,6 +52,15 @@ def fit(
 
       latlab fit --models mdlm --sweep 3 --holdout 0.75 --name h100-mdlm-25pct
     """
+    import numpy as np
+
+    from db.engine import open_database
+    from db.lut import find_sweep
+    from latency_models.base import LatencyModel, get_model
+    from latency_models.evaluate import fit_predict
+    from latency_models.features import lut_frame
+    from latency_models.splits import make_split
+    from latency_models.store import save_model
     kinds = parse_kinds(models)
     if name and len(kinds) > 1:
         raise LatlabError("--name names one model; with several --models the names are <name>-<kind>")
@@ -99,5 +101,7 @@ def list_(fmt: FormatOption = "table", db: DbOption = None) -> None:
 
     Example: latlab models list --db rn50.db
     """
+    from db.engine import open_database
+    from latency_models.store import stored_models
     rows = stored_models(open_database(db, create=False))
     typer.echo(render(rows, fmt, title="latency models") if rows else "no stored latency models: run `latlab fit`")

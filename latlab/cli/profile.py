@@ -5,19 +5,18 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from db.engine import Database, describe_url, open_database
 from db.errors import LatlabError
-from latency_models.adaptive import AdaptiveResult, adaptive_sweep
 from latlab.cli._options import DbOption
-from profiler.backends import Backend, get_backend
-from profiler.plan import SweepPlan, build_plan, parse_grid
-from profiler.protocol import TimingProtocol
-from profiler.runner import run_sweep
-from profiler.worker import run_worker
+
+if TYPE_CHECKING:
+    from db.engine import Database
+    from latency_models.adaptive import AdaptiveResult
+    from profiler.backends import Backend
+    from profiler.plan import SweepPlan
 
 
 def profile(
@@ -91,6 +90,12 @@ def profile(
     configurations in batches, send heartbeats, and take over the claims of a worker that died.
     `latlab sweep status` shows the fleet's progress.
     """
+    from db.engine import describe_url, open_database
+    from latency_models.adaptive import adaptive_sweep
+    from profiler.backends import get_backend
+    from profiler.plan import build_plan, parse_grid
+    from profiler.protocol import TimingProtocol
+    from profiler.runner import run_sweep
     spec = replace(parse_grid(grid), seed=seed)
     plan = build_plan(model, spec, input_size=input_size, batch=batch, dtype=dtype, layout=layout, op=op)
     if dry_run:
@@ -143,6 +148,8 @@ def profile(
 
 
 def _run_worker(database: Database, plan: SweepPlan, backend: Backend, **options: Any) -> None:
+    from db.engine import describe_url
+    from profiler.worker import run_worker
     report = run_worker(database, plan, backend, **options)
     failed = ", ".join(f"{k} {v}" for k, v in report.failed.items() if v) or "none failed"
     state = "sweep complete" if report.complete else f"{report.remaining} configurations left to the fleet"

@@ -8,15 +8,10 @@ from typing import Annotated
 
 import typer
 
-from db.engine import open_database
 from db.errors import LatlabError
-from latency_models.resolve import resolve_latency_model
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.tables import render
-from profiler.measure import load_model as load_network
-from pruning.cost import DEFAULT_KIND, METHODS
-from pruning.graph import build_network_spec
-from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
+from pruning.methods import METHODS
 from pruning.solvers import list_solvers
 
 
@@ -71,6 +66,12 @@ def prune(
       latlab prune --model resnet18 --weights r18.pth --method halp --target 0.7 --data imagenet/val
       --out r18-halp70
     """
+    from db.engine import open_database
+    from latency_models.resolve import resolve_latency_model
+    from profiler.measure import load_model as load_network
+    from pruning.graph import build_network_spec
+    from pruning.methods import DEFAULT_KIND
+    from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
     if method not in METHODS:
         raise LatlabError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if solver not in list_solvers():

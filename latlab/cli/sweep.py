@@ -6,9 +6,6 @@ import json
 
 import typer
 
-from db.claims import fleet_status
-from db.engine import open_database
-from db.lut import find_sweep
 from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
 from latlab.tables import render
 
@@ -31,6 +28,9 @@ def status(sweep: SweepOption = None, hardware: HardwareOption = None, fmt: Form
 
     Example: latlab sweep status --sweep 1 --db postgresql+psycopg://host/lut
     """
+    from db.claims import fleet_status
+    from db.engine import open_database
+    from db.lut import find_sweep
     database = open_database(db, create=False)
     with database.session() as session:
         sweep_id = find_sweep(session, sweep, hardware).id
