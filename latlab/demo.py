@@ -251,7 +251,19 @@ def _predicted(fitted: dict[str, Any], spec: Any, other: OtherOps, widths: dict[
             "other_ms": other.latency(spec.conv_widths({g: w for g, w in widths.items() if w}, removed))}
 
 
-def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, fitted: dict[str, Any],
+def _store_models(database: Database, sweep_id: int, fitted: dict[str, Any], held_out: pd.DataFrame) -> dict[str, str]:
+    """HALP's LLM and the MDLM fitted on the whole LUT, stored by name with their held-out scores (as `latlab
+    fit` stores them): the fine-tuning pruners use exactly these, and `latlab models list` shows them."""
+    stored = {}
+    for kind in ("llm", "mdlm"):
+        row = held_out[held_out["model"] == kind]
+        metrics = {k: v for k, v in row.iloc[0].to_dict().items() if k not in ("model", "error")} if len(row) else {}
+        stored[kind] = f"demo-sweep{sweep_id}-{kind}"
+        save_model(database, stored[kind], fitted[kind], sweep_id=sweep_id, metrics=metrics, replace=True)
+    return stored
+
+
+def _finetune(config: DemoConfig, out: Path, database: Database, fitted: dict[str, Any], stored: dict[str, str],
               backend: Any, ops_backend: Any) -> pd.DataFrame:
     """Dense training on the digits, then HALP / MDP pruning while fine-tuning at each target; the exported
     networks and the dense one are then timed in interleaved rounds on ``backend`` and stored (the dense
@@ -264,10 +276,6 @@ def _finetune(config: DemoConfig, out: Path, database: Database, sweep_id: int, 
 
     data = make_digits_imagefolder(out / "digits", image_size=32, seed=config.seed)
     runs = out / "runs"
-    # the pruners use the very models the report evaluated, stored by name (`latlab models list`), not refits
-    stored = {kind: f"demo-sweep{sweep_id}-{kind}" for kind in ("llm", "mdlm")}
-    for kind, name in stored.items():
-        save_model(database, name, fitted[kind], sweep_id=sweep_id, replace=True)
     dense = train(_train_config(config, data, runs / "dense", **{"optim.epochs": config.dense_epochs}),
                   progress=config.progress)
     weights = dense.paths["final_state"]
@@ -389,11 +397,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
             X, y = lut_frame(session, sweep.sweep_id)
         result.models, result.whole_network, fitted = _compare_models(X, y, config, net, model_backend, out,
                                                                       result.other_ops)
+        stored = _store_models(database, sweep.sweep_id, fitted, result.models)
     with _timed(stage_s, "4. one-shot pruning"):
         result.pruned = _prune(fitted, config, net, model_backend)
     if config.finetune:
         with _timed(stage_s, "5. train, prune while fine-tuning, export, time"):
-            result.finetuned = _finetune(config, out, database, sweep.sweep_id, fitted, model_backend, ops_backend)
+            result.finetuned = _finetune(config, out, database, fitted, stored, model_backend, ops_backend)
             result.finetuned.to_csv(out / "finetune.csv", index=False)
             _plot_finetune(result.finetuned, out / "finetune.png")
 

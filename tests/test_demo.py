@@ -38,9 +38,13 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     for method, kind in (("halp", "llm"), ("mdp", "mdlm")):  # pruned with the models the report evaluated
         result = json.loads((out / "runs" / f"digits-{method}80" / "result.json").read_text())
         assert result["latency_model"] == f"stored model 'demo-sweep{first.sweep.sweep_id}-{kind}'"
+    from db import open_database
+    from latency_models.store import stored_models
+
+    listed = {m["name"]: m for m in stored_models(open_database(out / "latlab.db"))}
+    assert listed[f"demo-sweep{first.sweep.sweep_id}-mdlm"]["mape_pct"] > 0  # with its held-out scores
     from sqlalchemy import select
 
-    from db import open_database
     from db.models import ModelMeasurement
 
     with open_database(out / "latlab.db").session() as session:
