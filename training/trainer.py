@@ -283,8 +283,9 @@ class _Run:
             self.global_step += 1
             images += x.shape[0]
             if (self.progress or self.tb.enabled) and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
-                self.tb.scalars("train", {"loss": float(loss.detach()), "lr": lr}, self.global_step)
+                loss_value = float(loss.detach())  # one host sync for the bar and TensorBoard
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.4g}")
+                self.tb.scalars("train", {"loss": loss_value, "lr": lr}, self.global_step)
             bar.update(1)
         bar.close()
         stats = torch.tensor([float(loss_sum), counted, images], dtype=torch.float64, device=dev)
