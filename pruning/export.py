@@ -29,6 +29,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from db.errors import LatlabError
 from profiler._trace import _OPAQUE_MODULES, TraceResult, _PathTracer
 from pruning.importance import conv_bn_pairs
+from pruning.slices import Slices
 
 __all__ = [
     "export_checked", "export_pruned", "masked_reference", "param_and_mac_counts", "save_pruned", "verify_export",
@@ -43,6 +44,7 @@ _STATELESS_OK = (
     nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.ZeroPad2d,
 )
+_BN_SLICED = ("weight", "bias", "running_mean", "running_var")
 RemovedBlocks = Mapping[str, Any] | Iterable[str]
 
 
@@ -140,7 +142,7 @@ def _new_bn(old: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
     new = nn.BatchNorm2d(len(i), old.eps, old.momentum, old.affine, old.track_running_stats)
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)
-    for attr in ("weight", "bias", "running_mean", "running_var"):
+    for attr in _BN_SLICED:
         src, dst = getattr(old, attr), getattr(new, attr)
         if src is not None and dst is not None:
             dst.data.copy_(src.detach()[i])
@@ -149,13 +151,18 @@ def _new_bn(old: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
     return new
 
 
+def _linear_columns(old: nn.Linear, keep: torch.Tensor) -> torch.Tensor:
+    """The input features of ``old`` fed by the kept channels (flatten-aware: ``rep`` features per channel)."""
+    rep = old.in_features // len(keep)
+    return (_idx(keep)[:, None] * rep + torch.arange(rep)[None]).flatten()
+
+
 def _new_linear(old: nn.Linear, keep: torch.Tensor, name: str) -> nn.Linear:
     d = len(keep)
     if old.in_features % d:
         raise LatlabError(f"Linear {name}: in_features={old.in_features} is not a multiple of the {d} channels "
                           "feeding it; unsupported structure")
-    rep = old.in_features // d
-    cols = (_idx(keep)[:, None] * rep + torch.arange(rep)[None]).flatten().to(old.weight.device)
+    cols = _linear_columns(old, keep).to(old.weight.device)
     new = nn.Linear(len(cols), old.out_features, bias=old.bias is not None)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
     new.weight.data.copy_(old.weight.detach()[:, cols])
@@ -170,13 +177,15 @@ def _cat_dim(node: fx.Node) -> int:
 
 
 def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch.Tensor],
-                  removed_blocks: RemovedBlocks | None = None) -> nn.Module:
+                  removed_blocks: RemovedBlocks | None = None, slices: Slices | None = None) -> nn.Module:
     """A physically smaller copy of ``model``: convs/BNs/Linear sliced by the ``masks`` indices.
 
     ``masks``: ``{conv name: bool keep-vector of its output channels}`` (missing convs stay dense; the
     convs of a coupled group must share one mask; a depthwise conv follows its input and its mask, if
     given, must equal its input's). ``removed_blocks``: names (or a mapping keyed by names) of torchvision
     ResNet blocks to drop; their convs' masks are ignored. The source model is not modified.
+    ``slices``, when given, is filled with where every sliced tensor of the copy comes from
+    (:data:`pruning.slices.Slices`; tensors not in it are copied whole or dropped with their block).
     """
     removed = _removed(model, removed_blocks)
     dropped = _dropped_convs(model, removed)
@@ -226,6 +235,12 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                         replace[target] = _new_conv(mod, in_keep, out_keep, depthwise)
                     except LatlabError as exc:
                         raise LatlabError(f"conv {target}: {exc}") from None
+                    if slices is not None:
+                        rows = _idx(out_keep)
+                        dense_in = depthwise or mod.groups > 1
+                        slices[f"{target}.weight"] = (rows, None) if dense_in else (rows, _idx(in_keep))
+                        if mod.bias is not None:
+                            slices[f"{target}.bias"] = (rows,)
                 value[node] = out_keep
                 continue
             if isinstance(mod, nn.BatchNorm2d):
@@ -234,11 +249,16 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                         raise LatlabError(f"BatchNorm2d {target}: {mod.num_features} features but its input carries "
                                           f"{len(src)} tracked channels")
                     replace[target] = _new_bn(mod, src)
+                    if slices is not None:
+                        kept = _idx(src)
+                        slices.update({f"{target}.{a}": (kept,) for a in _BN_SLICED if getattr(mod, a) is not None})
                 value[node] = src
                 continue
             if isinstance(mod, nn.Linear):
                 if src is not None and target not in replace:
                     replace[target] = _new_linear(mod, src, target)
+                    if slices is not None:
+                        slices[f"{target}.weight"] = (None, _linear_columns(mod, src))
                 value[node] = None
                 continue
             if isinstance(mod, _OPAQUE_MODULES):

@@ -81,6 +81,7 @@ class PruneConfig:
     input_size: int | None = None  # resolution latency is predicted at (default data.input_size; e.g. deploy at 224)
     solver: str = "lagrange"
     time_limit: float = 60.0
+    slim: bool = True  # after the last pruning step, fine-tune the exported (physically smaller) network
 
 
 @dataclass
@@ -91,6 +92,7 @@ class RunConfig:
     seed: int = 0
     amp: bool = False
     amp_dtype: str = "auto"  # auto (fp16 on CUDA, bf16 on CPU) | fp16 | bf16
+    channels_last: bool = False  # NHWC weights and batches (faster convs under AMP on tensor-core GPUs)
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 0  # also keep checkpoint_epoch{e}.pt every N epochs (0: only checkpoint_last.pt)
     max_iters_per_epoch: int | None = None  # cap (tests, demo, smoke runs)

@@ -60,11 +60,16 @@ def block_last_bns(spec: NetworkSpec) -> dict[str, list[str]]:
 
 
 def baked_copy(model: nn.Module) -> nn.Module:
-    """A deep copy with every parametrization folded into plain parameters and no hooks (for export/saving)."""
+    """A deep copy with every parametrization folded into plain parameters and no hooks; ``model`` is untouched."""
     plain = copy.deepcopy(model)
     for m in plain.modules():
         m._forward_pre_hooks.clear()
-        if hasattr(m, "parametrizations"):
+        if parametrize.is_parametrized(m):
+            # deepcopy shares the injected Parametrized* class, and removing a parametrization deletes its
+            # property from that class: give the copy a class of its own so the original keeps working
+            cls = type(m)
+            m.__class__ = type(cls.__name__, cls.__bases__,
+                               {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
             for name in list(m.parametrizations.keys()):
                 parametrize.remove_parametrizations(m, name, leave_parametrized=True)
     return plain

@@ -3,9 +3,10 @@
 Per iteration (spec §9.3, without its bugs): set the LR of this global step; ``zero_grad``; forward under
 ``torch.autocast`` (bf16 on CPU, fp16 + GradScaler on CUDA, when ``run.amp``); skip the batch on every rank if
 any rank's loss is non-finite (counted); backward; ``scaler.unscale_``; importance; ``optimizer.step``; pruning
-step when the schedule says so. Each epoch: top-1/top-5 on the validation set (all-reduced), a row of
-``metrics.csv``, ``checkpoint_last.pt``. At the end: the slim network (``pruned.pt2``), ``masks.pt``,
-``final_state.pt`` and ``result.json``.
+step when the schedule says so. After the last pruning step (``prune.slim``) the run goes on with the exported,
+physically smaller network (:mod:`training.slim`). Each epoch: top-1/top-5 on the validation set (all-reduced),
+a row of ``metrics.csv``, ``checkpoint_last.pt``. At the end: the slim network (``pruned.pt2``), ``masks.pt``,
+``final_state.pt`` (dense-shaped, zeros where pruned) and ``result.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from db.errors import LatlabError
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
+from pruning.slices import Slices
 from training.checkpoint import check_compatible, gather_rng_states, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import TrainConfig, save_config
 from training.data import build_loaders, check_layout, seed_epoch
@@ -115,11 +117,12 @@ class _Run:
         self.ipe = len(self.train_loader)
         if cfg.run.max_iters_per_epoch:
             self.ipe = min(self.ipe, cfg.run.max_iters_per_epoch)
-        self.model.to(info.device)
+        self.memory_format = torch.channels_last if cfg.run.channels_last else torch.preserve_format
+        self.model.to(info.device, memory_format=self.memory_format)
         self.pruner = self._build_pruner() if cfg.prune.method != "none" else None
+        self.slices: Slices | None = None  # set once the run trains the slim network
         self.base_lr = scaled_lr(cfg.optim.lr, cfg.data.batch_size * info.world)
-        self.optimizer = build_optimizer(self.model, lr=self.base_lr, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+        self.optimizer = self._optimizer(self.model)
         self.amp_dtype = _amp_dtype(cfg, info.device)
         use_scaler = cfg.run.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
@@ -128,10 +131,34 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         if self.resume_state is not None:
             self._restore(self.resume_state)
+        p = self.pruner
+        if p is not None and cfg.prune.slim and self.slices is None and self.global_step > p.schedule.last_step:
+            self._slim()  # a checkpoint written after the last pruning step by a run without prune.slim
+        self._wrap()
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        return build_optimizer(model, lr=self.base_lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov)
+
+    def _wrap(self) -> None:
+        """``self.ddp``: the model that trains (DDP around ``self.model`` when distributed)."""
         self.ddp: nn.Module = self.model
-        if info.distributed:
-            ids = [info.device.index] if info.device.type == "cuda" else None
+        if self.info.distributed:
+            ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _slim(self) -> None:
+        """Swap the masked network for its export; weights, BN statistics and momentum carry over."""
+        from training.slim import carry_momentum, slim_copy
+
+        p, dense, old = self.pruner, self.model, self.optimizer
+        slim, self.slices = slim_copy(dense, p.masks.conv_masks(), p.removed_blocks(), p.spec.input_size)
+        self.model = slim.to(memory_format=self.memory_format)
+        self.optimizer = self._optimizer(self.model)
+        carry_momentum(dense, old, self.model, self.optimizer, self.slices)
+        for q in dense.parameters():  # the dense network stays with the pruner (masks, export template)
+            q.grad = None
 
     def _find_checkpoint(self) -> dict[str, Any] | None:
         mode = self.cfg.run.resume
@@ -190,6 +217,8 @@ class _Run:
     def _restore(self, state: dict[str, Any]) -> None:
         if self.pruner is not None:
             self.pruner.load_state_dict(state["pruner"])
+            if state.get("slim"):
+                self._slim()  # the architecture; weights and momentum come from the checkpoint below
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -250,7 +279,7 @@ class _Run:
         for i, (x, y) in enumerate(self.train_loader):
             if i >= self.ipe:
                 break
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            x, y = x.to(dev, non_blocking=True, memory_format=self.memory_format), y.to(dev, non_blocking=True)
             lr = lr_at(self.global_step, base=self.base_lr, iters_per_epoch=self.ipe,
                        warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.optim.epochs, schedule=cfg.optim.schedule)
             set_lr(self.optimizer, lr)
@@ -280,6 +309,9 @@ class _Run:
                     tqdm.write(f"prune step {rec['step']}/{self.pruner.schedule.steps} at global step "
                                f"{rec['global_step']}: target {rec['target_ms']:.4g} ms, solver "
                                f"{rec['solver_status']}, removed blocks {len(rec['removed_blocks'])}")
+                if rec is not None and cfg.prune.slim and self.pruner.schedule.done(self.global_step):
+                    self._slim()
+                    self._wrap()
             self.global_step += 1
             images += x.shape[0]
             if (self.progress or self.tb.enabled) and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
@@ -303,7 +335,7 @@ class _Run:
         for i, (x, y) in enumerate(self.val_loader):
             if self.cfg.run.max_val_iters is not None and i >= self.cfg.run.max_val_iters:
                 break
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            x, y = x.to(dev, non_blocking=True, memory_format=self.memory_format), y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.cfg.run.amp):
                 out = self.model(x)
             out = out.float()
@@ -342,7 +374,7 @@ class _Run:
                 "scaler": self.scaler.state_dict(), "pruner": p.state_dict() if p else None,
                 "epoch": self.epoch, "global_step": self.global_step, "best_top1": self.best_top1,
                 "skipped": self.skipped, "history": self.history, "rng": rngs, "config": self.cfg.to_dict(),
-                "world_size": self.info.world,
+                "world_size": self.info.world, "slim": self.slices is not None,
             }
             save_checkpoint(state, self.ckpt_path)
             every = self.cfg.run.checkpoint_every
@@ -358,12 +390,10 @@ class _Run:
     def _export(self) -> dict[str, Path]:
         if not self.info.main:
             return {}
-        from training.pruner import baked_copy
-
         paths = {"metrics": self.out / "metrics.csv", "checkpoint": self.ckpt_path,
                  "config": self.out / "config.resolved.yaml", "final_state": self.out / "final_state.pt",
                  "result": self.out / "result.json"}
-        plain = baked_copy(self.model).cpu().float().eval()
+        plain = self._dense_copy().cpu().float().eval()
         torch.save(plain.state_dict(), paths["final_state"])
         summary: dict[str, Any] = {"final": self.history[-1] if self.history else {}, "best_top1": self.best_top1}
         p = self.pruner
@@ -381,3 +411,15 @@ class _Run:
             })
         paths["result"].write_text(json.dumps(summary, indent=2, default=float))
         return paths
+
+    def _dense_copy(self) -> nn.Module:
+        """The trained network in the dense architecture, masks folded in (zeros where pruned), no hooks."""
+        from training.pruner import baked_copy
+
+        if self.slices is None:
+            return baked_copy(self.model)
+        from training.slim import dense_state_dict
+
+        dense = baked_copy(self.pruner.model)
+        dense.load_state_dict(dense_state_dict(self.model, self.slices, dense.state_dict()))
+        return dense

@@ -6,35 +6,13 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from db import open_database
 from db.errors import LatlabError
-from latency_models.resolve import resolve_latency_model
-from pruning.cost import spec_latency
 from pruning.export import masked_reference
 from pruning.graph import build_network_spec
 from pruning.masks import BlockGates, ChannelMasks
-from pruning.schedule import LatencySchedule
+from tests.training.helpers import make_pruner, train_step
 from training.optim import build_optimizer, param_groups
-from training.pruner import TrainingPruner, baked_copy, block_last_bns
-
-
-def _pruner(lut_db: str, method: str, ratio: float) -> tuple[torch.nn.Module, TrainingPruner]:
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10)
-    spec = build_network_spec(model, 32, group_sizes=32)
-    lat, settings, _ = resolve_latency_model(open_database(lut_db, create=False), latency_model=None, sweep=None,
-                                             hardware=None, kind="mdlm")
-    schedule = LatencySchedule(spec_latency(lat, spec, settings), ratio, steps=1, every=2)
-    return model, TrainingPruner(model, spec, method=method, schedule=schedule, latency_model=lat, settings=settings)
-
-
-def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, pruner: TrainingPruner, g: int) -> dict | None:
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    opt.zero_grad()
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    pruner.after_backward(g)
-    opt.step()
-    return pruner.after_step(g, opt)
+from training.pruner import baked_copy, block_last_bns
 
 
 def test_block_gates_match_masked_reference_and_checkpoint() -> None:
@@ -58,15 +36,17 @@ def test_block_gates_match_masked_reference_and_checkpoint() -> None:
     g2.load_state_dict(gates.state_dict())
     assert g2.removed() == ["layer1.0", "layer3.1"] and torch.allclose(fresh(x), ref(x), atol=1e-5)
     assert torch.allclose(baked_copy(model)(x), ref(x), atol=1e-5)
+    assert torch.allclose(model(x), ref(x), atol=1e-5)  # the original still works after a baked copy
+    assert torch.allclose(baked_copy(model)(x), ref(x), atol=1e-5)
     with pytest.raises(LatlabError, match="unknown blocks"):
         gates.set_removed(["layer9.9"])
 
 
 def test_prune_step_zeroes_weights_and_momentum(lut_db: str) -> None:
-    model, pruner = _pruner(lut_db, "mdp", 0.3)
+    model, pruner = make_pruner(lut_db, "mdp", 0.3)
     opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-3)
-    assert _step(model, opt, pruner, 0) is None
-    rec = _step(model, opt, pruner, 1)
+    assert train_step(model, opt, pruner, 0) is None
+    rec = train_step(model, opt, pruner, 1)
     assert rec is not None and rec["step"] == 1 and rec["solver_status"] in ("optimal", "feasible")
     assert pruner.predicted_latency() <= rec["target_ms"] * (1 + 1e-6)
     gid = next(g for g, m in pruner.masks.groups.items() if not bool(pruner.masks.mask(g).all()))
@@ -74,17 +54,17 @@ def test_prune_step_zeroes_weights_and_momentum(lut_db: str) -> None:
     raw = conv.parametrizations.weight.original
     drop = ~pruner.masks.mask(gid)
     for _ in range(2):  # weight decay + momentum cannot revive a dead row
-        _step(model, opt, pruner, 10)
+        train_step(model, opt, pruner, 10)
         assert raw[drop].abs().max() == 0 and opt.state[raw]["momentum_buffer"][drop].abs().max() == 0
     assert pruner.importance.count == 0  # reset after the step; accumulation is over
 
 
 def test_solver_failure_names_step_and_target(lut_db: str) -> None:
-    model, pruner = _pruner(lut_db, "mdlm", 0.97)
+    model, pruner = make_pruner(lut_db, "mdlm", 0.97)
     opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.0)
-    _step(model, opt, pruner, 0)
+    train_step(model, opt, pruner, 0)
     with pytest.raises(LatlabError, match=r"pruning step 1/1 \(global step 1, target .* ms = 3\.0% .*infeasible"):
-        _step(model, opt, pruner, 1)
+        train_step(model, opt, pruner, 1)
     assert all(bool(pruner.masks.mask(g).all()) for g in pruner.masks.groups)  # nothing silently applied
 
 

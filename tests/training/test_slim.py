@@ -1,0 +1,120 @@
+"""Fine-tuning the slim network after the last pruning step: same optimisation, exact resume, dense round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import mobilenet_v2, resnet18
+
+from profiler.plan import trace_network
+from pruning.export import export_pruned, masked_reference
+from pruning.masks import raw_parameter
+from pruning.slices import Slices, put, take
+from tests.training.helpers import make_pruner, tiny_config, train_step
+from training import train
+from training.checkpoint import load_checkpoint
+from training.optim import build_optimizer
+from training.pruner import baked_copy
+from training.slim import carry_momentum, dense_state_dict, slim_copy
+
+F64 = torch.float64
+
+
+def _random_masks(model: torch.nn.Module, size: int, seed: int) -> dict[str, torch.Tensor]:
+    """One random keep-mask per coupled group (at least one channel kept), first conv of each group named."""
+    g = torch.Generator().manual_seed(seed)
+    trace = trace_network(model, size)
+    mods = dict(model.named_modules())
+    masks = {}
+    for group in trace.groups:
+        convs = [n.split("#")[0] for n in group]
+        width = mods[convs[0]].out_channels
+        keep = torch.rand(width, generator=g) < 0.6
+        keep[torch.randint(width, (1,), generator=g)] = True
+        for c in convs:
+            if mods[c].groups == 1:
+                masks[c] = keep
+    return masks
+
+
+@pytest.mark.parametrize(("build", "removed"), [(resnet18, ["layer1.1", "layer3.0"]), (mobilenet_v2, [])])
+def test_slices_take_and_put_round_trip(build, removed: list[str]) -> None:
+    torch.manual_seed(0)
+    model = build(num_classes=10).eval()
+    masks = _random_masks(model, 32, seed=1)
+    slices: Slices = {}
+    slim = export_pruned(model, trace_network(model, 32), masks, removed, slices=slices)
+    dense, small = model.state_dict(), slim.state_dict()
+    assert slices and set(slices) <= set(small)
+    for k, t in small.items():
+        assert torch.equal(take(dense[k], slices.get(k)), t), k
+        assert torch.equal(take(put(t, slices.get(k), dense[k].shape), slices.get(k)), t), k
+    # the dense-shaped state (zeros where pruned) re-exports to the same network
+    back = build(num_classes=10).eval()
+    back.load_state_dict(dense_state_dict(slim, slices, dense))
+    again = export_pruned(back, trace_network(back, 32), masks, removed)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(again(x), slim(x))
+    assert torch.allclose(masked_reference(back, masks, removed)(x), slim(x), atol=1e-5)
+
+
+def test_slim_training_equals_masked_training_in_float64(lut_db: str) -> None:
+    """After the last pruning step, SGD with momentum on the export (momentum carried over) follows the masked
+    network's trajectory: every kept weight and BN statistic agrees to 1e-9 after several more steps."""
+    model, pruner = make_pruner(lut_db, "mdp", 0.45, dtype=F64)
+    opt = build_optimizer(model, lr=0.05, momentum=0.875, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32, generator=gen, dtype=F64), torch.randint(0, 10, (4,), generator=gen))
+               for _ in range(6)]
+    train_step(model, opt, pruner, 0, batches[0])
+    assert train_step(model, opt, pruner, 1, batches[1]) is not None and pruner.schedule.done(1)
+    masks, removed = pruner.masks.conv_masks(), pruner.removed_blocks()
+    assert removed and any(not bool(m.all()) for m in masks.values())  # channels and blocks both pruned
+    slim, slices = slim_copy(model, masks, removed, (32, 32))
+    slim_opt = build_optimizer(slim, lr=0.05, momentum=0.875, weight_decay=1e-3)
+    carry_momentum(model, opt, slim, slim_opt, slices)
+    assert all("momentum_buffer" in slim_opt.state[p] for p in slim.parameters())
+    for g, batch in enumerate(batches[2:], start=2):
+        train_step(model, opt, pruner, g, batch)
+        train_step(slim, slim_opt, None, g, batch)
+    modules = dict(model.named_modules())
+    for name, t in slim.state_dict().items():
+        owner, _, attr = name.rpartition(".")
+        src = raw_parameter(modules[owner], attr) if attr in ("weight", "bias") else getattr(modules[owner], attr)
+        assert torch.allclose(take(src.detach(), slices.get(name)), t, rtol=0, atol=1e-9), name
+    x = torch.randn(3, 3, 32, 32, dtype=F64)
+    assert torch.allclose(baked_copy(model).eval()(x), slim.eval()(x), rtol=0, atol=1e-9)
+
+
+def test_slim_run_resumes_exactly_and_matches_the_masked_run(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    """HALP prunes at global steps 1 and 3 (epoch 2 of 3): the run goes on slim from step 4; a run cut after
+    epoch 2 resumes from the slim checkpoint to the same weights; the masked run (prune.slim=false) has the
+    same losses up to float rounding, and both final_state.pt files re-export to the same network."""
+    three = {"optim.epochs": 3, "run.export": True}
+    full = train(tiny_config(digits, tmp_path / "full", lut_db, **three), progress=False)
+    cut = tiny_config(digits, tmp_path / "cut", lut_db, **three)
+    part = train(tiny_config(digits, tmp_path / "cut", lut_db, **three, **{"run.stop_after_epochs": 2}),
+                 progress=False)
+    assert part.global_step == 6 and not part.finished
+    saved = load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")
+    numel = sum(t.numel() for t in resnet18(num_classes=10).state_dict().values())
+    assert saved["slim"] and sum(t.numel() for t in saved["model"].values()) < numel  # slim weights stored
+    resumed = train(cut, progress=False)
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint_last.pt") for run in ("full", "cut"))
+    assert a["slim"] and a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in resumed.history]
+
+    masked = train(tiny_config(digits, tmp_path / "masked", lut_db, **three, **{"prune.slim": False}), progress=False)
+    assert not load_checkpoint(tmp_path / "masked" / "checkpoint_last.pt")["slim"]
+    assert all(torch.equal(full.masks[g], masked.masks[g]) for g in full.masks)
+    for r_slim, r_masked in zip(full.history, masked.history, strict=True):
+        assert r_slim["train_loss"] == pytest.approx(r_masked["train_loss"], rel=5e-3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        outs = [torch.export.load(str(run.paths["slim"])).module()(x) for run in (full, masked)]
+    assert torch.allclose(outs[0], outs[1], atol=0.02 * float(outs[1].abs().max()))
+    dense = torch.load(full.paths["final_state"], weights_only=True)
+    assert dense["conv1.weight"].shape == (64, 3, 7, 7)  # dense-shaped, like a plain (masked) run's
