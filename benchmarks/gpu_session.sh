@@ -56,8 +56,9 @@ fi
 
 if wanted train; then
   step "training-step throughput vs torchvision's reference step"
-  timeout 50 python3 -m benchmarks.train_throughput --device cuda --model resnet50 --batch 256 --amp --channels-last \
-      --out "$OUT_DIR/train_throughput_gpu" > "$OUT_DIR/train_throughput.log" 2>&1
+  SLIM=(); [ -f "$DB" ] && SLIM=(--db "$DB" --target 0.5)  # + the slim networks, on the sweep step's LUT
+  timeout 100 python3 -m benchmarks.train_throughput --device cuda --model resnet50 --batch 256 --amp --channels-last \
+      "${SLIM[@]}" --out "$OUT_DIR/train_throughput_gpu" > "$OUT_DIR/train_throughput.log" 2>&1
   tail -8 "$OUT_DIR/train_throughput.log"; pack
 fi
 
