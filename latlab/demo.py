@@ -513,7 +513,8 @@ def _finetune_section(ft: pd.DataFrame, c: DemoConfig) -> list[str]:
         f"{c.finetune_epochs} epoch{'s' * (c.finetune_epochs != 1)} with HALP (LLM, 6 steps, 3 iterations "
         "apart) and MDP (MDLM with block removal, one shot) at "
         f"{', '.join(f'{t:.0%}' for t in c.finetune_targets)} of the dense conv latency predicted at "
-        f"{c.input_size}×{c.input_size}, batch {c.batch}. The exported networks and the dense one are timed "
+        f"{c.input_size}×{c.input_size}, batch {c.batch}; after its last pruning step each run trains the "
+        "exported (slim) network. The exported networks and the dense one are timed "
         f"together in {c.model_rounds} interleaved rounds (A B C …, then … C B A, so that the host's drift hits "
         "them alike) and stored in the database (`model_measurements`, variant `digits-…`, with the predicted "
         "latencies in `details`); `speedup` is the median over rounds of dense / pruned.", "",
