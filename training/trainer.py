@@ -310,8 +310,13 @@ class _Run:
                                f"{rec['global_step']}: target {rec['target_ms']:.4g} ms, solver "
                                f"{rec['solver_status']}, removed blocks {len(rec['removed_blocks'])}")
                 if rec is not None and cfg.prune.slim and self.pruner.schedule.done(self.global_step):
+                    dense_params = sum(q.numel() for q in self.model.parameters())
                     self._slim()
                     self._wrap()
+                    if self.progress:
+                        tqdm.write(f"pruning done: training the slim network from here on "
+                                   f"({sum(q.numel() for q in self.model.parameters()):,} parameters, "
+                                   f"dense {dense_params:,})")
             self.global_step += 1
             images += x.shape[0]
             if (self.progress or self.tb.enabled) and (i % cfg.run.log_every == 0 or i == self.ipe - 1):

@@ -112,6 +112,12 @@ def test_slim_run_resumes_exactly_and_matches_the_masked_run(digits: Path, lut_d
     assert all(torch.equal(full.masks[g], masked.masks[g]) for g in full.masks)
     for r_slim, r_masked in zip(full.history, masked.history, strict=True):
         assert r_slim["train_loss"] == pytest.approx(r_masked["train_loss"], rel=5e-3)
+    # a masked run cut after its last pruning step and resumed with prune.slim on goes slim at once
+    late = {**three, "prune.slim": False, "run.stop_after_epochs": 2}
+    train(tiny_config(digits, tmp_path / "late", lut_db, **late), progress=False)
+    switched = train(tiny_config(digits, tmp_path / "late", lut_db, **three), progress=False)
+    assert load_checkpoint(tmp_path / "late" / "checkpoint_last.pt")["slim"] and switched.finished
+    assert switched.history[-1]["train_loss"] == pytest.approx(masked.history[-1]["train_loss"], rel=5e-3)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         outs = [torch.export.load(str(run.paths["slim"])).module()(x) for run in (full, masked)]
