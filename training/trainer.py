@@ -412,7 +412,7 @@ class _Run:
                 "method": self.cfg.prune.method, "latency_model": self.latency_source,
                 "predicted_dense_ms": p.schedule.l0, "predicted_pruned_ms": p.predicted_latency(),
                 "final_target_ms": p.schedule.final_target, "removed_blocks": removed, "group_widths": p.widths(),
-                "max_logit_delta": delta, **counts, "prune_steps": p.history,
+                "max_logit_delta": delta, **counts, "prune_steps": p.history, "trained_slim": self.slices is not None,
             })
         paths["result"].write_text(json.dumps(summary, indent=2, default=float))
         return paths

@@ -124,3 +124,9 @@ def test_slim_run_resumes_exactly_and_matches_the_masked_run(digits: Path, lut_d
     assert torch.allclose(outs[0], outs[1], atol=0.02 * float(outs[1].abs().max()))
     dense = torch.load(full.paths["final_state"], weights_only=True)
     assert dense["conv1.weight"].shape == (64, 3, 7, 7)  # dense-shaped, like a plain (masked) run's
+    net = resnet18(num_classes=10).eval()
+    net.load_state_dict(dense)
+    saved_masks = torch.load(full.paths["masks"], weights_only=True)
+    again = export_pruned(net, trace_network(net, 32), saved_masks["masks"], saved_masks["removed_blocks"])
+    with torch.no_grad():
+        assert torch.allclose(again(x), outs[0], atol=1e-5)  # final_state.pt + masks.pt = pruned.pt2
