@@ -27,10 +27,13 @@ __all__ = ["carry_momentum", "dense_state_dict", "slim_copy"]
 
 def slim_copy(masked: nn.Module, masks: Mapping[str, torch.Tensor], removed_blocks: Sequence[str],
               input_size: tuple[int, int]) -> tuple[nn.Module, Slices]:
-    """The exported (slim) copy of the masked training network, checked against it, and its :data:`Slices`."""
+    """The exported (slim) copy of the masked training network, checked against it, and its :data:`Slices`.
+
+    Built and checked on the host in fp32 (no TF32 or cuDNN algorithm noise in the check); move it to the device.
+    """
     from profiler.plan import trace_network
 
-    plain = baked_copy(masked)
+    plain = baked_copy(masked).cpu()
     slices: Slices = {}
     with torch.random.fork_rng(devices=[]):  # new layers draw a (discarded) init: keep the run's RNG stream
         slim = export_pruned(plain, trace_network(plain, tuple(input_size)), masks, removed_blocks, slices=slices)

@@ -154,7 +154,7 @@ class _Run:
 
         p, dense, old = self.pruner, self.model, self.optimizer
         slim, self.slices = slim_copy(dense, p.masks.conv_masks(), p.removed_blocks(), p.spec.input_size)
-        self.model = slim.to(memory_format=self.memory_format)
+        self.model = slim.to(self.info.device, memory_format=self.memory_format)
         self.optimizer = self._optimizer(self.model)
         carry_momentum(dense, old, self.model, self.optimizer, self.slices)
         for q in dense.parameters():  # the dense network stays with the pruner (masks, export template)
