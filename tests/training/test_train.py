@@ -86,51 +86,54 @@ def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: 
 
 
 _DDP_SCRIPT = textwrap.dedent("""
-    import sys, torch, torch.distributed as dist
+    import os, sys, torch
     sys.path.insert(0, {root!r})
     from pathlib import Path
     from tests.training.helpers import tiny_config
     from training import train
-    cfg = tiny_config(Path({data!r}), Path({out!r}), {db!r}, method="mdp")
-    res = train(cfg, progress=False)
-    rank = int(__import__("os").environ["RANK"])
-    torch.save({{"masks": res.masks, "removed": res.removed_blocks, "step": res.global_step}},
-               Path({out!r}) / f"rank{{rank}}.pt")
+    from training.checkpoint import load_checkpoint
+    data, out, extra = Path({data!r}), Path({out!r}), {extra}
+    # 3 epochs, pruning at global steps 1 and 3, then the slim network: cut after epoch 2, resumed (slim) to the end
+    train(tiny_config(data, out, {db!r}, method="mdp", **extra, **{{"optim.epochs": 3, "run.stop_after_epochs": 2}}),
+          progress=False)
+    slim = load_checkpoint(out / "checkpoint_last.pt")["slim"]
+    res = train(tiny_config(data, out, {db!r}, method="mdp", **extra, **{{"optim.epochs": 3}}), progress=False)
+    torch.save({{"masks": res.masks, "removed": res.removed_blocks, "step": res.global_step, "slim": slim}},
+               out / f"rank{{os.environ['RANK']}}.pt")
 """)
 
 
 @pytest.mark.slow
-def test_two_process_cpu_ddp_gives_identical_masks(digits: Path, lut_db: str, tmp_path: Path) -> None:
+def test_two_process_cpu_ddp_gives_identical_masks_and_resumes_slim(digits: Path, lut_db: str, tmp_path: Path) -> None:
     script = tmp_path / "ddp.py"
     out = tmp_path / "ddp"
-    script.write_text(_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db))
+    script.write_text(_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db, extra="{}"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert r0["step"] == r1["step"] == 6 and r0["removed"] == r1["removed"]
+    assert r0["step"] == r1["step"] == 9 and r0["removed"] == r1["removed"] and r0["slim"] and r1["slim"]
     assert all(torch.equal(r0["masks"][g], r1["masks"][g]) for g in r0["masks"])
     assert sum(int((~m).sum()) for m in r0["masks"].values()) > 0
-
-
-_CUDA_DDP_SCRIPT = _DDP_SCRIPT.replace('method="mdp")', 'method="mdp", **{{"run.device": "cuda", "run.amp": True}})')
 
 
 @pytest.mark.gpu
 def test_cuda_ddp_nccl_with_fp16_grad_scaler(digits: Path, lut_db: str, tmp_path: Path) -> None:
     """torchrun on every GPU here (NCCL; one process on a one-GPU machine), fp16 autocast with GradScaler,
-    pruning at two steps: same masks on every rank, and the scaler's state is checkpointed."""
+    pruning at two steps, then the slim network, cut and resumed: same masks on every rank, and the scaler's
+    state is checkpointed."""
     nproc = torch.cuda.device_count()
     script = tmp_path / "ddp_cuda.py"
     out = tmp_path / "ddp"
-    script.write_text(_CUDA_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db))
+    script.write_text(_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db,
+                                         extra=repr({"run.device": "cuda", "run.amp": True})))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc_per_node={nproc}", str(script)], cwd=ROOT, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
-    assert all(r["step"] == 6 and r["removed"] == ranks[0]["removed"] for r in ranks)
+    assert all(r["step"] == 9 and r["slim"] and r["removed"] == ranks[0]["removed"] for r in ranks)
     assert all(torch.equal(r["masks"][g], ranks[0]["masks"][g]) for r in ranks for g in ranks[0]["masks"])
     assert sum(int((~m).sum()) for m in ranks[0]["masks"].values()) > 0
     scaler = load_checkpoint(out / "checkpoint_last.pt")["scaler"]
