@@ -26,8 +26,7 @@ import pandas as pd
 
 from db.errors import LatlabError
 from latency_models.features import FEATURE_COLUMNS, GROUP_COLUMNS, as_frame
-
-SPLIT_KINDS = ("random", "family", "extrapolate", "grid")
+from latency_models.split_kinds import SPLIT_KINDS
 
 Split = tuple[np.ndarray, np.ndarray]
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latency_models.splits import SPLIT_KINDS
+from latency_models.split_kinds import SPLIT_KINDS
 from latlab.cli._options import DbOption, HardwareOption, SweepOption
 from latlab.cli.models import ModelsOption, parse_kinds
 from latlab.tables import render
