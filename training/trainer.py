@@ -133,7 +133,7 @@ class _Run:
             self._restore(self.resume_state)
         p = self.pruner
         if p is not None and cfg.prune.slim and self.slices is None and self.global_step > p.schedule.last_step:
-            self._slim()  # a checkpoint written after the last pruning step by a run without prune.slim
+            self._try_slim()  # a checkpoint written after the last pruning step by a run without prune.slim
         self._wrap()
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -147,6 +147,19 @@ class _Run:
         if self.info.distributed:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _try_slim(self) -> bool:
+        """:meth:`_slim`, or a warning and the masked network when this model cannot be exported (every rank
+        hits the same error, so all go on masked)."""
+        try:
+            self._slim()
+        except LatlabError as exc:
+            log.warning("cannot train the slim network (%s); training goes on with the masks "
+                        "(prune.slim=false skips this)", exc)
+            if self.progress:
+                tqdm.write(f"prune.slim: cannot export this network ({exc}); training goes on with the masks")
+            return False
+        return True
 
     def _slim(self) -> None:
         """Swap the masked network for its export; weights, BN statistics and momentum carry over."""
@@ -311,9 +324,9 @@ class _Run:
                                f"{rec['solver_status']}, removed blocks {len(rec['removed_blocks'])}")
                 if rec is not None and cfg.prune.slim and self.pruner.schedule.done(self.global_step):
                     dense_params = sum(q.numel() for q in self.model.parameters())
-                    self._slim()
-                    self._wrap()
-                    if self.progress:
+                    if self._try_slim():
+                        self._wrap()
+                    if self.progress and self.slices is not None:
                         tqdm.write(f"pruning done: training the slim network from here on "
                                    f"({sum(q.numel() for q in self.model.parameters()):,} parameters, "
                                    f"dense {dense_params:,})")

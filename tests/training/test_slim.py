@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.models import mobilenet_v2, resnet18
 
+from db.errors import LatlabError
 from profiler.plan import trace_network
 from pruning.export import export_pruned, masked_reference
 from pruning.masks import raw_parameter
@@ -130,3 +131,19 @@ def test_slim_run_resumes_exactly_and_matches_the_masked_run(digits: Path, lut_d
     again = export_pruned(net, trace_network(net, 32), saved_masks["masks"], saved_masks["removed_blocks"])
     with torch.no_grad():
         assert torch.allclose(again(x), outs[0], atol=1e-5)  # final_state.pt + masks.pt = pruned.pt2
+
+
+def test_a_network_that_cannot_be_exported_trains_on_masked(digits: Path, lut_db: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """If export refuses the network at the last pruning step, the run warns and goes on with the masks."""
+    import training.slim
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise LatlabError("node x (channel_shuffle) rearranges pruned channels")
+
+    monkeypatch.setattr(training.slim, "slim_copy", refuse)
+    res = train(tiny_config(digits, tmp_path / "run", lut_db), progress=False)
+    assert res.finished and len(res.prune_steps) == 2
+    assert not load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["slim"]
+    assert "cannot train the slim network (node x (channel_shuffle)" in caplog.text
