@@ -135,6 +135,22 @@ class _Run:
         if p is not None and cfg.prune.slim and self.slices is None and self.global_step > p.schedule.last_step:
             self._try_slim()  # a checkpoint written after the last pruning step by a run without prune.slim
         self._wrap()
+        if self.progress:
+            tqdm.write(self._plan())
+
+    def _plan(self) -> str:
+        """One paragraph on what this run will do (printed at the start)."""
+        cfg, info, p, o = self.cfg, self.info, self.pruner, self.cfg.optim
+        lines = [f"{cfg.model.name}, {info.world} process{'es' * (info.world != 1)} on {info.device.type}: "
+                 f"global batch {cfg.data.batch_size * info.world}, lr {self.base_lr:.4g}, {o.epochs} epochs × "
+                 f"{self.ipe} iterations ({o.schedule}, {o.warmup_epochs} warm-up), AMP "
+                 f"{'on' if cfg.run.amp else 'off'}, out {self.out}"]
+        if p is not None:
+            s = p.schedule
+            lines.append(f"pruning: {cfg.prune.method} to {1 - s.ratio:.0%} of {s.l0:.4g} ms predicted "
+                         f"({self.latency_source}), {s.steps} step{'s' * (s.steps != 1)} at global steps "
+                         f"{s.prune_steps()[0]}…{s.last_step}" + (", then the slim network" if cfg.prune.slim else ""))
+        return "\n".join(lines)
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -249,7 +265,8 @@ class _Run:
             log.warning("checkpoint has RNG states of %d ranks, this run has %d: RNG streams restart",
                         len(rngs), self.info.world)
         if self.progress:
-            tqdm.write(f"resumed from {self.ckpt_path}: epoch {self.epoch}, global step {self.global_step}")
+            tqdm.write(f"resumed from {self.ckpt_path}: epoch {self.epoch}, global step {self.global_step}"
+                       + (" (slim network)" if self.slices is not None else ""))
 
     # ----------------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
