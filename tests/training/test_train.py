@@ -92,15 +92,26 @@ _DDP_SCRIPT = textwrap.dedent("""
     from tests.training.helpers import tiny_config
     from training import train
     from training.checkpoint import load_checkpoint
-    data, out, extra = Path({data!r}), Path({out!r}), {extra}
-    # 3 epochs, pruning at global steps 1 and 3, then the slim network: cut after epoch 2, resumed (slim) to the end
-    train(tiny_config(data, out, {db!r}, method="mdp", **extra, **{{"optim.epochs": 3, "run.stop_after_epochs": 2}}),
-          progress=False)
+    data, out, phase = Path({data!r}), Path({out!r}), sys.argv[1]
+    # 3 epochs, pruning at global steps 1 and 3, then the slim network; "cut" stops after epoch 2
+    sets = {{"optim.epochs": 3, **{extra}, **({{"run.stop_after_epochs": 2}} if phase == "cut" else {{}})}}
+    res = train(tiny_config(data, out, {db!r}, method="mdp", **sets), progress=False)
     slim = load_checkpoint(out / "checkpoint_last.pt")["slim"]
-    res = train(tiny_config(data, out, {db!r}, method="mdp", **extra, **{{"optim.epochs": 3}}), progress=False)
     torch.save({{"masks": res.masks, "removed": res.removed_blocks, "step": res.global_step, "slim": slim}},
-               out / f"rank{{os.environ['RANK']}}.pt")
+               out / f"{{phase}}_rank{{os.environ['RANK']}}.pt")
 """)
+
+
+def _ddp_cut_and_resume(script: Path, out: Path, nproc: int, env: dict | None = None) -> list[dict]:
+    """torchrun the script twice (cut after epoch 2, then resumed from its checkpoint); the resumed ranks' results."""
+    for phase in ("cut", "resume"):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={nproc}", str(script), phase], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    cut = [torch.load(out / f"cut_rank{r}.pt", weights_only=True) for r in range(nproc)]
+    assert all(r["step"] == 6 and r["slim"] for r in cut)  # the cut run went slim at step 4 and saved it so
+    return [torch.load(out / f"resume_rank{r}.pt", weights_only=True) for r in range(nproc)]
 
 
 @pytest.mark.slow
@@ -108,11 +119,7 @@ def test_two_process_cpu_ddp_gives_identical_masks_and_resumes_slim(digits: Path
     script = tmp_path / "ddp.py"
     out = tmp_path / "ddp"
     script.write_text(_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db, extra="{}"))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = _ddp_cut_and_resume(script, out, 2, dict(os.environ, OMP_NUM_THREADS="1"))
     assert r0["step"] == r1["step"] == 9 and r0["removed"] == r1["removed"] and r0["slim"] and r1["slim"]
     assert all(torch.equal(r0["masks"][g], r1["masks"][g]) for g in r0["masks"])
     assert sum(int((~m).sum()) for m in r0["masks"].values()) > 0
@@ -128,11 +135,7 @@ def test_cuda_ddp_nccl_with_fp16_grad_scaler(digits: Path, lut_db: str, tmp_path
     out = tmp_path / "ddp"
     script.write_text(_DDP_SCRIPT.format(root=str(ROOT), data=str(digits), out=str(out), db=lut_db,
                                          extra=repr({"run.device": "cuda", "run.amp": True})))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={nproc}", str(script)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
+    ranks = _ddp_cut_and_resume(script, out, nproc)
     assert all(r["step"] == 9 and r["slim"] and r["removed"] == ranks[0]["removed"] for r in ranks)
     assert all(torch.equal(r["masks"][g], ranks[0]["masks"][g]) for r in ranks for g in ranks[0]["masks"])
     assert sum(int((~m).sum()) for m in ranks[0]["masks"].values()) > 0
