@@ -19,8 +19,8 @@ from db.errors import LatlabError
 from pruning.cost import METHODS as PRUNE_METHODS
 
 __all__ = [
-    "DataConfig", "ModelConfig", "OptimConfig", "PruneConfig", "RunConfig", "TrainConfig", "load_config",
-    "save_config",
+    "DataConfig", "ModelConfig", "OptimConfig", "PruneConfig", "RunConfig", "TrainConfig", "describe_config",
+    "load_config", "save_config",
 ]
 
 METHODS = ("none", *PRUNE_METHODS)
@@ -30,11 +30,11 @@ METHODS = ("none", *PRUNE_METHODS)
 class DataConfig:
     """ImageFolder dataset: ``path/train_dir/CLASS/img`` and ``path/val_dir/CLASS/img``."""
 
-    path: str | None = None
-    train_dir: str = "train"
-    val_dir: str = "val"
-    input_size: int = 224
-    workers: int = 5
+    path: str | None = None  # ImageFolder root (or --data)
+    train_dir: str = "train"  # sub-folder with the training images, one folder per class
+    val_dir: str = "val"  # sub-folder with the validation images
+    input_size: int = 224  # training crop / validation centre crop (pixels)
+    workers: int = 5  # data-loader processes per training process
     batch_size: int = 128  # per process; the global batch is batch_size × world size
     val_batch_size: int | None = None  # default: batch_size
 
@@ -43,9 +43,9 @@ class DataConfig:
 class ModelConfig:
     """A torchvision model built with random init, optionally loaded from a local state-dict file."""
 
-    name: str = "resnet50"
-    weights: str | None = None
-    num_classes: int = 1000
+    name: str = "resnet50"  # torchvision model name
+    weights: str | None = None  # local state dict to start from (no downloads; `module.` prefixes are fine)
+    num_classes: int = 1000  # classifier width (the dataset may have fewer classes)
 
 
 @dataclass
@@ -53,13 +53,13 @@ class OptimConfig:
     """SGD + label smoothing + warm-up and cosine/linear decay (spec §9.1)."""
 
     lr: float = 1.024  # per 1024 images; scaled linearly to the global batch
-    momentum: float = 0.875
-    nesterov: bool = False
+    momentum: float = 0.875  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum
     weight_decay: float = 2.0**-15  # BatchNorm parameters get 0 (chosen by module type, not by name)
-    label_smoothing: float = 0.1
-    warmup_epochs: int = 8
+    label_smoothing: float = 0.1  # of the cross-entropy loss
+    warmup_epochs: int = 8  # linear warm-up of the LR
     schedule: str = "cosine"  # cosine | linear
-    epochs: int = 90
+    epochs: int = 90  # pruning and fine-tuning together
 
 
 @dataclass
@@ -70,17 +70,17 @@ class PruneConfig:
     ratio: float = 0.7  # final target L0·(1 − ratio)
     schedule: str | None = None  # preset name (halp | mgp | mdlm | mdp); default: the method's own
     steps: int | None = None  # explicit schedule: overrides the preset's steps / every
-    every: int | None = None
+    every: int | None = None  # iterations between pruning steps
     start: int = 0  # first global step of importance accumulation
     db: str | None = None  # SQLite path or SQLAlchemy URL of the LUT database (default: LATLAB_DB / ./latlab.db)
-    hardware: str | None = None
-    sweep: int | None = None
+    hardware: str | None = None  # hardware profile whose LUT prices latency (or `sweep` / `latency_model`)
+    sweep: int | None = None  # LUT sweep id (default: the only or latest sweep of `hardware`)
     latency_model: str | None = None  # a stored model's name; else `kind` is fitted on the sweep's LUT
     kind: str | None = None  # default: llm for halp/mgp, mdlm for mdlm/mdp
     group_sizes: str | int = "auto"  # auto | reference | N channels per item
     input_size: int | None = None  # resolution latency is predicted at (default data.input_size; e.g. deploy at 224)
-    solver: str = "lagrange"
-    time_limit: float = 60.0
+    solver: str = "lagrange"  # dp | lagrange | milp-highs | milp-cbc | scip | mindtpy (dp: halp only)
+    time_limit: float = 60.0  # seconds per solve
     slim: bool = True  # after the last pruning step, fine-tune the exported (physically smaller) network
 
 
@@ -88,16 +88,16 @@ class PruneConfig:
 class RunConfig:
     """Where and how the run executes."""
 
-    out: str = "runs/train"
-    seed: int = 0
-    amp: bool = False
+    out: str = "runs/train"  # run directory (or --out): config, metrics, checkpoints, exports
+    seed: int = 0  # model init, data order and augmentation
+    amp: bool = False  # torch.amp mixed precision
     amp_dtype: str = "auto"  # auto (fp16 on CUDA, bf16 on CPU) | fp16 | bf16
     channels_last: bool = False  # NHWC weights and batches (faster convs under AMP on tensor-core GPUs)
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every: int = 0  # also keep checkpoint_epoch{e}.pt every N epochs (0: only checkpoint_last.pt)
     max_iters_per_epoch: int | None = None  # cap (tests, demo, smoke runs)
-    max_val_iters: int | None = None
-    log_every: int = 50
+    max_val_iters: int | None = None  # cap on validation batches per epoch
+    log_every: int = 50  # iterations between progress-bar (and TensorBoard) loss/LR updates
     tensorboard: bool = False  # also TensorBoard scalars in out/tensorboard (pip install 'latlab[tensorboard]')
     resume: str = "auto"  # auto (resume from out/checkpoint_last.pt if present) | never | required
     stop_after_epochs: int | None = None  # run at most this many epochs in this invocation (time-sliced jobs)
@@ -267,6 +267,29 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
         _fill(cfg, _parse_overrides(overrides), "", f"{source} (overrides)" if path else "overrides")
     _check_values(cfg, source)
     return cfg
+
+
+def _field_comments(section: type) -> dict[str, str]:
+    """``{field: its end-of-line comment}`` from the dataclass source (what each key means)."""
+    import inspect
+    import re
+
+    found = (re.match(r"\s+(\w+):[^#]*#\s*(.*)$", line) for line in inspect.getsource(section).splitlines())
+    return {m.group(1): m.group(2) for m in found if m}
+
+
+def describe_config(cfg: TrainConfig) -> str:
+    """``cfg`` as YAML with every key's meaning as a comment (``latlab train --print-config``); loadable as is."""
+    lines: list[str] = []
+    for section in dataclasses.fields(cfg):
+        lines.append(f"{section.name}:  # {type(getattr(cfg, section.name)).__doc__.splitlines()[0]}")
+        part = getattr(cfg, section.name)
+        notes = _field_comments(type(part))
+        for f in dataclasses.fields(part):
+            value = yaml.safe_dump(getattr(part, f.name), default_flow_style=True).removesuffix("\n...\n").strip()
+            text = f"  {f.name}: {value}"
+            lines.append(f"{text:<40}# {notes[f.name]}" if f.name in notes else text)
+    return "\n".join(lines) + "\n"
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:

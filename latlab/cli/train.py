@@ -28,6 +28,8 @@ def train(
     tensorboard: Annotated[bool, typer.Option(
         "--tensorboard", help="Also write TensorBoard scalars to OUT/tensorboard (sets run.tensorboard).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved config (every key, with what it means) as YAML and exit.")] = False,
 ) -> None:
     """Train (and prune on the schedule of the config's method) with DDP/AMP; checkpoint and resume.
 
@@ -44,15 +46,20 @@ def train(
       latlab train --config configs/mdp_resnet50.yaml --data /data/imagenet --weights rn50.pth --hardware "H200"
 
       latlab train --config configs/halp_resnet50.yaml --data /data/imagenet --nproc-per-node 8 --out runs/halp70
+
+      latlab train --config configs/mdp_resnet50.yaml --set prune.ratio=0.5 --print-config > my_run.yaml
     """
     sets = list(overrides or []) + (["run.tensorboard=true"] if tensorboard else [])
     for key, value in (("data.path", data), ("run.out", out), ("model.weights", weights), ("prune.db", db),
                        ("prune.hardware", hardware)):
         if value is not None:
             sets.append(f"{key}={value}")
-    from training.config import load_config
+    from training.config import describe_config, load_config
 
     cfg = load_config(config, sets)  # validate here, before any process is started
+    if print_config:
+        typer.echo(describe_config(cfg), nl=False)
+        return
     if nproc_per_node > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
                "-m", "training", *(["--config", str(config)] if config else []),

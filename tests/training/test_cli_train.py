@@ -35,3 +35,19 @@ def test_train_cli_runs_and_resumes(cli, tmp_path: Path, digits: Path) -> None:
     assert len((out / "metrics.csv").read_text().splitlines()) == 3 and (out / "final_state.pt").exists()
     assert "tensorboard: true" in (out / "config.resolved.yaml").read_text()
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one per invocation
+
+
+def test_print_config_shows_every_key_and_loads_back(cli, tmp_path: Path) -> None:
+    """`--print-config` prints the resolved config with each key's meaning; saved, it is a valid --config."""
+    import yaml
+
+    from training.config import load_config
+
+    code, stdout, err = cli(["train", "--config", CONFIG, "--set", "prune.ratio=0.5", "--print-config"])
+    assert code == 0, err
+    assert "  slim: true" in stdout and "# after the last pruning step" in stdout and "ratio: 0.5" in stdout
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(stdout)
+    assert load_config(saved, []).to_dict() == load_config(CONFIG, ["prune.ratio=0.5"]).to_dict()
+    assert yaml.safe_load(stdout)["prune"]["ratio"] == 0.5
+    assert "run directory:" not in stdout  # nothing ran (a run ends by naming its directory)
