@@ -274,7 +274,11 @@ def _field_comments(section: type) -> dict[str, str]:
     import inspect
     import re
 
-    found = (re.match(r"\s+(\w+):[^#]*#\s*(.*)$", line) for line in inspect.getsource(section).splitlines())
+    try:
+        source = inspect.getsource(section)
+    except (OSError, TypeError):  # installed without sources: keys without comments
+        return {}
+    found = (re.match(r"\s+(\w+):[^#]*#\s*(.*)$", line) for line in source.splitlines())
     return {m.group(1): m.group(2) for m in found if m}
 
 
