@@ -8,7 +8,7 @@ from torchvision.models import mobilenet_v2, resnet18, resnet50
 from db.errors import LatlabError
 from profiler.plan import trace_network
 from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
-from pruning.importance import coupled_groups
+from tests.pruning.random_masks import random_masks
 
 SHAPE = (2, 3, 64, 64)
 ONE = (1, 3, 64, 64)
@@ -26,18 +26,6 @@ def _randomise_bn(model: nn.Module, seed: int) -> None:
                 m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
 
 
-def _random_masks(trace, seed: int, p: float = 0.5) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    cout = {layer.name: layer.cout for layer in trace.layers}
-    masks = {}
-    for group in coupled_groups(trace):
-        keep = torch.rand(cout[group[0]], generator=gen) < p
-        keep[torch.randint(0, len(keep), (1,), generator=gen)] = True
-        for name in group:
-            masks[name] = keep.clone()
-    return masks
-
-
 def _model(factory, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = factory(num_classes=10).eval()
@@ -49,7 +37,7 @@ def _model(factory, seed: int) -> nn.Module:
 def test_export_matches_masked(factory) -> None:
     model = _model(factory, 0)
     trace = trace_network(model, 64)
-    masks = _random_masks(trace, 1)
+    masks = random_masks(trace, 1)
     exported = export_pruned(model, trace, masks)
     ref = masked_reference(model, masks)
     assert verify_export(ref, exported, SHAPE) < 1e-3
@@ -67,7 +55,7 @@ def test_export_matches_masked(factory) -> None:
 def test_export_slices_by_indices() -> None:
     model = _model(resnet18, 3)
     trace = trace_network(model, 64)
-    masks = _random_masks(trace, 4)
+    masks = random_masks(trace, 4)
     exported = export_pruned(model, trace, masks)
     keep = masks["layer3.0.conv1"]
     idx = keep.nonzero().flatten()
@@ -81,7 +69,7 @@ def test_export_slices_by_indices() -> None:
 def test_remove_block_resnet18() -> None:
     model = _model(resnet18, 5)
     trace = trace_network(model, 64)
-    masks = _random_masks(trace, 6)
+    masks = random_masks(trace, 6)
     removed = ["layer2.1", "layer3.0"]  # identity shortcut, and a projection (downsample) shortcut
     exported = export_pruned(model, trace, masks, removed)
     assert isinstance(exported.layer2[1], nn.Identity)
@@ -101,7 +89,7 @@ def test_remove_block_resnet18() -> None:
 def test_export_errors() -> None:
     model = _model(resnet18, 7)
     trace = trace_network(model, 64)
-    masks = _random_masks(trace, 8)
+    masks = random_masks(trace, 8)
     bad = dict(masks)
     bad["layer1.0.conv2"] = torch.ones(64, dtype=torch.bool)  # differs from its coupled group's mask
     if torch.equal(bad["layer1.0.conv2"], masks["layer1.0.conv2"]):

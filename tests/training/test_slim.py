@@ -13,6 +13,7 @@ from profiler.plan import trace_network
 from pruning.export import export_pruned, masked_reference
 from pruning.masks import raw_parameter
 from pruning.slices import Slices, put, take
+from tests.pruning.random_masks import random_masks
 from tests.training.helpers import make_pruner, tiny_config, train_step
 from training import train
 from training.checkpoint import load_checkpoint
@@ -23,30 +24,14 @@ from training.slim import carry_momentum, dense_state_dict, slim_copy
 F64 = torch.float64
 
 
-def _random_masks(model: torch.nn.Module, size: int, seed: int) -> dict[str, torch.Tensor]:
-    """One random keep-mask per coupled group (at least one channel kept), first conv of each group named."""
-    g = torch.Generator().manual_seed(seed)
-    trace = trace_network(model, size)
-    mods = dict(model.named_modules())
-    masks = {}
-    for group in trace.groups:
-        convs = [n.split("#")[0] for n in group]
-        width = mods[convs[0]].out_channels
-        keep = torch.rand(width, generator=g) < 0.6
-        keep[torch.randint(width, (1,), generator=g)] = True
-        for c in convs:
-            if mods[c].groups == 1:
-                masks[c] = keep
-    return masks
-
-
 @pytest.mark.parametrize(("build", "removed"), [(resnet18, ["layer1.1", "layer3.0"]), (mobilenet_v2, [])])
 def test_slices_take_and_put_round_trip(build, removed: list[str]) -> None:
     torch.manual_seed(0)
     model = build(num_classes=10).eval()
-    masks = _random_masks(model, 32, seed=1)
+    trace = trace_network(model, 32)
+    masks = random_masks(trace, seed=1, p=0.6)
     slices: Slices = {}
-    slim = export_pruned(model, trace_network(model, 32), masks, removed, slices=slices)
+    slim = export_pruned(model, trace, masks, removed, slices=slices)
     dense, small = model.state_dict(), slim.state_dict()
     assert slices and set(slices) <= set(small)
     for k, t in small.items():
