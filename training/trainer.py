@@ -167,6 +167,7 @@ class _Run:
     def _try_slim(self) -> bool:
         """:meth:`_slim`, or a warning and the masked network when this model cannot be exported (every rank
         hits the same error, so all go on masked)."""
+        dense_params = sum(q.numel() for q in self.model.parameters())
         try:
             self._slim()
         except LatlabError as exc:
@@ -175,6 +176,9 @@ class _Run:
             if self.progress:
                 tqdm.write(f"prune.slim: cannot export this network ({exc}); training goes on with the masks")
             return False
+        if self.progress:
+            tqdm.write(f"pruning done: training the slim network from here on "
+                       f"({sum(q.numel() for q in self.model.parameters()):,} parameters, dense {dense_params:,})")
         return True
 
     def _slim(self) -> None:
@@ -339,14 +343,9 @@ class _Run:
                     tqdm.write(f"prune step {rec['step']}/{self.pruner.schedule.steps} at global step "
                                f"{rec['global_step']}: target {rec['target_ms']:.4g} ms, solver "
                                f"{rec['solver_status']}, removed blocks {len(rec['removed_blocks'])}")
-                if rec is not None and cfg.prune.slim and self.pruner.schedule.done(self.global_step):
-                    dense_params = sum(q.numel() for q in self.model.parameters())
-                    if self._try_slim():
-                        self._wrap()
-                    if self.progress and self.slices is not None:
-                        tqdm.write(f"pruning done: training the slim network from here on "
-                                   f"({sum(q.numel() for q in self.model.parameters()):,} parameters, "
-                                   f"dense {dense_params:,})")
+                done = rec is not None and self.pruner.schedule.done(self.global_step)
+                if done and cfg.prune.slim and self._try_slim():  # swaps in the slim network
+                    self._wrap()
             self.global_step += 1
             images += x.shape[0]
             if (self.progress or self.tb.enabled) and (i % cfg.run.log_every == 0 or i == self.ipe - 1):
