@@ -51,17 +51,56 @@ def auto_group_size(width: int) -> int:
     return math.gcd(width, target)
 
 
-def layer_lattice_grid(layer: ConvLayer) -> set[Point]:
-    """The pruner's lattice of one conv with auto group sizes: cout in steps of q(cout), cin in steps of q(cin).
+def striped_q(q: int, width: int, stripes: int) -> int:
+    """``q`` in whole positions across ``stripes`` equal stripes of ``width`` channels (a position = one channel
+    of each stripe): the most positions that divide a stripe and fit in ``q`` channels, at least one.
 
-    A conv's cin is its producer group's width, so its steps are the producer's q. Depthwise convs get the
-    diagonal; grouped convs multiples of lcm(q, groups); a conv fed by the network input keeps its cin.
+    ``lcm(q, stripes)`` when ``stripes`` does not divide ``width`` (coupled convs of unequal widths).
+    """
+    if width % stripes:
+        return math.lcm(q, stripes)
+    positions = width // stripes
+    return stripes * max(d for d in range(1, positions + 1) if positions % d == 0 and d * stripes <= max(q, stripes))
+
+
+def group_stripes(trace: TraceResult, groups: Sequence[Sequence[str]]) -> list[int]:
+    """Per mask group: the lcm of the group counts of the grouped (non-depthwise) convs that write or read it."""
+    index = {name: i for i, g in enumerate(groups) for name in g}
+    out = [1] * len(groups)
+    for layer in trace.layers:
+        if layer.family.groups > 1 and not layer.family.depthwise:
+            read = {index[p] for p in layer.producers}
+            for i in {index[layer.name], *(read if len(read) == 1 else ())}:
+                out[i] = math.lcm(out[i], layer.family.groups)
+    return out
+
+
+def lattice_steps(trace: TraceResult) -> dict[str, tuple[int, int]]:
+    """Per conv: the channel steps (q of its own mask group, q of its producer's) the pruner uses with auto sizes."""
+    groups = trace.mask_groups()
+    stripes = group_stripes(trace, groups)
+    index = {name: i for i, g in enumerate(groups) for name in g}
+    cout = {layer.name: layer.cout for layer in trace.layers}
+    q = [striped_q(auto_group_size(cout[g[0]]), cout[g[0]], s) for g, s in zip(groups, stripes, strict=True)]
+    steps = {}
+    for layer in trace.layers:
+        read = {index[p] for p in layer.producers}
+        steps[layer.name] = (q[index[layer.name]], q[read.pop()] if len(read) == 1 else auto_group_size(layer.cin))
+    return steps
+
+
+def layer_lattice_grid(layer: ConvLayer, q_out: int, q_in: int) -> set[Point]:
+    """The pruner's lattice of one conv: cout in steps of ``q_out`` (its group's q), cin in steps of ``q_in``.
+
+    A conv's cin is its producer group's width, so its steps are the producer's q (:func:`lattice_steps`).
+    Depthwise convs get the diagonal; grouped convs multiples of their groups too; a conv fed by the
+    network input keeps its cin.
     """
     fam = layer.family
     if fam.depthwise:
-        return {(c, c) for c in axis(layer.cout, auto_group_size(layer.cout))}
-    couts = axis(layer.cout, auto_group_size(layer.cout), fam.groups)
-    cins = [layer.cin] if layer.fixed_cin else axis(layer.cin, auto_group_size(layer.cin), fam.groups)
+        return {(c, c) for c in axis(layer.cout, q_out)}
+    couts = axis(layer.cout, q_out, fam.groups)
+    cins = [layer.cin] if layer.fixed_cin else axis(layer.cin, q_in, fam.groups)
     return {(ci, co) for ci in cins for co in couts}
 
 

@@ -72,6 +72,29 @@ class TraceResult:
         """Conv name -> index into :attr:`groups`."""
         return {name: i for i, g in enumerate(self.groups) for name in g}
 
+    def mask_groups(self) -> list[list[str]]:
+        """Convs (call names) whose output channels share one pruning mask, in network order.
+
+        The coupled :attr:`groups`, plus the calls of one module, plus a depthwise conv with its producers
+        (its output channels are its input channels).
+        """
+        uf = _UnionFind()
+        for layer in self.layers:
+            uf.add(layer.name)
+        for g in self.groups:
+            for name in g[1:]:
+                uf.union(g[0], name)
+        first_call: dict[str, str] = {}
+        for layer in self.layers:
+            uf.union(first_call.setdefault(layer.name.split("#", 1)[0], layer.name), layer.name)
+            if layer.family.depthwise:
+                for p in layer.producers:
+                    uf.union(p, layer.name)
+        members: dict[str, list[str]] = {}
+        for layer in self.layers:
+            members.setdefault(uf.find(layer.name), []).append(layer.name)
+        return list(members.values())
+
 
 class _PathTracer(fx.Tracer):
     """A plain fx tracer that remembers which module it is inside, for error messages."""

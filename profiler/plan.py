@@ -272,12 +272,13 @@ def _family_points(spec: GridSpec, trace: TraceResult) -> dict[ConvFamily, set[_
         return {fam: set().union(*(per_layer[layer.name] for layer in layers))
                 for fam, layers in families.items()}
     out: dict[ConvFamily, set[_grids.Point]] = {}
+    steps = _grids.lattice_steps(trace) if spec.kind == "lattice" else {}
     for index, (fam, layers) in enumerate(families.items()):
         rng = np.random.default_rng([spec.seed, index])
         if spec.kind == "full":
             points = _grids.family_full_grid(layers, spec.step)
         elif spec.kind == "lattice":
-            points = set().union(*(_grids.layer_lattice_grid(layer) for layer in layers))
+            points = set().union(*(_grids.layer_lattice_grid(layer, *steps[layer.name]) for layer in layers))
         elif spec.kind == "explicit":
             assert spec.cin is not None and spec.cout is not None
             cin = range(spec.cin[0], spec.cin[1] + 1, spec.cin[2])

@@ -21,6 +21,7 @@ import numpy as np
 from torch import fx, nn
 
 from db.errors import LatlabError
+from profiler._grids import striped_q
 from profiler._trace import _OPAQUE_MODULES, ConvLayer, TraceResult, _PathTracer, _UnionFind
 
 __all__ = ["Widths", "dense_widths", "random_pruned_widths", "rebuild_with_widths"]
@@ -77,7 +78,8 @@ def random_pruned_widths(
 
     Each channel-coupled group keeps a width drawn uniformly from the multiples of its size q in
     ``[ceil(min_keep * dense), dense]`` (plus ``dense`` itself); q is the lcm of the members'
-    ``group_sizes`` (default ``multiple``) and of the group counts of grouped convs it feeds or holds.
+    ``group_sizes`` (default ``multiple``), rounded to whole positions across the group counts of the grouped
+    convs it feeds or holds (:func:`profiler._grids.striped_q`, as the pruner does).
     A depthwise conv joins its producer's group. A conv without producers (the stem) keeps its cin.
     Raises :class:`LatlabError` for structures whose input width is not a sum of producer widths.
     """
@@ -121,16 +123,17 @@ def random_pruned_widths(
     root = {i: int(uf.find(str(i))) for i in range(len(groups))}
 
     q: dict[int, int] = {}
+    stripes: dict[int, int] = {}  # grouped convs: widths in whole positions across their conv groups
     for layer in trace.layers:
         r = root[index[layer.name]]
         own = int(sizes.get(layer.name, sizes.get(_base_name(layer.name), multiple)))
         if own < 1:
             raise LatlabError(f"group size of conv {layer.name} must be >= 1, got {own}")
+        q[r] = math.lcm(q.get(r, 1), own)
         fam_groups = 1 if layer.family.depthwise else layer.family.groups
-        q[r] = math.lcm(q.get(r, 1), own, fam_groups)
-        if fam_groups > 1:  # a grouped conv needs cin divisible by its groups: constrain the producers
-            for p in _producer_groups(layer, index):
-                q[root[p]] = math.lcm(q.get(root[p], 1), fam_groups)
+        if fam_groups > 1:  # a grouped conv needs cin and cout divisible by its groups
+            for g in {r, *(root[p] for p in _producer_groups(layer, index))}:
+                stripes[g] = math.lcm(stripes.get(g, 1), fam_groups)
 
     width: dict[int, int] = {}
     for r in sorted(set(root.values())):
@@ -142,7 +145,7 @@ def random_pruned_widths(
         if any(i in fixed for i in members):
             width[r] = d
             continue
-        step = q.get(r, 1)
+        step = striped_q(q.get(r, 1), d, stripes.get(r, 1))
         if keep is not None:
             width[r] = int(min(d, max(step, round(float(keep) * d / step) * step)))
             continue

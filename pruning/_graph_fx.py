@@ -18,6 +18,14 @@ from profiler._trace import _OPAQUE_MODULES, _PathTracer
 
 log = logging.getLogger(__name__)
 
+# ops that rearrange channels, and modules without per-channel state: what export can (not) follow
+CHANNEL_MOVERS = {torch.permute, torch.transpose, torch.chunk, torch.split, torch.channel_shuffle, torch.narrow,
+                  "permute", "transpose", "chunk", "split", "narrow", "unbind", "movedim", "swapaxes"}
+STATELESS_OK = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.ZeroPad2d,
+)
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 
@@ -34,11 +42,13 @@ class RawBlock:
 
 @dataclass
 class GraphFacts:
-    """What :func:`graph_facts` finds: conv -> BN, convs reaching the network output, removable blocks."""
+    """What :func:`graph_facts` finds: conv -> BN, convs reaching the network output, convs whose channels meet
+    an op that export cannot slice (a permute, a module with per-channel state such as LayerNorm), blocks."""
 
     bn: dict[str, str | None]
     output_convs: frozenset[str]
     blocks: list[RawBlock]
+    unsliceable: frozenset[str] = frozenset()
 
 
 def _symbolic_graph(model_name: str, module: nn.Module) -> fx.Graph:
@@ -49,6 +59,13 @@ def _symbolic_graph(model_name: str, module: nn.Module) -> fx.Graph:
         where = tracer.failed_at or "<root>"
         raise LatlabError(f"torch.fx cannot trace model {model_name!r} (inside module {where!r}): "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _has_channel_state(mod: nn.Module | None) -> bool:
+    """A module with its own parameters or buffers that export cannot resize (not a conv, BN or Linear)."""
+    if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *STATELESS_OK, *_OPAQUE_MODULES)):
+        return False
+    return next(mod.parameters(recurse=False), None) is not None or any(b is not None for b in mod._buffers.values())
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -128,6 +145,7 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
     # convs whose channels reach the network output without an opaque channel mixer (e.g. a segmentation head)
     sources: dict[fx.Node, frozenset[str]] = {}
     output_convs: frozenset[str] = frozenset()
+    unsliceable: set[str] = set()
     for node in nodes:
         mod = modules.get(node.target) if node.op == "call_module" else None
         if node in conv_of:
@@ -138,6 +156,8 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
             sources[node] = frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
         if node.op == "output":
             output_convs = sources[node]
+        elif node.op in ("call_function", "call_method") and node.target in CHANNEL_MOVERS or _has_channel_state(mod):
+            unsliceable |= sources[node]
 
     idom, _ = _dominators(nodes)
     blocks: list[RawBlock] = []
@@ -167,4 +187,4 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
             name = node.name if node.name not in used else f"{node.name}@{len(blocks)}"
         used.add(name)
         blocks.append(RawBlock(name, tuple(resid), sources.get(fork, frozenset()), node.name))
-    return GraphFacts(bn, output_convs, blocks)
+    return GraphFacts(bn, output_convs, blocks, frozenset(unsliceable))

@@ -12,8 +12,10 @@ Methods (halp_mdp_spec.md §5-§8):
 
 Items: a group's channels are sorted by importance and cut into items of ``q`` channels (§4.4); an
 item's value is the sum of its channels' importances, and keeping ``k`` items keeps the top ``k·q``
-channels. Latencies come from any fitted latency model (``predict`` on LUT keys); the LLM gets the
-frozen input width through its ``cin_ref`` column.
+channels. A group cut into stripes by grouped convs (:attr:`ChannelGroup.stripes`) ranks *positions*
+instead: a position is the same channel of every stripe, scored by their summed importance, so any
+``k`` items keep the same channels in each conv group. Latencies come from any fitted latency model
+(``predict`` on LUT keys); the LLM gets the frozen input width through its ``cin_ref`` column.
 """
 
 from __future__ import annotations
@@ -55,6 +57,19 @@ def _predict(model: LatencyModel, configs: list[ConvConfig], cin_ref: list[int] 
     return np.asarray(model.predict(frame), dtype=float)
 
 
+def importance_order(importance: np.ndarray, stripes: int = 1) -> np.ndarray:
+    """Channel indices by descending importance; with ``stripes`` > 1, whole positions across the stripes.
+
+    The ``len(importance) / stripes`` positions are ranked by the summed importance of their channels, and
+    each position contributes its channel in every stripe, in stripe order (stable on ties).
+    """
+    if stripes == 1:
+        return np.argsort(-importance, kind="stable")
+    per_stripe = len(importance) // stripes
+    ranked = np.argsort(-importance.reshape(stripes, per_stripe).sum(axis=0), kind="stable")
+    return (ranked[:, None] + per_stripe * np.arange(stripes)[None]).ravel()
+
+
 def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_group: dict[str, int],
             min_keep: int) -> tuple[list[Group], dict[str, np.ndarray]]:
     groups, order = [], {}
@@ -62,7 +77,7 @@ def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_g
         imp = np.asarray(importances.get(gid, np.ones(g.width)), dtype=float).ravel()
         if imp.shape != (g.width,) or not np.all(np.isfinite(imp)):
             raise LatlabError(f"importance of group {gid} must be {g.width} finite values, got shape {imp.shape}")
-        order[gid] = np.argsort(-imp, kind="stable")
+        order[gid] = importance_order(imp, g.stripes)
         items = imp[order[gid]].reshape(g.m, g.q).sum(axis=1)
         keep = g.m if not g.prunable else min(max(min_keep, 1), g.m)
         groups.append(Group.from_importances(items, min_keep=keep, block=block_of_group.get(gid), name=gid))
@@ -83,6 +98,10 @@ def build_problem(
         raise LatlabError(f"target must be the kept share of latency in (0, 1], got {target}")
     with_blocks = method in ("mgp", "mdp")
     pairwise = method in ("mdlm", "mdp")
+    if not any(g.prunable and g.m > 1 for g in spec.groups.values()) and not (with_blocks and spec.blocks):
+        raise LatlabError(f"{spec.model_name}: nothing for {method} to prune (no channel group with more than one "
+                          f"item{', no removable block' if with_blocks else ''}); `latlab graph --model "
+                          f"{spec.model_name}` shows its groups")
     block_names = [b.name for b in spec.blocks] if with_blocks else []
     block_of_conv = {c: i for i, b in enumerate(spec.blocks) if with_blocks for c in b.convs}
     block_of_group = {

@@ -12,11 +12,18 @@ tables (halp_mdp_spec.md §2, §6.1):
 * **q** — the channel-group size of each group (``group_sizes``): ``"reference"`` = the HALP/MDP
   sizes of ResNet50; ``"auto"`` = 8 for widths <= 64, 16 for <= 256, 32 above; an ``int`` forces q;
   a ``dict`` maps conv or group names to q (the others use the auto rule). The group's q is the max
-  over its entries (spec §2.3) made to divide the width (gcd), then a multiple of the group count of
-  every grouped conv that reads or writes the group (lcm), so pruning keeps conv groups balanced.
+  over its entries (spec §2.3) made to divide the width (gcd); in a striped group, the most whole
+  positions (below) whose channels do not exceed it, at least one position.
+* **stripes** — the lcm of the group counts of the grouped convs that read or write the group (1 without
+  any; 32 for ResNeXt's ``32x4d`` blocks): the channels are cut into ``stripes`` equal consecutive
+  stripes, and a mask keeps the same positions in every stripe (a position = one channel of each
+  stripe), so every conv group of a grouped conv keeps the same channels and the pruned conv stays a
+  grouped conv with the same ``groups``. The pruner's items are whole positions.
 * **prunable** — a group is prunable unless its width is fixed: a depthwise conv fed by the network
-  input (its cin is the image), or convs whose channels reach the network output directly (e.g. the
-  class logits of a segmentation head). Channels feeding a classifier Linear stay prunable.
+  input (its cin is the image), convs whose channels reach the network output directly (e.g. the
+  class logits of a segmentation head), or convs whose channels meet an op the export cannot slice (a
+  permute or transpose, a module with per-channel state other than BN, e.g. ConvNeXt's LayerNorm).
+  Channels feeding a classifier Linear stay prunable.
 * **blocks** — residual blocks whose residual branch can be dropped while shapes stay: an add with an
   identity shortcut or a single-conv projection shortcut (which then stays, like ResNet's
   ``layerX.0``; spec §6.1). MobileNetV2/V3 inverted residuals qualify only with a shortcut (stride 1,
@@ -28,6 +35,7 @@ width; a module called from different groups) raise :class:`LatlabError` naming 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,11 +48,14 @@ from db.errors import LatlabError
 from db.keys import ConvFamily
 from profiler import _grids
 from profiler._grids import auto_group_size
-from profiler._trace import TraceResult, _UnionFind, normalise_size
+from profiler._trace import TraceResult, normalise_size
 from profiler.plan import resolve_model, trace_network
 from pruning._graph_fx import graph_facts
+from pruning._removal import removal
 
 __all__ = ["Block", "ChannelGroup", "NetworkSpec", "PrunableConv", "auto_group_size", "build_network_spec"]
+
+log = logging.getLogger(__name__)
 
 GroupSizes = str | int | Mapping[str, int]
 
@@ -71,7 +82,11 @@ class PrunableConv:
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Convs sharing one output channel mask; ``width`` dense channels in ``width // q`` items of ``q``."""
+    """Convs sharing one output channel mask; ``width`` dense channels in ``width // q`` items of ``q``.
+
+    ``stripes`` > 1: grouped convs read or write the group, and a mask keeps the same positions in each of
+    its ``stripes`` equal consecutive stripes (``q`` is a multiple of ``stripes``).
+    """
 
     id: str
     convs: tuple[str, ...]
@@ -79,6 +94,7 @@ class ChannelGroup:
     q: int
     coupled: bool
     prunable: bool = True
+    stripes: int = 1
 
     @property
     def m(self) -> int:
@@ -199,8 +215,8 @@ class NetworkSpec:
             "summary": self.summary(),
             "convs": [{"name": c.name, "family": c.family.key, "cin": c.cin, "cout": c.cout, "group": c.group,
                        "producer_group": c.producer_group, "bn": c.bn, "fmap_in": c.fmap_in} for c in self.convs],
-            "groups": [{"id": g.id, "convs": list(g.convs), "width": g.width, "q": g.q, "m": g.m,
-                        "coupled": g.coupled, "prunable": g.prunable} for g in self.groups.values()],
+            "groups": [{"id": g.id, "convs": list(g.convs), "width": g.width, "q": g.q, "m": g.m, "coupled": g.coupled,
+                        "prunable": g.prunable, "stripes": g.stripes} for g in self.groups.values()],
             "blocks": [{"name": b.name, "convs": list(b.convs), "input_group": b.input_group,
                         "output_group": b.output_group} for b in self.blocks],
         }
@@ -234,6 +250,16 @@ def _group_q(
         return math.gcd(width, min(group_sizes, width))
     entries = [int(group_sizes[k]) for k in [gid, *members, *map(_base, members)] if k in group_sizes]
     return math.gcd(width, min(max(entries), width)) if entries else auto_group_size(width)
+
+
+def _exportable_block(module: nn.Module, name: str) -> bool:
+    """True when export can replace block ``name`` by its shortcut (see :mod:`pruning._removal`)."""
+    try:
+        removal(name, module.get_submodule(name))
+    except (AttributeError, LatlabError) as exc:
+        log.debug("residual add in %s is not a removable block: %s", name, exc)
+        return False
+    return True
 
 
 def _check_group_sizes(group_sizes: Any, names: set[str]) -> None:
@@ -280,38 +306,18 @@ def build_network_spec(
         facts = graph_facts(name, module, [layer.name for layer in trace.layers])
     trace.model_name = name
     layers = {layer.name: layer for layer in trace.layers}
-    order = {n: i for i, n in enumerate(layers)}
     if not layers:
         raise LatlabError(f"model {name!r} has no nn.Conv2d layers to prune")
 
-    uf = _UnionFind()
-    for n in layers:
-        uf.add(n)
-    for g in trace.groups:
-        for n in g[1:]:
-            uf.union(g[0], n)
-    first_call: dict[str, str] = {}
-    fixed: set[str] = set()
-    for layer in trace.layers:
-        first_call.setdefault(_base(layer.name), layer.name)
-        uf.union(first_call[_base(layer.name)], layer.name)
-        if layer.family.depthwise:
-            if not layer.producers:
-                fixed.add(layer.name)
-            else:
-                for p in layer.producers:
-                    uf.union(p, layer.name)
-    members: dict[str, list[str]] = {}
-    for n in layers:
-        members.setdefault(uf.find(n), []).append(n)
-
+    fixed = {layer.name for layer in trace.layers if layer.family.depthwise and not layer.producers}
+    mask_groups = trace.mask_groups()
     rn50 = _rn50_groups(trace)
     gid_of: dict[str, str] = {}
-    for mem in members.values():
+    for mem in mask_groups:
         gid = rn50[mem[0]] if rn50 is not None else mem[0] if len(mem) == 1 else f"{mem[0]}:coupled"
         for n in mem:
             gid_of[n] = gid
-    group_members = {gid_of[mem[0]]: mem for mem in sorted(members.values(), key=lambda m: order[m[0]])}
+    group_members = {gid_of[mem[0]]: mem for mem in mask_groups}
 
     widths: dict[str, int] = {}
     for gid, mem in group_members.items():
@@ -333,20 +339,14 @@ def build_network_spec(
                               f"{pg[0]} has {widths[pg[0]]} channels; unsupported structure")
 
     _check_group_sizes(group_sizes, set(layers) | {_base(n) for n in layers} | set(group_members))
-    # grouped (non-depthwise) convs: q of the groups they read and write must be a multiple of their groups
-    multiple: dict[str, int] = dict.fromkeys(group_members, 1)
-    for layer in trace.layers:
-        g = layer.family.groups
-        if g > 1 and not layer.family.depthwise:
-            for gid in (gid_of[layer.name], producer_group[layer.name]):
-                if gid is not None:
-                    multiple[gid] = math.lcm(multiple[gid], g)
-    fixed_groups = {gid_of[n] for n in fixed} | {gid_of[n] for n in facts.output_convs}
+    stripes = dict(zip(group_members, _grids.group_stripes(trace, mask_groups), strict=True))
+    fixed_groups = {gid_of[n] for n in fixed | facts.output_convs | facts.unsliceable}
 
     groups: dict[str, ChannelGroup] = {}
     for gid, mem in group_members.items():
-        q = math.lcm(_group_q(gid, mem, widths[gid], group_sizes, rn50, name), multiple[gid])
-        groups[gid] = ChannelGroup(gid, tuple(mem), widths[gid], q, len(mem) > 1, gid not in fixed_groups)
+        q = _grids.striped_q(_group_q(gid, mem, widths[gid], group_sizes, rn50, name), widths[gid], stripes[gid])
+        groups[gid] = ChannelGroup(gid, tuple(mem), widths[gid], q, len(mem) > 1, gid not in fixed_groups,
+                                   stripes[gid])
 
     convs = [
         PrunableConv(layer.name, layer.family, layer.cin, layer.cout, gid_of[layer.name],
@@ -355,6 +355,8 @@ def build_network_spec(
     ]
     blocks = []
     for raw in facts.blocks:
+        if not _exportable_block(module, raw.name):
+            continue
         in_groups = sorted({gid_of[n] for n in raw.input_convs})
         ends = [n for n in raw.convs if not any(n in layers[c].producers for c in raw.convs)]
         out_group = gid_of[ends[-1]]  # the branch's last conv writes the block output

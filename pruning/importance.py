@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import TraceResult, _PathTracer, _UnionFind
+from profiler._trace import TraceResult, _PathTracer
 
 __all__ = [
     "Groups", "TaylorImportance", "build_groups", "conv_bn_pairs", "coupled_groups", "magnitude_importance",
@@ -61,36 +61,19 @@ def conv_bn_pairs(model: nn.Module, trace: TraceResult | None = None) -> dict[st
     return out
 
 
-def coupled_groups(trace: TraceResult, merge_depthwise: bool = True) -> list[tuple[str, ...]]:
-    """``trace.groups`` (plus singletons for unlisted convs), module names only (``#k`` calls dropped).
+def coupled_groups(trace: TraceResult) -> list[tuple[str, ...]]:
+    """:meth:`~profiler.plan.TraceResult.mask_groups` by module name (``#k`` calls folded into the module).
 
-    With ``merge_depthwise`` a depthwise conv joins its producer's group: its output channels are its
-    input channels, so both must share one mask.
+    A depthwise conv joins its producer's group: its output channels are its input channels, so both must
+    share one mask.
     """
-    names: list[str] = []
-    uf = _UnionFind()
-    for layer in trace.layers:
-        b = _base(layer.name)
-        if b not in names:
-            names.append(b)
-            uf.add(b)
-    for g in trace.groups:
-        for other in g[1:]:
-            uf.union(_base(g[0]), _base(other))
-    if merge_depthwise:
-        for layer in trace.layers:
-            if layer.family.depthwise and len(layer.producers) == 1:
-                uf.union(_base(layer.producers[0]), _base(layer.name))
-    by_root: dict[str, list[str]] = {}
-    for n in names:
-        by_root.setdefault(uf.find(n), []).append(n)
-    return [tuple(g) for g in by_root.values()]
+    return [tuple(dict.fromkeys(_base(n) for n in g)) for g in trace.mask_groups()]
 
 
-def build_groups(model: nn.Module, trace: TraceResult, merge_depthwise: bool = True) -> Groups:
+def build_groups(model: nn.Module, trace: TraceResult) -> Groups:
     """Importance/mask groups of ``model``: ``{first conv name: [(conv, bn or None), ...]}``."""
     pairs = conv_bn_pairs(model, trace)
-    return {g[0]: [(c, pairs.get(c)) for c in g] for g in coupled_groups(trace, merge_depthwise)}
+    return {g[0]: [(c, pairs.get(c)) for c in g] for g in coupled_groups(trace)}
 
 
 GroupsIn = Mapping[str, Sequence["tuple[str, str | None] | str"]]

@@ -2,13 +2,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from torchvision.models import mobilenet_v2, resnet18, resnet50
+from torch import fx, nn
+from torchvision.models import (
+    mobilenet_v2,
+    mobilenet_v3_small,
+    regnet_x_400mf,
+    regnet_y_400mf,
+    resnet18,
+    resnet50,
+    resnext50_32x4d,
+)
 
 from db.errors import LatlabError
 from profiler.plan import trace_network
 from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
-from tests.pruning.random_masks import random_masks
+from pruning.graph import build_network_spec
+from pruning.slices import Slices, take
+from tests.pruning.random_masks import random_masks, random_spec_masks
 
 SHAPE = (2, 3, 64, 64)
 ONE = (1, 3, 64, 64)
@@ -50,6 +60,30 @@ def test_export_matches_masked(factory) -> None:
     dense = export_pruned(model, trace, {})
     assert verify_export(model, dense, SHAPE, atol=1e-5) <= 1e-5
     assert param_and_mac_counts(dense, ONE) == (p0, m0)
+
+
+@pytest.mark.parametrize(("factory", "conv"), [(resnext50_32x4d, "layer2.1.conv2"),
+                                               (regnet_y_400mf, "trunk_output.block3.block3-1.f.b.0")])
+def test_export_grouped_convs(factory, conv: str) -> None:
+    """Striped masks (the pruner's) keep the same positions in every conv group: the conv stays grouped."""
+    model = _model(factory, 7)
+    spec = build_network_spec(model, 64)
+    masks = random_spec_masks(spec, 8)
+    slices: Slices = {}
+    exported = export_pruned(model, trace_network(model, 64), masks, slices=slices)
+    assert verify_export(masked_reference(model, masks), exported, SHAPE) < 1e-3
+    dense, slim = model.get_submodule(conv), exported.get_submodule(conv)
+    in_keep, out_keep = masks[spec.groups[spec.producer_group(conv)].convs[0]], masks[conv]
+    assert (slim.groups, slim.in_channels, slim.out_channels) == (dense.groups, int(in_keep.sum()), int(out_keep.sum()))
+    assert slim.in_channels < dense.in_channels and slim.out_channels < dense.out_channels
+    torch.testing.assert_close(take(dense.weight.detach(), slices[f"{conv}.weight"]), slim.weight)
+    # one position differs between two conv groups: refused, naming the conv
+    bad = {k: v.clone() for k, v in masks.items()}
+    for name in spec.groups[spec.group_of(conv)].convs:
+        bad[name] = out_keep.clone()
+        bad[name][int(out_keep.nonzero()[0])] = False
+    with pytest.raises(LatlabError, match=f"conv {conv}: grouped conv with groups={dense.groups}"):
+        export_pruned(model, trace_network(model, 64), bad)
 
 
 def test_export_slices_by_indices() -> None:
@@ -160,3 +194,32 @@ def test_export_concat_depthwise_and_flatten() -> None:
     masks["dw.0"] = torch.ones(10, dtype=torch.bool)
     with pytest.raises(LatlabError):
         export_pruned(model, trace, masks)
+
+
+@pytest.mark.parametrize(("factory", "block", "shortcut_conv"), [
+    (mobilenet_v2, "features.5", None),  # inverted residual: x + branch(x)
+    (mobilenet_v3_small, "features.5", None),  # with SE inside the branch
+    (regnet_x_400mf, "trunk_output.block2.block2-0", "proj.0"),  # relu(proj(x) + branch(x)): proj and relu stay
+])
+def test_remove_blocks_beyond_resnet(factory, block: str, shortcut_conv: str | None) -> None:
+    model = _model(factory, 9)
+    spec = build_network_spec(model, 64)
+    assert block in {b.name for b in spec.blocks}
+    masks = random_spec_masks(spec, 10)
+    exported = export_pruned(model, trace_network(model, 64), masks, [block])
+    assert verify_export(masked_reference(model, masks, [block]), exported, SHAPE) < 1e-3
+    left = exported.get_submodule(block)
+    assert isinstance(left, fx.GraphModule)
+    convs = [name for name, m in left.named_modules() if isinstance(m, nn.Conv2d)]
+    assert convs == ([shortcut_conv] if shortcut_conv else [])
+    if shortcut_conv:
+        assert any(isinstance(m, nn.ReLU) for m in left.modules())
+
+
+def test_remove_block_errors() -> None:
+    model = _model(mobilenet_v2, 11)
+    trace = trace_network(model, 64)
+    with pytest.raises(LatlabError, match="'features.99' is not a submodule"):
+        export_pruned(model, trace, {}, ["features.99"])
+    with pytest.raises(LatlabError, match="block 'features.1': 0 residual adds"):  # no shortcut: not a block
+        export_pruned(model, trace, {}, ["features.1"])

@@ -12,6 +12,8 @@ from torch import nn
 from db.errors import LatlabError
 from latency_models.network import network_configs
 from profiler import _grids
+from profiler.plan import trace_network
+from pruning.export import export_pruned, masked_reference, verify_export
 from pruning.graph import NetworkSpec, auto_group_size, build_network_spec
 
 # (convs, groups, coupled groups, removable blocks) of torchvision models; traced at 64x64 to stay fast
@@ -218,12 +220,30 @@ def test_depthwise_and_se_groups(specs: dict[str, NetworkSpec]) -> None:
     assert rg.group_of("trunk_output.block1.block1-0.f.se.fc2") == rg.group_of("trunk_output.block1.block1-0.f.b.0")
 
 
-def test_grouped_conv_sizes(specs: dict[str, NetworkSpec]) -> None:
+def test_grouped_conv_stripes(specs: dict[str, NetworkSpec]) -> None:
     spec = specs["resnext50_32x4d"]
     conv2 = spec.conv("layer1.0.conv2")
     assert conv2.family.groups == 32
-    assert spec.groups[conv2.group].q % 32 == 0
-    assert spec.groups[conv2.producer_group].q % 32 == 0
+    for gid in (conv2.group, conv2.producer_group):  # written and read by the grouped conv: one position = 32 ch
+        assert (spec.groups[gid].stripes, spec.groups[gid].q, spec.groups[gid].m) == (32, 32, 4)
+    assert spec.groups[spec.group_of("layer1.0.conv3")].stripes == 1
+    # RegNetY-400MF: the grouped conv (55 groups of 8) and its SE scale share 440 channels; an item is one
+    # position (55 channels), not the lcm of 32 and 55 (440: the whole group, nothing to prune)
+    rg = specs["regnet_y_400mf"]
+    wide = rg.groups[rg.group_of("trunk_output.block4.block4-0.f.b.0")]
+    assert (wide.width, wide.stripes, wide.q, wide.m) == (440, 55, 55, 8)
+    assert "trunk_output.block4.block4-0.f.se.fc2" in wide.convs
+    assert all(g.q % g.stripes == 0 and g.width % g.q == 0 for s in specs.values() for g in s.groups.values())
+
+
+def test_striped_q() -> None:
+    assert _grids.striped_q(16, 128, 1) == 16
+    assert _grids.striped_q(16, 128, 32) == 32  # at least one position
+    assert _grids.striped_q(64, 128, 32) == 64  # two positions of the four
+    assert _grids.striped_q(48, 128, 32) == 32  # 1.5 positions: the most that fit and divide a stripe
+    assert _grids.striped_q(32, 400, 25) == 25
+    assert _grids.striped_q(64, 400, 25) == 50
+    assert _grids.striped_q(16, 100, 3) == 48  # stripes not dividing the width: the lcm
 
 
 # ------------------------------------------------------------------------------------------------ edge cases
@@ -252,28 +272,46 @@ class _Concat(nn.Module):
         return self.c(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3))
 
 
-class _Scaled(nn.Module):
-    """A layer-scaled residual (ConvNeXt style), then two parallel convs added (not a block)."""
+class _ScaledBranch(nn.Module):
+    """A layer-scaled residual (ConvNeXt style): x + γ·bn(a(x))."""
 
-    def __init__(self) -> None:
+    def __init__(self, bn: bool) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8) if bn else nn.Identity()
+        self.gamma = nn.Parameter(torch.ones(1, 8, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma * self.bn(self.a(x))
+
+
+class _Scaled(nn.Module):
+    """A layer-scaled residual block, then two parallel convs added (not a block)."""
+
+    def __init__(self, bn: bool = True) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3)
-        self.a = nn.Conv2d(8, 8, 3, padding=1)
-        self.gamma = nn.Parameter(torch.ones(1, 8, 1, 1))
+        self.block = _ScaledBranch(bn)
         self.b = nn.Conv2d(8, 16, 1)
         self.c = nn.Conv2d(8, 16, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = x + self.gamma * self.a(x)
+        x = self.block(self.stem(x))
         return (self.b(x) + self.c(x)).mean((2, 3))
 
 
 def test_generic_blocks() -> None:
     spec = build_network_spec(_Scaled(), 16)
-    assert [(b.convs, b.input_group, b.output_group) for b in spec.blocks] == [(("a",), "stem:coupled", "stem:coupled")]
-    assert [g.convs for g in spec.groups.values()] == [("stem", "a"), ("b", "c")]
+    assert [(b.name, b.convs, b.input_group, b.output_group) for b in spec.blocks] == [
+        ("block", ("block.a",), "stem:coupled", "stem:coupled")]
+    assert [g.convs for g in spec.groups.values()] == [("stem", "block.a"), ("b", "c")]
     assert spec.conv_widths({"stem:coupled": 4}, [spec.blocks[0].name])["b"] == (4, 16)
+    model = _Scaled().eval()
+    exported = export_pruned(model, trace_network(model, 16), {}, ["block"])
+    assert not any(isinstance(m, nn.Conv2d) for m in exported.block.modules())
+    assert verify_export(masked_reference(model, {}, ["block"]), exported, (2, 3, 16, 16)) < 1e-6
+    # without a BN ending the branch, no gate can zero it: not offered as a removable block
+    assert build_network_spec(_Scaled(bn=False), 16).blocks == []
 
 
 def test_fixed_groups() -> None:
@@ -304,3 +342,14 @@ def test_resnet_blocks_have_no_shortcut_convs(specs: dict[str, NetworkSpec]) -> 
     for name in ("resnet18", "resnet101"):
         spec = specs[name]
         assert all("downsample" not in c for b in spec.blocks for c in b.convs)
+
+
+def test_channels_export_cannot_slice_are_fixed() -> None:
+    """ConvNeXt's channels pass through permutes and LayerNorms: no prunable group, and pruning says so."""
+    from latency_models.base import get_model
+    from pruning.cost import Settings, build_problem
+
+    spec = build_network_spec("convnext_tiny", 64)
+    assert spec.groups and not any(g.prunable for g in spec.groups.values()) and not spec.blocks
+    with pytest.raises(LatlabError, match="convnext_tiny: nothing for mdp to prune .*no removable block"):
+        build_problem(spec, get_model("llm"), {}, method="mdp", target=0.5, settings=Settings(1))

@@ -147,7 +147,9 @@ def test_cli_table(app: typer.Typer) -> None:
     result = CliRunner().invoke(app, ["graph", "--model", "mobilenet_v3_small", "--input-size", "64"])
     assert result.exit_code == 0, result.output
     assert "channel groups" in result.output and "removable blocks" in result.output
-    assert "features.11" in result.output
+    assert "features.11" in result.output and "stripes" not in result.output
+    result = CliRunner().invoke(app, ["graph", "--model", "resnext50_32x4d", "--input-size", "64"])
+    assert result.exit_code == 0 and "stripes" in result.output, result.output  # grouped convs: the column shows
 
 
 def test_cli_mdp_and_json(app: typer.Typer, tmp_path: Path) -> None:

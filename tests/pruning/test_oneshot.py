@@ -14,7 +14,7 @@ from latency_models.base import get_model
 from latency_models.features import frame_from_configs
 from profiler.backends.fake import FakeBackend
 from profiler.plan import build_plan, resolve_model
-from pruning.cost import Settings, build_problem
+from pruning.cost import Settings, build_problem, importance_order
 from pruning.graph import build_network_spec
 from pruning.oneshot import magnitude_scores, prune_once
 from pruning.solvers import get_solver
@@ -71,6 +71,35 @@ def test_mdp_prunes_exports_and_beats_halp_value(setup) -> None:  # type: ignore
     assert halp.predicted_pruned_ms < 0.7 * halp.predicted_dense_ms
     out = mdp.slim(torch.randn(2, 3, SIZE, SIZE))
     assert out.shape == (2, 10)
+
+
+def test_importance_order_keeps_whole_positions() -> None:
+    imp = np.random.default_rng(3).random(24)
+    assert list(importance_order(imp)) == list(np.argsort(-imp, kind="stable"))
+    order = importance_order(imp, stripes=4)  # 4 stripes of 6 channels
+    positions = imp.reshape(4, 6).sum(axis=0)
+    for k in range(1, 7):  # any k whole positions: the top-k positions, kept in every stripe
+        keep = np.zeros(24, dtype=bool)
+        keep[order[: 4 * k]] = True
+        assert (keep.reshape(4, 6) == keep[:6]).all()
+        assert set(np.flatnonzero(keep[:6])) == set(np.argsort(-positions)[:k])
+
+
+def test_grouped_convs_prune_and_export() -> None:
+    """RegNetY (grouped convs + SE): HALP prunes the channels feeding its grouped convs; they stay grouped."""
+    plan = build_plan("regnet_y_400mf", "lattice", input_size=224, batch=32)
+    fake = FakeBackend(noise=0.0)
+    X, y = frame_from_configs(plan.configs), np.array([fake.true_latency_ms(c) for c in plan.configs])
+    spec = build_network_spec("regnet_y_400mf", 224)
+    _, net = resolve_model("regnet_y_400mf", num_classes=10)
+    imp = {gid: np.random.default_rng(0).random(g.width) for gid, g in spec.groups.items()}
+    res = prune_once(net.eval(), spec, get_model("llm").fit(X, y), imp, method="halp", target=0.75,
+                     settings=Settings(32))
+    assert res.result.status == "optimal" and res.max_logit_delta < 1e-3
+    pairs = [(m, res.slim.get_submodule(name)) for name, m in net.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and 1 < m.groups < m.in_channels]
+    assert all(slim.groups == dense.groups for dense, slim in pairs)
+    assert sum(slim.in_channels < dense.in_channels for dense, slim in pairs) >= len(pairs) // 2
 
 
 def test_infeasible_target_is_an_error(setup) -> None:  # type: ignore[no-untyped-def]

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import mobilenet_v2, resnet18
+from torchvision.models import mobilenet_v2, regnet_x_400mf, regnet_y_400mf, resnet18
 
 from db.errors import LatlabError
 from profiler.plan import trace_network
 from pruning.export import export_pruned, masked_reference
+from pruning.graph import build_network_spec
 from pruning.masks import raw_parameter
 from pruning.slices import Slices, put, take
-from tests.pruning.random_masks import random_masks
+from tests.pruning.random_masks import random_spec_masks
 from tests.training.helpers import make_pruner, tiny_config, train_step
 from training import train
 from training.checkpoint import load_checkpoint
@@ -24,12 +25,13 @@ from training.slim import carry_momentum, dense_state_dict, slim_copy
 F64 = torch.float64
 
 
-@pytest.mark.parametrize(("build", "removed"), [(resnet18, ["layer1.1", "layer3.0"]), (mobilenet_v2, [])])
+@pytest.mark.parametrize(("build", "removed"), [(resnet18, ["layer1.1", "layer3.0"]), (mobilenet_v2, []),
+                                               (regnet_y_400mf, ["trunk_output.block3.block3-1"])])
 def test_slices_take_and_put_round_trip(build, removed: list[str]) -> None:
     torch.manual_seed(0)
     model = build(num_classes=10).eval()
     trace = trace_network(model, 32)
-    masks = random_masks(trace, seed=1, p=0.6)
+    masks = random_spec_masks(build_network_spec(model, 32), seed=1)
     slices: Slices = {}
     slim = export_pruned(model, trace, masks, removed, slices=slices)
     dense, small = model.state_dict(), slim.state_dict()
@@ -132,3 +134,38 @@ def test_a_network_that_cannot_be_exported_trains_on_masked(digits: Path, lut_db
     assert res.finished and len(res.prune_steps) == 2
     assert not load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["slim"]
     assert "cannot train the slim network (node x (channel_shuffle)" in caplog.text
+
+
+def test_mdp_while_training_regnet(digits: Path, tmp_path: Path) -> None:
+    """RegNetX (grouped convs, blocks ending in relu(proj(x) + f(x))): MDP removes blocks and prunes the channels
+    of grouped convs, the run trains the slim network (the removed blocks' ReLU no longer in place on the block
+    input, which autograd would refuse), and the exported network keeps grouped convs."""
+    from db import open_database
+    from profiler.backends.fake import FakeBackend
+    from profiler.plan import build_plan
+    from profiler.protocol import TimingProtocol
+    from profiler.runner import run_sweep
+
+    database = open_database(tmp_path / "lut.db")
+    run_sweep(database, build_plan("regnet_x_400mf", "lattice", input_size=32, batch=8),
+              FakeBackend(TimingProtocol(repeats=3), noise=0.0), progress=False)
+    database.dispose()
+    cfg = tiny_config(digits, tmp_path / "run", str(tmp_path / "lut.db"), method="mdp", **{
+        "model.name": "regnet_x_400mf", "prune.group_sizes": "auto", "prune.kind": "lut", "prune.steps": 1,
+        "prune.ratio": 0.5, "run.export": True})
+    res = train(cfg, progress=False)
+    assert res.finished and load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["slim"]
+    saved = torch.load(res.paths["masks"], weights_only=True)
+    assert saved["removed_blocks"]
+    net = regnet_x_400mf(num_classes=10).eval()
+    net.load_state_dict(torch.load(res.paths["final_state"], weights_only=True))
+    again = export_pruned(net, trace_network(net, 32), saved["masks"], saved["removed_blocks"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # final_state.pt + masks.pt = pruned.pt2
+        out = torch.export.load(str(res.paths["slim"])).module()(x)
+        assert torch.allclose(again(x), out, atol=1e-5 * max(1.0, float(out.abs().max())))
+    gone = set(saved["removed_blocks"])  # grouped convs are named <block>.f.b.0
+    pairs = [(m, again.get_submodule(name)) for name, m in net.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and name.rsplit(".", 3)[0] not in gone]
+    assert pairs and all(slim.groups == dense.groups for dense, slim in pairs)
+    assert any(slim.in_channels < dense.in_channels for dense, slim in pairs)
