@@ -57,6 +57,8 @@ def striped_q(q: int, width: int, stripes: int) -> int:
 
     ``lcm(q, stripes)`` when ``stripes`` does not divide ``width`` (coupled convs of unequal widths).
     """
+    if stripes == 1:
+        return q
     if width % stripes:
         return math.lcm(q, stripes)
     positions = width // stripes

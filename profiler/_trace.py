@@ -26,6 +26,12 @@ _OPAQUE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
     nn.ConvTranspose3d, nn.MultiheadAttention, nn.RNNBase, nn.Embedding, nn.EmbeddingBag,
 )
+# Leaf modules without per-channel state: they pass any channel count through unchanged.
+STATELESS_OK: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.Upsample, nn.ZeroPad2d,
+)
 # Element-wise ops that force their operands to share one channel mask (a residual add joins groups).
 _JOIN_FUNCTIONS = {
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,

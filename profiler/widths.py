@@ -22,18 +22,11 @@ from torch import fx, nn
 
 from db.errors import LatlabError
 from profiler._grids import striped_q
-from profiler._trace import _OPAQUE_MODULES, ConvLayer, TraceResult, _PathTracer, _UnionFind
+from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, ConvLayer, TraceResult, _PathTracer, _UnionFind
 
 __all__ = ["Widths", "dense_widths", "random_pruned_widths", "rebuild_with_widths"]
 
 Widths = dict[str, tuple[int, int]]
-
-# Leaf modules without per-channel state: they pass any channel count through unchanged.
-_STATELESS_OK = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
-    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.Upsample, nn.ZeroPad2d,
-)
 
 
 def dense_widths(trace: TraceResult) -> Widths:
@@ -325,7 +318,7 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                 n = mod.in_features // d * _width_of(src_set, new_out, group_of)
                 if n != mod.in_features:
                     replace[node.target] = _new_linear(mod, n)
-            elif src_set and not isinstance(mod, _STATELESS_OK) and (
+            elif src_set and not isinstance(mod, STATELESS_OK) and (
                 isinstance(mod, _OPAQUE_MODULES) or _has_state(mod)
             ):
                 raise LatlabError(f"module {node.target} ({type(mod).__name__}) has per-channel state or mixes "

@@ -14,18 +14,13 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _OPAQUE_MODULES, _PathTracer
+from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, _PathTracer
 
 log = logging.getLogger(__name__)
 
-# ops that rearrange channels, and modules without per-channel state: what export can (not) follow
+# ops that rearrange channels: export cannot follow a pruned mask through them
 CHANNEL_MOVERS = {torch.permute, torch.transpose, torch.chunk, torch.split, torch.channel_shuffle, torch.narrow,
                   "permute", "transpose", "chunk", "split", "narrow", "unbind", "movedim", "swapaxes"}
-STATELESS_OK = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
-    nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.ZeroPad2d,
-)
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 

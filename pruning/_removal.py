@@ -93,15 +93,16 @@ def _last_bn(name: str, node: fx.Node, modules: dict[str, nn.Module]) -> str:
 
 
 def _fx_removal(name: str, block: nn.Module) -> Removal:
-    was_training = block.training
-    block.eval()
+    modes = {m: m.training for m in block.modules()}
+    block.eval()  # the graph without stochastic depth's random branch
     try:
         graph = _PathTracer().trace(block)
     except Exception as exc:
         raise LatlabError(f"block {name!r}: torch.fx cannot trace it ({type(exc).__name__}), so it cannot be "
                           "removed") from None
     finally:
-        block.train(was_training)
+        for m, training in modes.items():
+            m.training = training
     modules = dict(block.named_modules())
     convs = {name for name, m in modules.items() if isinstance(m, nn.Conv2d)}
     residual_adds = []  # the add of the block's input forked into a branch and a shortcut, all its convs on them

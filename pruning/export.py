@@ -28,8 +28,8 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _OPAQUE_MODULES, TraceResult, _PathTracer
-from pruning._graph_fx import CHANNEL_MOVERS, STATELESS_OK
+from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, TraceResult, _PathTracer
+from pruning._graph_fx import CHANNEL_MOVERS
 from pruning._removal import Removal, removal
 from pruning.importance import conv_bn_pairs
 from pruning.slices import Slices

@@ -24,10 +24,11 @@ tables (halp_mdp_spec.md §2, §6.1):
   class logits of a segmentation head), or convs whose channels meet an op the export cannot slice (a
   permute or transpose, a module with per-channel state other than BN, e.g. ConvNeXt's LayerNorm).
   Channels feeding a classifier Linear stay prunable.
-* **blocks** — residual blocks whose residual branch can be dropped while shapes stay: an add with an
-  identity shortcut or a single-conv projection shortcut (which then stays, like ResNet's
-  ``layerX.0``; spec §6.1). MobileNetV2/V3 inverted residuals qualify only with a shortcut (stride 1,
-  cin = cout); SE convs inside the branch belong to the block.
+* **blocks** — residual blocks whose residual branch can be dropped while shapes stay: a module whose
+  add joins an identity shortcut or a single-conv projection shortcut (which then stays, like ResNet's
+  ``layerX.0``; spec §6.1) and a branch ending in a BN (what the training gate zeroes), so that
+  :func:`pruning.export.export_pruned` can replace it. MobileNetV2/V3 inverted residuals qualify only
+  with a shortcut (stride 1, cin = cout); SE convs inside the branch belong to the block.
 
 Unsupported structures (a conv fed by several channel groups, e.g. a concat; coupled convs of unequal
 width; a module called from different groups) raise :class:`LatlabError` naming the conv.
