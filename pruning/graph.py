@@ -280,31 +280,34 @@ def _check_group_sizes(group_sizes: Any, names: set[str]) -> None:
 
 
 def build_network_spec(
-    model: str | nn.Module, input_size: int | tuple[int, int] = 224, *, group_sizes: GroupSizes = "auto"
+    model: str | nn.Module, input_size: int | tuple[int, int] = 224, *, group_sizes: GroupSizes = "auto",
+    name: str | None = None,
 ) -> NetworkSpec:
     """Trace ``model`` and derive its channel groups, group sizes, producers, BNs and removable blocks.
 
     A model name is built on the meta device (no weight init; falls back to CPU when its builder needs
-    real tensors); a module is traced as given and keeps its train/eval mode.
+    real tensors); a module is traced as given and keeps its train/eval mode. ``name`` names the network in
+    reports and messages (default: the model name, or the module's class name).
     """
     hw = normalise_size(input_size)
     if isinstance(model, nn.Module):
         was_training = model.training
-        name, module = resolve_model(model)
+        resolved, module = resolve_model(model)
         try:
             trace = trace_network(module, hw)
-            facts = graph_facts(name, module, [layer.name for layer in trace.layers])
+            facts = graph_facts(name or resolved, module, [layer.name for layer in trace.layers])
         finally:
             module.train(was_training)
     else:
         try:  # a name is built on the meta device: no weight init, and shapes propagate without compute
             with torch.device("meta"):
-                name, module = resolve_model(model)
+                resolved, module = resolve_model(model)
             trace = trace_network(module, hw)
         except LatlabError:  # a builder or op that needs real tensors (e.g. RegNet's init): build on CPU
-            name, module = resolve_model(model)
+            resolved, module = resolve_model(model)
             trace = trace_network(module, hw)
-        facts = graph_facts(name, module, [layer.name for layer in trace.layers])
+        facts = graph_facts(name or resolved, module, [layer.name for layer in trace.layers])
+    name = name or resolved
     trace.model_name = name
     layers = {layer.name: layer for layer in trace.layers}
     if not layers:

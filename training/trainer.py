@@ -210,7 +210,8 @@ class _Run:
         from training.pruner import TrainingPruner
 
         p, info = self.cfg.prune, self.info
-        spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes)
+        spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes,
+                                  name=self.cfg.model.name)
         lat, settings, l0, source = None, None, None, None
         if info.main:
             from db.engine import open_database

@@ -78,7 +78,7 @@ def prune(
         raise LatlabError(f"unknown solver {solver!r}; choose from {', '.join(list_solvers())}")
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
-    spec = build_network_spec(net, input_size, group_sizes=sizes)
+    spec = build_network_spec(net, input_size, group_sizes=sizes, name=name)
     batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
     database = open_database(db, create=False, upgrade=True)
     lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,

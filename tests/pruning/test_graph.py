@@ -346,10 +346,12 @@ def test_resnet_blocks_have_no_shortcut_convs(specs: dict[str, NetworkSpec]) -> 
 
 def test_channels_export_cannot_slice_are_fixed() -> None:
     """ConvNeXt's channels pass through permutes and LayerNorms: no prunable group, and pruning says so."""
+    from torchvision.models import convnext_tiny
+
     from latency_models.base import get_model
     from pruning.cost import Settings, build_problem
 
-    spec = build_network_spec("convnext_tiny", 64)
+    spec = build_network_spec(convnext_tiny(), 64, name="convnext_tiny")  # a module, named as the user called it
     assert spec.groups and not any(g.prunable for g in spec.groups.values()) and not spec.blocks
     with pytest.raises(LatlabError, match="convnext_tiny: nothing for mdp to prune .*no removable block"):
         build_problem(spec, get_model("llm"), {}, method="mdp", target=0.5, settings=Settings(1))
