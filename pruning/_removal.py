@@ -104,7 +104,7 @@ def _fx_removal(name: str, block: nn.Module) -> Removal:
         for m, training in modes.items():
             m.training = training
     modules = dict(block.named_modules())
-    convs = {name for name, m in modules.items() if isinstance(m, nn.Conv2d)}
+    convs = {sub for sub, m in modules.items() if isinstance(m, nn.Conv2d)}
     residual_adds = []  # the add of the block's input forked into a branch and a shortcut, all its convs on them
     for node in graph.nodes:
         operands = [a for a in (*node.args[:2], node.kwargs.get("other")) if isinstance(a, fx.Node)]
