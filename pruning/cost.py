@@ -84,6 +84,15 @@ def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_g
     return groups, order
 
 
+def check_prunable(spec: NetworkSpec, method: str) -> None:
+    """:class:`LatlabError` when ``method`` has nothing to decide on ``spec`` (no group of 2+ items, no block)."""
+    with_blocks = method in ("mgp", "mdp")
+    if not any(g.prunable and g.m > 1 for g in spec.groups.values()) and not (with_blocks and spec.blocks):
+        raise LatlabError(f"{spec.model_name}: nothing for {method} to prune (no channel group with more than one "
+                          f"item{', no removable block' if with_blocks else ''}); `latlab graph --model "
+                          f"{spec.model_name}` shows its groups")
+
+
 def build_problem(
     spec: NetworkSpec, model: LatencyModel, importances: Mapping[str, np.ndarray], *, method: str,
     target: float, settings: Settings, min_keep: int = 1,
@@ -96,12 +105,9 @@ def build_problem(
         raise LatlabError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
     if not 0 < target <= 1:
         raise LatlabError(f"target must be the kept share of latency in (0, 1], got {target}")
+    check_prunable(spec, method)
     with_blocks = method in ("mgp", "mdp")
     pairwise = method in ("mdlm", "mdp")
-    if not any(g.prunable and g.m > 1 for g in spec.groups.values()) and not (with_blocks and spec.blocks):
-        raise LatlabError(f"{spec.model_name}: nothing for {method} to prune (no channel group with more than one "
-                          f"item{', no removable block' if with_blocks else ''}); `latlab graph --model "
-                          f"{spec.model_name}` shows its groups")
     block_names = [b.name for b in spec.blocks] if with_blocks else []
     block_of_conv = {c: i for i, b in enumerate(spec.blocks) if with_blocks for c in b.convs}
     block_of_group = {

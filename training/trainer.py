@@ -205,6 +205,7 @@ class _Run:
 
     def _build_pruner(self) -> Any:
         from latency_models.resolve import resolve_latency_model
+        from pruning.cost import check_prunable
         from pruning.graph import build_network_spec
         from pruning.schedule import LatencySchedule, preset
         from training.pruner import TrainingPruner
@@ -212,6 +213,7 @@ class _Run:
         p, info = self.cfg.prune, self.info
         spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes,
                                   name=self.cfg.model.name)
+        check_prunable(spec, p.method)  # before any training, not at the first pruning step
         lat, settings, l0, source = None, None, None, None
         if info.main:
             from db.engine import open_database

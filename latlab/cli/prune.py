@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,11 @@ def _data_batches(path: Path, input_size: int, batch_size: int):  # type: ignore
         raise LatlabError(f"cannot read {path} as an ImageFolder dataset: {exc}") from None
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
                                        generator=torch.Generator().manual_seed(0))
+
+
+def _step(text: str) -> None:
+    """One line of progress on stdout (stderr carries only the error, if any)."""
+    typer.echo(text)
 
 
 def prune(
@@ -69,6 +75,7 @@ def prune(
     from db.engine import open_database
     from latency_models.resolve import resolve_latency_model
     from profiler.measure import load_model as load_network
+    from pruning.cost import check_prunable
     from pruning.graph import build_network_spec
     from pruning.methods import DEFAULT_KIND
     from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
@@ -79,16 +86,25 @@ def prune(
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name)
+    check_prunable(spec, method)
+    counts = spec.summary()
+    _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
+          f"items, {counts['blocks']} removable blocks")
     batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
     database = open_database(db, create=False, upgrade=True)
+    t0 = time.perf_counter()
     lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
                                                   kind=kind or DEFAULT_KIND[method])
+    _step(f"latency model: {source} ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
     if batches_iter is not None:
         importances = taylor_scores(net, spec, batches_iter, max_batches=batches)
         imp_source = f"BN-Taylor over {batches} batches of {data}"
     else:
         importances = magnitude_scores(net, spec)
         imp_source = "BN |gamma| (no --data)"
+    _step(f"importance: {imp_source} ({time.perf_counter() - t0:.1f} s); solving {method} to {target:.0%} of the "
+          f"dense latency with {solver}, then exporting")
     res = prune_once(net, spec, lat, importances, method=method, target=target, settings=settings, solver=solver,
                      time_limit=time_limit)
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,

@@ -120,6 +120,7 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
             "--target", "0.7", "--group-sizes", "16", "--out", str(out), "--db", db]
     code, stdout, err = cli(argv)
     assert code == 0, err
+    assert "latency model: mdlm fitted on sweep 1" in stdout and "solving mdp to 70%" in stdout  # progress
     result = json.loads((out / "result.json").read_text())
     assert result["summary"]["status"] == "optimal" and result["summary"]["max_logit_delta"] < 1e-3
     saved = torch.load(out / "masks.pt", weights_only=True)

@@ -85,6 +85,13 @@ def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: 
     assert not (tmp_path / "w" / "checkpoint_last.pt").exists() and not (tmp_path / "w" / "tensorboard").exists()
 
 
+def test_a_network_with_nothing_to_prune_fails_before_training(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    cfg = tiny_config(digits, tmp_path / "c", lut_db, method="mdp", **{"model.name": "convnext_tiny"})
+    with pytest.raises(LatlabError, match="convnext_tiny: nothing for mdp to prune"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "c" / "checkpoint_last.pt").exists()
+
+
 _DDP_SCRIPT = textwrap.dedent("""
     import os, sys, torch
     sys.path.insert(0, {root!r})
