@@ -32,6 +32,15 @@ STATELESS_OK: tuple[type[nn.Module], ...] = (
     nn.Tanh, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.Upsample, nn.ZeroPad2d,
 )
+
+
+def has_own_state(module: nn.Module) -> bool:
+    """True when ``module`` holds parameters or buffers of its own (its submodules' do not count)."""
+    return next(module.parameters(recurse=False), None) is not None or any(
+        b is not None for b in module._buffers.values()
+    )
+
+
 # Element-wise ops that force their operands to share one channel mask (a residual add joins groups).
 _JOIN_FUNCTIONS = {
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,

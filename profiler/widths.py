@@ -22,7 +22,15 @@ from torch import fx, nn
 
 from db.errors import LatlabError
 from profiler._grids import striped_q
-from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, ConvLayer, TraceResult, _PathTracer, _UnionFind
+from profiler._trace import (
+    _OPAQUE_MODULES,
+    STATELESS_OK,
+    ConvLayer,
+    TraceResult,
+    _PathTracer,
+    _UnionFind,
+    has_own_state,
+)
 
 __all__ = ["Widths", "dense_widths", "random_pruned_widths", "rebuild_with_widths"]
 
@@ -210,12 +218,6 @@ def _new_linear(old: nn.Linear, n_in: int) -> nn.Linear:
     return new.to(device=old.weight.device, dtype=old.weight.dtype)
 
 
-def _has_state(module: nn.Module) -> bool:
-    return next(module.parameters(recurse=False), None) is not None or any(
-        b is not None for b in module._buffers.values()
-    )
-
-
 def _conv_node_names(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> dict[fx.Node, str]:
     """Conv call nodes -> their trace names (``layer1.0.conv1``; ``name#2`` for a module's 2nd call)."""
     calls: dict[str, int] = {}
@@ -319,7 +321,7 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                 if n != mod.in_features:
                     replace[node.target] = _new_linear(mod, n)
             elif src_set and not isinstance(mod, STATELESS_OK) and (
-                isinstance(mod, _OPAQUE_MODULES) or _has_state(mod)
+                isinstance(mod, _OPAQUE_MODULES) or has_own_state(mod)
             ):
                 raise LatlabError(f"module {node.target} ({type(mod).__name__}) has per-channel state or mixes "
                                   "the channels of pruned convs; rebuild_with_widths cannot resize it")

@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, _PathTracer
+from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, _PathTracer, has_own_state
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,11 @@ def _symbolic_graph(model_name: str, module: nn.Module) -> fx.Graph:
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
-def _has_channel_state(mod: nn.Module | None) -> bool:
+def has_channel_state(mod: nn.Module | None) -> bool:
     """A module with its own parameters or buffers that export cannot resize (not a conv, BN or Linear)."""
     if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *STATELESS_OK, *_OPAQUE_MODULES)):
         return False
-    return next(mod.parameters(recurse=False), None) is not None or any(b is not None for b in mod._buffers.values())
+    return has_own_state(mod)
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -100,8 +100,9 @@ def _dominators(nodes: list[fx.Node]) -> tuple[dict[fx.Node, fx.Node | None], di
     return idom, depth
 
 
-def _branch(start: fx.Node, stop: fx.Node) -> set[fx.Node]:
-    """Nodes reachable backwards from ``start`` without crossing ``stop`` (``start`` included unless it is ``stop``)."""
+def _branch(start: fx.Node, stop: fx.Node | None) -> set[fx.Node]:
+    """Nodes reachable backwards from ``start`` without crossing ``stop`` (``start`` included unless it is ``stop``;
+    ``None``: all of them)."""
     seen: set[fx.Node] = set()
     todo = [start] if start is not stop else []
     while todo:
@@ -151,7 +152,7 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
             sources[node] = frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
         if node.op == "output":
             output_convs = sources[node]
-        elif node.op in ("call_function", "call_method") and node.target in CHANNEL_MOVERS or _has_channel_state(mod):
+        elif node.op in ("call_function", "call_method") and node.target in CHANNEL_MOVERS or has_channel_state(mod):
             unsliceable |= sources[node]
 
     idom, _ = _dominators(nodes)

@@ -21,7 +21,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from db.errors import LatlabError
 from profiler._trace import _PathTracer
-from pruning._graph_fx import _is_add
+from pruning._graph_fx import _branch, _is_add
 
 
 class _Shortcut(nn.Module):
@@ -66,16 +66,9 @@ class Removal:
 
 
 def _convs_behind(node: fx.Node, modules: dict[str, nn.Module]) -> set[str]:
-    seen, todo, convs = set(), [node], set()
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.op == "call_module" and isinstance(modules.get(str(n.target)), nn.Conv2d):
-            convs.add(str(n.target))
-        todo.extend(n.all_input_nodes)
-    return convs
+    """The convs ``node`` depends on."""
+    return {str(n.target) for n in _branch(node, None)
+            if n.op == "call_module" and isinstance(modules.get(str(n.target)), nn.Conv2d)}
 
 
 def _last_bn(name: str, node: fx.Node, modules: dict[str, nn.Module]) -> str:

@@ -28,8 +28,8 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, TraceResult, _PathTracer
-from pruning._graph_fx import CHANNEL_MOVERS
+from profiler._trace import _OPAQUE_MODULES, TraceResult, _PathTracer
+from pruning._graph_fx import CHANNEL_MOVERS, has_channel_state
 from pruning._removal import Removal, removal
 from pruning.importance import conv_bn_pairs
 from pruning.slices import Slices
@@ -253,10 +253,7 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
             if isinstance(mod, _OPAQUE_MODULES):
                 value[node] = None
                 continue
-            if first is not None and not bool(first.all()) and not isinstance(mod, STATELESS_OK) and (
-                next(mod.parameters(recurse=False), None) is not None
-                or any(b is not None for b in mod._buffers.values())
-            ):
+            if first is not None and not bool(first.all()) and has_channel_state(mod):
                 raise LatlabError(f"module {target} ({type(mod).__name__}) has per-channel state on pruned "
                                   "channels; export_pruned cannot resize it")
             value[node] = src if src is not None else first
