@@ -78,23 +78,31 @@ def group_stripes(trace: TraceResult, groups: Sequence[Sequence[str]]) -> list[i
 
 
 def lattice_steps(trace: TraceResult) -> dict[str, tuple[int, int]]:
-    """Per conv: the channel steps (q of its own mask group, q of its producer's) the pruner uses with auto sizes."""
+    """Per conv: the channel steps (q of its own mask group, q of its producer's) the pruner uses with auto sizes.
+
+    A group the pruner keeps (:meth:`TraceResult.fixed_groups`) steps by its whole width, and so does a cin that
+    is not one group's width (the RGB input, a concat or split of fixed groups).
+    """
     groups = trace.mask_groups()
     stripes = group_stripes(trace, groups)
+    fixed = trace.fixed_groups(groups)
     index = {name: i for i, g in enumerate(groups) for name in g}
     cout = {layer.name: layer.cout for layer in trace.layers}
-    q = [striped_q(auto_group_size(cout[g[0]]), cout[g[0]], s) for g, s in zip(groups, stripes, strict=True)]
+    q = [cout[g[0]] if i in fixed else striped_q(auto_group_size(cout[g[0]]), cout[g[0]], s)
+         for i, (g, s) in enumerate(zip(groups, stripes, strict=True))]
     steps = {}
     for layer in trace.layers:
         read = {index[p] for p in layer.producers}
-        steps[layer.name] = (q[index[layer.name]], q[read.pop()] if len(read) == 1 else auto_group_size(layer.cin))
+        single = len(read) == 1 and cout[groups[next(iter(read))][0]] == layer.cin
+        steps[layer.name] = (q[index[layer.name]], q[read.pop()] if single else layer.cin)
     return steps
 
 
 def layer_lattice_grid(layer: ConvLayer, q_out: int, q_in: int) -> set[Point]:
     """The pruner's lattice of one conv: cout in steps of ``q_out`` (its group's q), cin in steps of ``q_in``.
 
-    A conv's cin is its producer group's width, so its steps are the producer's q (:func:`lattice_steps`).
+    A conv's cin is its producer group's width, so its steps are the producer's q (:func:`lattice_steps`;
+    ``q_in = cin`` keeps it fixed).
     Depthwise convs get the diagonal; grouped convs multiples of their groups too; a conv fed by the
     network input keeps its cin.
     """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,21 @@ def has_own_state(module: nn.Module) -> bool:
     return next(module.parameters(recurse=False), None) is not None or any(
         b is not None for b in module._buffers.values()
     )
+
+
+def has_channel_state(mod: nn.Module | None) -> bool:
+    """A module with its own parameters or buffers that export cannot resize (not a conv, BN or Linear)."""
+    if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *STATELESS_OK, *_OPAQUE_MODULES)):
+        return False
+    return has_own_state(mod)
+
+
+# ops that rearrange channels: export cannot follow a pruned mask through them
+CHANNEL_MOVERS = {torch.permute, torch.transpose, torch.chunk, torch.split, torch.channel_shuffle, torch.narrow,
+                  "permute", "transpose", "chunk", "split", "narrow", "unbind", "movedim", "swapaxes"}
+# ops that join tensors along an axis: export follows them, but a conv reading a concat would be priced by
+# several channel groups at once, which the pruning problem cannot express
+CONCATS = {torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack, torch.dstack}
 
 
 # Element-wise ops that force their operands to share one channel mask (a residual add joins groups).
@@ -76,12 +92,15 @@ class ConvLayer:
 
 @dataclass
 class TraceResult:
-    """Output of :func:`trace_model`: the convs and the channel-coupled groups among them."""
+    """Output of :func:`trace_model`: the convs, the channel-coupled groups among them, and the convs whose
+    output width a pruner must keep (``fixed``: their channels reach the network output, a concat, an op that
+    rearranges channels or a module with per-channel state other than BN, e.g. a LayerNorm)."""
 
     model_name: str
     input_size: tuple[int, int]
     layers: list[ConvLayer]
     groups: list[tuple[str, ...]] = field(default_factory=list)
+    fixed: frozenset[str] = frozenset()
 
     def group_of(self) -> dict[str, int]:
         """Conv name -> index into :attr:`groups`."""
@@ -91,7 +110,8 @@ class TraceResult:
         """Convs (call names) whose output channels share one pruning mask, in network order.
 
         The coupled :attr:`groups`, plus the calls of one module, plus a depthwise conv with its producers
-        (its output channels are its input channels).
+        (its output channels are its input channels) when they share one mask; a depthwise conv on a concat of
+        several groups keeps a group of its own.
         """
         uf = _UnionFind()
         for layer in self.layers:
@@ -102,13 +122,23 @@ class TraceResult:
         first_call: dict[str, str] = {}
         for layer in self.layers:
             uf.union(first_call.setdefault(layer.name.split("#", 1)[0], layer.name), layer.name)
-            if layer.family.depthwise:
-                for p in layer.producers:
-                    uf.union(p, layer.name)
+        for layer in self.layers:
+            if layer.family.depthwise and len({uf.find(p) for p in layer.producers}) == 1:
+                uf.union(layer.producers[0], layer.name)
         members: dict[str, list[str]] = {}
         for layer in self.layers:
             members.setdefault(uf.find(layer.name), []).append(layer.name)
         return list(members.values())
+
+    def fixed_groups(self, groups: Sequence[Sequence[str]]) -> set[int]:
+        """Indices of the :meth:`mask_groups` ``groups`` whose width a pruner must keep: a member is
+        :attr:`fixed`, or a depthwise member reads another group or the network input (its cin is not its own)."""
+        index = {name: i for i, g in enumerate(groups) for name in g}
+        out = {index[name] for name in self.fixed}
+        for layer in self.layers:
+            if layer.family.depthwise and index[layer.name] not in {index[p] for p in layer.producers}:
+                out.add(index[layer.name])
+        return out
 
 
 class _PathTracer(fx.Tracer):
@@ -275,7 +305,8 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     Producers: each node carries the set of convs whose output channels it carries; a Conv2d
     starts a new set, an opaque channel mixer (Linear, Conv1d, attention, ...) clears it, everything
     else takes the union of its tensor inputs. Element-wise add/sub/mul additionally join the convs of
-    their operands into one channel-coupled group (residual streams, squeeze-excitation scales).
+    their operands into one channel-coupled group (residual streams, squeeze-excitation scales). The
+    convs carried into the output, a concat, a channel mover or a stateful module are ``fixed``.
     """
     hw = normalise_size(input_size)
     was_training = module.training
@@ -291,9 +322,13 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     calls: dict[str, int] = {}
     uf = _UnionFind()
     layers: list[ConvLayer] = []
+    fixed: set[str] = set()
     for node in gm.graph.nodes:
         inputs = [a for a in node.all_input_nodes if "tensor_meta" in a.meta or a in sources]
         mod = modules.get(node.target) if node.op == "call_module" else None
+        if (node.op == "output" or has_channel_state(mod) or node.op in ("call_function", "call_method")
+                and (node.target in CHANNEL_MOVERS or node.target in CONCATS)):
+            fixed.update(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
         if isinstance(mod, nn.Conv2d):
             calls[node.target] = calls.get(node.target, 0) + 1
             name = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
@@ -332,4 +367,4 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     groups = sorted((tuple(g) for g in by_root.values()), key=lambda g: order[g[0]])
     if not layers:
         log.warning("model %s has no nn.Conv2d layers", model_name)
-    return TraceResult(model_name, hw, layers, groups)
+    return TraceResult(model_name, hw, layers, groups, frozenset(fixed))

@@ -1,9 +1,9 @@
 """Consistent pruned widths of a traced network, and the network rebuilt at those widths.
 
 :func:`random_pruned_widths` samples a random *consistent* channel pruning: one kept width per
-channel-coupled group (``TraceResult.groups``; a residual add couples its operands), every conv's
-cout is its group's width and its cin the width of its producers' group(s); a depthwise conv follows
-its producer (cin = cout = the producer's width). :func:`rebuild_with_widths` builds a copy of the
+channel group the pruner sees, every conv's cout is its group's width and its cin its producer group's
+width; a depthwise conv follows its producer (cin = cout = the producer's width). Channels the pruner
+keeps (concatenated, shuffled, reaching the output) stay dense. :func:`rebuild_with_widths` builds a copy of the
 module whose Conv2d / BatchNorm2d / first Linear have those widths, for timing whole pruned networks.
 
 Widths are ``{conv name: (cin, cout)}`` with the names of :class:`~profiler.plan.ConvLayer`.
@@ -21,14 +21,12 @@ import numpy as np
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._grids import striped_q
+from profiler._grids import group_stripes, striped_q
 from profiler._trace import (
     _OPAQUE_MODULES,
     STATELESS_OK,
-    ConvLayer,
     TraceResult,
     _PathTracer,
-    _UnionFind,
     has_own_state,
 )
 
@@ -58,11 +56,6 @@ def _conv_groups(trace: TraceResult) -> tuple[list[tuple[str, ...]], dict[str, i
     return groups, index
 
 
-def _producer_groups(layer: ConvLayer, index: Mapping[str, int]) -> list[int]:
-    """Distinct groups of ``layer``'s producers, in producer order."""
-    return list(dict.fromkeys(index[p] for p in layer.producers))
-
-
 def random_pruned_widths(
     trace: TraceResult,
     rng: np.random.Generator | int | None,
@@ -77,12 +70,14 @@ def random_pruned_widths(
     With ``keep`` set, not random but uniform: every group keeps the multiple of its q nearest to
     ``keep * dense`` (at least q), like a one-shot uniform pruning to that ratio.
 
-    Each channel-coupled group keeps a width drawn uniformly from the multiples of its size q in
-    ``[ceil(min_keep * dense), dense]`` (plus ``dense`` itself); q is the lcm of the members'
-    ``group_sizes`` (default ``multiple``), rounded to whole positions across the group counts of the grouped
-    convs it feeds or holds (:func:`profiler._grids.striped_q`, as the pruner does).
-    A depthwise conv joins its producer's group. A conv without producers (the stem) keeps its cin.
-    Raises :class:`LatlabError` for structures whose input width is not a sum of producer widths.
+    The groups are the pruner's (:meth:`TraceResult.mask_groups`: residual adds, depthwise convs and the calls of
+    one module share a width). Each keeps a width drawn uniformly from the multiples of its size q in
+    ``[ceil(min_keep * dense), dense]`` (plus ``dense`` itself); q is the lcm of the members' ``group_sizes``
+    (default ``multiple``), rounded to whole positions across the group counts of the grouped convs it feeds or
+    holds (:func:`profiler._grids.striped_q`, as the pruner does). The groups a pruner keeps
+    (:meth:`TraceResult.fixed_groups`: concatenated, shuffled or output channels, a depthwise conv on the input)
+    stay dense, and so does the cin of a conv reading the input, a concat or a split.
+    Raises :class:`LatlabError` for structures the pruner refuses too.
     """
     if not 0.0 < float(min_keep) <= 1.0:
         raise LatlabError(f"min_keep must be in (0, 1], got {min_keep!r}")
@@ -91,88 +86,50 @@ def random_pruned_widths(
     gen = np.random.default_rng(rng)
     sizes = dict(group_sizes or {})
     layers = {layer.name: layer for layer in trace.layers}
-    groups, index = _conv_groups(trace)
+    groups = trace.mask_groups()
+    index = {name: i for i, g in enumerate(groups) for name in g}
+    fixed = trace.fixed_groups(groups)
+    stripes = group_stripes(trace, groups)
 
-    dense = []
-    for members in groups:
+    width: list[int] = []
+    for i, members in enumerate(groups):
         couts = {layers[m].cout for m in members}
         if len(couts) != 1:
             raise LatlabError(f"coupled convs {', '.join(members)} have different output widths {sorted(couts)}")
-        dense.append(couts.pop())
-
-    # super-groups: a depthwise conv shares its producer's width; calls of one module share a width
-    uf = _UnionFind()
-    for i in range(len(groups)):
-        uf.add(str(i))
-    fixed: set[int] = set()
-    first_call: dict[str, str] = {}
-    for layer in trace.layers:
-        g = index[layer.name]
-        base = _base_name(layer.name)
-        if base in first_call:
-            uf.union(str(index[first_call[base]]), str(g))
-        first_call.setdefault(base, layer.name)
-        if layer.family.depthwise:
-            prods = _producer_groups(layer, index)
-            if not prods:
-                fixed.add(g)
-            elif len(prods) > 1:
-                raise LatlabError(f"depthwise conv {layer.name} is fed by several channel groups (a concat); "
-                                  "its width cannot follow a single producer")
-            else:
-                uf.union(str(prods[0]), str(g))
-    root = {i: int(uf.find(str(i))) for i in range(len(groups))}
-
-    q: dict[int, int] = {}
-    stripes: dict[int, int] = {}  # grouped convs: widths in whole positions across their conv groups
-    for layer in trace.layers:
-        r = root[index[layer.name]]
-        own = int(sizes.get(layer.name, sizes.get(_base_name(layer.name), multiple)))
-        if own < 1:
-            raise LatlabError(f"group size of conv {layer.name} must be >= 1, got {own}")
-        q[r] = math.lcm(q.get(r, 1), own)
-        fam_groups = 1 if layer.family.depthwise else layer.family.groups
-        if fam_groups > 1:  # a grouped conv needs cin and cout divisible by its groups
-            for g in {r, *(root[p] for p in _producer_groups(layer, index))}:
-                stripes[g] = math.lcm(stripes.get(g, 1), fam_groups)
-
-    width: dict[int, int] = {}
-    for r in sorted(set(root.values())):
-        members = [i for i, rr in root.items() if rr == r]
-        d = dense[r]
-        if any(dense[i] != d for i in members):
-            raise LatlabError("a depthwise conv and its producer have different dense widths: "
-                              + ", ".join(groups[i][0] for i in members))
-        if any(i in fixed for i in members):
-            width[r] = d
-            continue
-        step = striped_q(q.get(r, 1), d, stripes.get(r, 1))
-        if keep is not None:
-            width[r] = int(min(d, max(step, round(float(keep) * d / step) * step)))
-            continue
-        lo = math.ceil(float(min_keep) * d)
-        cands = sorted({w for w in range(step, d + 1, step) if w >= lo} | {d})
-        width[r] = int(cands[int(gen.integers(len(cands)))])
+        d = couts.pop()
+        q = 1
+        for m in members:
+            own = int(sizes.get(m, sizes.get(_base_name(m), multiple)))
+            if own < 1:
+                raise LatlabError(f"group size of conv {m} must be >= 1, got {own}")
+            q = math.lcm(q, own)
+        step = striped_q(q, d, stripes[i])
+        if i in fixed:
+            width.append(d)
+        elif keep is not None:
+            width.append(int(min(d, max(step, round(float(keep) * d / step) * step))))
+        else:
+            lo = math.ceil(float(min_keep) * d)
+            cands = sorted({w for w in range(step, d + 1, step) if w >= lo} | {d})
+            width.append(int(cands[int(gen.integers(len(cands)))]))
 
     out: Widths = {}
+    first_call: dict[str, str] = {}
     for layer in trace.layers:
-        cout = width[root[index[layer.name]]]
-        prods = _producer_groups(layer, index)
-        if not prods:
+        cout = width[index[layer.name]]
+        read = sorted({index[p] for p in layer.producers})
+        if len(read) == 1 and layers[groups[read[0]][0]].cout == layer.cin:
+            cin = width[read[0]]
+        elif fixed.issuperset(read):  # the network input, or a concat or split of fixed groups
             cin = layer.cin
         else:
-            if sum(dense[p] for p in prods) != layer.cin:
-                raise LatlabError(f"conv {layer.name}: its {layer.cin} input channels are not the sum of its "
-                                  f"producers' widths; this structure is not supported")
-            cin = sum(width[root[p]] for p in prods)
-        if layer.family.depthwise:
-            cin = cout
-        out[layer.name] = (cin, cout)
-    for layer in trace.layers:  # several calls of one module must agree
-        base = _base_name(layer.name)
-        if out[layer.name] != out[first_call[base]]:
-            raise LatlabError(f"module {base} is called more than once with inputs from different channel "
-                              "groups; its widths cannot be chosen consistently")
+            raise LatlabError(f"conv {layer.name}: its {layer.cin} input channels come from several channel groups "
+                              "that are not concatenated; this structure is not supported")
+        out[layer.name] = (cout if layer.family.depthwise else cin, cout)
+        base = first_call.setdefault(_base_name(layer.name), layer.name)
+        if out[layer.name] != out[base]:  # several calls of one module must agree
+            raise LatlabError(f"module {_base_name(layer.name)} is called more than once with inputs from "
+                              "different channel groups; its widths cannot be chosen consistently")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Private: fx-graph facts that :mod:`profiler.plan` does not keep (BN after each conv, residual blocks, outputs).
+"""Private: fx-graph facts that :mod:`profiler.plan` does not keep (BN after each conv, residual blocks).
 
 Used by :mod:`pruning.graph`; import from there. The graph is traced symbolically (no shape propagation):
 shapes come from :func:`profiler.plan.trace_network`, which runs first.
@@ -14,13 +14,10 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _OPAQUE_MODULES, STATELESS_OK, _PathTracer, has_own_state
+from profiler._trace import _OPAQUE_MODULES, _PathTracer
 
 log = logging.getLogger(__name__)
 
-# ops that rearrange channels: export cannot follow a pruned mask through them
-CHANNEL_MOVERS = {torch.permute, torch.transpose, torch.chunk, torch.split, torch.channel_shuffle, torch.narrow,
-                  "permute", "transpose", "chunk", "split", "narrow", "unbind", "movedim", "swapaxes"}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 
@@ -37,13 +34,10 @@ class RawBlock:
 
 @dataclass
 class GraphFacts:
-    """What :func:`graph_facts` finds: conv -> BN, convs reaching the network output, convs whose channels meet
-    an op that export cannot slice (a permute, a module with per-channel state such as LayerNorm), blocks."""
+    """What :func:`graph_facts` finds: conv -> BN, removable blocks."""
 
     bn: dict[str, str | None]
-    output_convs: frozenset[str]
     blocks: list[RawBlock]
-    unsliceable: frozenset[str] = frozenset()
 
 
 def _symbolic_graph(model_name: str, module: nn.Module) -> fx.Graph:
@@ -54,13 +48,6 @@ def _symbolic_graph(model_name: str, module: nn.Module) -> fx.Graph:
         where = tracer.failed_at or "<root>"
         raise LatlabError(f"torch.fx cannot trace model {model_name!r} (inside module {where!r}): "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def has_channel_state(mod: nn.Module | None) -> bool:
-    """A module with its own parameters or buffers that export cannot resize (not a conv, BN or Linear)."""
-    if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *STATELESS_OK, *_OPAQUE_MODULES)):
-        return False
-    return has_own_state(mod)
 
 
 def _is_add(node: fx.Node) -> bool:
@@ -115,7 +102,7 @@ def _branch(start: fx.Node, stop: fx.Node | None) -> set[fx.Node]:
 
 
 def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> GraphFacts:
-    """Trace ``module`` symbolically and find BNs, output convs and removable residual blocks.
+    """Trace ``module`` symbolically and find BNs and removable residual blocks.
 
     ``conv_names`` are the names :func:`profiler.plan.trace_network` gave the convs (``name#k`` for a
     module's k-th call); they must come out in the same order here.
@@ -138,10 +125,7 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
                  and isinstance(modules.get(u.target), nn.BatchNorm2d) and u.args and u.args[0] is node]
         bn[name] = str(found[0]) if len(found) == 1 else None
 
-    # convs whose channels reach the network output without an opaque channel mixer (e.g. a segmentation head)
-    sources: dict[fx.Node, frozenset[str]] = {}
-    output_convs: frozenset[str] = frozenset()
-    unsliceable: set[str] = set()
+    sources: dict[fx.Node, frozenset[str]] = {}  # the convs whose output channels each node carries
     for node in nodes:
         mod = modules.get(node.target) if node.op == "call_module" else None
         if node in conv_of:
@@ -150,10 +134,6 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
             sources[node] = frozenset()
         else:
             sources[node] = frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
-        if node.op == "output":
-            output_convs = sources[node]
-        elif node.op in ("call_function", "call_method") and node.target in CHANNEL_MOVERS or has_channel_state(mod):
-            unsliceable |= sources[node]
 
     idom, _ = _dominators(nodes)
     blocks: list[RawBlock] = []
@@ -183,4 +163,4 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
             name = node.name if node.name not in used else f"{node.name}@{len(blocks)}"
         used.add(name)
         blocks.append(RawBlock(name, tuple(resid), sources.get(fork, frozenset()), node.name))
-    return GraphFacts(bn, output_convs, blocks, frozenset(unsliceable))
+    return GraphFacts(bn, blocks)

@@ -32,7 +32,7 @@ from latency_models.base import LatencyModel
 from latency_models.features import frame_from_configs
 from latency_models.network import network_latency
 from latency_models.resolve import LutSettings as Settings  # execution settings of the LUT keys
-from pruning.graph import NetworkSpec
+from pruning.graph import ChannelGroup, NetworkSpec
 from pruning.methods import DEFAULT_KIND as DEFAULT_KIND  # re-exported: where most callers import it
 from pruning.methods import METHODS
 from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
@@ -84,6 +84,17 @@ def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_g
     return groups, order
 
 
+def _priced_states(g: ChannelGroup) -> tuple[np.ndarray, np.ndarray]:
+    """The kept item counts to price for group ``g``, and for each ``k = 1..m`` the index of its price.
+
+    A fixed group is priced at its full width only: no decision keeps fewer of its items, and the LUT of a
+    lattice sweep holds only its full width.
+    """
+    if g.prunable:
+        return np.arange(1, g.m + 1), np.arange(g.m)
+    return np.array([g.m]), np.zeros(g.m, dtype=int)
+
+
 def check_prunable(spec: NetworkSpec, method: str) -> None:
     """:class:`LatlabError` when ``method`` has nothing to decide on ``spec`` (no group of 2+ items, no block)."""
     with_blocks = method in ("mgp", "mdp")
@@ -120,22 +131,22 @@ def build_problem(
     terms: list[PairwiseTerm] = []
     for conv in spec.convs:
         g = spec.groups[conv.group]
-        ks = np.arange(1, g.m + 1)
+        ks, rows = _priced_states(g)
         block = block_of_conv.get(conv.name)
         p = spec.groups.get(conv.producer_group) if conv.producer_group else None
         if pairwise and p is not None and not conv.depthwise:
-            kin = np.arange(1, p.m + 1)
+            kin, cols = _priced_states(p)
             grid = [(int(i), int(j)) for i in ks for j in kin]
             configs = [ConvConfig(conv.family, j * p.q, i * g.q, settings.batch, settings.dtype, settings.layout,
                                   settings.op) for i, j in grid]
             matrix = np.zeros((g.m + 1, p.m + 1))
-            matrix[1:, 1:] = _predict(model, configs, None).reshape(g.m, p.m)
+            matrix[1:, 1:] = _predict(model, configs, None).reshape(len(ks), len(kin))[np.ix_(rows, cols)]
             terms.append(PairwiseTerm(index[g.id], index[p.id], matrix, block, conv.name))
             continue
         cins = [int(k * g.q) if conv.depthwise else conv.cin for k in ks]
         configs = [ConvConfig(conv.family, ci, int(k * g.q), settings.batch, settings.dtype, settings.layout,
                               settings.op) for ci, k in zip(cins, ks, strict=True)]
-        costs = np.concatenate([[0.0], _predict(model, configs, cins)])
+        costs = np.concatenate([[0.0], _predict(model, configs, cins)[rows]])
         linear.append(LinearTerm(index[g.id], costs, block, conv.name))
     dense = sum(t.costs[-1] for t in linear) + sum(t.matrix[-1, -1] for t in terms)
     problem = PruningProblem(groups, budget=float(target * dense), linear=linear, pairwise=terms,
@@ -162,7 +173,9 @@ def solution_masks(spec: NetworkSpec, result: SolveResult, mapping: ProblemMap) 
     Raises :class:`LatlabError` if the result holds no solution (infeasible, time-out, error).
     """
     if not result.ok or result.solution is None:
-        raise LatlabError(f"no pruning solution ({result.status}): {result.message}")
+        reach = (f"; the lowest target this network reaches is {result.min_latency / mapping.dense_latency:.3f}"
+                 if result.min_latency is not None and mapping.dense_latency > 0 else "")
+        raise LatlabError(f"no pruning solution ({result.status}): {result.message}{reach}")
     removed = [mapping.block_names[b] for b in sorted(result.solution.removed_blocks)]
     masks: dict[str, torch.Tensor] = {}
     for gid, k in zip(mapping.group_ids, result.solution.kept, strict=True):

@@ -28,8 +28,7 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _OPAQUE_MODULES, TraceResult, _PathTracer
-from pruning._graph_fx import CHANNEL_MOVERS, has_channel_state
+from profiler._trace import _OPAQUE_MODULES, CHANNEL_MOVERS, TraceResult, _PathTracer, has_channel_state
 from pruning._removal import Removal, removal
 from pruning.importance import conv_bn_pairs
 from pruning.slices import Slices
@@ -274,8 +273,11 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                 if k.shape != first.shape or not torch.equal(k, first):  # type: ignore[union-attr]
                     raise LatlabError(f"operands of {node.name} carry different channel masks; coupled convs must "
                                       "share one mask")
-        if fn in CHANNEL_MOVERS and first is not None and not bool(first.all()):
-            raise LatlabError(f"node {node.name} ({fn}) rearranges pruned channels; export_pruned cannot follow it")
+        if fn in CHANNEL_MOVERS and first is not None:
+            if not bool(first.all()):
+                raise LatlabError(f"node {node.name} ({fn}) rearranges pruned channels; export_pruned cannot follow "
+                                  "it")
+            first = None  # dense channels, moved: nothing left to track
         value[node] = first
 
     memo: dict[int, Any] = {}

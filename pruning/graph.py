@@ -21,17 +21,20 @@ tables (halp_mdp_spec.md §2, §6.1):
   grouped conv with the same ``groups``. The pruner's items are whole positions.
 * **prunable** — a group is prunable unless its width is fixed: a depthwise conv fed by the network
   input (its cin is the image), convs whose channels reach the network output directly (e.g. the
-  class logits of a segmentation head), or convs whose channels meet an op the export cannot slice (a
-  permute or transpose, a module with per-channel state other than BN, e.g. ConvNeXt's LayerNorm).
-  Channels feeding a classifier Linear stay prunable.
+  class logits of a segmentation head), convs whose channels meet an op the export cannot slice (a
+  permute or transpose, a module with per-channel state other than BN, e.g. ConvNeXt's LayerNorm), or
+  a concat (a conv reading it would be priced by several groups at once), and a depthwise conv on a
+  concat (:meth:`profiler._trace.TraceResult.fixed_groups`). A conv reading a concat (or a split) of
+  fixed groups has a fixed cin and no producer group. Channels feeding a classifier Linear stay prunable.
 * **blocks** — residual blocks whose residual branch can be dropped while shapes stay: a module whose
   add joins an identity shortcut or a single-conv projection shortcut (which then stays, like ResNet's
   ``layerX.0``; spec §6.1) and a branch ending in a BN (what the training gate zeroes), so that
   :func:`pruning.export.export_pruned` can replace it. MobileNetV2/V3 inverted residuals qualify only
   with a shortcut (stride 1, cin = cout); SE convs inside the branch belong to the block.
 
-Unsupported structures (a conv fed by several channel groups, e.g. a concat; coupled convs of unequal
-width; a module called from different groups) raise :class:`LatlabError` naming the conv.
+Unsupported structures (a conv fed by several channel groups that are not concatenated, e.g. through
+``torch.maximum``; coupled convs of unequal width; a module called from different groups) raise
+:class:`LatlabError` naming the conv.
 """
 
 from __future__ import annotations
@@ -313,7 +316,6 @@ def build_network_spec(
     if not layers:
         raise LatlabError(f"model {name!r} has no nn.Conv2d layers to prune")
 
-    fixed = {layer.name for layer in trace.layers if layer.family.depthwise and not layer.producers}
     mask_groups = trace.mask_groups()
     rn50 = _rn50_groups(trace)
     gid_of: dict[str, str] = {}
@@ -331,12 +333,15 @@ def build_network_spec(
                               f"{sorted(couts)}; unsupported structure")
         widths[gid] = couts.pop()
 
+    fixed_groups = {gid_of[mask_groups[i][0]] for i in trace.fixed_groups(mask_groups)}
     producer_group: dict[str, str | None] = {}
     for layer in trace.layers:
         pg = sorted({gid_of[p] for p in layer.producers})
+        if pg and (len(pg) > 1 or layer.cin != widths[pg[0]]) and fixed_groups.issuperset(pg):
+            pg = []  # a concat or a split of fixed groups: the conv's cin is fixed
         if len(pg) > 1:
             raise LatlabError(f"model {name!r}: conv {layer.name} is fed by several channel groups "
-                              f"({', '.join(pg)}; a concat?); unsupported structure")
+                              f"({', '.join(pg)}) that are not joined by a concat; unsupported structure")
         producer_group[layer.name] = pg[0] if pg else None
         if pg and layer.cin != widths[pg[0]]:
             raise LatlabError(f"model {name!r}: conv {layer.name} has cin={layer.cin} but its producer group "
@@ -344,7 +349,6 @@ def build_network_spec(
 
     _check_group_sizes(group_sizes, set(layers) | {_base(n) for n in layers} | set(group_members))
     stripes = dict(zip(group_members, _grids.group_stripes(trace, mask_groups), strict=True))
-    fixed_groups = {gid_of[n] for n in fixed | facts.output_convs | facts.unsliceable}
 
     groups: dict[str, ChannelGroup] = {}
     for gid, mem in group_members.items():

@@ -111,6 +111,7 @@ class SolveResult:
     latency: float | None = None
     seconds: float = 0.0
     message: str = ""
+    min_latency: float | None = None  # "infeasible": the least latency any decision reaches, when known
 
     @property
     def kept(self) -> tuple[int, ...] | None:

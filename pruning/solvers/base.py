@@ -86,4 +86,4 @@ def infeasible(backend: str, problem: PruningProblem, min_latency: float | None 
     """A uniform 'infeasible' result with a clear message (never a silent keep-everything)."""
     extra = "" if min_latency is None else f" {min_latency:.9g}"
     msg = f"budget {problem.budget:.9g} is below the minimum achievable latency{extra}; no pruning decision returned"
-    return SolveResult("infeasible", backend, message=msg)
+    return SolveResult("infeasible", backend, message=msg, min_latency=min_latency)

@@ -418,7 +418,8 @@ def _pruner_points(model: str) -> set[tuple[ConvFamily, int, int]]:
     return out
 
 
-@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2", "resnext50_32x4d", "regnet_y_400mf"])
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2", "resnext50_32x4d", "regnet_y_400mf", "densenet121",
+                                   "shufflenet_v2_x0_5", "convnext_tiny"])
 def test_lattice_grid_is_what_the_pruner_asks_for(model: str) -> None:
     plan = build_plan(model, "lattice", input_size=224, batch=1)
     assert {(c.family, c.cin, c.cout) for c in plan.configs} == _pruner_points(model)

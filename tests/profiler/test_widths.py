@@ -118,15 +118,30 @@ class _Concat(nn.Module):
         return self.fc(torch.flatten(self.pool(self.c(y)), 1))
 
 
-def test_concat_input_is_sum_of_producers() -> None:
+def test_concat_inputs_stay_dense_and_rebuild_as_a_sum() -> None:
     model = _Concat().eval()
     trace = trace_network(model, 16)
-    widths = random_pruned_widths(trace, 0, multiple=8, min_keep=0.5)
-    assert widths["c"][0] == widths["a"][1] + widths["b"][1]
+    widths = random_pruned_widths(trace, 0, multiple=8, min_keep=0.5, keep=0.5)
+    assert widths == {"a": (3, 16), "b": (3, 24), "c": (40, 16)}  # the pruner keeps concatenated channels
+    widths = {"a": (3, 8), "b": (3, 16), "c": (24, 16)}  # a rebuild follows any widths through the concat
     rebuilt = rebuild_with_widths(model, trace, widths)
-    assert rebuilt.bn.num_features == widths["c"][0]
-    assert rebuilt.fc.in_features == widths["c"][1]
+    assert rebuilt.bn.num_features == 24 and rebuilt.fc.in_features == 16
     assert rebuilt(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+
+
+def test_random_widths_of_a_shufflenet_match_its_lattice() -> None:
+    """Channel shuffles and splits: the sampled widths are what the pruner asks for, so a lattice LUT has them."""
+    from profiler._grids import auto_group_size
+    from profiler.plan import build_plan
+
+    trace = trace_network("shufflenet_v2_x0_5", 64)
+    lattice = {(c.family, c.cin, c.cout) for c in build_plan(trace, "lattice", batch=1).configs}
+    by_name = {layer.name: layer for layer in trace.layers}
+    auto = {n: auto_group_size(layer.cout) for n, layer in by_name.items()}  # the lattice's group sizes
+    for seed in range(3):
+        widths = random_pruned_widths(trace, seed, group_sizes=auto)
+        assert widths != dense_widths(trace)
+        assert {(by_name[n].family, ci, co) for n, (ci, co) in widths.items()} <= lattice
 
 
 class _GroupNormNet(nn.Module):

@@ -225,15 +225,18 @@ def test_remove_block_errors() -> None:
         export_pruned(model, trace, {}, ["features.1"])
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "mnasnet0_5"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mnasnet0_5", "densenet121", "squeezenet1_1", "googlenet",
+                                  "shufflenet_v2_x0_5"])
 def test_export_more_architectures(name: str) -> None:
-    """The README's list of networks that prune end to end: channels and every other removable block."""
+    """The README's list of networks that prune end to end: channels and every other removable block (networks
+    with concats and channel shuffles: the channels that are not concatenated, no blocks)."""
     from torchvision.models import get_model
 
-    model = _model(lambda num_classes: get_model(name, num_classes=num_classes), 12)
+    kwargs = {"init_weights": False} if name == "googlenet" else {}
+    model = _model(lambda num_classes: get_model(name, num_classes=num_classes, **kwargs), 12)
     spec = build_network_spec(model, 64)
     masks, removed = random_spec_masks(spec, 13), [b.name for b in spec.blocks][::2]
-    assert removed
+    assert bool(removed) == (name in ("efficientnet_b0", "mnasnet0_5"))
     exported = export_pruned(model, trace_network(model, 64), masks, removed)
     assert verify_export(masked_reference(model, masks, removed), exported, SHAPE) < 1e-3
     assert param_and_mac_counts(exported, ONE)[1] < param_and_mac_counts(model, ONE)[1]

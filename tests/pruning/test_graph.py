@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -262,14 +263,21 @@ class _Fixed(nn.Module):
 
 
 class _Concat(nn.Module):
-    def __init__(self) -> None:
+    """A stem feeding two branches that are concatenated (or, with ``join=torch.maximum``, joined by an op that
+    neither adds nor concatenates) into a conv."""
+
+    def __init__(self, join=None) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
-        self.a = nn.Conv2d(3, 8, 1)
-        self.b = nn.Conv2d(3, 8, 1)
-        self.c = nn.Conv2d(16, 8, 1)
+        self.join = join
+        self.s = nn.Conv2d(3, 16, 1)
+        self.a = nn.Conv2d(16, 8, 1)
+        self.b = nn.Conv2d(16, 8, 3, padding=1)
+        self.c = nn.Conv2d(8 if join else 16, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3))
+        x = torch.relu(self.s(x))
+        y = self.join(self.a(x), self.b(x)) if self.join else torch.cat([self.a(x), self.b(x)], 1)
+        return self.c(y).mean((2, 3))
 
 
 class _ScaledBranch(nn.Module):
@@ -329,9 +337,32 @@ def test_fixed_groups() -> None:
         spec.conv_widths({}, ["layer9"])
 
 
+def test_concatenated_channels_are_fixed() -> None:
+    """A conv reading a concat has a fixed cin; the concatenated groups keep their width, the stem stays prunable."""
+    spec = build_network_spec(_Concat(), 16)
+    assert spec.items == {"s": 2}
+    assert not any(spec.groups[g].prunable for g in ("a", "b", "c"))
+    assert (spec.producer_group("a"), spec.producer_group("c")) == ("s", None)
+    assert spec.conv_widths({"s": 8}) == {"s": (3, 8), "a": (8, 8), "b": (8, 8), "c": (16, 8)}
+
+
+@pytest.mark.parametrize(("model", "prunable"), [
+    ("densenet121", r"features\.denseblock\d\.denselayer\d+\.conv1"),  # each dense layer's bottleneck
+    ("squeezenet1_1", r"features\.(0|\d+\.squeeze)"),  # the stem and the squeeze convs feeding both expands
+    ("googlenet", r"conv\d\.conv|inception\w+\.branch[23]\.0\.conv"),  # the stem and the 3x3/5x5 branches' reductions
+    # the stem with the depthwise conv it feeds, each branch2's 1x1 with its depthwise conv, the conv before the fc
+    ("shufflenet_v2_x0_5", r"(conv1|stage\d\.\d\.branch2)\.0:coupled|conv5\.0"),
+])
+def test_networks_with_concats_prune_what_is_not_concatenated(model: str, prunable: str) -> None:
+    spec = build_network_spec(model, 64)
+    ids = [g.id for g in spec.groups.values() if g.prunable]
+    assert ids and all(re.fullmatch(prunable, gid) for gid in ids), ids
+    assert spec.conv_widths({gid: spec.groups[gid].q for gid in ids})  # any widths of them are consistent
+
+
 def test_unsupported_graphs() -> None:
-    with pytest.raises(LatlabError, match=r"conv c .*several channel groups"):
-        build_network_spec(_Concat(), 16)
+    with pytest.raises(LatlabError, match=r"conv c is fed by several channel groups \(a, b\) that are not joined"):
+        build_network_spec(_Concat(torch.maximum), 16)
     with pytest.raises(LatlabError, match="unknown torchvision model"):
         build_network_spec("resnet5O")
     with pytest.raises(LatlabError, match="use group_sizes='auto'"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import mobilenet_v2, regnet_x_400mf, regnet_y_400mf, resnet18
+from torchvision.models import densenet121, mobilenet_v2, regnet_x_400mf, regnet_y_400mf, resnet18, shufflenet_v2_x0_5
 
 from db.errors import LatlabError
 from profiler.plan import trace_network
@@ -26,7 +26,8 @@ F64 = torch.float64
 
 
 @pytest.mark.parametrize(("build", "removed"), [(resnet18, ["layer1.1", "layer3.0"]), (mobilenet_v2, []),
-                                               (regnet_y_400mf, ["trunk_output.block3.block3-1"])])
+                                               (regnet_y_400mf, ["trunk_output.block3.block3-1"]),
+                                               (shufflenet_v2_x0_5, []), (densenet121, [])])
 def test_slices_take_and_put_round_trip(build, removed: list[str]) -> None:
     torch.manual_seed(0)
     model = build(num_classes=10).eval()
@@ -136,10 +137,10 @@ def test_a_network_that_cannot_be_exported_trains_on_masked(digits: Path, lut_db
     assert "cannot train the slim network (node x (channel_shuffle)" in caplog.text
 
 
-def test_mdp_while_training_regnet(digits: Path, tmp_path: Path) -> None:
-    """RegNetX (grouped convs, blocks ending in relu(proj(x) + f(x))): MDP removes blocks and prunes the channels
-    of grouped convs, the run trains the slim network (the removed blocks' ReLU no longer in place on the block
-    input, which autograd would refuse), and the exported network keeps grouped convs."""
+def _train_one_step_prune(digits: Path, tmp_path: Path, model: str, method: str, ratio: float,
+                          build) -> tuple[dict, torch.nn.Module]:  # type: ignore[no-untyped-def]
+    """Sweep ``model``'s lattice with the fake backend, train with one pruning step and a slim export; check that
+    the run went slim and that final_state.pt + masks.pt re-export to pruned.pt2. Returns (masks.pt, that export)."""
     from db import open_database
     from profiler.backends.fake import FakeBackend
     from profiler.plan import build_plan
@@ -147,25 +148,48 @@ def test_mdp_while_training_regnet(digits: Path, tmp_path: Path) -> None:
     from profiler.runner import run_sweep
 
     database = open_database(tmp_path / "lut.db")
-    run_sweep(database, build_plan("regnet_x_400mf", "lattice", input_size=32, batch=8),
+    run_sweep(database, build_plan(model, "lattice", input_size=32, batch=8),
               FakeBackend(TimingProtocol(repeats=3), noise=0.0), progress=False)
     database.dispose()
-    cfg = tiny_config(digits, tmp_path / "run", str(tmp_path / "lut.db"), method="mdp", **{
-        "model.name": "regnet_x_400mf", "prune.group_sizes": "auto", "prune.kind": "lut", "prune.steps": 1,
-        "prune.ratio": 0.5, "run.export": True})
+    cfg = tiny_config(digits, tmp_path / "run", str(tmp_path / "lut.db"), method=method, **{
+        "model.name": model, "prune.group_sizes": "auto", "prune.kind": "lut", "prune.steps": 1,
+        "prune.ratio": ratio, "run.export": True})
     res = train(cfg, progress=False)
     assert res.finished and load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["slim"]
     saved = torch.load(res.paths["masks"], weights_only=True)
-    assert saved["removed_blocks"]
-    net = regnet_x_400mf(num_classes=10).eval()
+    net = build(num_classes=10).eval()
     net.load_state_dict(torch.load(res.paths["final_state"], weights_only=True))
     again = export_pruned(net, trace_network(net, 32), saved["masks"], saved["removed_blocks"])
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():  # final_state.pt + masks.pt = pruned.pt2
         out = torch.export.load(str(res.paths["slim"])).module()(x)
         assert torch.allclose(again(x), out, atol=1e-5 * max(1.0, float(out.abs().max())))
+    return saved, again
+
+
+def test_mdp_while_training_regnet(digits: Path, tmp_path: Path) -> None:
+    """RegNetX (grouped convs, blocks ending in relu(proj(x) + f(x))): MDP removes blocks and prunes the channels
+    of grouped convs, the run trains the slim network (the removed blocks' ReLU no longer in place on the block
+    input, which autograd would refuse), and the exported network keeps grouped convs."""
+    saved, again = _train_one_step_prune(digits, tmp_path, "regnet_x_400mf", "mdp", 0.5, regnet_x_400mf)
+    assert saved["removed_blocks"]
+    net = regnet_x_400mf(num_classes=10)
     gone = set(saved["removed_blocks"])  # grouped convs are named <block>.f.b.0
     pairs = [(m, again.get_submodule(name)) for name, m in net.named_modules()
              if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and name.rsplit(".", 3)[0] not in gone]
     assert pairs and all(slim.groups == dense.groups for dense, slim in pairs)
     assert any(slim.in_channels < dense.in_channels for dense, slim in pairs)
+
+
+def test_mdlm_while_training_shufflenet(digits: Path, tmp_path: Path) -> None:
+    """ShuffleNetV2 (concats, channel shuffles, chunks): OCP+MDLM prunes inside each unit's second branch, the run
+    trains the slim network and exports it."""
+    saved, again = _train_one_step_prune(digits, tmp_path, "shufflenet_v2_x0_5", "mdlm", 0.1, shufflenet_v2_x0_5)
+    assert any(not bool(m.all()) for m in saved["masks"].values())
+    dense = shufflenet_v2_x0_5(num_classes=10)
+
+    def widths(net: torch.nn.Module, suffix: str) -> list[int]:
+        return [m.out_channels for n, m in net.named_modules() if n.endswith(suffix)]
+
+    assert sum(widths(again, "branch2.0")) < sum(widths(dense, "branch2.0"))
+    assert widths(again, "branch2.5") == widths(dense, "branch2.5")  # concatenated: fixed
