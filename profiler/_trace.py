@@ -93,14 +93,14 @@ class ConvLayer:
 @dataclass
 class TraceResult:
     """Output of :func:`trace_model`: the convs, the channel-coupled groups among them, and the convs whose
-    output width a pruner must keep (``fixed``: their channels reach the network output, a concat, an op that
-    rearranges channels or a module with per-channel state other than BN, e.g. a LayerNorm)."""
+    output width a pruner must keep (``fixed``: conv -> why; their channels reach the network output, a concat,
+    an op that rearranges channels or a module with per-channel state other than BN, e.g. a LayerNorm)."""
 
     model_name: str
     input_size: tuple[int, int]
     layers: list[ConvLayer]
     groups: list[tuple[str, ...]] = field(default_factory=list)
-    fixed: frozenset[str] = frozenset()
+    fixed: dict[str, str] = field(default_factory=dict)
 
     def group_of(self) -> dict[str, int]:
         """Conv name -> index into :attr:`groups`."""
@@ -130,14 +130,16 @@ class TraceResult:
             members.setdefault(uf.find(layer.name), []).append(layer.name)
         return list(members.values())
 
-    def fixed_groups(self, groups: Sequence[Sequence[str]]) -> set[int]:
-        """Indices of the :meth:`mask_groups` ``groups`` whose width a pruner must keep: a member is
-        :attr:`fixed`, or a depthwise member reads another group or the network input (its cin is not its own)."""
+    def fixed_groups(self, groups: Sequence[Sequence[str]]) -> dict[int, str]:
+        """``{index: why}`` of the :meth:`mask_groups` ``groups`` whose width a pruner must keep: a member is
+        :attr:`fixed`, or a depthwise member reads the network input or a concat (its cin is not its own)."""
         index = {name: i for i, g in enumerate(groups) for name in g}
-        out = {index[name] for name in self.fixed}
+        out: dict[int, str] = {}
         for layer in self.layers:
-            if layer.family.depthwise and index[layer.name] not in {index[p] for p in layer.producers}:
-                out.add(index[layer.name])
+            if layer.name in self.fixed:
+                out.setdefault(index[layer.name], self.fixed[layer.name])
+            elif layer.family.depthwise and index[layer.name] not in {index[p] for p in layer.producers}:
+                out.setdefault(index[layer.name], f"depthwise on {'a concat' if layer.producers else 'the input'}")
         return out
 
 
@@ -274,6 +276,19 @@ def _is_join(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _JOIN_METHODS
 
 
+def _fixes_channels(node: fx.Node, mod: nn.Module | None) -> str | None:
+    """Why the channels that reach ``node`` must keep their width (``None``: they need not)."""
+    if node.op == "output":
+        return "network output"
+    if has_channel_state(mod):
+        return f"{type(mod).__name__} {node.target}"
+    if node.op in ("call_function", "call_method") and (node.target in CHANNEL_MOVERS or node.target in CONCATS):
+        op = getattr(node.target, "__name__", str(node.target))
+        where = next(reversed(node.meta.get("nn_module_stack") or {}), "")
+        return f"{op} in {where}" if where else op
+    return None
+
+
 def _trace_graph(model_name: str, module: nn.Module, hw: tuple[int, int]) -> fx.GraphModule:
     tracer = _PathTracer()
     try:
@@ -322,13 +337,14 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     calls: dict[str, int] = {}
     uf = _UnionFind()
     layers: list[ConvLayer] = []
-    fixed: set[str] = set()
+    fixed: dict[str, str] = {}
     for node in gm.graph.nodes:
         inputs = [a for a in node.all_input_nodes if "tensor_meta" in a.meta or a in sources]
         mod = modules.get(node.target) if node.op == "call_module" else None
-        if (node.op == "output" or has_channel_state(mod) or node.op in ("call_function", "call_method")
-                and (node.target in CHANNEL_MOVERS or node.target in CONCATS)):
-            fixed.update(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
+        why = _fixes_channels(node, mod)
+        if why:
+            for name in sorted(frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))):
+                fixed.setdefault(name, why)
         if isinstance(mod, nn.Conv2d):
             calls[node.target] = calls.get(node.target, 0) + 1
             name = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
@@ -367,4 +383,4 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     groups = sorted((tuple(g) for g in by_root.values()), key=lambda g: order[g[0]])
     if not layers:
         log.warning("model %s has no nn.Conv2d layers", model_name)
-    return TraceResult(model_name, hw, layers, groups, frozenset(fixed))
+    return TraceResult(model_name, hw, layers, groups, fixed)

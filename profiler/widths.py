@@ -120,7 +120,7 @@ def random_pruned_widths(
         read = sorted({index[p] for p in layer.producers})
         if len(read) == 1 and layers[groups[read[0]][0]].cout == layer.cin:
             cin = width[read[0]]
-        elif fixed.issuperset(read):  # the network input, or a concat or split of fixed groups
+        elif fixed.keys() >= set(read):  # the network input, or a concat or split of fixed groups
             cin = layer.cin
         else:
             raise LatlabError(f"conv {layer.name}: its {layer.cin} input channels come from several channel groups "

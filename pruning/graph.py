@@ -89,7 +89,8 @@ class ChannelGroup:
     """Convs sharing one output channel mask; ``width`` dense channels in ``width // q`` items of ``q``.
 
     ``stripes`` > 1: grouped convs read or write the group, and a mask keeps the same positions in each of
-    its ``stripes`` equal consecutive stripes (``q`` is a multiple of ``stripes``).
+    its ``stripes`` equal consecutive stripes (``q`` is a multiple of ``stripes``). ``fixed_by``: why a group
+    that is not prunable keeps its width (e.g. ``"cat in features.denseblock1"``, ``"network output"``).
     """
 
     id: str
@@ -99,6 +100,7 @@ class ChannelGroup:
     coupled: bool
     prunable: bool = True
     stripes: int = 1
+    fixed_by: str = ""
 
     @property
     def m(self) -> int:
@@ -220,7 +222,8 @@ class NetworkSpec:
             "convs": [{"name": c.name, "family": c.family.key, "cin": c.cin, "cout": c.cout, "group": c.group,
                        "producer_group": c.producer_group, "bn": c.bn, "fmap_in": c.fmap_in} for c in self.convs],
             "groups": [{"id": g.id, "convs": list(g.convs), "width": g.width, "q": g.q, "m": g.m, "coupled": g.coupled,
-                        "prunable": g.prunable, "stripes": g.stripes} for g in self.groups.values()],
+                        "prunable": g.prunable, "stripes": g.stripes, "fixed_by": g.fixed_by}
+                       for g in self.groups.values()],
             "blocks": [{"name": b.name, "convs": list(b.convs), "input_group": b.input_group,
                         "output_group": b.output_group} for b in self.blocks],
         }
@@ -333,11 +336,11 @@ def build_network_spec(
                               f"{sorted(couts)}; unsupported structure")
         widths[gid] = couts.pop()
 
-    fixed_groups = {gid_of[mask_groups[i][0]] for i in trace.fixed_groups(mask_groups)}
+    fixed_groups = {gid_of[mask_groups[i][0]]: why for i, why in trace.fixed_groups(mask_groups).items()}
     producer_group: dict[str, str | None] = {}
     for layer in trace.layers:
         pg = sorted({gid_of[p] for p in layer.producers})
-        if pg and (len(pg) > 1 or layer.cin != widths[pg[0]]) and fixed_groups.issuperset(pg):
+        if pg and (len(pg) > 1 or layer.cin != widths[pg[0]]) and fixed_groups.keys() >= set(pg):
             pg = []  # a concat or a split of fixed groups: the conv's cin is fixed
         if len(pg) > 1:
             raise LatlabError(f"model {name!r}: conv {layer.name} is fed by several channel groups "
@@ -354,7 +357,7 @@ def build_network_spec(
     for gid, mem in group_members.items():
         q = _grids.striped_q(_group_q(gid, mem, widths[gid], group_sizes, rn50, name), widths[gid], stripes[gid])
         groups[gid] = ChannelGroup(gid, tuple(mem), widths[gid], q, len(mem) > 1, gid not in fixed_groups,
-                                   stripes[gid])
+                                   stripes[gid], fixed_groups.get(gid, ""))
 
     convs = [
         PrunableConv(layer.name, layer.family, layer.cin, layer.cout, gid_of[layer.name],

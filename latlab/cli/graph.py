@@ -62,9 +62,10 @@ def graph(
     typer.echo(render([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}"), nl=False)
     if format == "table":
         striped = any(g.stripes > 1 for g in spec.groups.values())  # grouped convs: a column only then
+        fixed = any(g.fixed_by for g in spec.groups.values())
         rows = [{"group": g.id, "convs": len(g.convs), "width": g.width, "q": g.q, "items": g.m,
-                 **({"stripes": g.stripes} if striped else {}), "coupled": g.coupled, "prunable": g.prunable}
-                for g in spec.groups.values()]
+                 **({"stripes": g.stripes} if striped else {}), "coupled": g.coupled, "prunable": g.prunable,
+                 **({"fixed by": g.fixed_by} if fixed else {})} for g in spec.groups.values()]
         typer.echo(render(rows, "table", title="channel groups"), nl=False)
         if spec.blocks:
             brows = [{"block": b.name, "convs": len(b.convs), "input group": b.input_group,

@@ -341,6 +341,7 @@ def test_concatenated_channels_are_fixed() -> None:
     """A conv reading a concat has a fixed cin; the concatenated groups keep their width, the stem stays prunable."""
     spec = build_network_spec(_Concat(), 16)
     assert spec.items == {"s": 2}
+    assert [g.fixed_by for g in spec.groups.values()] == ["", "cat", "cat", "network output"]
     assert not any(spec.groups[g].prunable for g in ("a", "b", "c"))
     assert (spec.producer_group("a"), spec.producer_group("c")) == ("s", None)
     assert spec.conv_widths({"s": 8}) == {"s": (3, 8), "a": (8, 8), "b": (8, 8), "c": (16, 8)}
@@ -357,6 +358,8 @@ def test_networks_with_concats_prune_what_is_not_concatenated(model: str, prunab
     spec = build_network_spec(model, 64)
     ids = [g.id for g in spec.groups.values() if g.prunable]
     assert ids and all(re.fullmatch(prunable, gid) for gid in ids), ids
+    why = {g.fixed_by for g in spec.groups.values() if not g.prunable}
+    assert all(re.fullmatch(r"(cat|chunk|transpose) in \S+|depthwise on a concat|network output", w) for w in why), why
     assert spec.conv_widths({gid: spec.groups[gid].q for gid in ids})  # any widths of them are consistent
 
 
@@ -384,5 +387,6 @@ def test_channels_export_cannot_slice_are_fixed() -> None:
 
     spec = build_network_spec(convnext_tiny(), 64, name="convnext_tiny")  # a module, named as the user called it
     assert spec.groups and not any(g.prunable for g in spec.groups.values()) and not spec.blocks
+    assert {g.fixed_by.split(" in ")[0] for g in spec.groups.values()} == {"permute"}
     with pytest.raises(LatlabError, match="convnext_tiny: nothing for mdp to prune .*no removable block"):
         build_problem(spec, get_model("llm"), {}, method="mdp", target=0.5, settings=Settings(1))

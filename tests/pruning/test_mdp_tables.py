@@ -147,9 +147,12 @@ def test_cli_table(app: typer.Typer) -> None:
     result = CliRunner().invoke(app, ["graph", "--model", "mobilenet_v3_small", "--input-size", "64"])
     assert result.exit_code == 0, result.output
     assert "channel groups" in result.output and "removable blocks" in result.output
-    assert "features.11" in result.output and "stripes" not in result.output
+    assert "features.11" in result.output and "stripes" not in result.output and "fixed by" not in result.output
     result = CliRunner().invoke(app, ["graph", "--model", "resnext50_32x4d", "--input-size", "64"])
     assert result.exit_code == 0 and "stripes" in result.output, result.output  # grouped convs: the column shows
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["graph", "--model", "squeezenet1_1", "--input-size", "64"])
+    assert result.exit_code == 0 and "fixed by" in result.output, result.output  # concats: why groups are fixed
+    assert "cat in features.3" in result.output and "network output" in result.output
 
 
 def test_cli_mdp_and_json(app: typer.Typer, tmp_path: Path) -> None:
