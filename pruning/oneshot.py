@@ -22,6 +22,7 @@ from pruning.cost import ProblemMap, Settings, build_problem, group_widths, solu
 from pruning.export import export_checked, save_pruned
 from pruning.graph import NetworkSpec
 from pruning.importance import TaylorImportance, magnitude_importance
+from pruning.loss import ClassificationLoss
 from pruning.problem import SolveResult
 from pruning.solvers import get_solver
 
@@ -38,7 +39,7 @@ def taylor_scores(model: nn.Module, spec: NetworkSpec, batches: Any, *, max_batc
     """HALP's BN-Taylor importance accumulated over up to ``max_batches`` (images, labels) batches."""
     importance = TaylorImportance(model, spec.group_members())
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = ClassificationLoss()  # GoogLeNet/Inception-v3 train with their auxiliary heads
     seen = 0
     for images, labels in batches:
         model.zero_grad(set_to_none=True)

@@ -57,6 +57,7 @@ class OptimConfig:
     nesterov: bool = False  # Nesterov momentum
     weight_decay: float = 2.0**-15  # BatchNorm parameters get 0 (chosen by module type, not by name)
     label_smoothing: float = 0.1  # of the cross-entropy loss
+    aux_loss_weight: float = 0.3  # of each auxiliary head's loss (GoogLeNet, Inception-v3 train with them)
     warmup_epochs: int = 8  # linear warm-up of the LR
     schedule: str = "cosine"  # cosine | linear
     epochs: int = 90  # pruning and fine-tuning together
@@ -225,6 +226,8 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
             _fail(f"{key} must be >= 1 when given, got {v!r}", source)
     if not 0 <= cfg.optim.label_smoothing < 1:
         _fail(f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}", source)
+    if not cfg.optim.aux_loss_weight >= 0:
+        _fail(f"optim.aux_loss_weight must be >= 0, got {cfg.optim.aux_loss_weight}", source)
     if cfg.optim.warmup_epochs > cfg.optim.epochs:
         _fail(f"optim.warmup_epochs ({cfg.optim.warmup_epochs}) exceeds optim.epochs ({cfg.optim.epochs})", source)
     _choice(cfg.optim.schedule, ("cosine", "linear"), "optim.schedule", source)

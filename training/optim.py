@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from pruning.loss import ClassificationLoss
+
 __all__ = ["build_optimizer", "loss_fn", "lr_at", "param_groups", "scaled_lr", "set_lr"]
 
 _NO_DECAY = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
@@ -66,6 +68,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def loss_fn(label_smoothing: float) -> nn.Module:
-    """``(1−ε)·NLL + ε·mean_c(−log p_c)`` (torch's label-smoothed cross-entropy)."""
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+def loss_fn(label_smoothing: float, aux_weight: float = 0.3) -> nn.Module:
+    """The training loss (:class:`ClassificationLoss`)."""
+    return ClassificationLoss(label_smoothing, aux_weight)

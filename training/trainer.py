@@ -126,7 +126,7 @@ class _Run:
         self.amp_dtype = _amp_dtype(cfg, info.device)
         use_scaler = cfg.run.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
-        self.criterion = loss_fn(cfg.optim.label_smoothing)
+        self.criterion = loss_fn(cfg.optim.label_smoothing, cfg.optim.aux_loss_weight)
         self.epoch, self.global_step, self.best_top1, self.skipped = 0, 0, 0.0, 0
         self.history: list[dict[str, Any]] = []
         if self.resume_state is not None:

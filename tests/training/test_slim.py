@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import densenet121, mobilenet_v2, regnet_x_400mf, regnet_y_400mf, resnet18, shufflenet_v2_x0_5
+from torchvision.models import (
+    densenet121,
+    googlenet,
+    mobilenet_v2,
+    regnet_x_400mf,
+    regnet_y_400mf,
+    resnet18,
+    shufflenet_v2_x0_5,
+)
 
 from db.errors import LatlabError
 from profiler.plan import trace_network
@@ -193,3 +201,12 @@ def test_mdlm_while_training_shufflenet(digits: Path, tmp_path: Path) -> None:
 
     assert sum(widths(again, "branch2.0")) < sum(widths(dense, "branch2.0"))
     assert widths(again, "branch2.5") == widths(dense, "branch2.5")  # concatenated: fixed
+
+
+def test_mdp_while_training_googlenet(digits: Path, tmp_path: Path) -> None:
+    """GoogLeNet trains with its auxiliary heads (their losses weighted 0.3), prunes the reductions inside its
+    inception branches, goes slim and exports."""
+    saved, again = _train_one_step_prune(digits, tmp_path, "googlenet", "mdp", 0.1,
+                                         lambda num_classes: googlenet(num_classes=num_classes, init_weights=False))
+    cut = [name for name, m in saved["masks"].items() if not bool(m.all())]
+    assert cut and all(".branch2.0." in n or ".branch3.0." in n or n.startswith("conv") for n in cut), cut
