@@ -392,6 +392,12 @@ def export_checked(model: nn.Module, input_size: tuple[int, int], masks: Mapping
                          "macs_pruned": slim_macs}
 
 
+def export_program(slim: nn.Module, input_size: tuple[int, int]) -> torch.export.ExportedProgram:
+    """``torch.export`` of the slim network in eval mode, any batch size."""
+    return torch.export.export(slim.eval(), (torch.zeros(2, 3, *input_size),),
+                               dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+
+
 def save_pruned(out_dir: Path, slim: nn.Module, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str],
                 input_size: tuple[int, int]) -> dict[str, Path]:
     """Write ``masks.pt`` (``{"masks", "removed_blocks"}``, weights_only-loadable) and ``pruned.pt2``
@@ -399,7 +405,6 @@ def save_pruned(out_dir: Path, slim: nn.Module, masks: Mapping[str, torch.Tensor
     paths = {"masks": out_dir / "masks.pt", "slim": out_dir / "pruned.pt2"}
     torch.save({"masks": {k: v.detach().cpu().clone() for k, v in masks.items()},
                 "removed_blocks": list(removed_blocks)}, paths["masks"])
-    program = torch.export.export(slim.eval(), (torch.zeros(2, 3, *input_size),),
-                                  dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    program = export_program(slim, input_size)
     torch.export.save(program, str(paths["slim"]))
     return paths

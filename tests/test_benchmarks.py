@@ -1,4 +1,5 @@
-"""The predicted-vs-measured benchmark runs on any backend (here the fake GPU) and records what it ran on."""
+"""The benchmarks run on any backend (here the fake GPU) and record what they ran on; the model-zoo check records
+every outcome."""
 
 from __future__ import annotations
 
@@ -25,3 +26,16 @@ def test_prediction_error_runs_on_another_backend(tmp_path: Path, capsys: pytest
     errors = {s["error"] for s in result["summary"]}
     assert {"llm_speedup_err_pct", "mdlm_speedup_err_pct", "mdlm+other_speedup_err_pct"} <= errors
     assert "backend `fake`, batch 2, fp16, nhwc" in out.with_suffix(".md").read_text()
+
+
+def test_model_zoo_records_every_outcome(tmp_path: Path) -> None:
+    from benchmarks.model_zoo import main as model_zoo
+
+    out = tmp_path / "zoo"
+    assert model_zoo(["--models", "resnet18,convnext_tiny,vit_b_16", "--input-size", "32", "--out", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert rows["resnet18"]["status"] == "ok" and rows["resnet18"]["max_logit_delta"] < 1e-4
+    assert 0 < rows["resnet18"]["kept_items"] < rows["resnet18"]["items"] and rows["resnet18"]["removed_blocks"] == 4
+    assert rows["convnext_tiny"]["status"] == "nothing to prune (fixed by permute)"
+    assert rows["vit_b_16"]["status"].startswith("refused: shape propagation")  # ViT needs 224 px; the rest went on
+    assert "1 pruned and exported, 1 with nothing to prune, 1 refused" in out.with_suffix(".md").read_text()

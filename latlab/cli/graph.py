@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -33,12 +34,17 @@ def graph(
     group_sizes: Annotated[str, typer.Option(
         help="auto (8/16/32 by width) | reference (HALP/MDP ResNet50 sizes) | an integer q")] = "auto",
     prefix: Annotated[str, typer.Option(help="Prefix for names in the mdp tables, e.g. 'module.' (DDP).")] = "",
+    check: Annotated[bool, typer.Option(
+        "--check", help="Also prune the network at random (random kept items per group, every other block "
+        "removed), export it, compare it with the masked network and torch.export it: can latlab prune it?")] = False,
 ) -> None:
     """Trace MODEL and show its channel groups, group sizes q, channel items and removable blocks.
 
     Examples:
 
       latlab graph --model resnet50 --group-sizes reference
+
+      latlab graph --model densenet121 --check
 
       latlab graph --model resnet50 --format mdp ./rn50_tables
 
@@ -53,13 +59,33 @@ def graph(
         raise LatlabError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
     if format == "mdp" and outdir is None:
         raise LatlabError("--format mdp needs an OUTDIR argument to write the tables into")
-    spec = build_network_spec(model, input_size, group_sizes=_group_sizes(group_sizes))
+    sizes = _group_sizes(group_sizes)
+    if check:  # a real network to export (the graph alone is traced on the meta device)
+        from profiler.plan import resolve_model
+
+        name, net = resolve_model(model)
+        spec = build_network_spec(net, input_size, group_sizes=sizes, name=name)
+    else:
+        spec = build_network_spec(model, input_size, group_sizes=sizes)
     arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip().lower())
+    description = spec.to_dict()
+    checked = ""
+    if check:
+        from pruning.check import check_export
+
+        result = check_export(net, spec)
+        description["check"] = dataclasses.asdict(result)
+        checked = (f"export check: kept {result.kept_items} of {result.items} channel items, removed "
+                   f"{len(result.removed_blocks)} of {len(spec.blocks)} blocks; max |Δ logits| "
+                   f"{result.max_logit_delta:.2g} against the masked network; torch.export ok "
+                   f"({result.seconds:.1f} s)")
     if format == "json" and outdir is None:  # stdout is the JSON document alone
-        typer.echo(json.dumps(spec.to_dict(), indent=2))
+        typer.echo(json.dumps(description, indent=2))
         return
     summary = {"model": spec.model_name, **spec.summary()}
     typer.echo(render([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}"), nl=False)
+    if checked:
+        typer.echo(checked)
     if format == "table":
         striped = any(g.stripes > 1 for g in spec.groups.values())  # grouped convs: a column only then
         fixed = any(g.fixed_by for g in spec.groups.values())
@@ -79,7 +105,7 @@ def graph(
             typer.echo(f"wrote {path}")
         return
     assert outdir is not None
-    data = json.dumps(spec.to_dict(), indent=2)
+    data = json.dumps(description, indent=2)
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / f"{arch}_network.json"
     path.write_text(data + "\n")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from profiler._trace import TraceResult
-from pruning.cost import importance_order
-from pruning.graph import NetworkSpec
 from pruning.importance import coupled_groups
 
 
@@ -21,17 +18,4 @@ def random_masks(trace: TraceResult, seed: int, p: float = 0.5) -> dict[str, tor
         keep[torch.randint(0, len(keep), (1,), generator=gen)] = True
         for name in group:
             masks[name] = keep.clone()
-    return masks
-
-
-def random_spec_masks(spec: NetworkSpec, seed: int) -> dict[str, torch.Tensor]:
-    """``{conv: keep-vector}`` as the pruner makes them: random importances, a random number of items kept per group."""
-    rng = np.random.default_rng(seed)
-    masks = {}
-    for g in spec.groups.values():
-        keep = torch.zeros(g.width, dtype=torch.bool)
-        n = int(rng.integers(1, g.m + 1)) * g.q if g.prunable else g.width
-        keep[torch.as_tensor(importance_order(rng.random(g.width), g.stripes)[:n].copy())] = True
-        for conv in g.convs:
-            masks[conv] = keep
     return masks

@@ -15,31 +15,21 @@ from torchvision.models import (
 
 from db.errors import LatlabError
 from profiler.plan import trace_network
+from pruning.check import check_export, randomise_bn
+from pruning.check import random_masks as spec_masks
 from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
 from pruning.graph import build_network_spec
 from pruning.slices import Slices, take
-from tests.pruning.random_masks import random_masks, random_spec_masks
+from tests.pruning.random_masks import random_masks
 
 SHAPE = (2, 3, 64, 64)
 ONE = (1, 3, 64, 64)
 
 
-def _randomise_bn(model: nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-
-
 def _model(factory, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = factory(num_classes=10).eval()
-    _randomise_bn(model, seed)
+    randomise_bn(model, seed)
     return model
 
 
@@ -68,7 +58,7 @@ def test_export_grouped_convs(factory, conv: str) -> None:
     """Striped masks (the pruner's) keep the same positions in every conv group: the conv stays grouped."""
     model = _model(factory, 7)
     spec = build_network_spec(model, 64)
-    masks = random_spec_masks(spec, 8)
+    masks = spec_masks(spec, 8)
     slices: Slices = {}
     exported = export_pruned(model, trace_network(model, 64), masks, slices=slices)
     assert verify_export(masked_reference(model, masks), exported, SHAPE) < 1e-3
@@ -205,7 +195,7 @@ def test_remove_blocks_beyond_resnet(factory, block: str, shortcut_conv: str | N
     model = _model(factory, 9)
     spec = build_network_spec(model, 64)
     assert block in {b.name for b in spec.blocks}
-    masks = random_spec_masks(spec, 10)
+    masks = spec_masks(spec, 10)
     exported = export_pruned(model, trace_network(model, 64), masks, [block])
     assert verify_export(masked_reference(model, masks, [block]), exported, SHAPE) < 1e-3
     left = exported.get_submodule(block)
@@ -233,10 +223,10 @@ def test_export_more_architectures(name: str) -> None:
     from torchvision.models import get_model
 
     kwargs = {"init_weights": False} if name == "googlenet" else {}
-    model = _model(lambda num_classes: get_model(name, num_classes=num_classes, **kwargs), 12)
+    model = get_model(name, num_classes=10, **kwargs)
     spec = build_network_spec(model, 64)
-    masks, removed = random_spec_masks(spec, 13), [b.name for b in spec.blocks][::2]
-    assert bool(removed) == (name in ("efficientnet_b0", "mnasnet0_5"))
-    exported = export_pruned(model, trace_network(model, 64), masks, removed)
-    assert verify_export(masked_reference(model, masks, removed), exported, SHAPE) < 1e-3
-    assert param_and_mac_counts(exported, ONE)[1] < param_and_mac_counts(model, ONE)[1]
+    check = check_export(model, spec, seed=13)  # random masks, every other block removed, torch.export
+    assert bool(check.removed_blocks) == (name in ("efficientnet_b0", "mnasnet0_5"))
+    assert check.removed_blocks == [b.name for b in spec.blocks][::2]
+    assert check.max_logit_delta < 1e-4 and 0 < check.kept_items < check.items
+    assert check.counts["macs_pruned"] < check.counts["macs_dense"]

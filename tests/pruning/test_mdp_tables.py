@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -150,9 +151,12 @@ def test_cli_table(app: typer.Typer) -> None:
     assert "features.11" in result.output and "stripes" not in result.output and "fixed by" not in result.output
     result = CliRunner().invoke(app, ["graph", "--model", "resnext50_32x4d", "--input-size", "64"])
     assert result.exit_code == 0 and "stripes" in result.output, result.output  # grouped convs: the column shows
-    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["graph", "--model", "squeezenet1_1", "--input-size", "64"])
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["graph", "--model", "squeezenet1_1", "--input-size", "64",
+                                                           "--check"])
     assert result.exit_code == 0 and "fixed by" in result.output, result.output  # concats: why groups are fixed
     assert "cat in features.3" in result.output and "network output" in result.output
+    assert re.search(r"export check: kept \d+ of 48 channel items, removed 0 of 0 blocks; max \|Δ logits\| \S+ "
+                     r"against the masked network; torch.export ok", result.output), result.output
 
 
 def test_cli_mdp_and_json(app: typer.Typer, tmp_path: Path) -> None:

@@ -18,11 +18,11 @@ from torchvision.models import (
 
 from db.errors import LatlabError
 from profiler.plan import trace_network
+from pruning.check import random_masks as spec_masks
 from pruning.export import export_pruned, masked_reference
 from pruning.graph import build_network_spec
 from pruning.masks import raw_parameter
 from pruning.slices import Slices, put, take
-from tests.pruning.random_masks import random_spec_masks
 from tests.training.helpers import make_pruner, tiny_config, train_step
 from training import train
 from training.checkpoint import load_checkpoint
@@ -40,7 +40,7 @@ def test_slices_take_and_put_round_trip(build, removed: list[str]) -> None:
     torch.manual_seed(0)
     model = build(num_classes=10).eval()
     trace = trace_network(model, 32)
-    masks = random_spec_masks(build_network_spec(model, 32), seed=1)
+    masks = spec_masks(build_network_spec(model, 32), seed=1)
     slices: Slices = {}
     slim = export_pruned(model, trace, masks, removed, slices=slices)
     dense, small = model.state_dict(), slim.state_dict()

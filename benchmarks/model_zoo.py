@@ -1,0 +1,91 @@
+"""Which networks can latlab prune? Every torchvision classification model through ``latlab graph --check``.
+
+For each model (``--models``, default all of ``torchvision.models.list_models(module=torchvision.models)``):
+the prunable structure (:func:`pruning.graph.build_network_spec`: convs, channel groups, prunable groups,
+channel items, removable blocks) and :func:`pruning.check.check_export` (random kept items per prunable group,
+every other removable block removed, exported, compared with the masked network on perturbed BatchNorm
+statistics, ``torch.export``-ed). A model that fails is recorded with its error, and the rest go on.
+Writes JSON and Markdown to ``--out``.
+
+    python -m benchmarks.model_zoo --out benchmarks/results/model_zoo
+    python -m benchmarks.model_zoo --models resnet50,densenet121 --input-size 64 --out /tmp/zoo
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torchvision
+from tqdm import tqdm
+
+from benchmarks._report import machine_line, result_header, write_result
+from db.errors import LatlabError
+from latlab.tables import render
+from profiler.plan import resolve_model
+from pruning.check import check_export
+from pruning.graph import build_network_spec
+
+
+def check_model(name: str, input_size: int) -> dict[str, Any]:
+    """One row: the model's structure and its export check (or the error that stopped it)."""
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"model": name}
+    try:
+        with warnings.catch_warnings():  # GoogLeNet / Inception-v3 warn about their weight init
+            warnings.simplefilter("ignore")
+            _, net = resolve_model(name, num_classes=10)
+        spec = build_network_spec(net, input_size, name=name)
+        s = spec.summary()
+        row.update(convs=s["convs"], groups=s["groups"], prunable=s["prunable"], items=s["items"],
+                   blocks=s["blocks"])
+        if s["items"] == 0 and not spec.blocks:
+            why = sorted({g.fixed_by.split(" in ")[0] for g in spec.groups.values() if g.fixed_by})
+            row["status"] = f"nothing to prune (fixed by {', '.join(why)})"
+        else:
+            check = check_export(net, spec)
+            c = check.counts
+            row.update(kept_items=check.kept_items, removed_blocks=len(check.removed_blocks),
+                       max_logit_delta=float(f"{check.max_logit_delta:.2g}"),
+                       params_kept_pct=round(100 * c["params_pruned"] / c["params_dense"], 1),
+                       macs_kept_pct=round(100 * c["macs_pruned"] / c["macs_dense"], 1), status="ok")
+    except LatlabError as exc:
+        row["status"] = f"refused: {exc}"
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="", help="comma-separated torchvision names (default: all classifiers)")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_zoo"))
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()] or torchvision.models.list_models(
+        module=torchvision.models)
+    t0 = time.perf_counter()
+    rows = [check_model(name, args.input_size) for name in tqdm(names, desc="models", unit="model")]
+    elapsed = time.perf_counter() - t0
+    counts = {k: sum(r["status"].startswith(k) for r in rows) for k in ("ok", "nothing", "refused")}
+    result = {**result_header("model_zoo", argv), "input_size": args.input_size, "elapsed_s": round(elapsed, 1),
+              "counts": counts, "rows": rows}
+    md = [
+        "# Which networks latlab prunes: torchvision's classification models", "",
+        f"Command: `{result['command']}`  ",
+        f"{machine_line(result['machine'])}; {args.input_size}px, 10 classes, untrained weights  ",
+        "Per model: the prunable structure `latlab graph` finds, then `latlab graph --check`: random kept channel "
+        "items per prunable group, every other removable block removed, exported, compared with the masked "
+        "dense network (BatchNorm statistics perturbed so that a wrongly sliced BN shows) and passed through "
+        f"`torch.export`. {counts['ok']} pruned and exported, {counts['nothing']} with nothing to prune, "
+        f"{counts['refused']} refused; {elapsed:.0f} s in all.", "",
+        render(rows, "markdown"),
+    ]
+    write_result(args.out, result, md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

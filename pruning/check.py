@@ -1,0 +1,77 @@
+"""Can latlab prune this network? Random masks as the pruner makes them, exported and checked.
+
+:func:`check_export` is what ``latlab graph --check`` runs before anyone sweeps a LUT for a network: on a copy
+with perturbed BatchNorm statistics, every prunable group keeps a random number of items chosen by random
+importances (whole positions across the stripes of grouped convs), every other removable block goes, and the
+slim network is exported, compared with the masked dense one and passed through ``torch.export``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from pruning.cost import importance_order
+from pruning.export import export_checked, export_program
+from pruning.graph import NetworkSpec
+
+__all__ = ["ExportCheck", "check_export", "random_masks", "randomise_bn"]
+
+
+def random_masks(spec: NetworkSpec, seed: int) -> dict[str, torch.Tensor]:
+    """``{conv: keep-vector}`` as the pruner makes them: random importances, a random number of items kept per
+    prunable group (fixed groups keep every channel)."""
+    rng = np.random.default_rng(seed)
+    masks = {}
+    for g in spec.groups.values():
+        keep = torch.zeros(g.width, dtype=torch.bool)
+        n = int(rng.integers(1, g.m + 1)) * g.q if g.prunable else g.width
+        keep[torch.as_tensor(importance_order(rng.random(g.width), g.stripes)[:n].copy())] = True
+        for conv in g.convs:
+            masks[conv] = keep
+    return masks
+
+
+@torch.no_grad()
+def randomise_bn(model: nn.Module, seed: int) -> None:
+    """Give every BatchNorm2d random affine parameters and running statistics (in place), so that a check
+    notices a BN sliced at the wrong channels even on a freshly initialised network."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+
+
+@dataclass
+class ExportCheck:
+    """What :func:`check_export` did and found."""
+
+    kept_items: int
+    items: int
+    removed_blocks: list[str]
+    max_logit_delta: float
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def check_export(model: nn.Module, spec: NetworkSpec, *, seed: int = 0) -> ExportCheck:
+    """Export ``model`` (not modified) with :func:`random_masks` and every other block of ``spec`` removed,
+    check it against the masked network (:class:`LatlabError` beyond tolerance) and ``torch.export`` it."""
+    t0 = time.perf_counter()
+    net = copy.deepcopy(model).float().eval()
+    randomise_bn(net, seed)
+    masks = random_masks(spec, seed)
+    removed = [b.name for b in spec.blocks][::2]
+    slim, delta, counts = export_checked(net, spec.input_size, masks, removed)
+    export_program(slim, spec.input_size)
+    kept = sum(int(masks[g.convs[0]].sum()) // g.q for g in spec.groups.values() if g.prunable)
+    return ExportCheck(kept, spec.n_items, removed, delta, counts, time.perf_counter() - t0)
