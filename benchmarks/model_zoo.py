@@ -3,9 +3,9 @@
 For each model (``--models``, default all of ``torchvision.models.list_models(module=torchvision.models)``):
 the prunable structure (:func:`pruning.graph.build_network_spec`: convs, channel groups, prunable groups,
 channel items, removable blocks) and :func:`pruning.check.check_export` (random kept items per prunable group,
-every other removable block removed, exported, compared with the masked network on perturbed BatchNorm
-statistics, ``torch.export``-ed). A model that fails is recorded with its error, and the rest go on.
-Writes JSON and Markdown to ``--out``.
+every other removable block removed, exported, compared with the masked network with random BatchNorm
+parameters and statistics from a random batch, ``torch.export``-ed). A model that fails is recorded with its
+error, and the rest go on. Writes JSON and Markdown to ``--out``.
 
     python -m benchmarks.model_zoo --out benchmarks/results/model_zoo
     python -m benchmarks.model_zoo --models resnet50,densenet121 --input-size 64 --out /tmp/zoo
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine_line(result['machine'])}; {args.input_size}px, 10 classes, untrained weights  ",
         "Per model: the prunable structure `latlab graph` finds, then `latlab graph --check`: random kept channel "
         "items per prunable group, every other removable block removed, exported, compared with the masked "
-        "dense network (BatchNorm statistics perturbed so that a wrongly sliced BN shows) and passed through "
-        f"`torch.export`. {counts['ok']} pruned and exported, {counts['nothing']} with nothing to prune, "
-        f"{counts['refused']} refused; {elapsed:.0f} s in all.", "",
+        "dense network (random BatchNorm parameters, statistics from a random batch, so that a wrongly sliced BN "
+        f"shows) and passed through `torch.export`. {counts['ok']} pruned and exported, {counts['nothing']} with "
+        f"nothing to prune, {counts['refused']} refused; {elapsed:.0f} s in all.", "",
         render(rows, "markdown"),
     ]
     write_result(args.out, result, md)

@@ -2,7 +2,8 @@
 
 Modules: ``graph`` (NetworkSpec: groups, items, blocks), ``mdp_tables`` (HALP/MDP json tables),
 ``importance``, ``cost`` (network + latency model → problem), ``problem`` + ``solvers`` (exact back-ends),
-``masks``, ``schedule``, ``export``, ``oneshot`` (the whole chain once).
+``masks``, ``schedule``, ``export``, ``check`` (export check of a network pruned at random), ``loss``
+(the classification loss importance and training share), ``oneshot`` (the whole chain once).
 """
 
 from __future__ import annotations

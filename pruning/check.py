@@ -1,9 +1,10 @@
 """Can latlab prune this network? Random masks as the pruner makes them, exported and checked.
 
 :func:`check_export` is what ``latlab graph --check`` runs before anyone sweeps a LUT for a network: on a copy
-with perturbed BatchNorm statistics, every prunable group keeps a random number of items chosen by random
-importances (whole positions across the stripes of grouped convs), every other removable block goes, and the
-slim network is exported, compared with the masked dense one and passed through ``torch.export``.
+with random BatchNorm parameters and statistics taken from a random batch, every prunable group keeps a random
+number of items chosen by random importances (whole positions across the stripes of grouped convs), every other
+removable block goes, and the slim network is exported, compared with the masked dense one and passed through
+``torch.export``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pruning.cost import importance_order
 from pruning.export import export_checked, export_program
 from pruning.graph import NetworkSpec
 
-__all__ = ["ExportCheck", "check_export", "random_masks", "randomise_bn"]
+__all__ = ["ExportCheck", "calibrate_bn", "check_export", "random_masks", "randomise_bn"]
 
 
 def random_masks(spec: NetworkSpec, seed: int) -> dict[str, torch.Tensor]:
@@ -51,6 +52,26 @@ def randomise_bn(model: nn.Module, seed: int) -> None:
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
 
 
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batch: torch.Tensor) -> None:
+    """Set every BatchNorm2d's running statistics to those of ``batch`` (the rest of the network stays in eval
+    mode), so that an untrained network's activations stay of order one instead of growing layer by layer."""
+    was_training = model.training
+    model.eval()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one batch sets the statistics
+        m.train()
+    try:
+        model(batch)
+    finally:
+        for m, momentum in zip(bns, saved, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 @dataclass
 class ExportCheck:
     """What :func:`check_export` did and found."""
@@ -69,6 +90,7 @@ def check_export(model: nn.Module, spec: NetworkSpec, *, seed: int = 0) -> Expor
     t0 = time.perf_counter()
     net = copy.deepcopy(model).float().eval()
     randomise_bn(net, seed)
+    calibrate_bn(net, torch.randn(4, 3, *spec.input_size, generator=torch.Generator().manual_seed(seed)))
     masks = random_masks(spec, seed)
     removed = [b.name for b in spec.blocks][::2]
     slim, delta, counts = export_checked(net, spec.input_size, masks, removed)
