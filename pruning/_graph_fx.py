@@ -14,7 +14,8 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _OPAQUE_MODULES, _PathTracer
+from profiler._trace import _PathTracer
+from profiler.widths import _conv_node_names, _width_sources
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,7 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
     graph = _symbolic_graph(model_name, module)
     modules = dict(module.named_modules())
     nodes = list(graph.nodes)
-    conv_of: dict[fx.Node, str] = {}
-    calls: dict[str, int] = {}
-    for node in nodes:
-        if node.op == "call_module" and isinstance(modules.get(node.target), nn.Conv2d):
-            calls[node.target] = calls.get(node.target, 0) + 1
-            conv_of[node] = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
+    conv_of = _conv_node_names(graph, modules)
     if list(conv_of.values()) != list(conv_names):
         raise LatlabError(f"model {model_name!r}: the symbolic trace lists other convs than the shape trace")
 
@@ -125,15 +121,7 @@ def graph_facts(model_name: str, module: nn.Module, conv_names: list[str]) -> Gr
                  and isinstance(modules.get(u.target), nn.BatchNorm2d) and u.args and u.args[0] is node]
         bn[name] = str(found[0]) if len(found) == 1 else None
 
-    sources: dict[fx.Node, frozenset[str]] = {}  # the convs whose output channels each node carries
-    for node in nodes:
-        mod = modules.get(node.target) if node.op == "call_module" else None
-        if node in conv_of:
-            sources[node] = frozenset((conv_of[node],))
-        elif isinstance(mod, _OPAQUE_MODULES) or node.op in ("placeholder", "get_attr"):
-            sources[node] = frozenset()
-        else:
-            sources[node] = frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
+    sources = _width_sources(graph, modules, conv_of)  # the convs whose output channels each node carries
 
     idom, _ = _dominators(nodes)
     blocks: list[RawBlock] = []
