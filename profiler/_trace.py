@@ -35,6 +35,9 @@ STATELESS_OK: tuple[type[nn.Module], ...] = (
 )
 
 
+_LAYER_LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+
+
 def has_own_state(module: nn.Module) -> bool:
     """True when ``module`` holds parameters or buffers of its own (its submodules' do not count)."""
     return next(module.parameters(recurse=False), None) is not None or any(
@@ -144,12 +147,20 @@ class TraceResult:
 
 
 class _PathTracer(fx.Tracer):
-    """A plain fx tracer that remembers which module it is inside, for error messages."""
+    """An fx tracer that remembers which module it is inside, for error messages.
+
+    Subclasses of Conv2d, BatchNorm2d and Linear are leaves like the torch.nn classes themselves (timm's
+    ``BatchNormAct2d`` is a BN followed by its activation; ``Conv2dSame`` pads on its own), so the rest of
+    latlab sees them as the layers they are.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.stack: list[str] = []
         self.failed_at: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _LAYER_LEAVES) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
@@ -237,12 +248,35 @@ def _padding(conv: nn.Conv2d, name: str) -> tuple[int, int]:
     return int(pad[0]), int(pad[1])
 
 
-def conv_family(conv: nn.Conv2d, name: str, in_h: int, in_w: int) -> ConvFamily:
-    """The :class:`ConvFamily` of ``conv`` applied to an ``in_h x in_w`` input."""
+def _out_size(n: int, pad: int, k: int, s: int, d: int) -> int:
+    return (n + 2 * pad - d * (k - 1) - 1) // s + 1
+
+
+def _effective_padding(conv: nn.Conv2d, name: str, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
+    """The conv's padding, or, when a subclass pads on its own (timm's ``Conv2dSame``: asymmetric 'same'
+    padding), the symmetric padding that gives the output size it produced."""
+    pads = []
+    for p, n, o, k, s, d in zip(_padding(conv, name), in_hw, out_hw, conv.kernel_size, conv.stride, conv.dilation,
+                                strict=True):
+        if _out_size(n, p, k, s, d) != o:
+            p = next((q for q in range(d * (k - 1) + s + 1) if _out_size(n, q, k, s, d) == o), -1)
+            if p < 0:
+                raise LatlabError(f"conv {name} ({type(conv).__name__}) maps {in_hw} to {out_hw}, which no "
+                                  "symmetric zero padding reproduces")
+            log.info("conv %s (%s) pads on its own; its family is recorded with padding %d", name,
+                     type(conv).__name__, p)
+        pads.append(p)
+    return pads[0], pads[1]
+
+
+def conv_family(conv: nn.Conv2d, name: str, in_h: int, in_w: int,
+                out_hw: tuple[int, int] | None = None) -> ConvFamily:
+    """The :class:`ConvFamily` of ``conv`` applied to an ``in_h x in_w`` input (``out_hw``: the output size it
+    produced there, for convs that pad on their own)."""
     if conv.padding_mode != "zeros":
         log.warning("conv %s uses padding_mode=%r; its family is recorded as zero-padded", name,
                     conv.padding_mode)
-    ph, pw = _padding(conv, name)
+    ph, pw = _padding(conv, name) if out_hw is None else _effective_padding(conv, name, (in_h, in_w), out_hw)
     g, cin, cout = conv.groups, conv.in_channels, conv.out_channels
     depthwise = g > 1 and g == cin == cout
     return ConvFamily(
@@ -357,7 +391,9 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
                 raise LatlabError(f"model {model_name!r}: conv {name} sees {int(shape[1])} input channels "
                                   f"but has in_channels={mod.in_channels}")
             prods = sorted(sources.get(src, frozenset()), key=order.__getitem__)
-            layers.append(ConvLayer(name, conv_family(mod, name, int(shape[2]), int(shape[3])),
+            out_shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+            out_hw = (int(out_shape[2]), int(out_shape[3])) if out_shape is not None and len(out_shape) == 4 else None
+            layers.append(ConvLayer(name, conv_family(mod, name, int(shape[2]), int(shape[3]), out_hw),
                                     mod.in_channels, mod.out_channels, tuple(prods)))
             order[name] = len(order)
             uf.add(name)

@@ -1,6 +1,6 @@
 """From a network to a sweep plan: which (family, cin, cout) points a LUT sweep must measure.
 
-1. :func:`resolve_model` builds a torchvision model by name (``weights=None``) or takes a module.
+1. :func:`resolve_model` builds a torchvision (or ``timm:``) model by name, without weights, or takes a module.
 2. :func:`trace_convs` traces it with ``torch.fx`` and shape propagation at batch 1 and lists every
    ``nn.Conv2d`` as a :class:`ConvLayer` (geometry, dense widths, producer convs).
 3. :func:`parse_grid` reads a grid spec (CLI syntax) into a :class:`GridSpec`.
@@ -33,7 +33,7 @@ from profiler._trace import ConvLayer, TraceResult, normalise_size, trace_model
 
 __all__ = [
     "GRID_KINDS", "GRID_SYNTAX", "ConvLayer", "GridSpec", "SweepPlan", "TraceResult", "build_plan",
-    "parse_grid", "plan_from_layers", "resolve_model", "shape_families", "trace_convs", "trace_network",
+    "TIMM_PREFIX", "parse_grid", "plan_from_layers", "resolve_model", "shape_families", "trace_convs", "trace_network",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,26 +51,33 @@ def _display_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def resolve_model(model: str | nn.Module, num_classes: int = 1000) -> tuple[str, nn.Module]:
-    """``(display name, module in eval mode)`` for a torchvision model name or a module.
+TIMM_PREFIX = "timm:"
 
-    A name is built with ``torchvision.models.get_model(name, weights=None)`` (and
+
+def resolve_model(model: str | nn.Module, num_classes: int = 1000) -> tuple[str, nn.Module]:
+    """``(display name, module in eval mode)`` for a model name or a module.
+
+    A torchvision name is built with ``torchvision.models.get_model(name, weights=None)`` (and
     ``weights_backbone=None`` where the builder has it); ``num_classes`` is passed only when it is not
-    1000. An unknown name raises :class:`LatlabError` listing close matches. A module is put in eval
-    mode in place.
+    1000. A name ``timm:NAME`` (e.g. ``timm:resnet50d``, ``timm:efficientnet_b0.ra_in1k``) is built with
+    ``timm.create_model(NAME, pretrained=False)`` when the optional ``timm`` package is installed. Nothing is
+    downloaded: weights come from a local file (``profiler.measure.load_model``). An unknown name raises
+    :class:`LatlabError` listing close matches. A module is put in eval mode in place.
     """
     if isinstance(model, nn.Module):
         return _display_name(model), model.eval()
     if not isinstance(model, str) or not model.strip():
-        raise LatlabError(f"model must be a torchvision model name or an nn.Module, got {model!r}")
+        raise LatlabError(f"model must be a torchvision model name, timm:NAME or an nn.Module, got {model!r}")
+    name = model.strip()
+    if name.lower().startswith(TIMM_PREFIX):
+        return _timm_model(name[len(TIMM_PREFIX):].strip(), num_classes)
     import torchvision
 
-    name = model.strip().lower()
+    name = name.lower()
     known = torchvision.models.list_models()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "see torchvision.models.list_models()"
-        raise LatlabError(f"unknown torchvision model {model.strip()!r}; {hint}")
+        raise LatlabError(f"unknown torchvision model {model.strip()!r}; "
+                          f"{_close_matches(name, known, 'torchvision.models.list_models()')}")
     kwargs: dict[str, Any] = {"weights": None}
     if num_classes != 1000:  # 1000 keeps each builder's own default (detection: 91, segmentation: 21)
         kwargs["num_classes"] = num_classes
@@ -81,6 +88,27 @@ def resolve_model(model: str | nn.Module, num_classes: int = 1000) -> tuple[str,
     except Exception as exc:  # torchvision raises several types for bad kwargs
         raise LatlabError(f"cannot build torchvision model {name!r}: {type(exc).__name__}: {exc}") from None
     return name, module.eval()
+
+
+def _close_matches(name: str, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    return f"did you mean {', '.join(close)}?" if close else f"see {where}"
+
+
+def _timm_model(name: str, num_classes: int) -> tuple[str, nn.Module]:
+    try:
+        import timm
+    except ImportError:
+        raise LatlabError(f"model {TIMM_PREFIX}{name} needs the timm package: pip install 'latlab[timm]'") from None
+    arch = name.split(".")[0].lower()
+    if not timm.is_model(arch):
+        hint = _close_matches(arch, timm.list_models(), "timm.list_models()")
+        raise LatlabError(f"unknown timm model {name!r}; {hint}")
+    try:
+        module = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    except Exception as exc:  # timm raises several types for bad names and kwargs
+        raise LatlabError(f"cannot build timm model {name!r}: {type(exc).__name__}: {exc}") from None
+    return f"{TIMM_PREFIX}{name}", module.eval()
 
 
 def trace_network(model: str | nn.Module, input_size: int | tuple[int, int] = 224) -> TraceResult:

@@ -18,10 +18,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
 from profiler._grids import group_stripes, striped_q
+from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
     _OPAQUE_MODULES,
     STATELESS_OK,
@@ -149,30 +151,7 @@ def _new_conv(old: nn.Conv2d, cin: int, cout: int, depthwise: bool) -> nn.Conv2d
         raise LatlabError(f"depthwise conv needs cin == cout, got {cin} and {cout}")
     if cin % groups or cout % groups:
         raise LatlabError(f"cin={cin} and cout={cout} must be multiples of the conv's {groups} groups")
-    new = nn.Conv2d(cin, cout, old.kernel_size, old.stride, old.padding, old.dilation, groups,
-                    bias=old.bias is not None, padding_mode=old.padding_mode)
-    new.weight.data.copy_(old.weight.data[:cout, : cin // groups])
-    if old.bias is not None:
-        new.bias.data.copy_(old.bias.data[:cout])
-    return new.to(device=old.weight.device, dtype=old.weight.dtype)
-
-
-def _new_bn(old: nn.BatchNorm2d, n: int) -> nn.BatchNorm2d:
-    new = nn.BatchNorm2d(n, old.eps, old.momentum, old.affine, old.track_running_stats)
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        src, dst = getattr(old, attr), getattr(new, attr)
-        if src is not None and dst is not None:
-            dst.data.copy_(src.data[:n])
-    ref = old.weight if old.weight is not None else old.running_mean
-    return new.to(device=ref.device, dtype=ref.dtype) if ref is not None else new
-
-
-def _new_linear(old: nn.Linear, n_in: int) -> nn.Linear:
-    new = nn.Linear(n_in, old.out_features, bias=old.bias is not None)
-    new.weight.data.copy_(old.weight.data[:, :n_in])
-    if old.bias is not None:
-        new.bias.data.copy_(old.bias.data)
-    return new.to(device=old.weight.device, dtype=old.weight.dtype)
+    return sliced_conv(old, torch.arange(cin // groups), torch.arange(cout), groups)
 
 
 def _conv_node_names(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> dict[fx.Node, str]:
@@ -268,7 +247,7 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                                       "the convs feeding it; unsupported structure")
                 n = _width_of(src_set, new_out, group_of)
                 if n != mod.num_features:
-                    replace[node.target] = _new_bn(mod, n)
+                    replace[node.target] = sliced_bn(mod, torch.arange(n))
             elif isinstance(mod, nn.Linear) and src_set:
                 d = _width_of(src_set, dense_out, group_of)
                 if mod.in_features % d:
@@ -276,7 +255,7 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                                       f"the {d} channels feeding it; unsupported structure")
                 n = mod.in_features // d * _width_of(src_set, new_out, group_of)
                 if n != mod.in_features:
-                    replace[node.target] = _new_linear(mod, n)
+                    replace[node.target] = sliced_linear(mod, torch.arange(n))
             elif src_set and not isinstance(mod, STATELESS_OK) and (
                 isinstance(mod, _OPAQUE_MODULES) or has_own_state(mod)
             ):

@@ -28,6 +28,7 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
+from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import _OPAQUE_MODULES, CHANNEL_MOVERS, TraceResult, _PathTracer, has_channel_state
 from pruning._removal import Removal, removal
 from pruning.importance import conv_bn_pairs
@@ -99,43 +100,19 @@ def _grouped_cols(in_keep: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def _new_conv(old: nn.Conv2d, in_keep: torch.Tensor, out_keep: torch.Tensor, depthwise: bool) -> nn.Conv2d:
-    w = old.weight.detach()
-    ii, oi = _idx(in_keep), _idx(out_keep)
+    oi = _idx(out_keep)
     if depthwise:
-        groups, weight = len(oi), w[oi.to(w.device)]
-    elif old.groups == 1:
-        groups, weight = 1, w[oi.to(w.device)][:, ii.to(w.device)]
-    else:  # grouped: each conv group keeps the same input positions and as many outputs as the others
-        groups = old.groups
-        if not bool((in_keep.view(groups, -1) == in_keep[: len(in_keep) // groups]).all()):
-            raise LatlabError(f"grouped conv with groups={groups}: its input mask must keep the same channels in "
-                              f"each of its {groups} groups (latlab's pruner does: ChannelGroup.stripes)")
-        if len(set(out_keep.view(groups, -1).sum(dim=1).tolist())) > 1:
-            raise LatlabError(f"grouped conv with groups={groups}: its mask must keep as many output channels in "
-                              f"each of its {groups} groups")
-        weight = w[oi.to(w.device)][:, _grouped_cols(in_keep, groups).to(w.device)]
-    new = nn.Conv2d(len(ii), len(oi), old.kernel_size, old.stride, old.padding, old.dilation, groups,
-                    bias=old.bias is not None, padding_mode=old.padding_mode)
-    new = new.to(device=w.device, dtype=w.dtype)
-    new.weight.data.copy_(weight)
-    if old.bias is not None:
-        new.bias.data.copy_(old.bias.detach()[oi.to(w.device)])
-    return new
-
-
-def _new_bn(old: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
-    ref = old.weight if old.weight is not None else old.running_mean
-    i = _idx(keep).to(ref.device) if ref is not None else _idx(keep)
-    new = nn.BatchNorm2d(len(i), old.eps, old.momentum, old.affine, old.track_running_stats)
-    if ref is not None:
-        new = new.to(device=ref.device, dtype=ref.dtype)
-    for attr in _BN_SLICED:
-        src, dst = getattr(old, attr), getattr(new, attr)
-        if src is not None and dst is not None:
-            dst.data.copy_(src.detach()[i])
-    if old.num_batches_tracked is not None and new.num_batches_tracked is not None:
-        new.num_batches_tracked.copy_(old.num_batches_tracked)
-    return new
+        return sliced_conv(old, torch.arange(1), oi, len(oi))
+    if old.groups == 1:
+        return sliced_conv(old, _idx(in_keep), oi, 1)
+    groups = old.groups  # grouped: each conv group keeps the same input positions and as many outputs as the others
+    if not bool((in_keep.view(groups, -1) == in_keep[: len(in_keep) // groups]).all()):
+        raise LatlabError(f"grouped conv with groups={groups}: its input mask must keep the same channels in "
+                          f"each of its {groups} groups (latlab's pruner does: ChannelGroup.stripes)")
+    if len(set(out_keep.view(groups, -1).sum(dim=1).tolist())) > 1:
+        raise LatlabError(f"grouped conv with groups={groups}: its mask must keep as many output channels in "
+                          f"each of its {groups} groups")
+    return sliced_conv(old, _grouped_cols(in_keep, groups), oi, groups)
 
 
 def _linear_columns(old: nn.Linear, keep: torch.Tensor) -> torch.Tensor:
@@ -145,17 +122,10 @@ def _linear_columns(old: nn.Linear, keep: torch.Tensor) -> torch.Tensor:
 
 
 def _new_linear(old: nn.Linear, keep: torch.Tensor, name: str) -> nn.Linear:
-    d = len(keep)
-    if old.in_features % d:
-        raise LatlabError(f"Linear {name}: in_features={old.in_features} is not a multiple of the {d} channels "
-                          "feeding it; unsupported structure")
-    cols = _linear_columns(old, keep).to(old.weight.device)
-    new = nn.Linear(len(cols), old.out_features, bias=old.bias is not None)
-    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-    new.weight.data.copy_(old.weight.detach()[:, cols])
-    if old.bias is not None:
-        new.bias.data.copy_(old.bias.detach())
-    return new
+    if old.in_features % len(keep):
+        raise LatlabError(f"Linear {name}: in_features={old.in_features} is not a multiple of the {len(keep)} "
+                          "channels feeding it; unsupported structure")
+    return sliced_linear(old, _linear_columns(old, keep))
 
 
 def _cat_dim(node: fx.Node) -> int:
@@ -236,7 +206,7 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                     if len(src) != mod.num_features:
                         raise LatlabError(f"BatchNorm2d {target}: {mod.num_features} features but its input carries "
                                           f"{len(src)} tracked channels")
-                    replace[target] = _new_bn(mod, src)
+                    replace[target] = sliced_bn(mod, _idx(src))
                     if slices is not None:
                         kept = _idx(src)
                         slices.update({f"{target}.{a}": (kept,) for a in _BN_SLICED if getattr(mod, a) is not None})
