@@ -1,6 +1,8 @@
-"""Which networks can latlab prune? Every torchvision classification model through ``latlab graph --check``.
+"""Which networks can latlab prune? Every torchvision classification model, or one timm CNN per family, through
+``latlab graph --check``.
 
-For each model (``--models``, default all of ``torchvision.models.list_models(module=torchvision.models)``):
+For each model (``--models``; default with ``--source torchvision`` all of
+``torchvision.models.list_models(module=torchvision.models)``, with ``--source timm`` :data:`TIMM_MODELS`):
 the prunable structure (:func:`pruning.graph.build_network_spec`: convs, channel groups, prunable groups,
 channel items, removable blocks) and :func:`pruning.check.check_export` (random kept items per prunable group,
 every other removable block removed, exported, compared with the masked network with random BatchNorm
@@ -8,6 +10,7 @@ parameters and statistics from a random batch, ``torch.export``-ed). A model tha
 error, and the rest go on. Writes JSON and Markdown to ``--out``.
 
     python -m benchmarks.model_zoo --out benchmarks/results/model_zoo
+    python -m benchmarks.model_zoo --source timm --out benchmarks/results/model_zoo_timm
     python -m benchmarks.model_zoo --models resnet50,densenet121 --input-size 64 --out /tmp/zoo
 """
 
@@ -28,6 +31,26 @@ from latlab.tables import render
 from profiler.plan import resolve_model
 from pruning.check import check_export
 from pruning.graph import build_network_spec
+
+# one timm model per family of CNNs (and a few hybrids), the smallest variant where there are several
+TIMM_MODELS = (
+    "resnet18d", "resnet50d", "resnext50d_32x4d", "seresnext26d_32x4d", "ecaresnet26t", "skresnet18", "resnest14d",
+    "res2net50_14w_8s", "resnetv2_50", "resnetrs50", "resnet50_gn", "tresnet_m", "regnetx_002", "regnety_008",
+    "regnetz_b16", "efficientnet_b0", "efficientnetv2_rw_t", "tf_efficientnet_b0", "tf_efficientnetv2_b0", "mixnet_s",
+    "mnasnet_100", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv4_conv_small", "fbnetc_100", "spnasnet_100",
+    "lcnet_100", "hardcorenas_a", "tinynet_a", "ghostnet_100", "ghostnetv2_100", "repghostnet_050", "rexnet_100",
+    "densenet121", "dla34", "dpn68", "cspresnet50", "cspdarknet53", "cs3darknet_s", "darknet53", "vovnet39a",
+    "ese_vovnet19b_dw", "hrnet_w18_small", "selecsls42b", "gernet_s", "repvgg_a0", "mobileone_s0", "xception41",
+    "inception_v3", "inception_v4", "hgnet_tiny", "hgnetv2_b0", "nf_resnet50", "convnext_atto", "fastvit_t8",
+    "efficientvit_b0", "edgenext_xx_small", "vgg11", "halonet26t",
+)
+
+
+def default_models(source: str) -> list[str]:
+    """The models ``--source`` checks when ``--models`` is not given."""
+    if source == "timm":
+        return [f"timm:{name}" for name in TIMM_MODELS]
+    return torchvision.models.list_models(module=torchvision.models)
 
 
 def check_model(name: str, input_size: int) -> dict[str, Any]:
@@ -60,12 +83,13 @@ def check_model(name: str, input_size: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="", help="comma-separated torchvision names (default: all classifiers)")
+    parser.add_argument("--source", choices=("torchvision", "timm"), default="torchvision",
+                        help="default model list: all torchvision classifiers, or one timm CNN per family")
+    parser.add_argument("--models", default="", help="comma-separated names (torchvision, or timm:NAME)")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_zoo"))
     args = parser.parse_args(argv)
-    names = [m.strip() for m in args.models.split(",") if m.strip()] or torchvision.models.list_models(
-        module=torchvision.models)
+    names = [m.strip() for m in args.models.split(",") if m.strip()] or default_models(args.source)
     t0 = time.perf_counter()
     rows = [check_model(name, args.input_size) for name in tqdm(names, desc="models", unit="model")]
     elapsed = time.perf_counter() - t0
@@ -73,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {**result_header("model_zoo", argv), "input_size": args.input_size, "elapsed_s": round(elapsed, 1),
               "counts": counts, "rows": rows}
     md = [
-        "# Which networks latlab prunes: torchvision's classification models", "",
+        f"# Which networks latlab prunes: {'timm CNNs' if args.source == 'timm' else 'torchvision classifiers'}", "",
         f"Command: `{result['command']}`  ",
         f"{machine_line(result['machine'])}; {args.input_size}px, 10 classes, untrained weights  ",
         "Per model: the prunable structure `latlab graph` finds, then `latlab graph --check`: random kept channel "
         "items per prunable group, every other removable block removed, exported, compared with the masked "
         "dense network (random BatchNorm parameters, statistics from a random batch, so that a wrongly sliced BN "
-        f"shows) and passed through `torch.export`. {counts['ok']} pruned and exported, {counts['nothing']} with "
+        "shows; both run in float64, so the difference is structure, not rounding) and passed through "
+        f"`torch.export`. {counts['ok']} pruned and exported, {counts['nothing']} with "
         f"nothing to prune, {counts['refused']} refused; {elapsed:.0f} s in all.", "",
         render(rows, "markdown"),
     ]

@@ -22,8 +22,8 @@ M = TypeVar("M", bound=nn.Module)
 
 
 def _shell(old: M, params: dict[str, torch.Tensor | None], buffers: dict[str, torch.Tensor | None]) -> M:
-    """A copy of ``old``'s class and plain attributes with the given tensors, without hooks or
-    parametrizations (a parametrized layer, e.g. a soft-masked conv, becomes its original class)."""
+    """A copy of ``old``'s class and plain attributes with the given tensors (its other own tensors copied whole),
+    without hooks or parametrizations (a parametrized layer, e.g. a soft-masked conv, becomes its original class)."""
     cls = type(old).__bases__[0] if parametrize.is_parametrized(old) else type(old)
     new = cls.__new__(cls)
     nn.Module.__init__(new)
@@ -38,6 +38,13 @@ def _shell(old: M, params: dict[str, torch.Tensor | None], buffers: dict[str, to
             value.detach().clone(), requires_grad=ref.requires_grad))
     for name, value in buffers.items():
         new.register_buffer(name, None if value is None else value.detach().clone())
+    for name, p in old._parameters.items():  # other own tensors are copied whole
+        if name not in params:
+            new.register_parameter(name, None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad))
+    for name, b in old._buffers.items():
+        if name not in buffers:
+            new.register_buffer(name, None if b is None else b.detach().clone(),
+                                persistent=name not in old._non_persistent_buffers_set)
     return new
 
 

@@ -7,6 +7,7 @@ Used by :mod:`profiler.plan`; import from there. Everything runs on the module's
 from __future__ import annotations
 
 import logging
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import ShapeProp, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata, _extract_tensor_metadata
+from torch.nn import functional as F  # noqa: N812
+from torch.nn.utils import parametrize
 
 from db.errors import LatlabError
 from db.keys import ConvFamily
@@ -67,6 +70,14 @@ _JOIN_FUNCTIONS = {
 }
 _JOIN_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
 
+# Conv2d subclasses that override forward but compute a plain conv of their weight (timm: dynamic 'same' padding)
+_SLICEABLE_CONVS = {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.conv2d_same.Conv2dSameExport"}
+# ops that mix the channels they are given (whatever dims they are called with) or do so over a dim argument
+_CHANNEL_MIXING_FUNCTIONS = {torch.conv2d, F.conv2d, F.local_response_norm}
+_CHANNEL_MIXING_MODULES: tuple[type[nn.Module], ...] = (nn.LocalResponseNorm, nn.Softmax2d, nn.ChannelShuffle)
+_CHANNEL_AXIS_FUNCTIONS = {torch.softmax, F.softmax, "softmax", torch.log_softmax, F.log_softmax, "log_softmax",
+                           F.normalize, torch.cumsum, "cumsum", torch.cumprod, "cumprod"}
+
 
 @dataclass(frozen=True)
 class ConvLayer:
@@ -114,7 +125,7 @@ class TraceResult:
 
         The coupled :attr:`groups`, plus the calls of one module, plus a depthwise conv with its producers
         (its output channels are its input channels) when they share one mask; a depthwise conv on a concat of
-        several groups keeps a group of its own.
+        several groups, or on a split or slice of one, keeps a group of its own.
         """
         uf = _UnionFind()
         for layer in self.layers:
@@ -125,8 +136,10 @@ class TraceResult:
         first_call: dict[str, str] = {}
         for layer in self.layers:
             uf.union(first_call.setdefault(layer.name.split("#", 1)[0], layer.name), layer.name)
-        for layer in self.layers:
-            if layer.family.depthwise and len({uf.find(p) for p in layer.producers}) == 1:
+        cout = {layer.name: layer.cout for layer in self.layers}
+        for layer in self.layers:  # a depthwise conv on a split or slice of its producer keeps a group of its own
+            if layer.family.depthwise and len({uf.find(p) for p in layer.producers}) == 1 and all(
+                    cout[p] == layer.cin for p in layer.producers):
                 uf.union(layer.producers[0], layer.name)
         members: dict[str, list[str]] = {}
         for layer in self.layers:
@@ -142,7 +155,8 @@ class TraceResult:
             if layer.name in self.fixed:
                 out.setdefault(index[layer.name], self.fixed[layer.name])
             elif layer.family.depthwise and index[layer.name] not in {index[p] for p in layer.producers}:
-                out.setdefault(index[layer.name], f"depthwise on {'a concat' if layer.producers else 'the input'}")
+                on = "a concat or split" if layer.producers else "the input"
+                out.setdefault(index[layer.name], f"depthwise on {on}")
         return out
 
 
@@ -310,6 +324,79 @@ def _is_join(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _JOIN_METHODS
 
 
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def _dim_arg(node: fx.Node) -> Any:
+    return node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+
+
+def changes_channel_axis(node: fx.Node, mod: nn.Module | None) -> bool:
+    """True when ``node`` (of a :func:`shaped_graph`) does not carry its tensor inputs' channels one to one:
+    its output's dim 1 is not theirs (a reshape such as ECA's ``view(B, 1, C)``, a slice ``x[:, :C]``, a mean
+    over channels) or it mixes channels (softmax or normalisation over dim 1, a functional conv). A flatten
+    of the channels with the dims after them (before a Linear) keeps them; convs, BN and Linear modules,
+    concats and channel movers are handled by their own rules."""
+    if node.op == "call_module":
+        if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *_OPAQUE_MODULES)):
+            return False
+    elif node.op not in ("call_function", "call_method") or node.target in CHANNEL_MOVERS or node.target in CONCATS:
+        return False
+    out = _shape(node)
+    if out is None or len(out) < 2:
+        return False
+    if isinstance(mod, _CHANNEL_MIXING_MODULES) or node.target in _CHANNEL_MIXING_FUNCTIONS:
+        return True
+    if node.target in _CHANNEL_AXIS_FUNCTIONS and isinstance(_dim_arg(node), int) and _dim_arg(node) % len(out) == 1:
+        return True
+    for a in node.all_input_nodes:
+        shape = _shape(a)
+        if shape is None or len(shape) < 2 or shape[1] == 1 or a.op == "get_attr" or out[1] == shape[1]:
+            continue
+        flattened = len(out) < len(shape) and out[1] % shape[1] == 0 and math.prod(out[1:]) == math.prod(shape[1:])
+        if not flattened:
+            return True
+    return False
+
+
+def _carries_channels(operand: fx.Node, node: fx.Node) -> bool:
+    """True when ``operand`` of the element-wise ``node`` has the output's channels (not broadcast over them)."""
+    shape, out = _shape(operand), _shape(node)
+    return shape is not None and out is not None and len(shape) >= 2 and len(out) >= 2 and shape[1] == out[1] > 1
+
+
+def _base_class(mod: nn.Module) -> type[nn.Module]:
+    return type(mod).__bases__[0] if parametrize.is_parametrized(mod) else type(mod)
+
+
+def register_sliceable_conv(cls: type[nn.Conv2d]) -> type[nn.Conv2d]:
+    """Declare that slicing the weight of Conv2d subclass ``cls`` slices what its own forward computes (it pads or
+    casts, say); usable as a class decorator. Other subclasses that override forward keep all their channels."""
+    _SLICEABLE_CONVS.add(f"{cls.__module__}.{cls.__qualname__}")
+    return cls
+
+
+def sliceable_conv(conv: nn.Conv2d) -> bool:
+    """True when slicing ``conv``'s weight slices what it computes: ``nn.Conv2d`` itself, a subclass that keeps its
+    forward and holds only a weight and a bias, timm's ``Conv2dSame`` (it only pads) or one registered with
+    :func:`register_sliceable_conv`. Weight-standardised convs (timm's ``StdConv2d``) are not: their weights are
+    normalised over the input channels."""
+    cls = _base_class(conv)
+    if f"{cls.__module__}.{cls.__qualname__}" in _SLICEABLE_CONVS:
+        return True
+    own = set(conv._parameters) | set(conv._buffers)
+    same_forward = all(getattr(cls, m) is getattr(nn.Conv2d, m) for m in ("forward", "_conv_forward"))
+    return same_forward and own <= {"weight", "bias"}
+
+
+def _op_where(node: fx.Node) -> str:
+    op = getattr(node.target, "__name__", str(node.target))
+    where = next(reversed(node.meta.get("nn_module_stack") or {}), "")
+    return f"{op} in {where}" if where else op
+
+
 def _fixes_channels(node: fx.Node, mod: nn.Module | None) -> str | None:
     """Why the channels that reach ``node`` must keep their width (``None``: they need not)."""
     if node.op == "output":
@@ -317,10 +404,21 @@ def _fixes_channels(node: fx.Node, mod: nn.Module | None) -> str | None:
     if has_channel_state(mod):
         return f"{type(mod).__name__} {node.target}"
     if node.op in ("call_function", "call_method") and (node.target in CHANNEL_MOVERS or node.target in CONCATS):
-        op = getattr(node.target, "__name__", str(node.target))
-        where = next(reversed(node.meta.get("nn_module_stack") or {}), "")
-        return f"{op} in {where}" if where else op
+        return _op_where(node)
+    if changes_channel_axis(node, mod):
+        return _op_where(node) if node.op != "call_module" else f"{type(mod).__name__} {node.target}"
     return None
+
+
+def shaped_graph(model_name: str, module: nn.Module, hw: tuple[int, int]) -> fx.GraphModule:
+    """``module`` fx-traced with every node's ``tensor_meta`` from one batch-1 forward pass in eval mode (the
+    module's train/eval mode is restored)."""
+    was_training = module.training
+    module.eval()
+    try:
+        return _trace_graph(model_name, module, hw)
+    finally:
+        module.train(was_training)
 
 
 def _trace_graph(model_name: str, module: nn.Module, hw: tuple[int, int]) -> fx.GraphModule:
@@ -358,13 +456,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     convs carried into the output, a concat, a channel mover or a stateful module are ``fixed``.
     """
     hw = normalise_size(input_size)
-    was_training = module.training
-    module.eval()
-    try:
-        gm = _trace_graph(model_name, module, hw)
-    finally:
-        module.train(was_training)
-
+    gm = shaped_graph(model_name, module, hw)
     modules = dict(gm.named_modules())
     sources: dict[fx.Node, frozenset[str]] = {}
     order: dict[str, int] = {}
@@ -372,6 +464,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     uf = _UnionFind()
     layers: list[ConvLayer] = []
     fixed: dict[str, str] = {}
+    inexact: set[fx.Node] = set()  # channels that are not one conv group's, one to one (concat, split, reshape)
     for node in gm.graph.nodes:
         inputs = [a for a in node.all_input_nodes if "tensor_meta" in a.meta or a in sources]
         mod = modules.get(node.target) if node.op == "call_module" else None
@@ -379,6 +472,15 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
         if why:
             for name in sorted(frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))):
                 fixed.setdefault(name, why)
+            if node.op != "output":
+                inexact.add(node)
+        if isinstance(mod, nn.BatchNorm2d):
+            src = node.args[0] if node.args else None
+            after_conv = isinstance(src, fx.Node) and src.op == "call_module" and isinstance(
+                modules.get(src.target), nn.Conv2d)
+            if not after_conv:
+                for name in sources.get(src, frozenset()):  # masking zeroes only the BN right after a conv
+                    fixed.setdefault(name, f"{type(mod).__name__} {node.target} (not right after a conv)")
         if isinstance(mod, nn.Conv2d):
             calls[node.target] = calls.get(node.target, 0) + 1
             name = node.target if calls[node.target] == 1 else f"{node.target}#{calls[node.target]}"
@@ -391,6 +493,9 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
                 raise LatlabError(f"model {model_name!r}: conv {name} sees {int(shape[1])} input channels "
                                   f"but has in_channels={mod.in_channels}")
             prods = sorted(sources.get(src, frozenset()), key=order.__getitem__)
+            if not sliceable_conv(mod):
+                for conv in (*prods, name):
+                    fixed.setdefault(conv, f"{_base_class(mod).__name__} {name} (its own forward)")
             out_shape = getattr(node.meta.get("tensor_meta"), "shape", None)
             out_hw = (int(out_shape[2]), int(out_shape[3])) if out_shape is not None and len(out_shape) == 4 else None
             layers.append(ConvLayer(name, conv_family(mod, name, int(shape[2]), int(shape[3]), out_hw),
@@ -407,10 +512,20 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
             continue
         operand_sets = [sources.get(a, frozenset()) for a in inputs]
         merged = frozenset().union(*operand_sets)
-        if _is_join(node) and sum(1 for s in operand_sets if s) > 1:
-            anchor = next(iter(merged))
-            for name in merged:
-                uf.union(anchor, name)
+        if any(a in inexact for a in inputs):
+            inexact.add(node)
+        if _is_join(node) and merged:
+            foreign = [a for a in inputs if a in inexact or (not sources.get(a) and _carries_channels(a, node))]
+            if foreign:  # a conv group cannot be pruned when it meets channels that are not its own
+                a = foreign[0]
+                other = f"parameter {a.target}" if a.op == "get_attr" else f"{a.name} (not one conv group's channels)"
+                for name in merged:
+                    fixed.setdefault(name, f"{_op_where(node)} with {other}")
+                inexact.add(node)
+            elif sum(1 for s in operand_sets if s) > 1:
+                anchor = next(iter(merged))
+                for name in merged:
+                    uf.union(anchor, name)
         sources[node] = merged
 
     by_root: dict[str, list[str]] = {}

@@ -1,6 +1,6 @@
 """Whole-network latency (the successor of MDP's est_inference.py), stored in ``model_measurements``.
 
-A model is a torchvision name (optionally with a local state-dict file, loaded with
+A model is a torchvision or ``timm:`` name (optionally with a local state-dict file, loaded with
 ``weights_only=True``) or a saved module that cannot execute arbitrary Python on load: a TorchScript
 archive (``torch.jit.save``) or an exported program (``torch.export.save``, ``.pt2``).
 """
@@ -59,7 +59,8 @@ _STATE_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
 def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
-    """Load a state dict safely (``weights_only=True``), unwrapping checkpoint dicts and ``module.``.
+    """Load a state dict safely (``weights_only=True``; ``.safetensors`` files with safetensors), unwrapping
+    checkpoint dicts and ``module.``.
 
     Checkpoints of HALP/MDP/latlab runs (``{"state_dict": …, "epoch": …}``) load as they are. A whole-model
     pickle is unpickled unrestricted only with ``trust_checkpoint`` (it can run code: trusted files only).
@@ -67,6 +68,8 @@ def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     path = Path(path)
     if not path.is_file():
         raise LatlabError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
@@ -90,13 +93,26 @@ def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LatlabError(f"cannot load weights {path} as safetensors: {exc}") from None
+    if not state:
+        raise LatlabError(f"{path} holds no tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
 def load_model(
     model: str | None = None, *, weights: str | Path | None = None, module_file: str | Path | None = None,
     num_classes: int = 1000, trust_checkpoint: bool = False,
 ) -> tuple[str, nn.Module]:
     """Build the network to time; returns (display name, module in eval mode)."""
     if (model is None) == (module_file is None):
-        raise LatlabError("give either a torchvision model name or a saved module file, not both or neither")
+        raise LatlabError("give either a model name (torchvision or timm:NAME) or a saved module file, not both")
     if module_file is not None:
         return _load_module_file(Path(module_file))
     assert model is not None

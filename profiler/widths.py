@@ -26,10 +26,12 @@ from profiler._grids import group_stripes, striped_q
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
     _OPAQUE_MODULES,
+    CHANNEL_MOVERS,
     STATELESS_OK,
     TraceResult,
-    _PathTracer,
+    changes_channel_axis,
     has_own_state,
+    shaped_graph,
 )
 
 __all__ = ["Widths", "dense_widths", "random_pruned_widths", "rebuild_with_widths"]
@@ -165,22 +167,25 @@ def _conv_node_names(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> dict[
     return names
 
 
-def _width_sources(graph: fx.Graph, modules: Mapping[str, nn.Module],
-                   conv_names: Mapping[fx.Node, str]) -> dict[fx.Node, frozenset[str]]:
+def _width_sources(graph: fx.Graph, modules: Mapping[str, nn.Module], conv_names: Mapping[fx.Node, str],
+                   cut_moved: bool = False) -> dict[fx.Node, frozenset[str]]:
     """For every node, the convs whose output channels its tensor carries (through BN, activations, adds, ...).
 
-    A conv starts a new set; an opaque module (one that mixes channels, e.g. attention) ends it.
+    A conv starts a new set; an opaque module (one that mixes channels, e.g. attention) ends it, and so does,
+    with ``cut_moved`` (on a :func:`profiler._trace.shaped_graph`), an op that moves, slices or mixes channels.
     """
     sources: dict[fx.Node, frozenset[str]] = {}
     for node in graph.nodes:
+        mod = modules.get(node.target) if node.op == "call_module" else None
         if node in conv_names:
             sources[node] = frozenset((conv_names[node],))
-        elif node.op in ("placeholder", "get_attr", "output") or (
-            node.op == "call_module" and isinstance(modules[node.target], _OPAQUE_MODULES)
+        elif node.op in ("placeholder", "get_attr", "output") or isinstance(mod, _OPAQUE_MODULES) or cut_moved and (
+            node.target in CHANNEL_MOVERS and node.op != "call_module" or changes_channel_axis(node, mod)
         ):
             sources[node] = frozenset()
-        else:
-            sources[node] = frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
+        else:  # on a shaped graph, sizes (x.size(1), ...) carry no channels
+            inputs = [a for a in node.all_input_nodes if not cut_moved or "tensor_meta" in a.meta]
+            sources[node] = frozenset().union(*(sources.get(a, frozenset()) for a in inputs))
     return sources
 
 
@@ -194,13 +199,7 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
     parameters of other module types, functional use of parameters on conv outputs, a Linear whose
     input is not a whole multiple of its width) raise :class:`LatlabError` naming the module.
     """
-    tracer = _PathTracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:
-        where = tracer.failed_at or "<root>"
-        raise LatlabError(f"torch.fx cannot trace the model (inside module {where!r}): "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    graph = shaped_graph(trace.model_name, model, trace.input_size).graph
     modules = dict(model.named_modules())
     layers = {layer.name: layer for layer in trace.layers}
     _, group_of = _conv_groups(trace)
@@ -218,7 +217,11 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
     for name in names.values():
         if name not in layers:
             raise LatlabError(f"conv {name} is not in the trace; trace the same model you rebuild")
-    sources = _width_sources(graph, modules, names)
+    sources = _width_sources(graph, modules, names, cut_moved=True)
+
+    def _resized(convs: frozenset[str]) -> bool:
+        return bool(convs) and _width_of(convs, new_out, group_of) != _width_of(convs, dense_out, group_of)
+
     replace: dict[str, nn.Module] = {}
     for node in graph.nodes:
         inputs = node.all_input_nodes
@@ -230,7 +233,8 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
             if node in names:
                 name = names[node]
                 ci, co = new_w[name]
-                carried = _width_of(src_set, new_out, group_of) if src_set else layers[name].cin
+                carried = layers[name].cin + _width_of(src_set, new_out, group_of) - _width_of(
+                    src_set, dense_out, group_of)  # channels that no tracked conv carries keep their number
                 if carried != ci:
                     raise LatlabError(f"inconsistent widths: conv {name} asks for cin={ci} but its input carries "
                                       f"{carried} channels")
@@ -241,14 +245,14 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                         replace[node.target] = _new_conv(mod, ci, co, layers[name].family.depthwise)
                     except LatlabError as exc:
                         raise LatlabError(f"conv {name}: {exc}") from None
-            elif isinstance(mod, nn.BatchNorm2d) and src_set:
+            elif isinstance(mod, nn.BatchNorm2d) and _resized(src_set):
                 if _width_of(src_set, dense_out, group_of) != mod.num_features:
                     raise LatlabError(f"BatchNorm2d {node.target}: its {mod.num_features} features do not match "
                                       "the convs feeding it; unsupported structure")
                 n = _width_of(src_set, new_out, group_of)
                 if n != mod.num_features:
                     replace[node.target] = sliced_bn(mod, torch.arange(n))
-            elif isinstance(mod, nn.Linear) and src_set:
+            elif isinstance(mod, nn.Linear) and _resized(src_set):
                 d = _width_of(src_set, dense_out, group_of)
                 if mod.in_features % d:
                     raise LatlabError(f"Linear {node.target}: in_features={mod.in_features} is not a multiple of "
@@ -256,13 +260,13 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                 n = mod.in_features // d * _width_of(src_set, new_out, group_of)
                 if n != mod.in_features:
                     replace[node.target] = sliced_linear(mod, torch.arange(n))
-            elif src_set and not isinstance(mod, STATELESS_OK) and (
+            elif _resized(src_set) and not isinstance(mod, STATELESS_OK) and (
                 isinstance(mod, _OPAQUE_MODULES) or has_own_state(mod)
             ):
                 raise LatlabError(f"module {node.target} ({type(mod).__name__}) has per-channel state or mixes "
                                   "the channels of pruned convs; rebuild_with_widths cannot resize it")
             continue
-        if node.op in ("call_function", "call_method") and merged:
+        if node.op in ("call_function", "call_method") and _resized(merged):
             attrs = [a for a in inputs if a.op == "get_attr"]
             if attrs:
                 raise LatlabError(f"parameter {attrs[0].target} is applied to pruned conv outputs at node "

@@ -106,17 +106,20 @@ def _fx_removal(name: str, block: nn.Module) -> Removal:
         (short, c_short), (resid, c_resid) = sorted(((a, _convs_behind(a, modules)) for a in operands),
                                                     key=lambda pair: len(pair[1]))
         if c_resid and len(c_short) <= 1 and not c_short & c_resid and c_short | c_resid == convs:
-            residual_adds.append((node, short, resid))
+            residual_adds.append((node, short, resid, c_resid))
     if len(residual_adds) != 1:
         raise LatlabError(f"block {name!r}: {len(residual_adds)} residual adds in its forward, not 1; it cannot be "
                           "removed")
-    add, short, resid = residual_adds[0]
+    add, short, resid, branch_convs = residual_adds[0]
     last_bn = _last_bn(name, resid, modules)
     add.replace_all_uses_with(short)
     graph.erase_node(add)
     graph = fx.GraphModule(block, graph).graph  # an owning module, for the purity checks of dead-code elimination
     graph.eliminate_dead_code()
     kept = frozenset(str(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr"))
+    if kept & branch_convs:  # e.g. ReXNet: cat([x[:, :C] + shortcut, x[:, C:]])
+        raise LatlabError(f"block {name!r}: its residual branch is also used outside the residual add; it cannot be "
+                          "removed")
     return Removal(name, kept, last_bn, graph)
 
 

@@ -41,9 +41,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A torchvision model built with random init, optionally loaded from a local state-dict file."""
+    """A torchvision (or timm:NAME) model built with random init, optionally loaded from a local state-dict file."""
 
-    name: str = "resnet50"  # torchvision model name
+    name: str = "resnet50"  # torchvision model name, or timm:NAME
     weights: str | None = None  # local state dict to start from (no downloads; `module.` prefixes are fine)
     num_classes: int = 1000  # classifier width (the dataset may have fewer classes)
 

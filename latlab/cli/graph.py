@@ -26,7 +26,7 @@ def _group_sizes(text: str) -> str | int:
 
 
 def graph(
-    model: Annotated[str, typer.Option(help="torchvision model name, e.g. resnet50, mobilenet_v2.")],
+    model: Annotated[str, typer.Option(help="torchvision name (resnet50) or timm:NAME (timm:resnet50d).")],
     outdir: Annotated[Path | None, typer.Argument(help="Folder for the files of --format mdp/json.")] = None,
     format: Annotated[str, typer.Option(
         "--format", help="table (print only) | mdp (HALP/MDP json tables) | json (one description file)")] = "table",

@@ -42,7 +42,7 @@ def _predictions(database, names: list[str], net, input_size: int, batch: int, d
 
 
 def measure(
-    model: Annotated[str | None, typer.Option(help="torchvision model name (random init unless --weights).")] = None,
+    model: Annotated[str | None, typer.Option(help="torchvision name or timm:NAME (random init).")] = None,
     module: Annotated[Path | None, typer.Option(help="Saved TorchScript (.pt) or torch.export (.pt2) module.")] = None,
     weights: Annotated[Path | None, typer.Option(
         help="Local state dict or checkpoint for --model (weights_only load; `module.` prefixes are fine).")] = None,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def profile(
-    model: Annotated[str, typer.Option(help="torchvision model name, e.g. resnet50, mobilenet_v2.")],
+    model: Annotated[str, typer.Option(help="torchvision name (resnet50) or timm:NAME (timm:resnet50d).")],
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake (seeded synthetic GPU, for CI)")] = "cpu",
     grid: Annotated[str, typer.Option(
         help="full[:STEP] | lattice (what `latlab prune` asks for, auto group sizes) | reference (ResNet50 "

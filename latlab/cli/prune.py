@@ -38,7 +38,7 @@ def _step(text: str) -> None:
 
 
 def prune(
-    model: Annotated[str, typer.Option(help="torchvision model name.")],
+    model: Annotated[str, typer.Option(help="torchvision model name, or timm:NAME (needs timm).")],
     method: Annotated[str, typer.Option(help=f"{' | '.join(METHODS)} (HALP=OCP+LLM, MGP+LLM, OCP+MDLM, MDP).")],
     target: Annotated[float, typer.Option(help="Kept share of the dense latency, e.g. 0.5 (HALP50).")],
     out: Annotated[Path, typer.Option(help="Directory for masks.pt, pruned.pt2, result.json, report.md.")],

@@ -210,3 +210,15 @@ def test_mdp_while_training_googlenet(digits: Path, tmp_path: Path) -> None:
                                          lambda num_classes: googlenet(num_classes=num_classes, init_weights=False))
     cut = [name for name, m in saved["masks"].items() if not bool(m.all())]
     assert cut and all(".branch2.0." in n or ".branch3.0." in n or n.startswith("conv") for n in cut), cut
+
+
+def test_mdp_while_training_a_timm_model(digits: Path, tmp_path: Path) -> None:
+    """timm's MobileNetV3 (BatchNormAct2d, hard-swish, squeeze-excitation): MDP while training goes slim, and the
+    slim layers keep their timm classes."""
+    timm = pytest.importorskip("timm")
+    saved, again = _train_one_step_prune(
+        digits, tmp_path, "timm:mobilenetv3_small_050", "mdp", 0.5,
+        lambda num_classes: timm.create_model("mobilenetv3_small_050", num_classes=num_classes))
+    assert any(not bool(m.all()) for m in saved["masks"].values())
+    bns = [m for m in again.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(type(m).__name__ == "BatchNormAct2d" for m in bns)

@@ -1,0 +1,220 @@
+"""Structures whose channels a pruner must keep, found by the trace, and layers that keep their class when sliced.
+
+Each network here is small and written the way timm writes it (ECA attention, ReXNet's partial residual, BN+act
+modules, 'same'-padding and weight-standardised convs, pre-activation BN); the timm models themselves are checked
+in test_timm.py when timm is installed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from profiler.plan import register_sliceable_conv, trace_network
+from pruning.check import check_export
+from pruning.export import export_pruned, masked_reference, verify_export
+from pruning.graph import build_network_spec
+
+
+class _BNAct(nn.BatchNorm2d):
+    """BatchNorm followed by its activation, in one module (timm's BatchNormAct2d)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+@register_sliceable_conv
+class _SameConv(nn.Conv2d):
+    """A conv that pads on its own, asymmetrically, like timm's Conv2dSame (stride 2, even input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _StdConv(nn.Conv2d):
+    """A weight-standardised conv (timm's StdConv2d): its weights are normalised over the input channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _cbr(cin: int, cout: int, **kw: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kw.pop("k", 1), bias=False, **kw), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _ECA(nn.Module):
+    """Efficient channel attention: a Conv1d over the channel axis (timm's EcaModule)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        return x * y.view(x.shape[0], -1, 1, 1).sigmoid()
+
+
+class _EcaNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.eca, self.b = _cbr(3, 8, k=3), _cbr(8, 16), _ECA(), _cbr(16, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(self.eca(self.a(self.stem(x)))).mean((2, 3)))
+
+
+class _PartialResidual(nn.Module):
+    """ReXNet's block: the shortcut is added to the first channels only."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.cin, self.exp, self.pwl = cin, _cbr(cin, 2 * cin), nn.Sequential(nn.Conv2d(2 * cin, cout, 1),
+                                                                           nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pwl(self.exp(x))
+        return torch.cat([y[:, : self.cin] + x, y[:, self.cin:]], dim=1)
+
+
+class _RexNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block, self.head = _cbr(3, 8, k=3), _PartialResidual(8, 12), _cbr(12, 16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.block(self.stem(x))).mean((2, 3)))
+
+
+class _Subclasses(nn.Module):
+    """BN+act modules, a self-padding conv and a weight-standardised conv between plain ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), _BNAct(8)
+        self.down, self.bn1 = _SameConv(8, 16, 3, stride=2, bias=False), _BNAct(16)
+        self.mid, self.bn2 = nn.Conv2d(16, 16, 1, bias=False), _BNAct(16)
+        self.std, self.bn3 = _StdConv(16, 12, 1, bias=False), _BNAct(12)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.down(self.bn0(self.stem(x))))
+        return self.fc(self.bn3(self.std(self.bn2(self.mid(x)))).mean((2, 3)))
+
+
+class _PreAct(nn.Module):
+    """A pre-activation residual (ResNetV2): the BN that reads the residual stream follows an add, not a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm, self.conv1, self.bn1, self.conv2 = nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), \
+            nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.stem(x), 3, 1, 1)
+        x = x + self.conv2(F.relu(self.bn1(self.conv1(F.relu(self.norm(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class _MixedDepthwise(nn.Module):
+    """MixNet's mixed conv: a split of one conv's channels, a depthwise conv per part, concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw = _cbr(3, 16)
+        self.dw3, self.dw5 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 5, padding=2, groups=8)
+        self.out = _cbr(16, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(self.pw(x), 8, dim=1)
+        return self.fc(self.out(torch.cat([self.dw3(a), self.dw5(b)], 1)).mean((2, 3)))
+
+
+def _fixed_by(model: nn.Module) -> dict[tuple[str, ...], str]:
+    return {g.convs: g.fixed_by for g in build_network_spec(model, 16).groups.values()}  # "" when prunable
+
+
+def test_a_reshape_of_the_channel_axis_fixes_the_channels() -> None:
+    """ECA's view(B, 1, C) turns channels into a length a Conv1d slides over: the convs feeding it keep their
+    width, the rest prunes, and the export matches the masked network."""
+    fixed = _fixed_by(_EcaNet())
+    assert fixed[("a.0",)] == "view in eca"
+    assert fixed[("stem.0",)] == fixed[("b.0",)] == ""
+    model = _EcaNet().eval()
+    half = torch.tensor([1, 0] * 4, dtype=torch.bool)
+    slim = export_pruned(model, trace_network(model, 16), {"stem.0": half, "b.0": half})
+    assert (slim.stem[0].out_channels, slim.a[0].out_channels, slim.b[0].out_channels) == (4, 16, 4)
+    assert verify_export(masked_reference(model, {"stem.0": half, "b.0": half}), slim, (2, 3, 16, 16)) < 1e-9
+
+
+def test_a_slice_of_the_channels_fixes_them_and_what_is_added_to_it() -> None:
+    """ReXNet: y[:, :C] + x. The slice fixes the block's last conv, the add fixes the stem (its channels meet a
+    slice), and the block cannot be removed (the rest of y is still used)."""
+    spec = build_network_spec(_RexNet(), 16)
+    fixed = {g.convs: g.fixed_by for g in spec.groups.values()}
+    assert fixed[("block.pwl.0",)].startswith("getitem in block")
+    assert fixed[("stem.0",)].startswith("add in block with getitem")
+    assert fixed[("block.exp.0",)] == fixed[("head.0",)] == ""
+    assert not spec.blocks
+    assert check_export(_RexNet(), spec).max_logit_delta < 1e-9
+
+
+def test_layer_subclasses_keep_their_class_when_sliced() -> None:
+    """A BN subclass with its activation and a self-padding conv are layers like any other: they prune, and
+    the slim network keeps their classes; a weight-standardised conv keeps its channels on both sides."""
+    model = _Subclasses().eval()
+    trace = trace_network(model, 16)
+    down = next(layer for layer in trace.layers if layer.name == "down")
+    assert (down.family.pad_h, down.family.pad_w) == (1, 1)  # the symmetric padding giving its 8x8 output
+    spec = build_network_spec(model, 16)
+    fixed = {g.convs: g.fixed_by for g in spec.groups.values()}
+    assert fixed[("std",)] == fixed[("mid",)] == "_StdConv std (its own forward)"
+    assert fixed[("stem",)] == fixed[("down",)] == ""
+    masks = {"stem": torch.tensor([1, 0] * 4, dtype=torch.bool), "down": torch.tensor([1, 1, 0, 0] * 4).bool()}
+    slim = export_pruned(model, trace, masks)
+    assert type(slim.bn0) is _BNAct and slim.bn0.num_features == 4 and isinstance(slim.bn0.act, nn.ReLU)
+    assert type(slim.down) is _SameConv and (slim.down.in_channels, slim.down.out_channels) == (4, 8)
+    assert type(slim.std) is _StdConv and slim.std.in_channels == 16
+    assert verify_export(masked_reference(model, masks), slim, (2, 3, 16, 16)) < 1e-9
+
+
+def test_a_bn_after_an_add_fixes_the_channels_it_reads() -> None:
+    """Masking zeroes the BN right after a conv; a pre-activation BN reading the residual stream would turn the
+    stream's masked zeros into its bias, which the slim network cannot reproduce. The stream stays whole."""
+    fixed = _fixed_by(_PreAct())
+    assert fixed[("stem", "conv2")] == "BatchNorm2d norm (not right after a conv)"
+    assert fixed[("conv1",)] == ""
+    assert check_export(_PreAct(), build_network_spec(_PreAct(), 16)).max_logit_delta < 1e-9
+
+
+def test_depthwise_convs_on_a_split_have_groups_of_their_own() -> None:
+    """MixNet: depthwise convs on halves of one conv's channels are not that conv's group; they stay whole."""
+    trace = trace_network(_MixedDepthwise(), 16)
+    groups = trace.mask_groups()
+    assert ["dw3"] in groups and ["dw5"] in groups
+    fixed = _fixed_by(_MixedDepthwise())
+    assert fixed[("pw.0",)] == "split" and fixed[("dw3",)] == fixed[("dw5",)] == "cat"
+    assert fixed[("out.0",)] == ""
+
+
+def test_export_is_verified_in_float64() -> None:
+    """verify_export compares structure, not rounding: an exact export differs by float64 rounding only."""
+    model = _EcaNet().eval()
+    assert verify_export(model, export_pruned(model, trace_network(model, 16), {}), (2, 3, 16, 16)) < 1e-12
+    broken = export_pruned(model, trace_network(model, 16), {})
+    with torch.no_grad():
+        broken.fc.bias += 1e-2
+    with pytest.raises(Exception, match="differs from the masked model"):
+        verify_export(model, broken, (2, 3, 16, 16))
