@@ -73,7 +73,7 @@ _JOIN_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
 # Conv2d subclasses that override forward but compute a plain conv of their weight (timm: dynamic 'same' padding)
 _SLICEABLE_CONVS = {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.conv2d_same.Conv2dSameExport"}
 # ops that mix the channels they are given (whatever dims they are called with) or do so over a dim argument
-_CHANNEL_MIXING_FUNCTIONS = {torch.conv2d, F.conv2d, F.local_response_norm}
+_CHANNEL_MIXING_FUNCTIONS = {torch.conv2d, F.conv2d, F.local_response_norm, F.group_norm, torch.group_norm}
 _CHANNEL_MIXING_MODULES: tuple[type[nn.Module], ...] = (nn.LocalResponseNorm, nn.Softmax2d, nn.ChannelShuffle)
 _CHANNEL_AXIS_FUNCTIONS = {torch.softmax, F.softmax, "softmax", torch.log_softmax, F.log_softmax, "log_softmax",
                            F.normalize, torch.cumsum, "cumsum", torch.cumprod, "cumprod"}
@@ -407,6 +407,10 @@ def _fixes_channels(node: fx.Node, mod: nn.Module | None) -> str | None:
         return _op_where(node)
     if changes_channel_axis(node, mod):
         return _op_where(node) if node.op != "call_module" else f"{type(mod).__name__} {node.target}"
+    if node.op in ("call_function", "call_method") and not _is_join(node):  # e.g. F.group_norm(x, g, self.weight)
+        param = next((a for a in node.all_input_nodes if a.op == "get_attr" and math.prod(_shape(a) or (1,)) > 1), None)
+        if param is not None:
+            return f"{_op_where(node)} with parameter {param.target}"
     return None
 
 
@@ -451,9 +455,13 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
 
     Producers: each node carries the set of convs whose output channels it carries; a Conv2d
     starts a new set, an opaque channel mixer (Linear, Conv1d, attention, ...) clears it, everything
-    else takes the union of its tensor inputs. Element-wise add/sub/mul additionally join the convs of
-    their operands into one channel-coupled group (residual streams, squeeze-excitation scales). The
-    convs carried into the output, a concat, a channel mover or a stateful module are ``fixed``.
+    else takes the union of its tensor inputs (sizes such as ``x.shape`` carry none). Element-wise add/sub/mul
+    additionally join the convs of their operands into one channel-coupled group (residual streams,
+    squeeze-excitation scales), unless an operand's channels are not one group's (a concat, a slice, a
+    parameter, ...): then the convs are ``fixed`` instead. So are the convs carried into the output, a concat,
+    a channel mover, a stateful module, a reshape or reduction of the channel axis, a BN that is not right
+    after a conv and a conv subclass with a forward of its own (see :func:`changes_channel_axis`,
+    :func:`sliceable_conv`).
     """
     hw = normalise_size(input_size)
     gm = shaped_graph(model_name, module, hw)
@@ -466,11 +474,11 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     fixed: dict[str, str] = {}
     inexact: set[fx.Node] = set()  # channels that are not one conv group's, one to one (concat, split, reshape)
     for node in gm.graph.nodes:
-        inputs = [a for a in node.all_input_nodes if "tensor_meta" in a.meta or a in sources]
+        tensors = [a for a in node.all_input_nodes if "tensor_meta" in a.meta]  # not sizes such as x.shape[-2:]
         mod = modules.get(node.target) if node.op == "call_module" else None
         why = _fixes_channels(node, mod)
         if why:
-            for name in sorted(frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))):
+            for name in sorted(frozenset().union(*(sources.get(a, frozenset()) for a in tensors))):
                 fixed.setdefault(name, why)
             if node.op != "output":
                 inexact.add(node)
@@ -510,19 +518,18 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
         if isinstance(mod, _OPAQUE_MODULES) or node.op in ("placeholder", "get_attr", "output"):
             sources[node] = frozenset()
             continue
-        operand_sets = [sources.get(a, frozenset()) for a in inputs]
-        merged = frozenset().union(*operand_sets)
-        if any(a in inexact for a in inputs):
+        merged = frozenset().union(*(sources.get(a, frozenset()) for a in tensors))
+        if any(a in inexact for a in tensors):
             inexact.add(node)
-        if _is_join(node) and merged:
-            foreign = [a for a in inputs if a in inexact or (not sources.get(a) and _carries_channels(a, node))]
+        if _is_join(node) and "tensor_meta" in node.meta and merged:  # not arithmetic on sizes (H * W)
+            foreign = [a for a in tensors if a in inexact or (not sources.get(a) and _carries_channels(a, node))]
             if foreign:  # a conv group cannot be pruned when it meets channels that are not its own
                 a = foreign[0]
                 other = f"parameter {a.target}" if a.op == "get_attr" else f"{a.name} (not one conv group's channels)"
                 for name in merged:
                     fixed.setdefault(name, f"{_op_where(node)} with {other}")
                 inexact.add(node)
-            elif sum(1 for s in operand_sets if s) > 1:
+            elif sum(1 for a in tensors if sources.get(a)) > 1:  # a residual add, a squeeze-excitation scale
                 anchor = next(iter(merged))
                 for name in merged:
                     uf.union(anchor, name)

@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from db.errors import LatlabError
-from profiler._trace import TraceResult, _PathTracer
+from profiler._trace import TraceResult, shaped_graph
 from profiler.backends.base import Backend, MeasurementFailed
 
 log = logging.getLogger(__name__)
@@ -171,21 +170,9 @@ def measure_other_ops(
     """
     from profiler.widths import _conv_groups, _conv_node_names, _width_sources
 
-    tracer = _PathTracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:
-        raise LatlabError(f"torch.fx cannot trace the model: {type(exc).__name__}: {exc}") from None
-    gm = fx.GraphModule(model, graph)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            ShapeProp(gm).propagate(torch.randn(1, 3, *trace.input_size))
-    finally:
-        model.train(was_training)
+    graph = shaped_graph(trace.model_name, model, trace.input_size).graph
     modules = dict(model.named_modules())
-    sources = _width_sources(graph, modules, _conv_node_names(graph, modules))
+    sources = _width_sources(graph, modules, _conv_node_names(graph, modules), cut_moved=True)
     _, group_of = _conv_groups(trace)
     ops: list[OpCost] = []
     failed: dict[str, str] = {}

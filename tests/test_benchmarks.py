@@ -36,6 +36,7 @@ def test_model_zoo_records_every_outcome(tmp_path: Path) -> None:
     rows = {r["model"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
     assert rows["resnet18"]["status"] == "ok" and rows["resnet18"]["max_logit_delta"] < 1e-4
     assert 0 < rows["resnet18"]["kept_items"] < rows["resnet18"]["items"] and rows["resnet18"]["removed_blocks"] == 4
-    assert rows["convnext_tiny"]["status"] == "nothing to prune (fixed by permute)"
+    assert rows["convnext_tiny"]["status"] == "nothing to prune (fixed by add, permute)"
     assert rows["vit_b_16"]["status"].startswith("refused: shape propagation")  # ViT needs 224 px; the rest went on
-    assert "1 pruned and exported, 1 with nothing to prune, 1 refused" in out.with_suffix(".md").read_text()
+    assert "1 pruned and exported, 1 with nothing to prune, 1 refused (with the reason), 0 failed" in out.with_suffix(
+        ".md").read_text()

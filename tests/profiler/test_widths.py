@@ -130,11 +130,13 @@ def test_concat_inputs_stay_dense_and_rebuild_as_a_sum() -> None:
 
 
 def test_random_widths_of_a_shufflenet_match_its_lattice() -> None:
-    """Channel shuffles and splits: the sampled widths are what the pruner asks for, so a lattice LUT has them."""
+    """Channel shuffles and splits: the sampled widths are what the pruner asks for, so a lattice LUT has them,
+    and the network rebuilds with them (the channels after a chunk are the chunk's, not its producer's)."""
     from profiler._grids import auto_group_size
     from profiler.plan import build_plan
 
-    trace = trace_network("shufflenet_v2_x0_5", 64)
+    _, model = resolve_model("shufflenet_v2_x0_5")
+    trace = trace_network(model, 64)
     lattice = {(c.family, c.cin, c.cout) for c in build_plan(trace, "lattice", batch=1).configs}
     by_name = {layer.name: layer for layer in trace.layers}
     auto = {n: auto_group_size(layer.cout) for n, layer in by_name.items()}  # the lattice's group sizes
@@ -142,6 +144,7 @@ def test_random_widths_of_a_shufflenet_match_its_lattice() -> None:
         widths = random_pruned_widths(trace, seed, group_sizes=auto)
         assert widths != dense_widths(trace)
         assert {(by_name[n].family, ci, co) for n, (ci, co) in widths.items()} <= lattice
+        assert rebuild_with_widths(model, trace, widths)(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
 
 
 class _GroupNormNet(nn.Module):
