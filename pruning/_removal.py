@@ -13,6 +13,7 @@ so that the branch adds exactly 0.
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -71,13 +72,23 @@ def _convs_behind(node: fx.Node, modules: dict[str, nn.Module]) -> set[str]:
             if n.op == "call_module" and isinstance(modules.get(str(n.target)), nn.Conv2d)}
 
 
+_MULS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+
+
 def _last_bn(name: str, node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    """The BN that ends the residual branch at ``node``, through parameter-free single-input ops."""
+    """The BN that ends the residual branch at ``node``, through parameter-free single-input ops and products
+    (a squeeze-excitation's ``x * gate`` is zero when ``x`` is, whatever the gate)."""
     while True:
         mod = modules.get(str(node.target)) if node.op == "call_module" else None
         if isinstance(mod, nn.BatchNorm2d):
             return str(node.target)
         inputs = [a for a in node.all_input_nodes if a.op != "get_attr"]
+        if node.op in ("call_function", "call_method") and node.target in _MULS and len(inputs) == 2:
+            for operand in inputs:
+                try:
+                    return _last_bn(name, operand, modules)
+                except LatlabError:
+                    continue
         has_state = mod is not None and next(mod.parameters(), None) is not None
         if node.op == "placeholder" or len(inputs) != 1 or has_state:
             raise LatlabError(f"block {name!r}: its residual branch does not end in a BatchNorm2d, so it cannot be "

@@ -218,3 +218,35 @@ def test_export_is_verified_in_float64() -> None:
         broken.fc.bias += 1e-2
     with pytest.raises(Exception, match="differs from the masked model"):
         verify_export(model, broken, (2, 3, 16, 16))
+
+
+class _SEBlock(nn.Module):
+    """A residual branch that ends in a squeeze-excitation after its last BN (SE-ResNeXt, ECA-ResNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return F.relu(x + y * self.fc2(F.relu(self.fc1(y.mean((2, 3), keepdim=True)))).sigmoid())
+
+
+class _SENet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block, self.fc = _cbr(3, 8, k=3), _SEBlock(), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.stem(x)).mean((2, 3)))
+
+
+def test_a_branch_ending_in_squeeze_excitation_is_a_removable_block() -> None:
+    """Gating the BN before the SE zeroes the branch (x * gate is 0 when x is), so the block can go."""
+    model = _SENet().eval()
+    spec = build_network_spec(model, 16)
+    assert [b.name for b in spec.blocks] == ["block"]
+    slim = export_pruned(model, trace_network(model, 16), {}, ["block"])
+    assert not any(isinstance(m, nn.Conv2d) for m in slim.block.modules())
+    assert verify_export(masked_reference(model, {}, ["block"]), slim, (2, 3, 16, 16)) < 1e-12
