@@ -14,7 +14,8 @@ from typing import TypeVar
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+
+from profiler._trace import _base_class
 
 __all__ = ["sliced_bn", "sliced_conv", "sliced_linear"]
 
@@ -24,7 +25,7 @@ M = TypeVar("M", bound=nn.Module)
 def _shell(old: M, params: dict[str, torch.Tensor | None], buffers: dict[str, torch.Tensor | None]) -> M:
     """A copy of ``old``'s class and plain attributes with the given tensors (its other own tensors copied whole),
     without hooks or parametrizations (a parametrized layer, e.g. a soft-masked conv, becomes its original class)."""
-    cls = type(old).__bases__[0] if parametrize.is_parametrized(old) else type(old)
+    cls = _base_class(old)
     new = cls.__new__(cls)
     nn.Module.__init__(new)
     bookkeeping = set(vars(new)) - {"training"}

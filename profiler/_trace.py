@@ -361,6 +361,14 @@ def changes_channel_axis(node: fx.Node, mod: nn.Module | None) -> bool:
     return False
 
 
+def moves_channels(node: fx.Node, mod: nn.Module | None) -> bool:
+    """True when ``node`` (of a :func:`shaped_graph`) does not hand its input's channels on one to one: a
+    channel mover (permute, chunk, ...) or an op for which :func:`changes_channel_axis` holds. Channel tracking
+    stops there (the trace keeps such channels whole)."""
+    return node.op in ("call_function", "call_method") and node.target in CHANNEL_MOVERS or changes_channel_axis(
+        node, mod)
+
+
 def _carries_channels(operand: fx.Node, node: fx.Node) -> bool:
     """True when ``operand`` of the element-wise ``node`` has the output's channels (not broadcast over them)."""
     shape, out = _shape(operand), _shape(node)
@@ -368,6 +376,7 @@ def _carries_channels(operand: fx.Node, node: fx.Node) -> bool:
 
 
 def _base_class(mod: nn.Module) -> type[nn.Module]:
+    """``mod``'s own class: the original one of a parametrized module (parametrize injects a subclass)."""
     return type(mod).__bases__[0] if parametrize.is_parametrized(mod) else type(mod)
 
 
@@ -403,9 +412,7 @@ def _fixes_channels(node: fx.Node, mod: nn.Module | None) -> str | None:
         return "network output"
     if has_channel_state(mod):
         return f"{type(mod).__name__} {node.target}"
-    if node.op in ("call_function", "call_method") and (node.target in CHANNEL_MOVERS or node.target in CONCATS):
-        return _op_where(node)
-    if changes_channel_axis(node, mod):
+    if node.op in ("call_function", "call_method") and node.target in CONCATS or moves_channels(node, mod):
         return _op_where(node) if node.op != "call_module" else f"{type(mod).__name__} {node.target}"
     if node.op in ("call_function", "call_method") and not _is_join(node):  # e.g. F.group_norm(x, g, self.weight)
         param = next((a for a in node.all_input_nodes if a.op == "get_attr" and math.prod(_shape(a) or (1,)) > 1), None)

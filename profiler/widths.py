@@ -26,11 +26,10 @@ from profiler._grids import group_stripes, striped_q
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
     _OPAQUE_MODULES,
-    CHANNEL_MOVERS,
     STATELESS_OK,
     TraceResult,
-    changes_channel_axis,
     has_own_state,
+    moves_channels,
     shaped_graph,
 )
 
@@ -180,7 +179,7 @@ def _width_sources(graph: fx.Graph, modules: Mapping[str, nn.Module], conv_names
         if node in conv_names:
             sources[node] = frozenset((conv_names[node],))
         elif node.op in ("placeholder", "get_attr", "output") or isinstance(mod, _OPAQUE_MODULES) or cut_moved and (
-            node.target in CHANNEL_MOVERS and node.op != "call_module" or changes_channel_axis(node, mod)
+            moves_channels(node, mod)
         ):
             sources[node] = frozenset()
         else:  # on a shaped graph, sizes (x.size(1), ...) carry no channels

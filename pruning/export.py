@@ -31,10 +31,9 @@ from db.errors import LatlabError
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
     _OPAQUE_MODULES,
-    CHANNEL_MOVERS,
     TraceResult,
-    changes_channel_axis,
     has_channel_state,
+    moves_channels,
     shaped_graph,
 )
 from pruning._removal import Removal, removal
@@ -135,14 +134,13 @@ def _new_linear(old: nn.Linear, keep: torch.Tensor, name: str) -> nn.Linear:
     return sliced_linear(old, _linear_columns(old, keep))
 
 
-def _dense_moved(node: fx.Node, mod: nn.Module | None, keep: torch.Tensor | None) -> None:
-    """The keep-vector after ``node``, which moves, slices or mixes channels: nothing left to track, which is only
-    right when nothing was pruned (the trace keeps such channels whole)."""
+def _require_dense(node: fx.Node, mod: nn.Module | None, keep: torch.Tensor | None) -> None:
+    """``node`` moves, slices or mixes channels, after which nothing is tracked: only right when nothing reaching
+    it was pruned (the trace keeps such channels whole)."""
     if keep is not None and not bool(keep.all()):
         what = type(mod).__name__ if mod is not None else getattr(node.target, "__name__", node.target)
         raise LatlabError(f"node {node.name} ({what}) moves, slices or mixes pruned channels; export_pruned cannot "
                           "follow it")
-    return None
 
 
 def _cat_dim(node: fx.Node) -> int:
@@ -239,8 +237,11 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
             if first is not None and not bool(first.all()) and has_channel_state(mod):
                 raise LatlabError(f"module {target} ({type(mod).__name__}) has per-channel state on pruned "
                                   "channels; export_pruned cannot resize it")
-            value[node] = _dense_moved(node, mod, first) if changes_channel_axis(node, mod) else (
-                src if src is not None else first)
+            if moves_channels(node, mod):
+                _require_dense(node, mod, first)
+                value[node] = None
+            else:
+                value[node] = src if src is not None else first
             continue
         # call_function / call_method
         fn = node.target
@@ -258,8 +259,10 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                 if k.shape != first.shape or not torch.equal(k, first):  # type: ignore[union-attr]
                     raise LatlabError(f"operands of {node.name} carry different channel masks; coupled convs must "
                                       "share one mask")
-        value[node] = _dense_moved(node, None, first) if fn in CHANNEL_MOVERS or changes_channel_axis(
-            node, None) else first
+        if moves_channels(node, None):
+            _require_dense(node, None, first)
+            first = None
+        value[node] = first
 
     memo: dict[int, Any] = {}
     for qualname, module in replace.items():
