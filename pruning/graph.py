@@ -26,6 +26,8 @@ tables (halp_mdp_spec.md §2, §6.1):
   a concat (a conv reading it would be priced by several groups at once), and a depthwise conv on a
   concat (:meth:`profiler._trace.TraceResult.fixed_groups`). A conv reading a concat (or a split) of
   fixed groups has a fixed cin and no producer group. Channels feeding a classifier Linear stay prunable.
+  ``keep`` fixes more on request (:meth:`NetworkSpec.keeping`): ``stem`` (HALP and MDP never prune it,
+  spec §4.4, §8.2) or globs over conv names and group ids, e.g. ``layer4.*``.
 * **blocks** — residual blocks whose residual branch can be dropped while shapes stay: a module whose
   add joins an identity shortcut or a single-conv projection shortcut (which then stays, like ResNet's
   ``layerX.0``; spec §6.1) and a branch ending in a BN (what the training gate zeroes), so that
@@ -39,10 +41,12 @@ Unsupported structures (a conv fed by several channel groups that are not concat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -200,6 +204,30 @@ class NetworkSpec:
             out[c.name] = (cin, cout)
         return out
 
+    def keeping(self, patterns: Iterable[str]) -> NetworkSpec:
+        """This network with the groups of the convs matching ``patterns`` kept whole, and their blocks kept.
+
+        A pattern is ``stem`` (the convs that read the input image) or a glob over conv names and group ids
+        (``layer4.*``, ``stage1``). A kept group is fixed with ``fixed_by = "keep PATTERN"``; a block holding a
+        kept conv is no longer removable. A pattern that matches nothing raises :class:`LatlabError`.
+        """
+        kept: dict[str, str] = {}  # conv -> the first pattern that keeps it
+        for pattern in patterns:
+            hits = [c.name for c in self.convs if (pattern == "stem" and not c.producers)
+                    or fnmatchcase(c.name, pattern) or fnmatchcase(c.group, pattern)]
+            if not hits:
+                raise LatlabError(f"keep pattern {pattern!r} matches no conv or channel group of {self.model_name!r} "
+                                  f"(`latlab graph --model {self.model_name}` lists them)")
+            for conv in hits:
+                kept.setdefault(conv, pattern)
+        groups = dict(self.groups)
+        for conv, pattern in kept.items():
+            g = groups[self.group_of(conv)]
+            if g.prunable:
+                groups[g.id] = dataclasses.replace(g, prunable=False, fixed_by=f"keep {pattern}")
+        blocks = [b for b in self.blocks if kept.keys().isdisjoint(b.convs)]
+        return NetworkSpec(self.model_name, self.input_size, self.convs, groups, blocks)
+
     def summary(self) -> dict[str, int]:
         """Counts: convs, groups, coupled and singleton groups, prunable groups, items, blocks."""
         coupled = sum(g.coupled for g in self.groups.values())
@@ -287,13 +315,14 @@ def _check_group_sizes(group_sizes: Any, names: set[str]) -> None:
 
 def build_network_spec(
     model: str | nn.Module, input_size: int | tuple[int, int] = 224, *, group_sizes: GroupSizes = "auto",
-    name: str | None = None,
+    name: str | None = None, keep: Iterable[str] = (),
 ) -> NetworkSpec:
     """Trace ``model`` and derive its channel groups, group sizes, producers, BNs and removable blocks.
 
     A model name is built on the meta device (no weight init; falls back to CPU when its builder needs
     real tensors); a module is traced as given and keeps its train/eval mode. ``name`` names the network in
-    reports and messages (default: the model name, or the module's class name).
+    reports and messages (default: the model name, or the module's class name). ``keep``: patterns of convs
+    to keep whole (:meth:`NetworkSpec.keeping`).
     """
     hw = normalise_size(input_size)
     if isinstance(model, nn.Module):
@@ -372,4 +401,4 @@ def build_network_spec(
         ends = [n for n in raw.convs if not any(n in layers[c].producers for c in raw.convs)]
         out_group = gid_of[ends[-1]]  # the branch's last conv writes the block output
         blocks.append(Block(raw.name, raw.convs, in_groups[0] if len(in_groups) == 1 else None, out_group))
-    return NetworkSpec(name, hw, convs, groups, blocks)
+    return NetworkSpec(name, hw, convs, groups, blocks).keeping(keep)

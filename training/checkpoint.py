@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from db.errors import LatlabError
+from training.config import TrainConfig
 
 __all__ = ["FORMAT", "check_compatible", "gather_rng_states", "load_checkpoint", "save_checkpoint", "set_rng_state"]
 
@@ -25,7 +26,8 @@ FORMAT = 1
 # config keys that must match between a checkpoint and the run resuming it
 IDENTITY_KEYS = ("model.name", "model.num_classes", "data.input_size", "prune.method", "prune.ratio",
                  "prune.schedule", "prune.steps", "prune.every", "prune.start", "prune.group_sizes", "prune.input_size",
-                 "optim.epochs", "optim.warmup_epochs", "optim.schedule", "data.batch_size")
+                 "prune.keep", "optim.epochs", "optim.warmup_epochs", "optim.schedule", "data.batch_size")
+_MISSING = object()
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,14 +93,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
-        d = d.get(part, {}) if isinstance(d, dict) else {}
+        d = d.get(part, _MISSING) if isinstance(d, dict) else _MISSING
     return d
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
-    """Raise naming every differing identity key (model, input size, pruning, schedule) of ``saved`` vs ``current``."""
-    diffs = [f"{k}: checkpoint {_get(saved, k)!r} vs config {_get(current, k)!r}" for k in IDENTITY_KEYS
-             if _get(saved, k) != _get(current, k)]
+    """Raise naming every differing identity key (model, input size, pruning, schedule) of ``saved`` vs ``current``.
+
+    A key the checkpoint lacks (written before the key existed) counts as its default.
+    """
+    defaults = TrainConfig().to_dict()
+    old = {k: _get(defaults, k) if _get(saved, k) is _MISSING else _get(saved, k) for k in IDENTITY_KEYS}
+    diffs = [f"{k}: checkpoint {old[k]!r} vs config {_get(current, k)!r}" for k in IDENTITY_KEYS
+             if old[k] != _get(current, k)]
     if diffs:
         raise LatlabError(f"checkpoint {path} was written by a different run ({'; '.join(diffs)}); use another "
                           "run.out or run.resume=never to start over")

@@ -83,6 +83,7 @@ class PruneConfig:
     solver: str = "lagrange"  # dp | lagrange | milp-highs | milp-cbc | scip | mindtpy (dp: halp only)
     time_limit: float = 60.0  # seconds per solve
     slim: bool = True  # after the last pruning step, fine-tune the exported (physically smaller) network
+    keep: list[str] = field(default_factory=list)  # convs kept whole: stem (as HALP/MDP) or globs, e.g. layer4.*
 
 
 @dataclass
@@ -129,7 +130,7 @@ def _fail(msg: str, source: str) -> typing.NoReturn:
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """``value`` as type ``hint`` (int, float, bool, str, Optional / unions of those)."""
+    """``value`` as type ``hint`` (int, float, bool, str, lists, Optional / unions of those)."""
     args = typing.get_args(hint)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         if value is None and type(None) in args:
@@ -156,6 +157,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             _fail(f"{key} must be a number, got {value!r}", source)
         return float(value)
+    if typing.get_origin(hint) is list:  # a list, or one value for a list of one
+        return [_coerce(v, typing.get_args(hint)[0], f"{key}[{i}]", source)
+                for i, v in enumerate(value if isinstance(value, list) else [value])]
     if hint is str:
         if isinstance(value, bool) or value is None or isinstance(value, dict | list):
             _fail(f"{key} must be a string, got {value!r}", source)

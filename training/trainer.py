@@ -212,7 +212,7 @@ class _Run:
 
         p, info = self.cfg.prune, self.info
         spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes,
-                                  name=self.cfg.model.name)
+                                  name=self.cfg.model.name, keep=p.keep)
         check_prunable(spec, p.method)  # before any training, not at the first pruning step
         lat, settings, l0, source = None, None, None, None
         if info.main:

@@ -18,3 +18,9 @@ HardwareOption = Annotated[
     str | None, typer.Option("--hardware", help="Hardware profile: id, exact name or fingerprint prefix.")
 ]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table | csv | markdown | json")]
+KeepOption = Annotated[
+    list[str] | None,
+    typer.Option("--keep", help="Keep these convs' channels (and their blocks) whole: `stem` (the convs reading the "
+                 "image; HALP and MDP never prune it) or a glob over conv names and group ids, e.g. 'layer4.*'. "
+                 "Repeatable.", show_default=False),
+]

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
+from latlab.cli._options import KeepOption
 from latlab.tables import render
 
 FORMATS = ("table", "mdp", "json")
@@ -37,6 +38,7 @@ def graph(
     check: Annotated[bool, typer.Option(
         "--check", help="Also prune the network at random (random kept items per group, every other block "
         "removed), export it, compare it with the masked network and torch.export it: can latlab prune it?")] = False,
+    keep: KeepOption = None,
 ) -> None:
     """Trace MODEL and show its channel groups, group sizes q, channel items and removable blocks.
 
@@ -45,6 +47,8 @@ def graph(
       latlab graph --model resnet50 --group-sizes reference
 
       latlab graph --model densenet121 --check
+
+      latlab graph --model resnet50 --group-sizes reference --keep stem --keep 'layer4.*'
 
       latlab graph --model resnet50 --format mdp ./rn50_tables
 
@@ -64,9 +68,9 @@ def graph(
         from profiler.plan import resolve_model
 
         name, net = resolve_model(model)
-        spec = build_network_spec(net, input_size, group_sizes=sizes, name=name)
+        spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
     else:
-        spec = build_network_spec(model, input_size, group_sizes=sizes)
+        spec = build_network_spec(model, input_size, group_sizes=sizes, keep=keep or ())
     arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip().lower())
     description = spec.to_dict()
     checked = ""

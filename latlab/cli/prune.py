@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, HardwareOption, SweepOption
+from latlab.cli._options import DbOption, HardwareOption, KeepOption, SweepOption
 from latlab.tables import render
 from pruning.methods import METHODS
 from pruning.solvers import list_solvers
@@ -55,6 +55,7 @@ def prune(
     batch_size: Annotated[int, typer.Option(help="Images per importance batch.")] = 16,
     solver: Annotated[str, typer.Option(help=" | ".join(list_solvers()))] = "lagrange",
     time_limit: Annotated[float, typer.Option(help="Solver time limit (s).")] = 60.0,
+    keep: KeepOption = None,
     db: DbOption = None,
 ) -> None:
     """Prune MODEL once to TARGET × its dense latency on a hardware profile, and export the slim network.
@@ -67,7 +68,7 @@ def prune(
     Examples:
 
       latlab prune --model resnet50 --method mdp --target 0.5 --hardware "TITAN V" --group-sizes reference
-      --out rn50-mdp50
+      --keep stem --out rn50-mdp50
 
       latlab prune --model resnet18 --weights r18.pth --method halp --target 0.7 --data imagenet/val
       --out r18-halp70
@@ -85,7 +86,7 @@ def prune(
         raise LatlabError(f"unknown solver {solver!r}; choose from {', '.join(list_solvers())}")
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
-    spec = build_network_spec(net, input_size, group_sizes=sizes, name=name)
+    spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
     check_prunable(spec, method)
     counts = spec.summary()
     _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
@@ -109,7 +110,8 @@ def prune(
                      time_limit=time_limit)
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
-              "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size}
+              "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,
+              "keep": keep or []}
     paths = save_outputs(res, spec, out, config)
     typer.echo(render([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned"))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -325,6 +325,29 @@ def test_generic_blocks() -> None:
     assert build_network_spec(_Scaled(bn=False), 16).blocks == []
 
 
+def test_keep_fixes_the_stem_and_matching_convs_with_their_blocks(rn50: NetworkSpec) -> None:
+    """HALP/MDP never prune the stem (spec §4.4, §8.2); globs keep convs, group ids keep groups, blocks stay."""
+    kept = rn50.keeping(["stem", "layer4.*", "stage3"])
+    assert [g.id for g in kept.groups.values() if not g.prunable] == [
+        "conv1", "stage3", "layer4.0.conv1", "layer4.0.conv2", "stage4", "layer4.1.conv1", "layer4.1.conv2",
+        "layer4.2.conv1", "layer4.2.conv2"]
+    assert kept.groups["conv1"].fixed_by == "keep stem" and kept.groups["stage4"].fixed_by == "keep layer4.*"
+    assert kept.groups["stage3"].fixed_by == "keep stage3"
+    assert kept.n_items == rn50.n_items - 32 - 8 - (8 + 8 + 16 + 4 * 16)
+    # a block holding a kept conv is no longer removable: layer3.* (their conv3 is in stage3) and layer4.*
+    assert [b.name for b in kept.blocks] == [b.name for b in rn50.blocks if b.name[:6] not in ("layer3", "layer4")]
+    assert rn50.groups["conv1"].prunable and len(rn50.blocks) == 16  # the original is untouched
+    with pytest.raises(LatlabError, match="keep pattern 'layer9.*' matches no conv or channel group of 'resnet50'"):
+        rn50.keeping(["layer9.*"])
+    with pytest.raises(LatlabError, match="not prunable"):
+        kept.conv_widths({"conv1": 32})
+    # a group fixed for its own reason keeps that reason; the stem of ResNet-18 is coupled to stage 1's residual
+    assert build_network_spec(_Fixed(), 16, keep=["stem"]).groups["dw"].fixed_by == "depthwise on the input"
+    r18 = build_network_spec("resnet18", 64, keep=["stem"])
+    stem = r18.groups[r18.group_of("conv1")]
+    assert stem.fixed_by == "keep stem" and len(stem.convs) == 3
+
+
 def test_fixed_groups() -> None:
     spec = build_network_spec(_Fixed(), 16)
     assert not spec.groups["dw"].prunable  # depthwise on the RGB input

@@ -117,12 +117,15 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
     assert code == 0, err
     out = tmp_path / "r18-mdp"
     argv = ["prune", "--model", "resnet18", "--num-classes", "10", "--input-size", str(SIZE), "--method", "mdp",
-            "--target", "0.7", "--group-sizes", "16", "--out", str(out), "--db", db]
+            "--target", "0.7", "--group-sizes", "16", "--keep", "stem", "--out", str(out), "--db", db]
     code, stdout, err = cli(argv)
     assert code == 0, err
     assert "latency model: mdlm fitted on sweep 1" in stdout and "solving mdp to 70%" in stdout  # progress
     result = json.loads((out / "result.json").read_text())
     assert result["summary"]["status"] == "optimal" and result["summary"]["max_logit_delta"] < 1e-3
+    stem_group = next(g for g in result["dense_widths"] if g.startswith("conv1"))  # coupled to stage 1's residual
+    assert result["group_widths"][stem_group] == result["dense_widths"][stem_group] and result["config"]["keep"] == [
+        "stem"]
     saved = torch.load(out / "masks.pt", weights_only=True)
     assert set(saved["masks"]) and all(m.dtype == torch.bool for m in saved["masks"].values())
     assert saved["removed_blocks"] == result["summary"]["removed_blocks"]
@@ -147,6 +150,7 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
         (["--target", "0.001"], "infeasible"),
         (["--data", str(tmp_path / "nope")], "does not exist"),
         (["--solver", "gurobi"], "unknown solver"),
+        (["--keep", "layer9.*"], "keep pattern 'layer9.*' matches no conv"),
     ):
         args = list(argv)
         flag = bad[0]

@@ -44,6 +44,25 @@ def test_every_shipped_config_parses(path: Path) -> None:
         assert cfg.prune.ratio == 0.7 and cfg.optim.epochs == 90 and cfg.optim.weight_decay == 2**-15
         assert (cfg.optim.schedule, cfg.optim.warmup_epochs) == (("cosine", 8) if cfg.prune.method == "halp"
                                                                  else ("linear", 16))
+        assert cfg.prune.keep == ["stem"]  # HALP and MDP never prune conv1 (spec §4.4, §8.2)
+
+
+def test_list_keys_take_a_list_or_one_value() -> None:
+    assert load_config(None, ["prune.keep=[stem, 'layer4.*']"]).prune.keep == ["stem", "layer4.*"]
+    assert load_config(None, ["prune.keep=stem"]).prune.keep == ["stem"]
+    assert load_config(None, {"prune.keep": []}).prune.keep == []
+    with pytest.raises(LatlabError, match=r"prune.keep\[1\] must be a string"):
+        load_config(None, {"prune.keep": ["stem", {"a": 1}]})
+
+
+def test_a_checkpoint_without_a_newer_key_resumes_with_its_default(tmp_path: Path) -> None:
+    from training.checkpoint import check_compatible
+
+    saved = load_config(None).to_dict()
+    del saved["prune"]["keep"]  # written before prune.keep existed
+    check_compatible(saved, load_config(None).to_dict(), tmp_path / "ckpt.pt")
+    with pytest.raises(LatlabError, match=r"prune.keep: checkpoint \[\] vs config \['stem'\]"):
+        check_compatible(saved, load_config(None, ["prune.keep=[stem]"]).to_dict(), tmp_path / "ckpt.pt")
 
 
 def test_overrides_and_resolved_config(tmp_path: Path) -> None:
