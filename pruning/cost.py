@@ -20,6 +20,7 @@ instead: a position is the same channel of every stripe, scored by their summed 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ def importance_order(importance: np.ndarray, stripes: int = 1) -> np.ndarray:
 
 
 def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_group: dict[str, int],
-            min_keep: int) -> tuple[list[Group], dict[str, np.ndarray]]:
+            min_keep_share: float) -> tuple[list[Group], dict[str, np.ndarray]]:
     groups, order = [], {}
     for gid, g in spec.groups.items():
         imp = np.asarray(importances.get(gid, np.ones(g.width)), dtype=float).ravel()
@@ -79,7 +80,7 @@ def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_g
             raise LatlabError(f"importance of group {gid} must be {g.width} finite values, got shape {imp.shape}")
         order[gid] = importance_order(imp, g.stripes)
         items = imp[order[gid]].reshape(g.m, g.q).sum(axis=1)
-        keep = g.m if not g.prunable else min(max(min_keep, 1), g.m)
+        keep = g.m if not g.prunable else max(1, math.ceil(min_keep_share * g.m - 1e-9))
         groups.append(Group.from_importances(items, min_keep=keep, block=block_of_group.get(gid), name=gid))
     return groups, order
 
@@ -106,16 +107,19 @@ def check_prunable(spec: NetworkSpec, method: str) -> None:
 
 def build_problem(
     spec: NetworkSpec, model: LatencyModel, importances: Mapping[str, np.ndarray], *, method: str,
-    target: float, settings: Settings, min_keep: int = 1,
+    target: float, settings: Settings, min_keep_share: float = 0.0,
 ) -> tuple[PruningProblem, ProblemMap]:
     """The pruning problem of ``method`` at ``target`` × the dense latency (both from ``model``).
 
-    ``importances`` maps group id -> one score per channel (missing groups: uniform).
+    ``importances`` maps group id -> one score per channel (missing groups: uniform). A prunable group keeps
+    at least one item, and at least ``min_keep_share`` of its items (rounded up) unless its block is removed.
     """
     if method not in METHODS:
         raise LatlabError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
     if not 0 < target <= 1:
         raise LatlabError(f"target must be the kept share of latency in (0, 1], got {target}")
+    if not 0 <= min_keep_share <= 1:
+        raise LatlabError(f"the least kept share of a group's channels must be in [0, 1], got {min_keep_share}")
     check_prunable(spec, method)
     with_blocks = method in ("mgp", "mdp")
     pairwise = method in ("mdlm", "mdp")
@@ -125,7 +129,7 @@ def build_problem(
         gid: block_of_conv[g.convs[0]] for gid, g in spec.groups.items()
         if g.convs[0] in block_of_conv and all(block_of_conv.get(c) == block_of_conv[g.convs[0]] for c in g.convs)
     }
-    groups, order = _groups(spec, importances, block_of_group, min_keep)
+    groups, order = _groups(spec, importances, block_of_group, min_keep_share)
     index = {gid: i for i, gid in enumerate(spec.groups)}
     linear: list[LinearTerm] = []
     terms: list[PairwiseTerm] = []

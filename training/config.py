@@ -84,6 +84,7 @@ class PruneConfig:
     time_limit: float = 60.0  # seconds per solve
     slim: bool = True  # after the last pruning step, fine-tune the exported (physically smaller) network
     keep: list[str] = field(default_factory=list)  # convs kept whole: stem (as HALP/MDP) or globs, e.g. layer4.*
+    min_keep_share: float = 0.0  # each pruned group keeps at least this share of its channels (and 1 item)
 
 
 @dataclass
@@ -243,6 +244,8 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
         _choice(cfg.prune.schedule, ("halp", "mgp", "mdlm", "mdp"), "prune.schedule", source)
     if not 0 <= cfg.prune.ratio < 1:
         _fail(f"prune.ratio must be in [0, 1), got {cfg.prune.ratio}", source)
+    if not 0 <= cfg.prune.min_keep_share <= 1:
+        _fail(f"prune.min_keep_share must be in [0, 1], got {cfg.prune.min_keep_share}", source)
     gs = cfg.prune.group_sizes
     if isinstance(gs, str) and gs.isdigit():
         cfg.prune.group_sizes = gs = int(gs)

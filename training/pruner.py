@@ -81,14 +81,16 @@ class TrainingPruner:
     def __init__(
         self, model: nn.Module, spec: NetworkSpec, *, method: str, schedule: LatencySchedule,
         latency_model: LatencyModel | None, settings: Settings, solver: str = "lagrange", time_limit: float = 60.0,
+        min_keep_share: float = 0.0,
     ) -> None:
         """Registers the masks (and block gates for mgp/mdp) on ``model`` now; build the optimizer afterwards.
 
-        ``latency_model`` is needed on rank 0 only (it solves); other ranks may pass None.
+        ``latency_model`` is needed on rank 0 only (it solves); other ranks may pass None. Every prunable group
+        keeps at least ``min_keep_share`` of its dense channels (and one item) unless its block is removed.
         """
         self.model, self.spec, self.method, self.schedule = model, spec, method, schedule
         self.latency_model, self.settings = latency_model, settings
-        self.solver, self.time_limit = solver, time_limit
+        self.solver, self.time_limit, self.min_keep_share = solver, time_limit, min_keep_share
         groups = spec.group_members()
         self.importance = TaylorImportance(model, groups)
         self.masks = ChannelMasks(model, groups)
@@ -159,7 +161,7 @@ class TrainingPruner:
             raise LatlabError(f"{where}: rank 0 has no latency model")
         t0 = time.perf_counter()
         problem, mapping = build_problem(self._current_spec(), self.latency_model, self._scores(), method=self.method,
-                                         target=1.0, settings=self.settings)
+                                         target=1.0, settings=self.settings, min_keep_share=self.min_keep_share)
         problem = problem.with_budget(target)
         result = get_solver(self.solver, time_limit=self.time_limit).solve(problem)
         if not result.ok:

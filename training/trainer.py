@@ -248,7 +248,8 @@ class _Run:
                               f"{total} steps ({self.cfg.optim.epochs} epochs × {self.ipe}); lower prune.steps/every "
                               "or train longer")
         return TrainingPruner(self.model, spec, method=p.method, schedule=schedule, latency_model=lat,
-                              settings=settings, solver=p.solver, time_limit=p.time_limit)
+                              settings=settings, solver=p.solver, time_limit=p.time_limit,
+                              min_keep_share=p.min_keep_share)
 
     def _restore(self, state: dict[str, Any]) -> None:
         if self.pruner is not None:

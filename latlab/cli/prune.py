@@ -56,6 +56,8 @@ def prune(
     solver: Annotated[str, typer.Option(help=" | ".join(list_solvers()))] = "lagrange",
     time_limit: Annotated[float, typer.Option(help="Solver time limit (s).")] = 60.0,
     keep: KeepOption = None,
+    min_keep_share: Annotated[float, typer.Option(
+        help="Least share of each pruned group's channels to keep, e.g. 0.25 (at least one item; 0: no floor).")] = 0.0,
     db: DbOption = None,
 ) -> None:
     """Prune MODEL once to TARGET × its dense latency on a hardware profile, and export the slim network.
@@ -84,6 +86,8 @@ def prune(
         raise LatlabError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if solver not in list_solvers():
         raise LatlabError(f"unknown solver {solver!r}; choose from {', '.join(list_solvers())}")
+    if not 0 <= min_keep_share <= 1:
+        raise LatlabError(f"--min-keep-share must be in [0, 1], got {min_keep_share}")
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
@@ -107,11 +111,11 @@ def prune(
     _step(f"importance: {imp_source} ({time.perf_counter() - t0:.1f} s); solving {method} to {target:.0%} of the "
           f"dense latency with {solver}, then exporting")
     res = prune_once(net, spec, lat, importances, method=method, target=target, settings=settings, solver=solver,
-                     time_limit=time_limit)
+                     time_limit=time_limit, min_keep_share=min_keep_share)
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
               "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,
-              "keep": keep or []}
+              "keep": keep or [], "min_keep_share": min_keep_share}
     paths = save_outputs(res, spec, out, config)
     typer.echo(render([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned"))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -102,6 +102,22 @@ def test_grouped_convs_prune_and_export() -> None:
     assert sum(slim.in_channels < dense.in_channels for dense, slim in pairs) >= len(pairs) // 2
 
 
+def test_min_keep_share_is_a_floor_for_every_pruned_group(setup) -> None:  # type: ignore[no-untyped-def]
+    X, y, spec, net, _ = setup
+    imp = {gid: np.random.default_rng(1).random(g.width) for gid, g in spec.groups.items()}
+    model = get_model("mdlm").fit(X, y)
+    free = prune_once(net, spec, model, imp, method="mdlm", target=0.6, settings=Settings(BATCH))
+    floor = prune_once(net, spec, model, imp, method="mdlm", target=0.6, settings=Settings(BATCH),
+                       min_keep_share=0.5)
+    shares = {gid: w / spec.groups[gid].width for gid, w in floor.widths.items()}
+    assert min(w / spec.groups[gid].width for gid, w in free.widths.items()) < 0.5  # no floor: some go lower
+    assert min(shares.values()) >= 0.5 and floor.result.status == "optimal"
+    assert floor.result.objective <= free.result.objective + 1e-9 and floor.predicted_pruned_ms <= 0.6 * (
+        floor.predicted_dense_ms) * (1 + 1e-9)
+    with pytest.raises(LatlabError, match="least kept share of a group's channels must be in"):
+        build_problem(spec, model, imp, method="mdlm", target=0.5, settings=Settings(BATCH), min_keep_share=1.5)
+
+
 def test_infeasible_target_is_an_error(setup) -> None:  # type: ignore[no-untyped-def]
     X, y, spec, net, _ = setup
     with pytest.raises(LatlabError, match="infeasible"):

@@ -32,6 +32,8 @@ def test_types_and_ranges_are_checked(tmp_path: Path) -> None:
         load_config(None, ["prune.method=halp2"])
     with pytest.raises(LatlabError, match="prune.ratio must be in"):
         load_config(None, ["prune.ratio=1.5"])
+    with pytest.raises(LatlabError, match=r"prune.min_keep_share must be in \[0, 1\]"):
+        load_config(None, ["prune.min_keep_share=-0.1"])
     with pytest.raises(LatlabError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
 

@@ -69,10 +69,13 @@ def test_mdp_demo_config_exports(digits: Path, lut_db: str, tmp_path: Path) -> N
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_resnet50_presets_run_on_a_small_model(name: str, digits: Path, lut_db: str, tmp_path: Path) -> None:
     method = name.split("_")[0]
-    res = train(tiny_config(digits, tmp_path / name, lut_db, method=method, config=CONFIGS[name]), progress=False)
+    cfg = tiny_config(digits, tmp_path / name, lut_db, method=method, config=CONFIGS[name],
+                      **{"prune.min_keep_share": 0.5})
+    res = train(cfg, progress=False)
     assert res.finished and len(res.prune_steps) == 2 and res.metrics["predicted_ms"] < res.predicted_dense_ms
     stem = next(g for g in res.masks if g.startswith("conv1"))  # keep: [stem], as in HALP/MDP
     assert bool(res.masks[stem].all()) and not all(bool(m.all()) for m in res.masks.values())
+    assert min(float(m.float().mean()) for m in res.masks.values()) >= 0.5
 
 
 def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: Path) -> None:
