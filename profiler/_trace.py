@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,11 +49,46 @@ def has_own_state(module: nn.Module) -> bool:
     )
 
 
+_LEAF_MODULES: set[type[nn.Module]] = set()  # registered with register_leaf_module
+
+
+def register_leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Declare module class ``cls`` a leaf that tracing does not enter (usable as a class decorator), e.g. one
+    whose forward branches on its input. Its input channels stay whole and its output channels are its own."""
+    _LEAF_MODULES.add(cls)
+    return cls
+
+
+def _timm_fx_registrations() -> tuple[tuple[type[nn.Module], ...], tuple[Any, ...]]:
+    """timm's fx leaf modules and functions not to trace into, when timm is loaded (its models need them)."""
+    timm_fx = sys.modules.get("timm.layers._fx")
+    if timm_fx is None:
+        return (), ()
+    return tuple(timm_fx.get_notrace_modules()), tuple(f for f in timm_fx.get_notrace_functions() if callable(f))
+
+
+def _hides_layers(mod: nn.Module) -> bool:
+    """A module with stateful layers inside (as a leaf, fx does not trace into it)."""
+    return any(has_own_state(m) for m in mod.modules() if m is not mod)
+
+
+def opaque_module(mod: nn.Module | None) -> bool:
+    """A leaf whose output channels are its own, where channel tracking stops: a channel mixer (Linear, Conv1d,
+    attention, ...), a leaf with layers inside (timm's VGG ``ConvMlp``, ``nn.TransformerEncoderLayer``), a
+    stateful leaf timm registers (``CondConv2d``) and any :func:`register_leaf_module` class."""
+    if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *STATELESS_OK)):
+        return False
+    if isinstance(mod, (*_OPAQUE_MODULES, *_LEAF_MODULES)):
+        return True
+    return _hides_layers(mod) or (isinstance(mod, _timm_fx_registrations()[0]) and has_own_state(mod))
+
+
 def has_channel_state(mod: nn.Module | None) -> bool:
-    """A module with its own parameters or buffers that export cannot resize (not a conv, BN or Linear)."""
+    """A module whose channels export cannot resize (not a conv, BN or Linear): one with parameters or buffers
+    of its own, or an opaque leaf that is not a channel mixer of known kind (:func:`opaque_module`)."""
     if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *STATELESS_OK, *_OPAQUE_MODULES)):
         return False
-    return has_own_state(mod)
+    return has_own_state(mod) or opaque_module(mod)
 
 
 # ops that rearrange channels: export cannot follow a pruned mask through them
@@ -165,16 +201,18 @@ class _PathTracer(fx.Tracer):
 
     Subclasses of Conv2d, BatchNorm2d and Linear are leaves like the torch.nn classes themselves (timm's
     ``BatchNormAct2d`` is a BN followed by its activation; ``Conv2dSame`` pads on its own), so the rest of
-    latlab sees them as the layers they are.
+    latlab sees them as the layers they are, and so are :func:`register_leaf_module` classes and ``leaves``.
+    ``functions`` are called, not traced into.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, leaves: tuple[type[nn.Module], ...] = (), functions: tuple[Any, ...] = ()) -> None:
+        super().__init__(autowrap_functions=functions)
+        self.leaves = (*_LAYER_LEAVES, *_LEAF_MODULES, *leaves)
         self.stack: list[str] = []
         self.failed_at: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _LAYER_LEAVES) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         try:
@@ -340,7 +378,7 @@ def changes_channel_axis(node: fx.Node, mod: nn.Module | None) -> bool:
     of the channels with the dims after them (before a Linear) keeps them; convs, BN and Linear modules,
     concats and channel movers are handled by their own rules."""
     if node.op == "call_module":
-        if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, *_OPAQUE_MODULES)):
+        if mod is None or isinstance(mod, (nn.Conv2d, nn.BatchNorm2d)) or opaque_module(mod):
             return False
     elif node.op not in ("call_function", "call_method") or node.target in CHANNEL_MOVERS or node.target in CONCATS:
         return False
@@ -432,15 +470,34 @@ def shaped_graph(model_name: str, module: nn.Module, hw: tuple[int, int]) -> fx.
         module.train(was_training)
 
 
-def _trace_graph(model_name: str, module: nn.Module, hw: tuple[int, int]) -> fx.GraphModule:
+def fx_trace(module: nn.Module, what: str) -> tuple[fx.Graph, fx.Tracer]:
+    """``module``'s fx graph (and the tracer, whose ``root`` builds a GraphModule) by :class:`_PathTracer`.
+
+    Should that fail with timm loaded, the modules and functions timm registers as not traceable are leaves in
+    a second try, as in timm's own feature extraction (VGG's ``ConvMlp`` and EfficientViT's ``LiteMLA`` branch
+    on their input); their convs then stay unseen. Otherwise :class:`LatlabError` names ``what`` and the module
+    that failed.
+    """
     tracer = _PathTracer()
     try:
-        graph = tracer.trace(module)
+        return tracer.trace(module), tracer
     except Exception as exc:
-        where = tracer.failed_at or "<root>"
-        raise LatlabError(
-            f"torch.fx cannot trace model {model_name!r} (inside module {where!r}): {_one_line(exc)}"
-        ) from None
+        first = exc
+    timm_leaves, functions = _timm_fx_registrations()
+    if timm_leaves or functions:
+        retry = _PathTracer(timm_leaves, functions)
+        try:
+            return retry.trace(module), retry
+        except Exception:
+            pass
+    where = tracer.failed_at or "<root>"
+    hint = ("; if that module can stay whole, declare its class with profiler.plan.register_leaf_module"
+            if tracer.failed_at else "")
+    raise LatlabError(f"torch.fx cannot trace {what} (inside module {where!r}): {_one_line(first)}{hint}")
+
+
+def _trace_graph(model_name: str, module: nn.Module, hw: tuple[int, int]) -> fx.GraphModule:
+    graph, tracer = fx_trace(module, f"model {model_name!r}")
     gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
     param = next(module.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -522,7 +579,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
         if node.op == "call_function" and node.target in (torch.conv2d, torch.nn.functional.conv2d):
             log.warning("model %s: functional conv2d at node %s is not planned (only nn.Conv2d modules are)",
                         model_name, node.name)
-        if isinstance(mod, _OPAQUE_MODULES) or node.op in ("placeholder", "get_attr", "output"):
+        if opaque_module(mod) or node.op in ("placeholder", "get_attr", "output"):
             sources[node] = frozenset()
             continue
         merged = frozenset().union(*(sources.get(a, frozenset()) for a in tensors))

@@ -29,12 +29,19 @@ from torch import nn
 from db.errors import LatlabError
 from db.keys import ConvConfig, ConvFamily
 from profiler import _grids
-from profiler._trace import ConvLayer, TraceResult, normalise_size, register_sliceable_conv, trace_model
+from profiler._trace import (
+    ConvLayer,
+    TraceResult,
+    normalise_size,
+    register_leaf_module,
+    register_sliceable_conv,
+    trace_model,
+)
 
 __all__ = [
     "GRID_KINDS", "GRID_SYNTAX", "TIMM_PREFIX", "ConvLayer", "GridSpec", "SweepPlan", "TraceResult", "build_plan",
-    "parse_grid", "plan_from_layers", "register_sliceable_conv", "resolve_model", "shape_families", "trace_convs",
-    "trace_network",
+    "parse_grid", "plan_from_layers", "register_leaf_module", "register_sliceable_conv", "resolve_model",
+    "shape_families", "trace_convs", "trace_network",
 ]
 
 log = logging.getLogger(__name__)

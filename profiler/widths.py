@@ -25,11 +25,11 @@ from db.errors import LatlabError
 from profiler._grids import group_stripes, striped_q
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
-    _OPAQUE_MODULES,
     STATELESS_OK,
     TraceResult,
     has_own_state,
     moves_channels,
+    opaque_module,
     shaped_graph,
 )
 
@@ -178,7 +178,7 @@ def _width_sources(graph: fx.Graph, modules: Mapping[str, nn.Module], conv_names
         mod = modules.get(node.target) if node.op == "call_module" else None
         if node in conv_names:
             sources[node] = frozenset((conv_names[node],))
-        elif node.op in ("placeholder", "get_attr", "output") or isinstance(mod, _OPAQUE_MODULES) or cut_moved and (
+        elif node.op in ("placeholder", "get_attr", "output") or opaque_module(mod) or cut_moved and (
             moves_channels(node, mod)
         ):
             sources[node] = frozenset()
@@ -260,7 +260,7 @@ def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[st
                 if n != mod.in_features:
                     replace[node.target] = sliced_linear(mod, torch.arange(n))
             elif _resized(src_set) and not isinstance(mod, STATELESS_OK) and (
-                isinstance(mod, _OPAQUE_MODULES) or has_own_state(mod)
+                opaque_module(mod) or has_own_state(mod)
             ):
                 raise LatlabError(f"module {node.target} ({type(mod).__name__}) has per-channel state or mixes "
                                   "the channels of pruned convs; rebuild_with_widths cannot resize it")

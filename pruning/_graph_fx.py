@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import _PathTracer
+from profiler._trace import fx_trace
 from profiler.widths import _conv_node_names, _width_sources
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,7 @@ class GraphFacts:
 
 
 def _symbolic_graph(model_name: str, module: nn.Module) -> fx.Graph:
-    tracer = _PathTracer()
-    try:
-        return tracer.trace(module)
-    except Exception as exc:
-        where = tracer.failed_at or "<root>"
-        raise LatlabError(f"torch.fx cannot trace model {model_name!r} (inside module {where!r}): "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return fx_trace(module, f"model {model_name!r}")[0]
 
 
 def _is_add(node: fx.Node) -> bool:

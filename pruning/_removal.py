@@ -21,7 +21,7 @@ from torch import fx, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from db.errors import LatlabError
-from profiler._trace import _PathTracer
+from profiler._trace import fx_trace
 from pruning._graph_fx import _branch, _is_add
 
 
@@ -100,10 +100,7 @@ def _fx_removal(name: str, block: nn.Module) -> Removal:
     modes = {m: m.training for m in block.modules()}
     block.eval()  # the graph without stochastic depth's random branch
     try:
-        graph = _PathTracer().trace(block)
-    except Exception as exc:
-        raise LatlabError(f"block {name!r}: torch.fx cannot trace it ({type(exc).__name__}), so it cannot be "
-                          "removed") from None
+        graph = fx_trace(block, f"block {name!r} (so it cannot be removed)")[0]
     finally:
         for m, training in modes.items():
             m.training = training

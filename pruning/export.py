@@ -30,10 +30,10 @@ from torch import fx, nn
 from db.errors import LatlabError
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
-    _OPAQUE_MODULES,
     TraceResult,
     has_channel_state,
     moves_channels,
+    opaque_module,
     shaped_graph,
 )
 from pruning._removal import Removal, removal
@@ -231,12 +231,12 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                         slices[f"{target}.weight"] = (None, _linear_columns(mod, src))
                 value[node] = None
                 continue
-            if isinstance(mod, _OPAQUE_MODULES):
-                value[node] = None
-                continue
             if first is not None and not bool(first.all()) and has_channel_state(mod):
                 raise LatlabError(f"module {target} ({type(mod).__name__}) has per-channel state on pruned "
                                   "channels; export_pruned cannot resize it")
+            if opaque_module(mod):
+                value[node] = None
+                continue
             if moves_channels(node, mod):
                 _require_dense(node, mod, first)
                 value[node] = None

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import fx, nn
 
 from db.errors import LatlabError
-from profiler._trace import TraceResult, _PathTracer
+from profiler._trace import TraceResult, fx_trace
 
 __all__ = [
     "Groups", "TaylorImportance", "build_groups", "conv_bn_pairs", "coupled_groups", "magnitude_importance",
@@ -43,10 +43,7 @@ def conv_bn_pairs(model: nn.Module, trace: TraceResult | None = None) -> dict[st
     A conv whose output has other users besides that BN is still paired (the BN is applied right after it).
     With ``trace`` given, only its convs are reported.
     """
-    try:
-        graph = _PathTracer().trace(model)
-    except Exception as exc:
-        raise LatlabError(f"torch.fx cannot trace the model: {type(exc).__name__}: {exc}") from None
+    graph = fx_trace(model, "the model")[0]
     modules = dict(model.named_modules())
     wanted = {_base(layer.name) for layer in trace.layers} if trace is not None else None
     out: dict[str, str] = {}

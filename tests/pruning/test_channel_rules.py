@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from profiler.plan import register_sliceable_conv, trace_network
+from db.errors import LatlabError
+from profiler.plan import register_leaf_module, register_sliceable_conv, trace_network
 from pruning.check import check_export
 from pruning.export import export_pruned, masked_reference, verify_export
 from pruning.graph import build_network_spec
@@ -142,6 +143,34 @@ class _MixedDepthwise(nn.Module):
         return self.fc(self.out(torch.cat([self.dw3(a), self.dw5(b)], 1)).mean((2, 3)))
 
 
+class _ShapeBranchingHead(nn.Module):
+    """A head whose forward branches on the input size (timm's VGG ``ConvMlp`` does): fx cannot trace it."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(cin, 10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 4:
+            x = F.adaptive_avg_pool2d(x, 4)
+        return self.fc(x).flatten(1)
+
+
+class _HeadNet(nn.Module):
+    def __init__(self, head: type[nn.Module]) -> None:
+        super().__init__()
+        self.a, self.b = _cbr(3, 16, k=3, padding=1), _cbr(16, 32, k=3, padding=1)
+        self.head = head(32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)))
+
+
+@register_leaf_module
+class _LeafHead(_ShapeBranchingHead):
+    pass
+
+
 def _fixed_by(model: nn.Module) -> dict[tuple[str, ...], str]:
     return {g.convs: g.fixed_by for g in build_network_spec(model, 16).groups.values()}  # "" when prunable
 
@@ -169,6 +198,22 @@ def test_a_slice_of_the_channels_fixes_them_and_what_is_added_to_it() -> None:
     assert fixed[("block.exp.0",)] == fixed[("head.0",)] == ""
     assert not spec.blocks
     assert check_export(_RexNet(), spec).max_logit_delta < 1e-9
+
+
+def test_a_registered_leaf_module_is_opaque() -> None:
+    """A module fx cannot trace is refused with a hint; registered as a leaf, it is not entered: the channels it
+    reads stay whole, its conv is not planned, and the rest prunes and exports."""
+    with pytest.raises(LatlabError, match=r"inside module 'head'.*register_leaf_module"):
+        build_network_spec(_HeadNet(_ShapeBranchingHead), 16)
+    spec = build_network_spec(_HeadNet(_LeafHead), 16)
+    assert [c.name for c in spec.convs] == ["a.0", "b.0"]
+    assert {g.convs: g.fixed_by for g in spec.groups.values()} == {("a.0",): "", ("b.0",): "_LeafHead head"}
+    assert check_export(_HeadNet(_LeafHead), spec).max_logit_delta < 1e-9
+    # a torch.nn leaf with layers inside is opaque in the same way
+    net = nn.Sequential(_cbr(3, 16, k=3, padding=1), _cbr(16, 16, k=1), nn.Flatten(2), nn.TransformerEncoderLayer(
+        64, 2, 32, batch_first=True))
+    assert {g.convs: g.fixed_by for g in build_network_spec(net, 8).groups.values()} == {
+        ("0.0",): "", ("1.0",): "TransformerEncoderLayer 3"}
 
 
 def test_layer_subclasses_keep_their_class_when_sliced() -> None:

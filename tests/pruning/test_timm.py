@@ -41,6 +41,8 @@ def test_a_timm_name_without_timm_says_how_to_install_it(monkeypatch: pytest.Mon
     ("resnetv2_50", 32),            # pre-activation BN and weight-standardised convs
     ("mixnet_s", 14),               # depthwise convs on splits
     ("cspdarknet53", 34),           # split + add of halves
+    ("vgg11", 7),                   # ConvMlp head branches on the input size: traced as timm's leaf, its input fixed
+    ("efficientvit_b0", 14),        # LiteMLA attention: the same
 ])
 def test_timm_cnns_prune_and_export(model: str, prunable: int) -> None:
     _, net = resolve_model(f"timm:{model}", num_classes=10)
