@@ -90,12 +90,9 @@ def lattice_steps(trace: TraceResult) -> dict[str, tuple[int, int]]:
     cout = {layer.name: layer.cout for layer in trace.layers}
     q = [cout[g[0]] if i in fixed else striped_q(auto_group_size(cout[g[0]]), cout[g[0]], s)
          for i, (g, s) in enumerate(zip(groups, stripes, strict=True))]
-    steps = {}
-    for layer in trace.layers:
-        read = {index[p] for p in layer.producers}
-        single = len(read) == 1 and cout[groups[next(iter(read))][0]] == layer.cin
-        steps[layer.name] = (q[index[layer.name]], q[read.pop()] if single else layer.cin)
-    return steps
+    inputs = trace.input_groups(groups)
+    return {layer.name: (q[index[layer.name]], layer.cin if inputs[layer.name] is None else q[inputs[layer.name]])
+            for layer in trace.layers}
 
 
 def layer_lattice_grid(layer: ConvLayer, q_out: int, q_in: int) -> set[Point]:

@@ -195,6 +195,33 @@ class TraceResult:
                 out.setdefault(index[layer.name], f"depthwise on {on}")
         return out
 
+    def input_groups(self, groups: Sequence[Sequence[str]], names: Sequence[str] | None = None
+                     ) -> dict[str, int | None]:
+        """Per conv, the index of the :meth:`mask_groups` group whose channels are its input, one to one; ``None``
+        when its cin stays fixed: it reads the network input, or a concat or split of groups a pruner keeps
+        (:meth:`fixed_groups`). :class:`LatlabError` for a conv fed by several groups that are not concatenated
+        or by part of a pruned group; ``names`` name the groups there (default: their first conv)."""
+        index = {name: i for i, g in enumerate(groups) for name in g}
+        fixed = self.fixed_groups(groups)
+        cout = {layer.name: layer.cout for layer in self.layers}
+        label = list(names) if names is not None else [g[0] for g in groups]
+        out: dict[str, int | None] = {}
+        for layer in self.layers:
+            read = sorted({index[p] for p in layer.producers})
+            if len(read) == 1 and cout[groups[read[0]][0]] == layer.cin:
+                out[layer.name] = read[0]
+            elif fixed.keys() >= set(read):
+                out[layer.name] = None
+            elif len(read) > 1:
+                raise LatlabError(f"model {self.model_name!r}: conv {layer.name} is fed by several channel groups "
+                                  f"({', '.join(label[i] for i in read)}) that are not joined by a concat; "
+                                  "unsupported structure")
+            else:
+                raise LatlabError(f"model {self.model_name!r}: conv {layer.name} has cin={layer.cin} but its "
+                                  f"producer group {label[read[0]]} has {cout[groups[read[0]][0]]} channels; "
+                                  "unsupported structure")
+        return out
+
 
 class _PathTracer(fx.Tracer):
     """An fx tracer that remembers which module it is inside, for error messages.

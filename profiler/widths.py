@@ -118,16 +118,10 @@ def random_pruned_widths(
 
     out: Widths = {}
     first_call: dict[str, str] = {}
+    inputs = trace.input_groups(groups)
     for layer in trace.layers:
         cout = width[index[layer.name]]
-        read = sorted({index[p] for p in layer.producers})
-        if len(read) == 1 and layers[groups[read[0]][0]].cout == layer.cin:
-            cin = width[read[0]]
-        elif fixed.keys() >= set(read):  # the network input, or a concat or split of fixed groups
-            cin = layer.cin
-        else:
-            raise LatlabError(f"conv {layer.name}: its {layer.cin} input channels come from several channel groups "
-                              "that are not concatenated; this structure is not supported")
+        cin = layer.cin if inputs[layer.name] is None else width[inputs[layer.name]]
         out[layer.name] = (cout if layer.family.depthwise else cin, cout)
         base = first_call.setdefault(_base_name(layer.name), layer.name)
         if out[layer.name] != out[base]:  # several calls of one module must agree

@@ -366,18 +366,8 @@ def build_network_spec(
         widths[gid] = couts.pop()
 
     fixed_groups = {gid_of[mask_groups[i][0]]: why for i, why in trace.fixed_groups(mask_groups).items()}
-    producer_group: dict[str, str | None] = {}
-    for layer in trace.layers:
-        pg = sorted({gid_of[p] for p in layer.producers})
-        if pg and (len(pg) > 1 or layer.cin != widths[pg[0]]) and fixed_groups.keys() >= set(pg):
-            pg = []  # a concat or a split of fixed groups: the conv's cin is fixed
-        if len(pg) > 1:
-            raise LatlabError(f"model {name!r}: conv {layer.name} is fed by several channel groups "
-                              f"({', '.join(pg)}) that are not joined by a concat; unsupported structure")
-        producer_group[layer.name] = pg[0] if pg else None
-        if pg and layer.cin != widths[pg[0]]:
-            raise LatlabError(f"model {name!r}: conv {layer.name} has cin={layer.cin} but its producer group "
-                              f"{pg[0]} has {widths[pg[0]]} channels; unsupported structure")
+    inputs = trace.input_groups(mask_groups, [gid_of[mem[0]] for mem in mask_groups])
+    producer_group = {conv: None if i is None else gid_of[mask_groups[i][0]] for conv, i in inputs.items()}
 
     _check_group_sizes(group_sizes, set(layers) | {_base(n) for n in layers} | set(group_members))
     stripes = dict(zip(group_members, _grids.group_stripes(trace, mask_groups), strict=True))
