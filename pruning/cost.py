@@ -105,14 +105,26 @@ def check_prunable(spec: NetworkSpec, method: str) -> None:
                           f"{spec.model_name}` shows its groups")
 
 
+def check_max_kept_blocks(spec: NetworkSpec, method: str, max_kept_blocks: int | None) -> None:
+    """:class:`LatlabError` unless ``max_kept_blocks`` is None or a block count ``method`` can keep on ``spec``."""
+    if max_kept_blocks is None:
+        return
+    if method not in ("mgp", "mdp"):
+        raise LatlabError(f"max_kept_blocks={max_kept_blocks}: {method} removes no blocks (mgp and mdp do)")
+    if not 0 <= max_kept_blocks <= len(spec.blocks):
+        raise LatlabError(f"max_kept_blocks={max_kept_blocks}: {spec.model_name} has {len(spec.blocks)} removable "
+                          f"blocks, so it must be in [0, {len(spec.blocks)}]")
+
+
 def build_problem(
     spec: NetworkSpec, model: LatencyModel, importances: Mapping[str, np.ndarray], *, method: str,
-    target: float, settings: Settings, min_keep_share: float = 0.0,
+    target: float, settings: Settings, min_keep_share: float = 0.0, max_kept_blocks: int | None = None,
 ) -> tuple[PruningProblem, ProblemMap]:
     """The pruning problem of ``method`` at ``target`` × the dense latency (both from ``model``).
 
     ``importances`` maps group id -> one score per channel (missing groups: uniform). A prunable group keeps
     at least one item, and at least ``min_keep_share`` of its items (rounded up) unless its block is removed.
+    ``max_kept_blocks`` (mgp, mdp): keep at most that many of the removable blocks (MGP's ``--blocks_num``).
     """
     if method not in METHODS:
         raise LatlabError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
@@ -121,6 +133,7 @@ def build_problem(
     if not 0 <= min_keep_share <= 1:
         raise LatlabError(f"the least kept share of a group's channels must be in [0, 1], got {min_keep_share}")
     check_prunable(spec, method)
+    check_max_kept_blocks(spec, method, max_kept_blocks)
     with_blocks = method in ("mgp", "mdp")
     pairwise = method in ("mdlm", "mdp")
     block_names = [b.name for b in spec.blocks] if with_blocks else []
@@ -154,7 +167,8 @@ def build_problem(
         linear.append(LinearTerm(index[g.id], costs, block, conv.name))
     dense = sum(t.costs[-1] for t in linear) + sum(t.matrix[-1, -1] for t in terms)
     problem = PruningProblem(groups, budget=float(target * dense), linear=linear, pairwise=terms,
-                             blocks=list(range(len(block_names))), name=f"{spec.model_name} {method} {target:g}")
+                             blocks=list(range(len(block_names))), max_kept_blocks=max_kept_blocks,
+                             name=f"{spec.model_name} {method} {target:g}")
     return problem, ProblemMap(list(spec.groups), block_names, order, float(dense))
 
 

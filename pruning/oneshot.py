@@ -85,11 +85,11 @@ class PruneResult:
 def prune_once(
     model: nn.Module, spec: NetworkSpec, latency_model: LatencyModel, importances: dict[str, np.ndarray], *,
     method: str, target: float, settings: Settings, solver: str = "lagrange", time_limit: float = 60.0,
-    verify_input: tuple[int, ...] | None = None, min_keep_share: float = 0.0,
+    verify_input: tuple[int, ...] | None = None, min_keep_share: float = 0.0, max_kept_blocks: int | None = None,
 ) -> PruneResult:
     """Solve the pruning problem and export the slim network (verified against the masked one)."""
     problem, mapping = build_problem(spec, latency_model, importances, method=method, target=target,
-                                     settings=settings, min_keep_share=min_keep_share)
+                                     settings=settings, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
     if solver == "dp" and (problem.has_blocks or not problem.is_linear):
         raise LatlabError(f"the dp solver handles halp (OCP+LLM) only; use lagrange or milp-highs for {method}")
     result = get_solver(solver, time_limit=time_limit).solve(problem)

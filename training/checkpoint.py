@@ -26,8 +26,8 @@ FORMAT = 1
 # config keys that must match between a checkpoint and the run resuming it
 IDENTITY_KEYS = ("model.name", "model.num_classes", "data.input_size", "prune.method", "prune.ratio",
                  "prune.schedule", "prune.steps", "prune.every", "prune.start", "prune.group_sizes", "prune.input_size",
-                 "prune.keep", "prune.min_keep_share", "optim.epochs", "optim.warmup_epochs", "optim.schedule",
-                 "data.batch_size")
+                 "prune.keep", "prune.min_keep_share", "prune.max_kept_blocks", "prune.max_kept_blocks_from",
+                 "optim.epochs", "optim.warmup_epochs", "optim.schedule", "data.batch_size")
 _MISSING = object()
 
 

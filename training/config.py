@@ -85,6 +85,8 @@ class PruneConfig:
     slim: bool = True  # after the last pruning step, fine-tune the exported (physically smaller) network
     keep: list[str] = field(default_factory=list)  # convs kept whole: stem (as HALP/MDP) or globs, e.g. layer4.*
     min_keep_share: float = 0.0  # each pruned group keeps at least this share of its channels (and 1 item)
+    max_kept_blocks: int | None = None  # mgp/mdp: keep at most this many removable blocks (MGP's --blocks_num)
+    max_kept_blocks_from: int = 1  # first pruning step (1-based) that bound applies to (the MGP code: 26 of 30)
 
 
 @dataclass
@@ -220,12 +222,14 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
             _fail(f"{key} must be > 0, got {v!r}", source)
     for key, v in {"data.workers": cfg.data.workers, "optim.warmup_epochs": cfg.optim.warmup_epochs,
                    "optim.weight_decay": cfg.optim.weight_decay, "optim.momentum": cfg.optim.momentum,
-                   "run.checkpoint_every": cfg.run.checkpoint_every, "prune.start": cfg.prune.start}.items():
+                   "run.checkpoint_every": cfg.run.checkpoint_every, "prune.start": cfg.prune.start,
+                   "prune.max_kept_blocks": cfg.prune.max_kept_blocks or 0}.items():
         if v < 0:
             _fail(f"{key} must be >= 0, got {v!r}", source)
     for key, v in {"run.max_iters_per_epoch": cfg.run.max_iters_per_epoch, "run.max_val_iters": cfg.run.max_val_iters,
                    "run.stop_after_epochs": cfg.run.stop_after_epochs, "prune.steps": cfg.prune.steps,
                    "prune.every": cfg.prune.every, "data.val_batch_size": cfg.data.val_batch_size,
+                   "prune.max_kept_blocks_from": cfg.prune.max_kept_blocks_from,
                    "prune.input_size": cfg.prune.input_size}.items():
         if v is not None and v < 1:
             _fail(f"{key} must be >= 1 when given, got {v!r}", source)
@@ -257,6 +261,8 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
         _choice(cfg.prune.solver, tuple(list_solvers()), "prune.solver", source)
         if cfg.prune.solver == "dp" and cfg.prune.method != "halp":
             _fail(f"prune.solver dp handles halp (OCP+LLM) only; use lagrange for {cfg.prune.method}", source)
+        if cfg.prune.max_kept_blocks is not None and cfg.prune.method not in ("mgp", "mdp"):
+            _fail(f"prune.max_kept_blocks: {cfg.prune.method} removes no blocks (mgp and mdp do)", source)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:

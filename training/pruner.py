@@ -81,16 +81,18 @@ class TrainingPruner:
     def __init__(
         self, model: nn.Module, spec: NetworkSpec, *, method: str, schedule: LatencySchedule,
         latency_model: LatencyModel | None, settings: Settings, solver: str = "lagrange", time_limit: float = 60.0,
-        min_keep_share: float = 0.0,
+        min_keep_share: float = 0.0, max_kept_blocks: int | None = None, max_kept_blocks_from: int = 1,
     ) -> None:
         """Registers the masks (and block gates for mgp/mdp) on ``model`` now; build the optimizer afterwards.
 
         ``latency_model`` is needed on rank 0 only (it solves); other ranks may pass None. Every prunable group
-        keeps at least ``min_keep_share`` of its dense channels (and one item) unless its block is removed.
+        keeps at least ``min_keep_share`` of its dense channels (and one item) unless its block is removed. From
+        pruning step ``max_kept_blocks_from`` (1-based) on, at most ``max_kept_blocks`` blocks stay.
         """
         self.model, self.spec, self.method, self.schedule = model, spec, method, schedule
         self.latency_model, self.settings = latency_model, settings
         self.solver, self.time_limit, self.min_keep_share = solver, time_limit, min_keep_share
+        self.max_kept_blocks, self.max_kept_blocks_from = max_kept_blocks, max_kept_blocks_from
         groups = spec.group_members()
         self.importance = TaylorImportance(model, groups)
         self.masks = ChannelMasks(model, groups)
@@ -121,7 +123,7 @@ class TrainingPruner:
         payload: dict[str, Any] | None = None
         if not (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
             try:
-                payload = self._solve(target, where)
+                payload = self._solve(target, where, k)
             except LatlabError as exc:
                 payload = {"error": str(exc)}
         payload = broadcast_object(payload)
@@ -156,12 +158,14 @@ class TrainingPruner:
             out[gid] = s
         return out
 
-    def _solve(self, target: float, where: str) -> dict[str, Any]:
+    def _solve(self, target: float, where: str, k: int) -> dict[str, Any]:
         if self.latency_model is None:
             raise LatlabError(f"{where}: rank 0 has no latency model")
         t0 = time.perf_counter()
         problem, mapping = build_problem(self._current_spec(), self.latency_model, self._scores(), method=self.method,
-                                         target=1.0, settings=self.settings, min_keep_share=self.min_keep_share)
+                                         target=1.0, settings=self.settings, min_keep_share=self.min_keep_share,
+                                         max_kept_blocks=self.max_kept_blocks if k + 1 >= self.max_kept_blocks_from
+                                         else None)
         problem = problem.with_budget(target)
         result = get_solver(self.solver, time_limit=self.time_limit).solve(problem)
         if not result.ok:

@@ -205,7 +205,7 @@ class _Run:
 
     def _build_pruner(self) -> Any:
         from latency_models.resolve import resolve_latency_model
-        from pruning.cost import check_prunable
+        from pruning.cost import check_max_kept_blocks, check_prunable
         from pruning.graph import build_network_spec
         from pruning.schedule import LatencySchedule, preset
         from training.pruner import TrainingPruner
@@ -214,6 +214,7 @@ class _Run:
         spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes,
                                   name=self.cfg.model.name, keep=p.keep)
         check_prunable(spec, p.method)  # before any training, not at the first pruning step
+        check_max_kept_blocks(spec, p.method, p.max_kept_blocks)
         lat, settings, l0, source = None, None, None, None
         if info.main:
             from db.engine import open_database
@@ -242,6 +243,9 @@ class _Run:
             schedule = LatencySchedule(l0, p.ratio, p.steps or steps, p.every or every, p.start)
         else:
             schedule = preset(p.schedule or p.method, l0, p.ratio, p.start)
+        if p.max_kept_blocks is not None and p.max_kept_blocks_from > schedule.steps:
+            raise LatlabError(f"prune.max_kept_blocks_from={p.max_kept_blocks_from} is after the last of the "
+                              f"{schedule.steps} pruning steps, so prune.max_kept_blocks would never apply")
         total = self.cfg.optim.epochs * self.ipe
         if schedule.last_step >= total:
             raise LatlabError(f"the pruning schedule ends at global step {schedule.last_step} but the run has only "
@@ -249,7 +253,8 @@ class _Run:
                               "or train longer")
         return TrainingPruner(self.model, spec, method=p.method, schedule=schedule, latency_model=lat,
                               settings=settings, solver=p.solver, time_limit=p.time_limit,
-                              min_keep_share=p.min_keep_share)
+                              min_keep_share=p.min_keep_share, max_kept_blocks=p.max_kept_blocks,
+                              max_kept_blocks_from=p.max_kept_blocks_from)
 
     def _restore(self, state: dict[str, Any]) -> None:
         if self.pruner is not None:

@@ -58,6 +58,8 @@ def prune(
     keep: KeepOption = None,
     min_keep_share: Annotated[float, typer.Option(
         help="Least share of each pruned group's channels to keep, e.g. 0.25 (at least one item; 0: no floor).")] = 0.0,
+    max_kept_blocks: Annotated[int | None, typer.Option(
+        help="mgp/mdp: keep at most this many removable blocks (MGP's --blocks_num).")] = None,
     db: DbOption = None,
 ) -> None:
     """Prune MODEL once to TARGET × its dense latency on a hardware profile, and export the slim network.
@@ -78,7 +80,7 @@ def prune(
     from db.engine import open_database
     from latency_models.resolve import resolve_latency_model
     from profiler.measure import load_model as load_network
-    from pruning.cost import check_prunable
+    from pruning.cost import check_max_kept_blocks, check_prunable
     from pruning.graph import build_network_spec
     from pruning.methods import DEFAULT_KIND
     from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
@@ -92,6 +94,7 @@ def prune(
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
     check_prunable(spec, method)
+    check_max_kept_blocks(spec, method, max_kept_blocks)
     counts = spec.summary()
     _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
           f"items, {counts['blocks']} removable blocks")
@@ -111,11 +114,11 @@ def prune(
     _step(f"importance: {imp_source} ({time.perf_counter() - t0:.1f} s); solving {method} to {target:.0%} of the "
           f"dense latency with {solver}, then exporting")
     res = prune_once(net, spec, lat, importances, method=method, target=target, settings=settings, solver=solver,
-                     time_limit=time_limit, min_keep_share=min_keep_share)
+                     time_limit=time_limit, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
               "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,
-              "keep": keep or [], "min_keep_share": min_keep_share}
+              "keep": keep or [], "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks}
     paths = save_outputs(res, spec, out, config)
     typer.echo(render([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned"))
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -118,6 +118,22 @@ def test_min_keep_share_is_a_floor_for_every_pruned_group(setup) -> None:  # typ
         build_problem(spec, model, imp, method="mdlm", target=0.5, settings=Settings(BATCH), min_keep_share=1.5)
 
 
+def test_max_kept_blocks_bounds_the_blocks_mgp_keeps(setup) -> None:  # type: ignore[no-untyped-def]
+    """MGP's --blocks_num (spec §6.3 item 6): at most N of the removable blocks stay."""
+    X, y, spec, net, _ = setup
+    imp = {gid: np.random.default_rng(2).random(g.width) for gid, g in spec.groups.items()}
+    model = get_model("llm").fit(X, y)
+    free = prune_once(net, spec, model, imp, method="mgp", target=0.8, settings=Settings(BATCH))
+    bounded = prune_once(net, spec, model, imp, method="mgp", target=0.8, settings=Settings(BATCH), max_kept_blocks=4)
+    assert len(spec.blocks) - len(free.removed_blocks) > 4 and bounded.result.status == "optimal"
+    assert len(spec.blocks) - len(bounded.removed_blocks) <= 4 and bounded.max_logit_delta < 1e-9
+    assert bounded.result.objective <= free.result.objective + 1e-9
+    with pytest.raises(LatlabError, match="max_kept_blocks=2: halp removes no blocks"):
+        build_problem(spec, model, imp, method="halp", target=0.8, settings=Settings(BATCH), max_kept_blocks=2)
+    with pytest.raises(LatlabError, match=r"resnet18 has 8 removable blocks, so it must be in \[0, 8\]"):
+        build_problem(spec, model, imp, method="mgp", target=0.8, settings=Settings(BATCH), max_kept_blocks=9)
+
+
 def test_infeasible_target_is_an_error(setup) -> None:  # type: ignore[no-untyped-def]
     X, y, spec, net, _ = setup
     with pytest.raises(LatlabError, match="infeasible"):

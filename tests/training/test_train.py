@@ -78,6 +78,21 @@ def test_resnet50_presets_run_on_a_small_model(name: str, digits: Path, lut_db: 
     assert min(float(m.float().mean()) for m in res.masks.values()) >= 0.5
 
 
+def test_max_kept_blocks_applies_from_its_step(digits: Path, lut_db: str, tmp_path: Path) -> None:
+    cfg = tiny_config(digits, tmp_path / "mgp", lut_db, method="mgp", **{"prune.max_kept_blocks": 5,
+                                                                         "prune.max_kept_blocks_from": 2})
+    res = train(cfg, progress=False)
+    assert res.finished and len(res.prune_steps[0]["removed_blocks"]) < 3 <= len(res.removed_blocks)  # 8 blocks
+    for bad, message in (({"prune.max_kept_blocks_from": 3}, "after the last of the 2 pruning steps"),
+                         ({"prune.max_kept_blocks": 9}, "resnet18 has 8 removable blocks")):
+        cfg = tiny_config(digits, tmp_path / "bad", lut_db, method="mgp", **{"prune.max_kept_blocks": 5, **bad})
+        with pytest.raises(LatlabError, match=message):
+            train(cfg, progress=False)
+        assert not (tmp_path / "bad" / "checkpoint_last.pt").exists()
+    with pytest.raises(LatlabError, match="prune.max_kept_blocks: halp removes no blocks"):
+        tiny_config(digits, tmp_path / "bad", lut_db, method="halp", **{"prune.max_kept_blocks": 5})
+
+
 def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: Path) -> None:
     from torchvision.models import resnet18
 
