@@ -207,7 +207,7 @@ class NetworkSpec:
     def keeping(self, patterns: Iterable[str]) -> NetworkSpec:
         """This network with the groups of the convs matching ``patterns`` kept whole, and their blocks kept.
 
-        A pattern is ``stem`` (the convs that read the input image) or a glob over conv names and group ids
+        A pattern is ``stem`` (the first convs: no other conv feeds them) or a glob over conv names and group ids
         (``layer4.*``, ``stage1``). A kept group is fixed with ``fixed_by = "keep PATTERN"``; a block holding a
         kept conv is no longer removable. A pattern that matches nothing raises :class:`LatlabError`.
         """

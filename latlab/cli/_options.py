@@ -20,7 +20,7 @@ HardwareOption = Annotated[
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table | csv | markdown | json")]
 KeepOption = Annotated[
     list[str] | None,
-    typer.Option("--keep", help="Keep these convs' channels (and their blocks) whole: `stem` (the convs reading the "
-                 "image; HALP and MDP never prune it) or a glob over conv names and group ids, e.g. 'layer4.*'. "
-                 "Repeatable.", show_default=False),
+    typer.Option("--keep", help="Keep these convs' channels (and their blocks) whole: `stem` (the first convs, "
+                 "which no other conv feeds; HALP and MDP never prune it) or a glob over conv names and group ids, "
+                 "e.g. 'layer4.*'. Repeatable.", show_default=False),
 ]
