@@ -105,7 +105,7 @@ def test_grouped_convs_prune_and_export() -> None:
 def test_min_keep_share_is_a_floor_for_every_pruned_group(setup) -> None:  # type: ignore[no-untyped-def]
     X, y, spec, net, _ = setup
     imp = {gid: np.random.default_rng(1).random(g.width) for gid, g in spec.groups.items()}
-    model = get_model("mdlm").fit(X, y)
+    model = get_model("lut").fit(X, y)
     free = prune_once(net, spec, model, imp, method="mdlm", target=0.6, settings=Settings(BATCH))
     floor = prune_once(net, spec, model, imp, method="mdlm", target=0.6, settings=Settings(BATCH),
                        min_keep_share=0.5)
