@@ -105,8 +105,12 @@ def check_prunable(spec: NetworkSpec, method: str) -> None:
                           f"{spec.model_name}` shows its groups")
 
 
-def check_max_kept_blocks(spec: NetworkSpec, method: str, max_kept_blocks: int | None) -> None:
-    """:class:`LatlabError` unless ``max_kept_blocks`` is None or a block count ``method`` can keep on ``spec``."""
+def check_limits(spec: NetworkSpec, method: str, *, min_keep_share: float = 0.0,
+                 max_kept_blocks: int | None = None) -> None:
+    """:class:`LatlabError` unless ``min_keep_share`` is in [0, 1] and ``max_kept_blocks`` is None or a block
+    count ``method`` can keep on ``spec`` (the limits of :func:`build_problem`, checked before any work)."""
+    if not 0 <= min_keep_share <= 1:
+        raise LatlabError(f"the least kept share of a group's channels must be in [0, 1], got {min_keep_share}")
     if max_kept_blocks is None:
         return
     if method not in ("mgp", "mdp"):
@@ -130,10 +134,8 @@ def build_problem(
         raise LatlabError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
     if not 0 < target <= 1:
         raise LatlabError(f"target must be the kept share of latency in (0, 1], got {target}")
-    if not 0 <= min_keep_share <= 1:
-        raise LatlabError(f"the least kept share of a group's channels must be in [0, 1], got {min_keep_share}")
     check_prunable(spec, method)
-    check_max_kept_blocks(spec, method, max_kept_blocks)
+    check_limits(spec, method, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
     with_blocks = method in ("mgp", "mdp")
     pairwise = method in ("mdlm", "mdp")
     block_names = [b.name for b in spec.blocks] if with_blocks else []

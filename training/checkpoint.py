@@ -104,7 +104,8 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str |
     A key the checkpoint lacks (written before the key existed) counts as its default.
     """
     defaults = TrainConfig().to_dict()
-    old = {k: _get(defaults, k) if _get(saved, k) is _MISSING else _get(saved, k) for k in IDENTITY_KEYS}
+    old = {k: _get(saved, k) for k in IDENTITY_KEYS}
+    old = {k: _get(defaults, k) if v is _MISSING else v for k, v in old.items()}
     diffs = [f"{k}: checkpoint {old[k]!r} vs config {_get(current, k)!r}" for k in IDENTITY_KEYS
              if old[k] != _get(current, k)]
     if diffs:

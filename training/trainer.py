@@ -205,7 +205,7 @@ class _Run:
 
     def _build_pruner(self) -> Any:
         from latency_models.resolve import resolve_latency_model
-        from pruning.cost import check_max_kept_blocks, check_prunable
+        from pruning.cost import check_limits, check_prunable
         from pruning.graph import build_network_spec
         from pruning.schedule import LatencySchedule, preset
         from training.pruner import TrainingPruner
@@ -214,7 +214,7 @@ class _Run:
         spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes,
                                   name=self.cfg.model.name, keep=p.keep)
         check_prunable(spec, p.method)  # before any training, not at the first pruning step
-        check_max_kept_blocks(spec, p.method, p.max_kept_blocks)
+        check_limits(spec, p.method, min_keep_share=p.min_keep_share, max_kept_blocks=p.max_kept_blocks)
         lat, settings, l0, source = None, None, None, None
         if info.main:
             from db.engine import open_database

@@ -80,7 +80,7 @@ def prune(
     from db.engine import open_database
     from latency_models.resolve import resolve_latency_model
     from profiler.measure import load_model as load_network
-    from pruning.cost import check_max_kept_blocks, check_prunable
+    from pruning.cost import check_limits, check_prunable
     from pruning.graph import build_network_spec
     from pruning.methods import DEFAULT_KIND
     from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
@@ -88,13 +88,11 @@ def prune(
         raise LatlabError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if solver not in list_solvers():
         raise LatlabError(f"unknown solver {solver!r}; choose from {', '.join(list_solvers())}")
-    if not 0 <= min_keep_share <= 1:
-        raise LatlabError(f"--min-keep-share must be in [0, 1], got {min_keep_share}")
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
     check_prunable(spec, method)
-    check_max_kept_blocks(spec, method, max_kept_blocks)
+    check_limits(spec, method, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
     counts = spec.summary()
     _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
           f"items, {counts['blocks']} removable blocks")
