@@ -12,9 +12,11 @@ import typer
 
 from db.errors import LatlabError
 from latlab.cli import db_cmd, demo, evaluate, graph, hw, lut, measure, models, profile, prune, sweep, train
+from latlab.cli._options import MARKUP_MODE
 
 app = typer.Typer(
     name="latlab",
+    rich_markup_mode=MARKUP_MODE,
     help="Latency LUTs for your GPU or CPU, latency models on them, and latency-constrained pruning.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,

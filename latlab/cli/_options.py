@@ -8,6 +8,14 @@ import typer
 
 from db.defaults import ENV_VAR
 
+#: Docstrings and option help are Markdown: paragraphs reflow to the terminal, indented examples stay as written.
+MARKUP_MODE = "markdown"
+
+
+def command_group(help: str) -> typer.Typer:
+    """A ``latlab`` sub-command group (``lut``, ``models`` …) rendered like the top-level app."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=MARKUP_MODE)
+
 DbOption = Annotated[
     str | None,
     typer.Option("--db", envvar=ENV_VAR, help="SQLite file or SQLAlchemy URL [default: ./latlab.db]",

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from latlab.cli._options import DbOption
+from latlab.cli._options import DbOption, command_group
 
-app = typer.Typer(help="Database schema: show the revision, upgrade to the newest.", no_args_is_help=True)
+app = command_group("Database schema: show the revision, upgrade to the newest.")
 
 
 @app.command()
 def upgrade(db: DbOption = None) -> None:
     """Create the database if needed and migrate it to the newest schema (safe to repeat).
 
-    Example: latlab db upgrade --db postgresql+psycopg://me@gpu-fleet/latlab
+    Commands that write (profile, measure, fit …) do this themselves. Run it to migrate a shared
+    PostgreSQL database once before a fleet of workers starts, or an old database after upgrading latlab.
+
+    Example:
+
+        latlab db upgrade --db postgresql+psycopg://me@gpu-fleet/latlab
     """
     from db.engine import describe_url, open_database
     database = open_database(db, create=True, upgrade=True)

@@ -41,11 +41,9 @@ def demo(
 
     Examples:
 
-      latlab demo --out latlab-demo   (then open latlab-demo/report.md)
-
-      latlab demo --llc-flush --out latlab-demo-cold   (CPU: better pruned-latency predictions)
-
-      latlab demo --device cuda --batch 64 --out latlab-demo-gpu
+        latlab demo --out latlab-demo        # then open latlab-demo/report.md
+        latlab demo --llc-flush --out cold   # CPU: better pruned predictions
+        latlab demo --device cuda --batch 64 --out latlab-demo-gpu
     """
     from latlab.demo import DemoConfig, run_demo
     if device not in ("cpu", "cuda"):

@@ -46,7 +46,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Directory for report.md, CSVs and PNG plots.")] = Path("latlab-eval"),
     db: DbOption = None,
 ) -> None:
-    """Fit each model on a share of a sweep's LUT keys and report accuracy on the rest, with plots.
+    r"""Fit each model on a share of a sweep's LUT keys and report accuracy on the rest, with plots.
 
     Writes OUT/report.md with tables (MAPE, RMSPE, max error, share within ±5% / ±10%) and PNGs
     (predicted vs measured, error CDF, error over the (cin, cout) plane, whole-network error).
@@ -54,11 +54,11 @@ def evaluate(
 
     Examples:
 
-      latlab evaluate --models lut,llm,mdlm,rf,gbdt --hardware "TITAN V" --train-fraction 0.25
-
-      latlab evaluate --sweep 1 --split family --out eval-family
-
-      latlab evaluate --sweep 1 --network resnet50 --pruned 20 --measure-backend cpu --budget-curve
+        latlab evaluate --models lut,llm,mdlm,rf,gbdt --hardware "TITAN V" \
+            --train-fraction 0.25
+        latlab evaluate --sweep 1 --split family --out eval-family
+        latlab evaluate --sweep 1 --network resnet50 --pruned 20 \
+            --measure-backend cpu --budget-curve
     """
     from db.engine import open_database
     from db.lut import find_sweep

@@ -40,21 +40,21 @@ def graph(
         "removed), export it, compare it with the masked network and torch.export it: can latlab prune it?")] = False,
     keep: KeepOption = None,
 ) -> None:
-    """Trace MODEL and show its channel groups, group sizes q, channel items and removable blocks.
+    r"""Trace MODEL and show its channel groups, group sizes q, channel items and removable blocks.
+
+    A group is a set of channels that must be pruned together (convs joined by a residual add, a
+    depthwise conv and its producer …); a fixed group shows why it cannot be pruned. --format mdp writes
+    the tables HALP/MDP's released code reads; --check proves that latlab can prune and export MODEL.
 
     Examples:
 
-      latlab graph --model resnet50 --group-sizes reference
-
-      latlab graph --model densenet121 --check
-
-      latlab graph --model resnet50 --group-sizes reference --keep stem --keep 'layer4.*'
-
-      latlab graph --model resnet50 --format mdp ./rn50_tables
-
-      latlab graph --model resnet50 --format mdp --group-sizes reference --prefix module. ./rn50_tables
-
-      latlab graph --model mobilenet_v2 --format json ./tables
+        latlab graph --model resnet50 --group-sizes reference
+        latlab graph --model densenet121 --check
+        latlab graph --model resnet50 --keep stem --keep 'layer4.*'
+        latlab graph --model resnet50 --format mdp ./rn50_tables
+        latlab graph --model resnet50 --format mdp --group-sizes reference \
+            --prefix module. ./rn50_tables
+        latlab graph --model mobilenet_v2 --format json ./tables
     """
     from pruning.graph import build_network_spec
     from pruning.mdp_tables import write_mdp_tables

@@ -17,11 +17,14 @@ def hw(
 ) -> None:
     """Show the device, host and software versions that a sweep would record, and its fingerprint.
 
+    The fingerprint hashes what identifies a hardware profile (device and its UUID, driver, CUDA, cuDNN, CPU
+    model and cores, torch version); sweeps with the same fingerprint share one profile, and --hardware
+    accepts its prefix. Clocks and temperatures are telemetry, recorded beside every measurement.
+
     Examples:
 
-      latlab hw                   # this CPU
-
-      latlab hw --backend cuda    # GPU 0 via NVML + torch (fails clearly without a GPU)
+        latlab hw                  # this CPU
+        latlab hw --backend cuda   # GPU 0 via NVML and torch
     """
     from profiler.hardware import detect_hardware, gpu_telemetry
     info = detect_hardware(backend, device_index=device).to_dict()

@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group
 from latlab.tables import render
 
-app = typer.Typer(help="Inspect, query, export and import latency lookup tables.", no_args_is_help=True)
+app = command_group("Inspect, query, export and import latency lookup tables.")
 
 _ROW_COLUMNS = ("family", "cin", "cout", "batch", "dtype", "layout", "op", "median_ms", "iqr_ms", "mean_ms",
                 "n", "status", "message", "sm_clock_mhz", "temperature_c", "power_w")
@@ -21,7 +21,11 @@ _ROW_COLUMNS = ("family", "cin", "cout", "batch", "dtype", "layout", "op", "medi
 def list_(hardware: HardwareOption = None, fmt: FormatOption = "table", db: DbOption = None) -> None:
     """List the sweeps in the database with their hardware, backend and row counts.
 
-    Example: latlab lut list --db rn50.db
+    A sweep's id is what --sweep takes in every other command.
+
+    Example:
+
+        latlab lut list --db rn50.db
     """
     from db.engine import open_database
     from db.lut import sweep_summaries
@@ -43,13 +47,16 @@ def show(
     limit: Annotated[int, typer.Option(help="At most this many rows with --rows (0: all).")] = 50,
     fmt: FormatOption = "table", db: DbOption = None,
 ) -> None:
-    """Summarize a sweep per shape family, or print its rows.
+    r"""Summarize a sweep per shape family, or print its rows.
+
+    Per family: configurations stored, failed (OOM, cuDNN errors) and the latency range. With --rows:
+    each measurement with its spread, status and telemetry (clock, temperature, power).
 
     Examples:
 
-      latlab lut show --sweep 1
-
-      latlab lut show --hardware "TITAN V" --rows --family f7x7_k3x3_s1x1_p1x1_d1x1_g1 -f csv
+        latlab lut show --sweep 1
+        latlab lut show --hardware "TITAN V" --rows \
+            --family f7x7_k3x3_s1x1_p1x1_d1x1_g1 -f csv
     """
     from sqlalchemy import select
 
@@ -92,13 +99,15 @@ def query(
     op: Annotated[str, typer.Option(help="conv | conv_bn_relu")] = "conv",
     sweep: SweepOption = None, hardware: HardwareOption = None, db: DbOption = None,
 ) -> None:
-    """Print the stored median latency (ms per batch) of one configuration; a miss names it.
+    r"""Print the stored median latency (ms per batch) of one configuration; a miss names it.
+
+    Give the shape family by --family, or by --fmap and --k (stride 1, padding k//2 by default).
 
     Examples:
 
-      latlab lut query --fmap 56 --k 3 --cin 64 --cout 64 --batch 256
-
-      latlab lut query --family f14x14_k3x3_s1x1_p1x1_d1x1_g1 --cin 256 --cout 256 --sweep 2
+        latlab lut query --fmap 56 --k 3 --cin 64 --cout 64 --batch 256
+        latlab lut query --family f14x14_k3x3_s1x1_p1x1_d1x1_g1 \
+            --cin 256 --cout 256 --sweep 2
     """
     from db.engine import open_database
     from db.keys import ConvConfig, ConvFamily
@@ -128,13 +137,16 @@ def export(
     layout: Annotated[str | None, typer.Option(help="Only rows of this layout.")] = None,
     db: DbOption = None,
 ) -> None:
-    """Export a sweep: a HALP/MDP pickle (keys like 256_64_64_56_3_1[_1] -> ms) or a CSV/JSON table.
+    r"""Export a sweep: a HALP/MDP pickle (keys like 256_64_64_56_3_1[_1] -> ms) or a CSV/JSON table.
+
+    The pickle is what HALP/MDP's released training code loads as its LUT. CSV and JSON have one row per
+    measurement: shape family, channels, batch, dtype, layout, median/IQR/mean ms, status and telemetry.
 
     Examples:
 
-      latlab lut export rn50_h100.pkl --format halp --hardware "NVIDIA H100 80GB HBM3"
-
-      latlab lut export rn50.csv --format csv --sweep 1
+        latlab lut export rn50_h100.pkl --format halp \
+            --hardware "NVIDIA H100 80GB HBM3"
+        latlab lut export rn50.csv --format csv --sweep 1
     """
     from sqlalchemy import select
 
@@ -170,11 +182,14 @@ def import_(
     op: Annotated[str, typer.Option(help="conv | conv_bn_relu (not in the file).")] = "conv",
     db: DbOption = None,
 ) -> None:
-    """Import a HALP/MDP LUT pickle, loaded with a restricted unpickler (refuses code).
+    r"""Import a HALP/MDP LUT pickle, loaded with a restricted unpickler (refuses code).
 
     Padding is taken as k//2 and dilation 1 (the legacy keys have neither). Re-importing adds nothing.
 
-    Example: latlab lut import rn50_titanv_cudnn_batch256.pkl --hardware "TITAN V" --dtype fp32
+    Example:
+
+        latlab lut import rn50_titanv_cudnn_batch256.pkl --hardware "TITAN V" \
+            --dtype fp32
     """
     from db.engine import open_database
     from db.keys import check_exec_settings

@@ -78,19 +78,23 @@ def measure(
     fmt: FormatOption = "table",
     db: DbOption = None,
 ) -> None:
-    """Time one forward pass of a whole network (eval, inference mode) and store median/IQR.
+    r"""Time one forward pass of a whole network (eval, inference mode) and store median/IQR.
+
+    The network is a torchvision/timm --model (optionally with --weights and pruned by a --mask file) or
+    a saved --module, e.g. the pruned.pt2 of `latlab prune`. The row is stored under --variant with the
+    hardware profile and the timing protocol; with --latency-model, each model's prediction is stored too.
 
     Examples:
 
-      latlab measure --model resnet50 --backend cuda --batch 256 --dtype fp16 --layout nhwc
-
-      latlab measure --model resnet18 --backend cpu --batch 1 --threads 2
-
-      latlab measure --module pruned.pt --backend cuda --batch 256 --variant halp55
-
-      latlab measure --model resnet50 --mask layer_masks.pkl --mgp --backend cuda --batch 256
-
-      latlab measure --model resnet18 --mask masks.pt --speedup --rounds 25 --repeats 50 --threads 1
+        latlab measure --model resnet50 --backend cuda --batch 256 \
+            --dtype fp16 --layout nhwc
+        latlab measure --model resnet18 --backend cpu --batch 1 --threads 2
+        latlab measure --module pruned.pt2 --backend cuda --batch 256 \
+            --variant halp55
+        latlab measure --model resnet50 --mask layer_masks.pkl --mgp \
+            --backend cuda --batch 256
+        latlab measure --model resnet18 --mask masks.pt --speedup \
+            --rounds 25 --repeats 50 --threads 1
     """
     from db.engine import open_database
     from db.keys import check_exec_settings

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group
 from latlab.tables import render
 
-app = typer.Typer(help="Stored latency models: list them.", no_args_is_help=True)
+app = command_group("Stored latency models: list them.")
 
 ModelsOption = Annotated[
     str, typer.Option("--models", help="Comma-separated kinds: lut, llm, mdlm, bilinear, rf, gbdt.")
@@ -31,7 +31,7 @@ def parse_kinds(text: str) -> list[str]:
 
 def fit(
     models: ModelsOption = "mdlm",
-    name: Annotated[str | None, typer.Option(help="Stored name (default: <hardware>-<kind>-s<sweep>).")] = None,
+    name: Annotated[str | None, typer.Option(help="Stored name (default: HARDWARE-KIND-sSWEEP).")] = None,
     sweep: SweepOption = None, hardware: HardwareOption = None,
     batch: Annotated[int | None, typer.Option(help="Only rows with this batch size.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
@@ -48,9 +48,8 @@ def fit(
 
     Examples:
 
-      latlab fit --models mdlm,llm --hardware "TITAN V"
-
-      latlab fit --models mdlm --sweep 3 --holdout 0.75 --name h100-mdlm-25pct
+        latlab fit --models mdlm,llm --hardware "TITAN V"
+        latlab fit --models mdlm --sweep 3 --holdout 0.75 --name h100-mdlm-25pct
     """
     import numpy as np
 
@@ -99,7 +98,12 @@ def fit(
 def list_(fmt: FormatOption = "table", db: DbOption = None) -> None:
     """List the latency models stored in the database.
 
-    Example: latlab models list --db rn50.db
+    Each with its kind, the sweep it was fitted on, its training rows and, when fitted with --holdout, its
+    held-out error. Other commands take the name as --latency-model.
+
+    Example:
+
+        latlab models list --db rn50.db
     """
     from db.engine import open_database
     from latency_models.store import stored_models

@@ -69,22 +69,22 @@ def profile(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: DbOption = None,
 ) -> None:
-    """Measure every conv shape family of MODEL over a channel grid and store it in the LUT database.
+    r"""Measure every conv shape family of MODEL over a channel grid and store it in the LUT database.
 
     Resumable: re-running the same command skips what is stored, so a killed sweep loses at most
     the configuration in flight. OOM and cuDNN errors are stored as failed rows and the sweep goes on.
 
     Examples:
 
-      latlab profile --model resnet50 --backend fake --grid reference
-
-      latlab profile --model resnet18 --backend cpu --grid lhs:12:16 --batch 1 --threads 2
-
-      latlab profile --model resnet50 --backend cuda --grid reference --dtype fp16 --layout nhwc
-
-      latlab profile --model resnet50 --backend cuda --grid reference --adaptive --budget 300
-
-      latlab profile --model resnet50 --backend cuda --grid reference --worker --db postgresql+psycopg://host/lut
+        latlab profile --model resnet50 --backend fake --grid reference
+        latlab profile --model resnet18 --backend cpu --grid lhs:12:16 \
+            --batch 1 --threads 2
+        latlab profile --model resnet50 --backend cuda --grid reference \
+            --dtype fp16 --layout nhwc
+        latlab profile --model resnet50 --backend cuda --grid reference \
+            --adaptive --budget 300
+        latlab profile --model resnet50 --backend cuda --grid reference \
+            --worker --db postgresql+psycopg://host/lut
 
     With --worker, start the same command on every GPU box (or several processes on one): they claim
     configurations in batches, send heartbeats, and take over the claims of a worker that died.

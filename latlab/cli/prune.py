@@ -62,7 +62,7 @@ def prune(
         help="mgp/mdp: keep at most this many removable blocks (MGP's --blocks_num).")] = None,
     db: DbOption = None,
 ) -> None:
-    """Prune MODEL once to TARGET × its dense latency on a hardware profile, and export the slim network.
+    r"""Prune MODEL once to TARGET × its dense latency on a hardware profile, and export the slim network.
 
     The latency model is a stored one (--latency-model) or fitted now on a sweep's LUT (--hardware /
     --sweep; batch, dtype and layout come from that LUT). Importance is HALP's BN-Taylor score over a few
@@ -71,11 +71,11 @@ def prune(
 
     Examples:
 
-      latlab prune --model resnet50 --method mdp --target 0.5 --hardware "TITAN V" --group-sizes reference
-      --keep stem --out rn50-mdp50
-
-      latlab prune --model resnet18 --weights r18.pth --method halp --target 0.7 --data imagenet/val
-      --out r18-halp70
+        latlab prune --model resnet50 --method mdp --target 0.5 \
+            --hardware "TITAN V" --group-sizes reference --keep stem \
+            --out rn50-mdp50
+        latlab prune --model resnet18 --weights r18.pth --method halp \
+            --target 0.7 --data imagenet/val --out r18-halp70
     """
     from db.engine import open_database
     from latency_models.resolve import resolve_latency_model

@@ -6,11 +6,10 @@ import json
 
 import typer
 
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group
 from latlab.tables import render
 
-app = typer.Typer(help="Follow sweeps run by a fleet of `latlab profile --worker` processes.",
-                  no_args_is_help=True)
+app = command_group("Follow sweeps run by a fleet of `latlab profile --worker` processes.")
 
 
 @app.callback()
@@ -26,7 +25,9 @@ def status(sweep: SweepOption = None, hardware: HardwareOption = None, fmt: Form
     A worker is dead when its last heartbeat is older than its --heartbeat-timeout; the next worker to
     claim work releases its claims to the others.
 
-    Example: latlab sweep status --sweep 1 --db postgresql+psycopg://host/lut
+    Example:
+
+        latlab sweep status --sweep 1 --db postgresql+psycopg://host/lut
     """
     from db.claims import fleet_status
     from db.engine import open_database

@@ -31,7 +31,7 @@ def train(
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the resolved config (every key, with what it means) as YAML and exit.")] = False,
 ) -> None:
-    """Train (and prune on the schedule of the config's method) with DDP/AMP; checkpoint and resume.
+    r"""Train (and prune on the schedule of the config's method) with DDP/AMP; checkpoint and resume.
 
     The resolved config is saved as OUT/config.resolved.yaml; per-epoch metrics go to OUT/metrics.csv,
     OUT/checkpoint_last.pt is written every epoch (rerunning the same command resumes from it), and at
@@ -39,15 +39,17 @@ def train(
     plus loss, LR and pruning targets as TensorBoard scalars in OUT/tensorboard. Unknown config keys, a
     missing dataset or weights that do not match the model stop the run before any work.
 
-    Multi-node: run `torchrun --nnodes N --nproc_per_node G --rdzv_endpoint HOST:PORT -m training --config …`.
+    Multi-node: run `torchrun --nnodes N --nproc_per_node G --rdzv_endpoint HOST:PORT -m training --config …`
+    on every node.
 
     Examples:
 
-      latlab train --config configs/mdp_resnet50.yaml --data /data/imagenet --weights rn50.pth --hardware "H200"
-
-      latlab train --config configs/halp_resnet50.yaml --data /data/imagenet --nproc-per-node 8 --out runs/halp70
-
-      latlab train --config configs/mdp_resnet50.yaml --set prune.ratio=0.5 --print-config > my_run.yaml
+        latlab train --config configs/mdp_resnet50.yaml --data /data/imagenet \
+            --weights rn50.pth --hardware "H200"
+        latlab train --config configs/halp_resnet50.yaml --data /data/imagenet \
+            --nproc-per-node 8 --out runs/halp70
+        latlab train --config configs/mdp_resnet50.yaml --set prune.ratio=0.5 \
+            --print-config > my_run.yaml
     """
     sets = list(overrides or []) + (["run.tensorboard=true"] if tensorboard else [])
     for key, value in (("data.path", data), ("run.out", out), ("model.weights", weights), ("prune.db", db),

@@ -39,6 +39,30 @@ def test_every_command_has_help_and_is_in_the_readme(argv: list[str], cli) -> No
     assert f"latlab {' '.join(argv)}" in readme, f"README.md does not document `latlab {' '.join(argv)}`"
 
 
+def test_help_examples_stay_as_written_at_80_columns(monkeypatch: pytest.MonkeyPatch, cli) -> None:
+    """Docstring prose reflows to the terminal, but each example line is printed whole, on a line of its own."""
+    import inspect
+
+    import typer
+
+    monkeypatch.setenv("COLUMNS", "80")
+    checked = 0
+    for argv in _commands():
+        command = typer.main.get_command(app)
+        for name in argv:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        doc = inspect.cleandoc(command.help or "")
+        examples = [line.strip() for line in doc.splitlines() if line.startswith("    ")]
+        if not examples:
+            continue
+        code, out, _ = cli([*argv, "--help"])
+        shown = {line.strip() for line in out.splitlines()}
+        assert code == 0 and all(line in shown for line in examples), f"latlab {' '.join(argv)}"
+        assert all(len(line) <= 80 for line in out.splitlines())
+        checked += 1
+    assert checked >= 15
+
+
 def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
                                                               cli) -> None:
     db = str(tmp_path / "rn50.db")
