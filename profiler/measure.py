@@ -7,6 +7,7 @@ archive (``torch.jit.save``) or an exported program (``torch.export.save``, ``.p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from collections.abc import Mapping
@@ -144,30 +145,26 @@ def _load_module_file(path: Path) -> tuple[str, nn.Module]:
 
 
 def count_params_and_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Parameters and multiply-accumulates of conv and linear layers for one forward pass."""
+    """Parameters and multiply-accumulates of one image's forward pass at ``input_shape``.
+
+    MACs are half the FLOPs of :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix
+    products), so torch.export (``.pt2``) and TorchScript modules are counted too. Train/eval mode is kept.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
     params = sum(p.numel() for p in model.parameters())
-    macs = 0
-
-    def conv_hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        kh, kw = mod.kernel_size
-        macs += out.numel() * (mod.in_channels // mod.groups) * kh * kw
-
-    def linear_hook(mod: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        macs += out.numel() * mod.in_features
-
-    if isinstance(model, torch.jit.ScriptModule):
-        return {"params": params}
-    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    first = next(model.parameters(), None)
+    example = torch.zeros((1, *input_shape[1:]), device=first.device if first is not None else "cpu",
+                          dtype=first.dtype if first is not None and first.is_floating_point() else torch.float32)
+    was_training = model.training
     try:
-        with torch.inference_mode():
-            eval_mode(model)(torch.zeros((1, *input_shape[1:])))
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            eval_mode(model)(example)
     finally:
-        for h in handles:
-            h.remove()
-    return {"params": params, "macs_per_image": macs}
+        if was_training:
+            with contextlib.suppress(NotImplementedError):  # a torch.export module refuses train()
+                model.train()
+    return {"params": params, "macs_per_image": counter.get_total_flops() // 2}
 
 
 def measure_model(

@@ -41,7 +41,8 @@ from pruning.importance import conv_bn_pairs
 from pruning.slices import Slices
 
 __all__ = [
-    "export_checked", "export_pruned", "masked_reference", "param_and_mac_counts", "save_pruned", "verify_export",
+    "export_checked", "export_pruned", "export_program", "masked_reference", "save_masks", "save_pruned",
+    "verify_export",
 ]
 
 _JOIN = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
@@ -332,33 +333,6 @@ def verify_export(masked_model: nn.Module, exported: nn.Module, input_shape: tup
     return diff
 
 
-@torch.no_grad()
-def param_and_mac_counts(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
-    """``(parameters, multiply-accumulates)`` of one forward at ``input_shape`` (Conv2d and Linear MACs only)."""
-    params = sum(p.numel() for p in model.parameters())
-    macs = 0
-
-    def hook(m: nn.Module, args: Any, out: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(m, nn.Conv2d):
-            kh, kw = m.kernel_size
-            macs += out.numel() * (m.in_channels // m.groups) * kh * kw
-        else:
-            macs += out.numel() * m.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    was = model.training
-    try:
-        model.eval()
-        p = next(model.parameters())
-        model(torch.zeros(*input_shape, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
-    return params, macs
-
-
 def export_checked(model: nn.Module, input_size: tuple[int, int], masks: Mapping[str, torch.Tensor],
                    removed_blocks: RemovedBlocks | None = None, verify_input: tuple[int, ...] | None = None,
                    ) -> tuple[nn.Module, float, dict[str, int]]:
@@ -366,15 +340,15 @@ def export_checked(model: nn.Module, input_size: tuple[int, int], masks: Mapping
 
     ``counts``: ``params_dense``, ``params_pruned``, ``macs_dense``, ``macs_pruned`` (per image).
     """
+    from profiler.measure import count_params_and_macs
     from profiler.plan import trace_network
 
     size = tuple(input_size)
     slim = export_pruned(model, trace_network(model, size), masks, removed_blocks)
     delta = verify_export(masked_reference(model, masks, removed_blocks), slim, verify_input or (2, 3, *size))
-    dense_p, dense_macs = param_and_mac_counts(model, (1, 3, *size))
-    slim_p, slim_macs = param_and_mac_counts(slim, (1, 3, *size))
-    return slim, delta, {"params_dense": dense_p, "params_pruned": slim_p, "macs_dense": dense_macs,
-                         "macs_pruned": slim_macs}
+    dense, pruned = (count_params_and_macs(m, (1, 3, *size)) for m in (model, slim))
+    return slim, delta, {"params_dense": dense["params"], "params_pruned": pruned["params"],
+                         "macs_dense": dense["macs_per_image"], "macs_pruned": pruned["macs_per_image"]}
 
 
 def export_program(slim: nn.Module, input_size: tuple[int, int]) -> torch.export.ExportedProgram:
@@ -383,13 +357,18 @@ def export_program(slim: nn.Module, input_size: tuple[int, int]) -> torch.export
                                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
 
 
+def save_masks(path: Path, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str]) -> Path:
+    """Write ``{"masks", "removed_blocks"}`` to ``path`` (latlab's ``masks.pt``: weights_only-loadable, read by
+    ``latlab measure --mask`` and :func:`pruning.mask_files.read_mask_file`)."""
+    torch.save({"masks": {k: v.detach().cpu().clone() for k, v in masks.items()},
+                "removed_blocks": list(removed_blocks)}, path)
+    return path
+
+
 def save_pruned(out_dir: Path, slim: nn.Module, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str],
                 input_size: tuple[int, int]) -> dict[str, Path]:
-    """Write ``masks.pt`` (``{"masks", "removed_blocks"}``, weights_only-loadable) and ``pruned.pt2``
-    (torch.export of the slim network, any batch size; ``latlab measure --module`` times it)."""
-    paths = {"masks": out_dir / "masks.pt", "slim": out_dir / "pruned.pt2"}
-    torch.save({"masks": {k: v.detach().cpu().clone() for k, v in masks.items()},
-                "removed_blocks": list(removed_blocks)}, paths["masks"])
-    program = export_program(slim, input_size)
-    torch.export.save(program, str(paths["slim"]))
+    """Write ``masks.pt`` (:func:`save_masks`) and ``pruned.pt2`` (torch.export of the slim network, any batch
+    size; ``latlab measure --module`` times it)."""
+    paths = {"masks": save_masks(out_dir / "masks.pt", masks, removed_blocks), "slim": out_dir / "pruned.pt2"}
+    torch.export.save(export_program(slim, input_size), str(paths["slim"]))
     return paths

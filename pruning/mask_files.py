@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from db.errors import LatlabError
-from pruning.graph import NetworkSpec
+from pruning.graph import NetworkSpec, build_network_spec
 
-__all__ = ["MaskFile", "masks_for_model", "read_mask_file"]
+__all__ = ["MaskFile", "load_masks", "masks_for_model", "read_mask_file"]
 
 MAX_MASK_FILE_BYTES = 64 * 2**20
 
@@ -153,3 +153,10 @@ def masks_for_model(
         if not keep.any() and conv not in in_removed:
             raise LatlabError(f"the mask of {conv} keeps no channel and {conv} is not inside a removable block")
     return {c: k for c, k in masks.items() if c not in in_removed}, removed
+
+
+def load_masks(path: str | Path, model: nn.Module, input_size: int | tuple[int, int], *, per_layer: bool = False,
+               ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The masks and removed blocks that the mask file at ``path`` describes for ``model`` (see
+    :func:`masks_for_model`), ready for :func:`pruning.export.export_checked`."""
+    return masks_for_model(read_mask_file(path), model, build_network_spec(model, input_size), per_layer=per_layer)

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from db.errors import LatlabError
-from latlab.cli import db_cmd, demo, evaluate, graph, hw, lut, measure, models, profile, prune, sweep, train
+from latlab.cli import db_cmd, demo, evaluate, export, graph, hw, lut, measure, models, profile, prune, sweep, train
 from latlab.cli._options import MARKUP_MODE
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("graph")(graph.graph)
 app.command("prune")(prune.prune)
 app.command("train")(train.train)
+app.command("export")(export.export)
 app.command("demo")(demo.demo)
 app.add_typer(lut.app, name="lut")
 app.add_typer(models.app, name="models")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,7 @@ MARKUP_MODE = "markdown"
 def command_group(help: str) -> typer.Typer:
     """A ``latlab`` sub-command group (``lut``, ``models`` …) rendered like the top-level app."""
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=MARKUP_MODE)
+
 
 DbOption = Annotated[
     str | None,
@@ -32,3 +34,10 @@ KeepOption = Annotated[
                  "which no other conv feeds; HALP and MDP never prune it) or a glob over conv names and group ids, "
                  "e.g. 'layer4.*'. Repeatable.", show_default=False),
 ]
+WeightsOption = Annotated[Path | None, typer.Option(
+    help="Local state dict or checkpoint for --model (weights_only load; `module.` prefixes are fine).")]
+TrustCheckpointOption = Annotated[bool, typer.Option(
+    help="Allow --weights to be a whole-model pickle (unrestricted unpickling: trusted files only).")]
+MaskOption = Annotated[Path | None, typer.Option(
+    help="Prune --model by a mask file first: HALP/MDP group_mask.pkl / layer_masks.pkl or latlab masks.pt.")]
+MgpOption = Annotated[bool, typer.Option(help="--mask holds per-layer masks (MDP's layer_masks.pkl, as its --mgp).")]

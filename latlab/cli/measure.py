@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption
+from latlab.cli._options import DbOption, FormatOption, MaskOption, MgpOption, TrustCheckpointOption, WeightsOption
 from latlab.tables import render
 
 
@@ -16,11 +16,9 @@ def _apply_mask_file(net, path: Path, input_size: int, *, per_layer: bool):  # t
     """The physically pruned network that a HALP/MDP/latlab mask file describes."""
     from profiler.plan import trace_network
     from pruning.export import export_pruned
-    from pruning.graph import build_network_spec
-    from pruning.mask_files import masks_for_model, read_mask_file
+    from pruning.mask_files import load_masks
 
-    spec = build_network_spec(net, input_size)
-    masks, removed = masks_for_model(read_mask_file(path), net, spec, per_layer=per_layer)
+    masks, removed = load_masks(path, net, input_size, per_layer=per_layer)
     return export_pruned(net, trace_network(net, input_size), masks, removed).eval()
 
 
@@ -44,15 +42,10 @@ def _predictions(database, names: list[str], net, input_size: int, batch: int, d
 def measure(
     model: Annotated[str | None, typer.Option(help="torchvision name or timm:NAME (random init).")] = None,
     module: Annotated[Path | None, typer.Option(help="Saved TorchScript (.pt) or torch.export (.pt2) module.")] = None,
-    weights: Annotated[Path | None, typer.Option(
-        help="Local state dict or checkpoint for --model (weights_only load; `module.` prefixes are fine).")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option(
-        help="Allow --weights to be a whole-model pickle (unrestricted unpickling: trusted files only).")] = False,
-    mask: Annotated[Path | None, typer.Option(
-        help="Prune --model by a mask file first: HALP/MDP group_mask.pkl / layer_masks.pkl or latlab masks.pt.")
-    ] = None,
-    mgp: Annotated[bool, typer.Option(help="--mask holds per-layer masks (MDP's layer_masks.pkl, as its --mgp).")
-                   ] = False,
+    weights: WeightsOption = None,
+    trust_checkpoint: TrustCheckpointOption = False,
+    mask: MaskOption = None,
+    mgp: MgpOption = False,
     latency_model: Annotated[list[str] | None, typer.Option(
         "--latency-model", help="Stored latency model (`latlab models list`) to predict this network's conv "
         "latency with; repeatable; the predictions are printed and stored with the measurement.")] = None,

@@ -14,16 +14,22 @@ from torchvision.models import (
 )
 
 from db.errors import LatlabError
+from profiler.measure import count_params_and_macs
 from profiler.plan import trace_network
 from pruning.check import check_export, randomise_bn
 from pruning.check import random_masks as spec_masks
-from pruning.export import export_pruned, masked_reference, param_and_mac_counts, verify_export
+from pruning.export import export_pruned, masked_reference, verify_export
 from pruning.graph import build_network_spec
 from pruning.slices import Slices, take
 from tests.pruning.random_masks import random_masks
 
 SHAPE = (2, 3, 64, 64)
 ONE = (1, 3, 64, 64)
+
+
+def param_and_mac_counts(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    counts = count_params_and_macs(model, shape)
+    return counts["params"], counts["macs_per_image"]
 
 
 def _model(factory, seed: int) -> nn.Module:
