@@ -6,17 +6,20 @@ For each model (``--models``; default with ``--source torchvision`` all of
 the prunable structure (:func:`pruning.graph.build_network_spec`: convs, channel groups, prunable groups,
 channel items, removable blocks) and :func:`pruning.check.check_export` (random kept items per prunable group,
 every other removable block removed, exported, compared with the masked network with random BatchNorm
-parameters and statistics from a random batch, ``torch.export``-ed). A model that fails is recorded with its
+parameters and statistics from a random batch, ``torch.export``-ed; with ``--onnx`` also written as ONNX and run
+in ONNX Runtime). A model that fails is recorded with its
 error, and the rest go on. Writes JSON and Markdown to ``--out``.
 
     python -m benchmarks.model_zoo --out benchmarks/results/model_zoo
     python -m benchmarks.model_zoo --source timm --out benchmarks/results/model_zoo_timm
     python -m benchmarks.model_zoo --models resnet50,densenet121 --input-size 64 --out /tmp/zoo
+    python -m benchmarks.model_zoo --onnx --input-size 64 --out benchmarks/results/model_zoo_onnx
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -63,8 +66,9 @@ def _kind_of_reason(fixed_by: str) -> str:
     return fixed_by.split(" ")[0]
 
 
-def check_model(name: str, input_size: int) -> dict[str, Any]:
-    """One row: the model's structure and its export check (or the error that stopped it)."""
+def check_model(name: str, input_size: int, onnx_dir: Path | None = None) -> dict[str, Any]:
+    """One row: the model's structure and its export check (or the error that stopped it); with ``onnx_dir``
+    also the slim network's ONNX file, run in ONNX Runtime."""
     t0 = time.perf_counter()
     row: dict[str, Any] = {"model": name}
     try:
@@ -79,12 +83,17 @@ def check_model(name: str, input_size: int) -> dict[str, Any]:
             why = sorted({_kind_of_reason(g.fixed_by) for g in spec.groups.values() if g.fixed_by})
             row["status"] = f"nothing to prune (fixed by {', '.join(why)})"
         else:
-            check = check_export(net, spec)
+            onnx = onnx_dir / f"{name.replace(':', '_')}.onnx" if onnx_dir else None
+            check = check_export(net, spec, onnx=onnx)
             c = check.counts
             row.update(kept_items=check.kept_items, removed_blocks=len(check.removed_blocks),
                        max_logit_delta=float(f"{check.max_logit_delta:.2g}"),
                        params_kept_pct=round(100 * c["params_pruned"] / c["params_dense"], 1),
                        macs_kept_pct=round(100 * c["macs_pruned"] / c["macs_dense"], 1), status="ok")
+            if onnx is not None:
+                row.update(onnx_max_delta=float(f"{check.onnx_max_delta:.2g}"),
+                           onnx_mb=round(onnx.stat().st_size / 2**20, 1))
+                onnx.unlink()
     except LatlabError as exc:
         row["status"] = f"refused: {exc}"
     except Exception as exc:  # a bug of latlab's: recorded, and the other models go on
@@ -100,14 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="comma-separated names (torchvision, or timm:NAME)")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_zoo"))
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write each slim network as ONNX and run it in ONNX Runtime (latlab[onnx])")
     args = parser.parse_args(argv)
     names = [m.strip() for m in args.models.split(",") if m.strip()] or default_models(args.source)
     t0 = time.perf_counter()
-    rows = [check_model(name, args.input_size) for name in tqdm(names, desc="models", unit="model")]
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = Path(tmp) if args.onnx else None
+        rows = [check_model(name, args.input_size, onnx_dir) for name in tqdm(names, desc="models", unit="model")]
     elapsed = time.perf_counter() - t0
     counts = {k: sum(r["status"].startswith(k) for r in rows) for k in ("ok", "nothing", "refused", "failed")}
     result = {**result_header("model_zoo", argv), "input_size": args.input_size, "elapsed_s": round(elapsed, 1),
               "counts": counts, "rows": rows}
+    onnx_note = (", then written as ONNX by `latlab export`'s exporter and run in ONNX Runtime against the slim "
+                 "network (`onnx_max_delta`, fp32)") if args.onnx else ""
     md = [
         f"# Which networks latlab prunes: {'timm CNNs' if args.source == 'timm' else 'torchvision classifiers'}", "",
         f"Command: `{result['command']}`  ",
@@ -116,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "items per prunable group, every other removable block removed, exported, compared with the masked "
         "dense network (random BatchNorm parameters, statistics from a random batch, so that a wrongly sliced BN "
         "shows; both run in float64, so the difference is structure, not rounding) and passed through "
-        f"`torch.export`. {counts['ok']} pruned and exported, {counts['nothing']} with "
+        f"`torch.export`{onnx_note}. {counts['ok']} pruned and exported, {counts['nothing']} with "
         f"nothing to prune, {counts['refused']} refused (with the reason), {counts['failed']} failed (a latlab bug); "
         f"{elapsed:.0f} s in all.", "",
         render(rows, "markdown"),

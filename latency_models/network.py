@@ -22,7 +22,10 @@ from db.errors import LatlabError
 from db.keys import ConvConfig, ConvFamily
 from latency_models.features import frame_from_configs
 
-__all__ = ["CIN_REF", "LayerLike", "lattice_sum", "network_configs", "network_frame", "network_latency"]
+__all__ = [
+    "CIN_REF", "LayerLike", "lattice_sum", "layer_latencies", "network_configs", "network_frame", "network_latency",
+    "predict_network",
+]
 
 CIN_REF = "cin_ref"
 """Extra feature column: the frozen input width an LLM prices a conv at (HALP's assumption)."""
@@ -82,11 +85,11 @@ def network_frame(
     return frame
 
 
-def network_latency(
+def layer_latencies(
     model: Any, layers: Sequence[LayerLike], widths: Mapping[str, tuple[int, int]], *, batch: int,
     dtype: str = "fp32", layout: str = "nchw", op: str = "conv", freeze_cin: bool | None = None,
-) -> float:
-    """Σ over the kept convs of ``model.predict`` (ms).
+) -> pd.DataFrame:
+    """Per kept conv: ``layer``, ``family``, ``cin``, ``cout`` and ``ms`` = ``model.predict`` of its LUT key.
 
     ``freeze_cin=None`` freezes input widths for a model of kind ``"llm"`` only. With freezing, an LLM
     receives the :data:`CIN_REF` column (it predicts ``L(cin_ref, cout)`` itself); any other model is
@@ -94,8 +97,9 @@ def network_latency(
     """
     frozen = (getattr(model, "kind", None) == "llm") if freeze_cin is None else bool(freeze_cin)
     frame = network_frame(layers, widths, batch=batch, dtype=dtype, layout=layout, op=op, freeze_cin=frozen)
+    out = frame[["layer", "family", "cin", "cout"]].assign(ms=0.0)
     if frame.empty:
-        return 0.0
+        return out
     X = frame.drop(columns=["layer"])
     if frozen and getattr(model, "kind", None) != "llm":
         X = X.assign(cin=X[CIN_REF]).drop(columns=[CIN_REF])
@@ -103,7 +107,47 @@ def network_latency(
     if pred.shape != (len(X),) or not np.all(np.isfinite(pred)):
         raise LatlabError(f"model {type(model).__name__} returned {pred.shape} predictions (finite: "
                           f"{bool(np.all(np.isfinite(pred)))}) for {len(X)} convs")
-    return float(pred.sum())
+    out["ms"] = pred
+    return out
+
+
+def network_latency(
+    model: Any, layers: Sequence[LayerLike], widths: Mapping[str, tuple[int, int]], *, batch: int,
+    dtype: str = "fp32", layout: str = "nchw", op: str = "conv", freeze_cin: bool | None = None,
+) -> float:
+    """Σ over the kept convs of ``model.predict`` (ms); see :func:`layer_latencies`."""
+    return float(layer_latencies(model, layers, widths, batch=batch, dtype=dtype, layout=layout, op=op,
+                                 freeze_cin=freeze_cin)["ms"].sum())
+
+
+def predict_network(
+    net: Any, input_size: int | tuple[int, int], models: Mapping[str, tuple[Any, Any]],
+) -> pd.DataFrame:
+    """Per conv of ``net`` as it is (its real cin and cout): ``layer``, ``family``, ``cin``, ``cout`` and one
+    column of predicted ms per entry of ``models`` (``{label: (latency model, LutSettings)}``).
+
+    Nothing is frozen: an LLM is asked for each conv's own (cin, cout). Bad input raises
+    :class:`LatlabError`: a network that does not trace, or a latency model that cannot price a conv
+    (a LUT miss names the configuration).
+    """
+    from profiler.plan import trace_network
+    from profiler.widths import dense_widths
+
+    try:
+        trace = trace_network(net, input_size)
+    except LatlabError:
+        raise
+    except Exception as exc:
+        raise LatlabError(f"cannot trace the network to predict its latency: {type(exc).__name__}: {exc}") from None
+    widths = dense_widths(trace)
+    table: pd.DataFrame | None = None
+    for label, (model, settings) in models.items():
+        frame = layer_latencies(model, trace.layers, widths, batch=settings.batch, dtype=settings.dtype,
+                                layout=settings.layout, op=settings.op, freeze_cin=False)
+        table = frame.rename(columns={"ms": label}) if table is None else table.assign(**{label: frame["ms"].values})
+    if table is None:
+        raise LatlabError("no latency model to predict with")
+    return table
 
 
 def lattice_sum(

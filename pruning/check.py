@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,11 +83,16 @@ class ExportCheck:
     max_logit_delta: float
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    onnx_max_delta: float | None = None
 
 
-def check_export(model: nn.Module, spec: NetworkSpec, *, seed: int = 0) -> ExportCheck:
+def check_export(model: nn.Module, spec: NetworkSpec, *, seed: int = 0, onnx: str | Path | None = None
+                 ) -> ExportCheck:
     """Export ``model`` (not modified) with :func:`random_masks` and every other block of ``spec`` removed,
-    check it against the masked network (:class:`LatlabError` beyond tolerance) and ``torch.export`` it."""
+    check it against the masked network (:class:`LatlabError` beyond tolerance) and ``torch.export`` it.
+
+    With ``onnx``, the program is also written there as ONNX and run in ONNX Runtime against the slim network.
+    """
     t0 = time.perf_counter()
     net = copy.deepcopy(model).float().eval()
     randomise_bn(net, seed)
@@ -94,6 +100,12 @@ def check_export(model: nn.Module, spec: NetworkSpec, *, seed: int = 0) -> Expor
     masks = random_masks(spec, seed)
     removed = [b.name for b in spec.blocks][::2]
     slim, delta, counts = export_checked(net, spec.input_size, masks, removed)
-    export_program(slim, spec.input_size)
+    program = export_program(slim, spec.input_size)
+    onnx_delta = None
+    if onnx is not None:
+        from pruning.onnx_export import onnx_max_delta, save_onnx
+
+        example = torch.randn(2, 3, *spec.input_size, generator=torch.Generator().manual_seed(seed))
+        onnx_delta = onnx_max_delta(save_onnx(program, onnx), slim.eval(), example)
     kept = sum(int(masks[g.convs[0]].sum()) // g.q for g in spec.groups.values() if g.prunable)
-    return ExportCheck(kept, spec.n_items, removed, delta, counts, time.perf_counter() - t0)
+    return ExportCheck(kept, spec.n_items, removed, delta, counts, time.perf_counter() - t0, onnx_delta)

@@ -27,7 +27,7 @@ from torch import nn
 from db.errors import LatlabError
 from pruning.graph import NetworkSpec, build_network_spec
 
-__all__ = ["MaskFile", "load_masks", "masks_for_model", "read_mask_file"]
+__all__ = ["MaskFile", "apply_mask_file", "load_masks", "masks_for_model", "read_mask_file"]
 
 MAX_MASK_FILE_BYTES = 64 * 2**20
 
@@ -160,3 +160,13 @@ def load_masks(path: str | Path, model: nn.Module, input_size: int | tuple[int, 
     """The masks and removed blocks that the mask file at ``path`` describes for ``model`` (see
     :func:`masks_for_model`), ready for :func:`pruning.export.export_checked`."""
     return masks_for_model(read_mask_file(path), model, build_network_spec(model, input_size), per_layer=per_layer)
+
+
+def apply_mask_file(path: str | Path, model: nn.Module, input_size: int | tuple[int, int], *,
+                    per_layer: bool = False) -> nn.Module:
+    """The physically pruned network (eval mode) that the mask file at ``path`` describes for ``model``."""
+    from profiler.plan import trace_network
+    from pruning.export import export_pruned
+
+    masks, removed = load_masks(path, model, input_size, per_layer=per_layer)
+    return export_pruned(model, trace_network(model, input_size), masks, removed).eval()

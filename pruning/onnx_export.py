@@ -40,10 +40,12 @@ def save_onnx(program: torch.export.ExportedProgram, path: str | Path, *, opset:
     return path
 
 
-def onnx_max_delta(path: str | Path, reference: nn.Module, example: torch.Tensor) -> float | None:
+def onnx_max_delta(path: str | Path, reference: nn.Module, example: torch.Tensor, *, atol: float = 1e-3,
+                   ) -> float | None:
     """Max |Δ output| of the ONNX file in ONNX Runtime (CPU) against ``reference`` (in eval mode) on ``example``.
 
-    ``None`` when ONNX Runtime is not installed (the file is written but not checked).
+    ``None`` when ONNX Runtime is not installed (the file is written but not checked). Raises
+    :class:`LatlabError` when the difference exceeds ``atol`` × max(1, max |output|) (fp32 in both).
     """
     try:
         import onnxruntime as ort
@@ -53,8 +55,14 @@ def onnx_max_delta(path: str | Path, reference: nn.Module, example: torch.Tensor
     got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
     with torch.no_grad():
         want = reference(example)
-    want = want if isinstance(want, torch.Tensor) else want[0]  # (logits, aux …): the first output
-    return float(np.abs(got - want.numpy()).max())
+    want = (want if isinstance(want, torch.Tensor) else want[0]).numpy()  # (logits, aux …): the first output
+    if got.shape != want.shape:
+        raise LatlabError(f"{path} outputs shape {got.shape} in ONNX Runtime, the network {want.shape}")
+    diff = float(np.abs(got - want).max())
+    if not diff <= atol * max(1.0, float(np.abs(want).max())):
+        raise LatlabError(f"{path} disagrees with the network in ONNX Runtime: max |Δ| = {diff:.3g} "
+                          f"(max |output| {float(np.abs(want).max()):.3g}); the file is kept for inspection")
+    return diff
 
 
 def onnx_input_name(path: str | Path) -> str:

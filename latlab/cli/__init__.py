@@ -11,7 +11,22 @@ import sys
 import typer
 
 from db.errors import LatlabError
-from latlab.cli import db_cmd, demo, evaluate, export, graph, hw, lut, measure, models, profile, prune, sweep, train
+from latlab.cli import (
+    db_cmd,
+    demo,
+    evaluate,
+    export,
+    graph,
+    hw,
+    lut,
+    measure,
+    models,
+    predict,
+    profile,
+    prune,
+    sweep,
+    train,
+)
 from latlab.cli._options import MARKUP_MODE
 
 app = typer.Typer(
@@ -26,6 +41,7 @@ app = typer.Typer(
 app.command("hw")(hw.hw)
 app.command("profile")(profile.profile)
 app.command("measure")(measure.measure)
+app.command("predict")(predict.predict)
 app.command("fit")(models.fit)
 app.command("evaluate")(evaluate.evaluate)
 app.command("graph")(graph.graph)

@@ -12,31 +12,16 @@ from latlab.cli._options import DbOption, FormatOption, MaskOption, MgpOption, T
 from latlab.tables import render
 
 
-def _apply_mask_file(net, path: Path, input_size: int, *, per_layer: bool):  # type: ignore[no-untyped-def]
-    """The physically pruned network that a HALP/MDP/latlab mask file describes."""
-    from profiler.plan import trace_network
-    from pruning.export import export_pruned
-    from pruning.mask_files import load_masks
-
-    masks, removed = load_masks(path, net, input_size, per_layer=per_layer)
-    return export_pruned(net, trace_network(net, input_size), masks, removed).eval()
-
-
 def _predictions(database, names: list[str], net, input_size: int, batch: int, dtype: str,  # type: ignore[no-untyped-def]
                  layout: str) -> dict[str, float]:
     """Conv latency (ms) each stored latency model predicts for ``net`` as it is (its real cin and cout)."""
-    from latency_models.network import network_latency
+    from latency_models.network import predict_network
+    from latency_models.resolve import LutSettings
     from latency_models.store import load_model as load_latency_model
-    from profiler.plan import trace_network
-    from profiler.widths import dense_widths
 
-    try:
-        trace = trace_network(net, input_size)
-    except Exception as exc:
-        raise LatlabError(f"cannot trace the network to predict its latency: {type(exc).__name__}: {exc}") from None
-    widths = dense_widths(trace)
-    return {name: network_latency(load_latency_model(database, name), trace.layers, widths, batch=batch, dtype=dtype,
-                                  layout=layout, freeze_cin=False) for name in names}
+    settings = LutSettings(batch, dtype, layout)
+    table = predict_network(net, input_size, {name: (load_latency_model(database, name), settings) for name in names})
+    return {name: float(table[name].sum()) for name in names}
 
 
 def measure(
@@ -94,6 +79,7 @@ def measure(
     from profiler.backends import get_backend
     from profiler.measure import load_model, measure_models_interleaved, paired_speedup
     from profiler.protocol import TimingProtocol
+    from pruning.mask_files import apply_mask_file
     check_exec_settings(dtype, layout)
     if speedup and mask is None:
         raise LatlabError("--speedup compares a --mask-pruned --model with the dense one; give --mask")
@@ -107,7 +93,7 @@ def measure(
             raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
         if speedup:
             nets["dense"] = net
-        net = _apply_mask_file(net, mask, input_size, per_layer=mgp)
+        net = apply_mask_file(mask, net, input_size, per_layer=mgp)
         variant = variant if variant != "dense" else f"mask:{mask.name}"
     nets = {variant: net, **nets}
     per_round = max(1, repeats // rounds) if speedup else repeats

@@ -111,3 +111,13 @@ def test_onnx_without_its_packages_names_the_extra(tmp_path: Path, monkeypatch: 
     program = torch.export.export(torch.nn.Conv2d(3, 4, 3).eval(), (torch.zeros(1, 3, 8, 8),))
     with pytest.raises(LatlabError, match=r"onnxscript is missing\): pip install 'latlab\[onnx\]'"):
         save_onnx(program, tmp_path / "x.onnx")
+
+
+def test_an_onnx_file_that_disagrees_with_the_network_is_an_error(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net, other = torch.nn.Conv2d(3, 4, 3).eval(), torch.nn.Conv2d(3, 4, 3).eval()
+    path = save_onnx(torch.export.export(net, (torch.zeros(1, 3, 8, 8),)), tmp_path / "conv.onnx")
+    x = torch.randn(1, 3, 8, 8)
+    assert onnx_max_delta(path, net, x) < 1e-5
+    with pytest.raises(LatlabError, match="disagrees with the network in ONNX Runtime"):
+        onnx_max_delta(path, other, x)

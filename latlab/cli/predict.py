@@ -1,0 +1,88 @@
+"""``latlab predict``: a network's conv latency on a hardware profile from its LUT, without that hardware."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from db.errors import LatlabError, LUTMissError
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, MaskOption, MgpOption, SweepOption
+from latlab.tables import render
+
+
+def predict(
+    model: Annotated[str | None, typer.Option(help="torchvision name or timm:NAME.")] = None,
+    module: Annotated[Path | None, typer.Option(
+        help="A saved TorchScript (.pt) or torch.export (.pt2) module, e.g. the pruned.pt2 of `latlab prune`.")
+    ] = None,
+    mask: MaskOption = None,
+    mgp: MgpOption = False,
+    latency_model: Annotated[list[str] | None, typer.Option(
+        "--latency-model", help="Stored latency model (`latlab models list`); repeatable.")] = None,
+    kind: Annotated[str, typer.Option(
+        help="Without --latency-model: kinds to fit on the sweep's LUT, comma-separated (lut = exact lookup).")
+    ] = "lut",
+    sweep: SweepOption = None,
+    hardware: HardwareOption = None,
+    num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
+    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="Also print every conv's predicted latency.")
+                         ] = False,
+    fmt: FormatOption = "table",
+    db: DbOption = None,
+) -> None:
+    r"""Predict the conv latency of a network on a hardware profile from its LUT, without that hardware.
+
+    The network is a --model (pruned by --mask, if given) or a saved --module. Each conv is priced at its
+    own (cin, cout) by every latency model: stored ones (--latency-model) or models of --kind fitted now
+    on the profile's LUT (--hardware / --sweep). Batch, dtype and layout are those of the LUT. `lut` looks
+    each conv up exactly (a conv the sweep did not measure is an error naming it); `mdlm`, `bilinear`, `rf`
+    or `gbdt` also price widths between the measured ones. The sum covers convolutions only, as HALP's and
+    MDP's objective does; `latlab measure` times the whole network on the hardware itself.
+
+    Examples:
+
+        latlab predict --model resnet50 --hardware "TITAN V" --per-layer
+        latlab predict --model resnet50 --mask layer_masks.pkl --mgp \
+            --hardware "NVIDIA H200" --kind lut,mdlm
+        latlab predict --module rn50-mdp50/pruned.pt2 --latency-model h200-mdlm
+    """
+    from db.engine import open_database
+    from latency_models.network import predict_network
+    from latency_models.resolve import resolve_latency_model
+    from latlab.cli.models import parse_kinds
+    from profiler.measure import load_model
+    from pruning.mask_files import apply_mask_file
+
+    kinds = [] if latency_model else parse_kinds(kind)
+    if mask is not None and model is None:
+        raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
+    database = open_database(db, create=False)
+    models, sources = {}, {}
+    for label in (latency_model or kinds):
+        stored = label if latency_model else None
+        fitted, settings, sources[label] = resolve_latency_model(
+            database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
+        models[label] = (fitted, settings)
+    name, net = load_model(model, module_file=module, num_classes=num_classes)
+    if mask is not None:
+        net, name = apply_mask_file(mask, net, input_size, per_layer=mgp), f"{name} + {mask.name}"
+    try:
+        table = predict_network(net, input_size, models)
+    except LUTMissError as exc:
+        raise LatlabError(f"{exc} — the sweep did not measure this conv; --kind mdlm (or rf, gbdt) predicts "
+                          "widths between the measured ones") from None
+    rows = []
+    for label, (_, settings) in models.items():
+        ms = float(table[label].sum())
+        rows.append({"latency_model": label, "source": sources[label], "batch": settings.batch,
+                     "dtype": settings.dtype, "layout": settings.layout, "convs": len(table),
+                     "conv_ms": ms, "images_per_s": settings.batch / ms * 1e3 if ms > 0 else None})
+    if per_layer:
+        first = next(iter(models))
+        total = float(table[first].sum()) or 1.0
+        layers = table.assign(**{f"share[{first}]_pct": 100 * table[first] / total}).to_dict("records")
+        typer.echo(render(layers, fmt, title=f"predicted conv latency per layer (ms), {name} at {input_size} px"))
+    typer.echo(render(rows, fmt, title=f"predicted conv latency, {name} at {input_size} px"))

@@ -1,0 +1,111 @@
+"""`latlab predict`: a network's conv latency from a hardware profile's LUT, dense or pruned by a mask file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from torchvision.models import resnet18
+
+from db.engine import open_database
+from latency_models.features import configs_from_frame, lut_frame
+from latency_models.network import lattice_sum
+from latlab.cli import main
+from latlab.tables import render
+from profiler.plan import trace_network
+from profiler.widths import dense_widths
+from pruning.check import random_masks
+from pruning.graph import build_network_spec
+
+SIZE = 32
+NET = ["--model", "resnet18", "--num-classes", "10", "--input-size", str(SIZE)]
+
+
+@pytest.fixture(scope="module")
+def fake_lut(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fake-backend sweep of ResNet-18's conv shapes over the pruner's channel lattice (auto group sizes)."""
+    db = str(tmp_path_factory.mktemp("predict") / "lut.db")
+    try:
+        main(["profile", "--model", "resnet18", "--input-size", str(SIZE), "--backend", "fake", "--grid", "lattice",
+              "--batch", "4", "-q", "--db", db])
+    except SystemExit as exc:
+        assert not exc.code
+    return db
+
+
+def _lut_sum(db: str, net) -> float:  # type: ignore[no-untyped-def]
+    """Σ of the stored medians of the network's convs, looked up by hand."""
+    with open_database(db, create=False).session() as session:
+        X, y = lut_frame(session, 1)
+    table = dict(zip(configs_from_frame(X), y, strict=True))
+    trace = trace_network(net, SIZE)
+    return lattice_sum(table, trace.layers, dense_widths(trace), batch=4)
+
+
+def _mask_file(folder: Path, seed: int) -> tuple[Path, dict]:
+    net = resnet18(num_classes=10)
+    masks = random_masks(build_network_spec(net, SIZE), seed)
+    path = folder / f"group_mask_{seed}.pkl"
+    path.write_bytes(pickle.dumps({(f"module.{conv}",): keep.float() for conv, keep in masks.items()}))
+    return path, masks
+
+
+def test_dense_prediction_is_the_sum_of_the_lut_entries(fake_lut: str, cli) -> None:
+    code, out, err = cli(["predict", *NET, "--per-layer", "-f", "csv", "--db", fake_lut])
+    assert code == 0, err
+    per_layer, summary = out.strip().split("\n\n")
+    layers = list(csv.DictReader(io.StringIO(per_layer)))
+    assert [row["layer"] for row in layers] == [layer.name for layer in trace_network(resnet18(), SIZE).layers]
+    assert sum(float(row["share[lut]_pct"]) for row in layers) == pytest.approx(100)
+    (row,) = csv.DictReader(io.StringIO(summary))
+    assert row["latency_model"] == "lut" and row["batch"] == "4" and row["convs"] == "20"
+    assert float(row["conv_ms"]) == pytest.approx(_lut_sum(fake_lut, resnet18(num_classes=10)))
+    assert float(row["images_per_s"]) == pytest.approx(4 / float(row["conv_ms"]) * 1e3)
+
+
+def test_masked_network_predicts_less_and_a_stored_model_agrees(tmp_path: Path, fake_lut: str, cli) -> None:
+    path, _ = _mask_file(tmp_path, 0)
+    code, out, err = cli(["predict", *NET, "--mask", str(path), "--kind", "lut,mdlm", "-f", "json",
+                          "--db", fake_lut])
+    assert code == 0, err
+    lut, mdlm = json.loads(out)
+    dense = _lut_sum(fake_lut, resnet18(num_classes=10))
+    assert lut["conv_ms"] < dense and abs(mdlm["conv_ms"] / lut["conv_ms"] - 1) < 0.05
+    assert cli(["fit", "--models", "mdlm", "--name", "r18-mdlm", "--db", fake_lut])[0] == 0
+    code, out, err = cli(["predict", *NET, "--mask", str(path), "--latency-model", "r18-mdlm", "-f", "json",
+                          "--db", fake_lut])
+    assert code == 0, err
+    assert json.loads(out)[0]["conv_ms"] == pytest.approx(mdlm["conv_ms"])
+
+
+def test_a_width_the_sweep_lacks_names_the_conv_and_the_way_out(tmp_path: Path, fake_lut: str, cli) -> None:
+    net = resnet18(num_classes=10)
+    spec = build_network_spec(net, SIZE)
+    masks = random_masks(spec, 1)
+    masks["layer1.0.conv1"] = masks["layer1.0.conv1"].clone()
+    masks["layer1.0.conv1"][:] = False
+    masks["layer1.0.conv1"][:5] = True  # 5 channels: not on the lattice
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps({(conv,): keep.float() for conv, keep in masks.items()}))
+    code, _, err = cli(["predict", *NET, "--mask", str(path), "--db", fake_lut])
+    assert code == 1 and "no measurement for" in err and "cout=5" in err and "--kind mdlm" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--module", "x.pt2", "--mask", "m.pkl"], "a saved --module is already pruned"),
+    ([*NET, "--kind", "magic"], "unknown latency model(s) magic"),
+    ([*NET, "--latency-model", "nope"], "nope"),
+])
+def test_bad_input_is_a_one_line_error(fake_lut: str, cli, args: list[str], message: str) -> None:
+    code, _, err = cli(["predict", *args, "--db", fake_lut])
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_tables_print_brackets_as_text() -> None:
+    """Column names like `ms[lut]` and values like `[pt2]` are text, not Rich markup."""
+    out = render([{"share[lut]_pct": "[b]x[/b]"}], title="[red]t")
+    assert "share[lut]_pct" in out and "[b]x[/b]" in out and "[red]t" in out
