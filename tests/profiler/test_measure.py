@@ -76,6 +76,17 @@ def test_macs_of_resnet18() -> None:
     assert abs(counts["macs_per_image"] / 1e9 - 1.814) < 0.005  # the well-known 1.82 GMACs
 
 
+def test_macs_of_saved_modules_and_train_mode_kept() -> None:
+    """torch.export and TorchScript modules (no nn.Conv2d to hook) count the same MACs; the mode is restored."""
+    net = torchvision.models.resnet18(num_classes=10).train()
+    dense = count_params_and_macs(net, (1, 3, 64, 64))
+    assert net.training
+    program = torch.export.export(net.eval(), (torch.zeros(1, 3, 64, 64),))
+    scripted = torch.jit.trace(net, torch.zeros(1, 3, 64, 64))
+    for saved in (program.module(), scripted):
+        assert count_params_and_macs(saved, (1, 3, 64, 64)) == dense
+
+
 def test_measure_model_stores_a_row(tmp_path: Path) -> None:
     database = open_database(tmp_path / "m.db")
     net = torchvision.models.resnet18(num_classes=10).eval()
