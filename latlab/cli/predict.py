@@ -50,6 +50,7 @@ def predict(
         latlab predict --module rn50-mdp50/pruned.pt2 --latency-model h200-mdlm
     """
     from db.engine import open_database
+    from latency_models.base import OutOfRangeError
     from latency_models.network import predict_network
     from latency_models.resolve import resolve_latency_model
     from latlab.cli.models import parse_kinds
@@ -74,6 +75,10 @@ def predict(
     except LUTMissError as exc:
         raise LatlabError(f"{exc} — the sweep did not measure this conv; --kind mdlm (or rf, gbdt) predicts "
                           "widths between the measured ones") from None
+    except OutOfRangeError as exc:
+        raise LatlabError(f"{exc} — the LUT has no conv of this shape: sweep this network at {input_size} px "
+                          f"(`latlab profile --model … --input-size {input_size}`), or predict at the sweep's "
+                          "input size") from None
     rows = []
     for label, (_, settings) in models.items():
         ms = float(table[label].sum())

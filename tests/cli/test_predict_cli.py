@@ -95,6 +95,11 @@ def test_a_width_the_sweep_lacks_names_the_conv_and_the_way_out(tmp_path: Path, 
     assert code == 1 and "no measurement for" in err and "cout=5" in err and "--kind mdlm" in err
 
 
+def test_a_shape_the_sweep_lacks_says_to_sweep_at_that_input_size(fake_lut: str, cli) -> None:
+    code, _, err = cli(["predict", "--model", "resnet18", "--input-size", "48", "--db", fake_lut])
+    assert code == 1 and "f48x48_k7x7" in err and "--input-size 48" in err
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--module", "x.pt2", "--mask", "m.pkl"], "a saved --module is already pruned"),
     ([*NET, "--kind", "magic"], "unknown latency model(s) magic"),
