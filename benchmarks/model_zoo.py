@@ -102,6 +102,12 @@ def check_model(name: str, input_size: int, onnx_dir: Path | None = None) -> dic
     return row
 
 
+def _onnx_versions() -> str:
+    from importlib.metadata import version
+
+    return ", ".join(f"{package} {version(package)}" for package in ("onnx", "onnxscript", "onnxruntime"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=("torchvision", "timm"), default="torchvision",
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {**result_header("model_zoo", argv), "input_size": args.input_size, "elapsed_s": round(elapsed, 1),
               "counts": counts, "rows": rows}
     onnx_note = (", then written as ONNX by `latlab export`'s exporter and run in ONNX Runtime against the slim "
-                 "network (`onnx_max_delta`, fp32)") if args.onnx else ""
+                 f"network (`onnx_max_delta`, fp32; {_onnx_versions()})") if args.onnx else ""
     md = [
         f"# Which networks latlab prunes: {'timm CNNs' if args.source == 'timm' else 'torchvision classifiers'}", "",
         f"Command: `{result['command']}`  ",
