@@ -17,17 +17,22 @@ from torch import nn
 
 from db.errors import LatlabError
 
-__all__ = ["onnx_input_name", "onnx_max_delta", "save_onnx"]
+__all__ = ["onnx_input_name", "onnx_max_delta", "require_onnx", "save_onnx"]
 
 
-def save_onnx(program: torch.export.ExportedProgram, path: str | Path, *, opset: int | None = None) -> Path:
-    """Write ``program`` to ``path`` as ONNX (dynamic batch as in the program); returns the path."""
+def require_onnx() -> None:
+    """Raise :class:`LatlabError` naming the extra to install when torch.onnx's exporter cannot run here."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise LatlabError(f"ONNX export needs the onnx and onnxscript packages ({exc.name} is missing): "
                           "pip install 'latlab[onnx]'") from None
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: str | Path, *, opset: int | None = None) -> Path:
+    """Write ``program`` to ``path`` as ONNX (dynamic batch as in the program); returns the path."""
+    require_onnx()
     path = Path(path)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its stages
         try:

@@ -63,11 +63,11 @@ def export(
     r"""Write the physically pruned network that a mask file describes, checked against the masked one.
 
     HALP and MDP train masked dense networks: give their checkpoint as --weights and their group_mask.pkl
-    (or layer_masks.pkl with --mgp) as --mask. latlab's own masks.pt works the same
-    way. The slim network is compared with the masked dense one (max |Δ logits|) before anything is
-    written, and saved as torch.export (pruned.pt2, any batch size; `latlab measure --module` times it)
-    and/or ONNX (pruned.onnx with a dynamic batch, for TensorRT, ONNX Runtime or OpenVINO; checked in
-    ONNX Runtime when it is installed). Without --mask, the network is exported as it is.
+    (or layer_masks.pkl with --mgp) as --mask; latlab's own masks.pt works the same way. The slim network is
+    compared with the masked dense one (max |Δ logits|) before anything is written, and saved as
+    torch.export (pruned.pt2, any batch size; `latlab measure --module` times it) and/or ONNX (pruned.onnx
+    with a dynamic batch, for TensorRT, ONNX Runtime or OpenVINO; checked in ONNX Runtime when it is
+    installed). Without --mask, the network is exported as it is.
 
     Examples:
 
@@ -81,9 +81,11 @@ def export(
     from profiler.measure import count_params_and_macs, load_model
     from pruning.export import export_checked, export_program, save_masks
     from pruning.mask_files import load_masks
-    from pruning.onnx_export import onnx_input_name, onnx_max_delta, save_onnx
+    from pruning.onnx_export import onnx_input_name, onnx_max_delta, require_onnx, save_onnx
 
     formats = _formats(fmt)
+    if "onnx" in formats:
+        require_onnx()
     if (model is None) == (module is None):
         raise LatlabError("give either --model (with --weights and --mask) or a saved --module, not both")
     if module is not None and (mask or weights):
