@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +77,8 @@ def predict(
         raise LatlabError(f"{exc} — the sweep did not measure this conv; --kind mdlm (or rf, gbdt) predicts "
                           "widths between the measured ones") from None
     except OutOfRangeError as exc:
+        if "never trained on family" not in str(exc):
+            raise
         raise LatlabError(f"{exc} — the LUT has no conv of this shape: sweep this network at {input_size} px "
                           f"(`latlab profile --model … --input-size {input_size}`), or predict at the sweep's "
                           "input size") from None
@@ -85,9 +88,15 @@ def predict(
         rows.append({"latency_model": label, "source": sources[label], "batch": settings.batch,
                      "dtype": settings.dtype, "layout": settings.layout, "convs": len(table),
                      "conv_ms": ms, "images_per_s": settings.batch / ms * 1e3 if ms > 0 else None})
-    if per_layer:
-        first = next(iter(models))
-        total = float(table[first].sum()) or 1.0
-        layers = table.assign(**{f"share[{first}]_pct": 100 * table[first] / total}).to_dict("records")
-        typer.echo(render(layers, fmt, title=f"predicted conv latency per layer (ms), {name} at {input_size} px"))
-    typer.echo(render(rows, fmt, title=f"predicted conv latency, {name} at {input_size} px"))
+    title = f"predicted conv latency, {name} at {input_size} px"
+    if not per_layer:
+        typer.echo(render(rows, fmt, title=title))
+        return
+    first = next(iter(models))
+    layers = table.assign(**{f"share[{first}]_pct": 100 * table[first] / (float(table[first].sum()) or 1.0)})
+    layers = layers.to_dict("records")
+    if fmt == "json":  # one document
+        typer.echo(json.dumps({"layers": layers, "totals": rows}, indent=2, default=str))
+        return
+    typer.echo(render(layers, fmt, title=f"{title}, per conv (ms)"))
+    typer.echo(render(rows, fmt, title=title))

@@ -65,6 +65,9 @@ def test_dense_prediction_is_the_sum_of_the_lut_entries(fake_lut: str, cli) -> N
     assert row["latency_model"] == "lut" and row["batch"] == "4" and row["convs"] == "20"
     assert float(row["conv_ms"]) == pytest.approx(_lut_sum(fake_lut, resnet18(num_classes=10)))
     assert float(row["images_per_s"]) == pytest.approx(4 / float(row["conv_ms"]) * 1e3)
+    code, out, _ = cli(["predict", *NET, "--per-layer", "-f", "json", "--db", fake_lut])
+    document = json.loads(out)  # one JSON document, not two
+    assert len(document["layers"]) == 20 and document["totals"][0]["conv_ms"] == pytest.approx(float(row["conv_ms"]))
 
 
 def test_masked_network_predicts_less_and_a_stored_model_agrees(tmp_path: Path, fake_lut: str, cli) -> None:
