@@ -61,7 +61,9 @@ from profiler.plan import resolve_model, trace_network
 from pruning._graph_fx import graph_facts
 from pruning._removal import removal
 
-__all__ = ["Block", "ChannelGroup", "NetworkSpec", "PrunableConv", "auto_group_size", "build_network_spec"]
+__all__ = [
+    "Block", "ChannelGroup", "NetworkSpec", "PrunableConv", "auto_group_size", "build_network_spec", "trace_keeping",
+]
 
 log = logging.getLogger(__name__)
 
@@ -392,3 +394,15 @@ def build_network_spec(
         out_group = gid_of[ends[-1]]  # the branch's last conv writes the block output
         blocks.append(Block(raw.name, raw.convs, in_groups[0] if len(in_groups) == 1 else None, out_group))
     return NetworkSpec(name, hw, convs, groups, blocks).keeping(keep)
+
+
+def trace_keeping(model: str | nn.Module, input_size: int | tuple[int, int], keep: Iterable[str]) -> TraceResult:
+    """:func:`~profiler.plan.trace_network` of ``model`` with the convs of every group that the ``keep`` patterns
+    fix (:meth:`NetworkSpec.keeping`) marked fixed, so that a ``lattice`` sweep plan measures those groups at
+    their whole width only, as the pruner will ask for them."""
+    hw = normalise_size(input_size)
+    spec = build_network_spec(model, hw, keep=keep)
+    kept = {conv: g.fixed_by for g in spec.groups.values() if (g.fixed_by or "").startswith("keep ")
+            for conv in g.convs}
+    trace = trace_network(model, hw)
+    return dataclasses.replace(trace, fixed={**kept, **trace.fixed})

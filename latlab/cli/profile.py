@@ -25,6 +25,10 @@ def profile(
     grid: Annotated[str, typer.Option(
         help="full[:STEP] | lattice (what `latlab prune` asks for, auto group sizes) | reference (ResNet50 "
              "HALP/MDP lattice) | explicit:cin=A:B:S,cout=A:B:S | random:N[:STEP] | lhs:N[:STEP]")] = "full:8",
+    keep: Annotated[list[str] | None, typer.Option(
+        "--keep", help="With --grid lattice: what `latlab prune --keep` will keep (stem, or a glob over conv names "
+        "and group ids); those groups are swept at their whole width only. Repeatable.", show_default=False)
+    ] = None,
     input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
     batch: Annotated[int, typer.Option(help="Batch size of every timed call (HALP/MDP LUTs use 256).")] = 256,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
@@ -79,6 +83,7 @@ def profile(
         latlab profile --model resnet50 --backend fake --grid reference
         latlab profile --model resnet18 --backend cpu --grid lhs:12:16 \
             --batch 1 --threads 2
+        latlab profile --model resnet50 --backend cuda --grid lattice --keep stem
         latlab profile --model resnet50 --backend cuda --grid reference \
             --dtype fp16 --layout nhwc
         latlab profile --model resnet50 --backend cuda --grid reference \
@@ -96,8 +101,14 @@ def profile(
     from profiler.plan import build_plan, parse_grid
     from profiler.protocol import TimingProtocol
     from profiler.runner import run_sweep
+    from pruning.graph import trace_keeping
     spec = replace(parse_grid(grid), seed=seed)
-    plan = build_plan(model, spec, input_size=input_size, batch=batch, dtype=dtype, layout=layout, op=op)
+    if keep and spec.kind != "lattice":
+        raise LatlabError(f"--keep narrows the lattice grid (what `latlab prune --keep` asks for), not {spec.kind!r}")
+    network = trace_keeping(model, input_size, keep) if keep else model
+    plan = build_plan(network, spec, input_size=input_size, batch=batch, dtype=dtype, layout=layout, op=op)
+    if keep:
+        plan.description["keep"] = list(keep)
     if dry_run:
         typer.echo(f"{model} @ {input_size}: {len(plan.families())} shape families, {len(plan)} configurations")
         for fam in plan.families():

@@ -199,3 +199,15 @@ def test_the_command_line_loads_without_torch() -> None:
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"imported at start-up: {out}"
+
+
+def test_profile_keep_narrows_the_lattice_only(cli) -> None:
+    base = ["profile", "--model", "resnet18", "--input-size", "32", "--backend", "fake", "--dry-run"]
+    counts = []
+    for extra in ([], ["--keep", "stem"], ["--keep", "stem", "--keep", "layer4.*"]):
+        code, out, err = cli([*base, "--grid", "lattice", *extra])
+        assert code == 0, err
+        counts.append(int(re.search(r"(\d+) configurations", out).group(1)))
+    assert counts[0] > counts[1] > counts[2]
+    code, _, err = cli([*base, "--grid", "full:8", "--keep", "stem"])
+    assert code == 1 and "--keep narrows the lattice grid" in err

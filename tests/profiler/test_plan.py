@@ -400,11 +400,11 @@ def test_reference_rejects_resnet50_lookalike(rn50: TraceResult) -> None:
 
 # ------------------------------------------------------------------------------------------ lattice
 
-def _pruner_points(model: str) -> set[tuple[ConvFamily, int, int]]:
+def _pruner_points(model: str, keep: tuple[str, ...] = ()) -> set[tuple[ConvFamily, int, int]]:
     """Every (family, cin, cout) the pruner can ask for with auto group sizes (from its own network spec)."""
     from pruning.graph import build_network_spec
 
-    spec = build_network_spec(model, 224, group_sizes="auto")
+    spec = build_network_spec(model, 224, group_sizes="auto", keep=keep)
     out: set[tuple[ConvFamily, int, int]] = set()
     for conv in spec.convs:
         g = spec.groups[conv.group]
@@ -424,6 +424,17 @@ def test_lattice_grid_is_what_the_pruner_asks_for(model: str) -> None:
     plan = build_plan(model, "lattice", input_size=224, batch=1)
     assert {(c.family, c.cin, c.cout) for c in plan.configs} == _pruner_points(model)
     assert plan.description["grid"]["text"] == "lattice"
+
+
+@pytest.mark.parametrize(("model", "keep"), [("resnet50", ("stem",)), ("mobilenet_v2", ("stem", "features.1[78].*"))])
+def test_lattice_with_keep_is_what_the_pruner_asks_for_with_keep(model: str, keep: tuple[str, ...]) -> None:
+    """`latlab profile --grid lattice --keep` sweeps kept groups at their whole width, like `latlab prune --keep`."""
+    from pruning.graph import trace_keeping
+
+    plan = build_plan(trace_keeping(model, 224, keep), "lattice", batch=1)
+    points = {(c.family, c.cin, c.cout) for c in plan.configs}
+    assert points == _pruner_points(model, keep)
+    assert points < {(c.family, c.cin, c.cout) for c in build_plan(model, "lattice", batch=1).configs}
 
 
 # ------------------------------------------------------------------------------------------ full / others
