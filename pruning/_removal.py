@@ -6,8 +6,8 @@ because the input of every torchvision ResNet block is a ReLU (or max-pool of Re
 ``relu(x + 0) = x``. Any other block (MobileNetV2/V3 and EfficientNet inverted residuals, RegNet's
 bottlenecks, ...) is traced with torch.fx (in eval mode) and its residual add replaced by the add's
 shortcut operand; what the branch computed is dead code and goes, what follows the add (RegNet's ReLU)
-stays. The block's *last BN* — the one that ends its residual branch — is what the masked reference zeroes
-so that the branch adds exactly 0.
+stays. The block's *gate* — the BN that ends its residual branch, or its last conv where no BN follows it
+(pre-activation blocks, timm's ResNetV2) — is what the masked reference zeroes so that the branch adds exactly 0.
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ class _Shortcut(nn.Module):
 
 @dataclass(frozen=True)
 class Removal:
-    """A removed block: the submodules its replacement still uses, its last BN, and (fx blocks) its new graph."""
+    """A removed block: the submodules its replacement still uses, the layer that gates its branch (a BN or a
+    conv; relative name) and (fx blocks) its new graph."""
 
     name: str
     kept: frozenset[str]
-    last_bn: str
+    gate: str
     graph: fx.Graph | None = None
 
     def keeps(self, sub: str) -> bool:
@@ -75,24 +76,25 @@ def _convs_behind(node: fx.Node, modules: dict[str, nn.Module]) -> set[str]:
 _MULS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 
 
-def _last_bn(name: str, node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    """The BN that ends the residual branch at ``node``, through parameter-free single-input ops and products
-    (a squeeze-excitation's ``x * gate`` is zero when ``x`` is, whatever the gate)."""
+def _gate_layer(name: str, node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """The BN or conv that ends the residual branch at ``node``, through parameter-free single-input ops and
+    products (a squeeze-excitation's ``x * gate`` is zero when ``x`` is, whatever the gate): zeroing its
+    weight and bias zeroes the branch."""
     while True:
         mod = modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(mod, nn.BatchNorm2d):
+        if isinstance(mod, nn.BatchNorm2d | nn.Conv2d):
             return str(node.target)
         inputs = [a for a in node.all_input_nodes if a.op != "get_attr"]
         if node.op in ("call_function", "call_method") and node.target in _MULS and len(inputs) == 2:
             for operand in inputs:
                 try:
-                    return _last_bn(name, operand, modules)
+                    return _gate_layer(name, operand, modules)
                 except LatlabError:
                     continue
         has_state = mod is not None and next(mod.parameters(), None) is not None
         if node.op == "placeholder" or len(inputs) != 1 or has_state:
-            raise LatlabError(f"block {name!r}: its residual branch does not end in a BatchNorm2d, so it cannot be "
-                              "gated and removed")
+            raise LatlabError(f"block {name!r}: its residual branch does not end in a BatchNorm2d or a conv, so it "
+                              "cannot be gated and removed")
         node = inputs[0]
 
 
@@ -119,7 +121,7 @@ def _fx_removal(name: str, block: nn.Module) -> Removal:
         raise LatlabError(f"block {name!r}: {len(residual_adds)} residual adds in its forward, not 1; it cannot be "
                           "removed")
     add, short, resid, branch_convs = residual_adds[0]
-    last_bn = _last_bn(name, resid, modules)
+    gate = _gate_layer(name, resid, modules)
     add.replace_all_uses_with(short)
     graph.erase_node(add)
     graph = fx.GraphModule(block, graph).graph  # an owning module, for the purity checks of dead-code elimination
@@ -128,14 +130,14 @@ def _fx_removal(name: str, block: nn.Module) -> Removal:
     if kept & branch_convs:  # e.g. ReXNet: cat([x[:, :C] + shortcut, x[:, C:]])
         raise LatlabError(f"block {name!r}: its residual branch is also used outside the residual add; it cannot be "
                           "removed")
-    return Removal(name, kept, last_bn, graph)
+    return Removal(name, kept, gate, graph)
 
 
 def removal(name: str, block: nn.Module) -> Removal:
     """How block ``name`` of a model is removed.
 
-    :class:`LatlabError` unless the block's forward adds a residual branch (ending in a BN) to a shortcut of at
-    most one conv, with no other conv.
+    :class:`LatlabError` unless the block's forward adds a residual branch (ending in a BN or a conv) to a
+    shortcut of at most one conv, with no other conv.
     """
     if isinstance(block, BasicBlock | Bottleneck):
         kept = frozenset({"downsample"}) if block.downsample is not None else frozenset()

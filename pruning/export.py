@@ -13,7 +13,8 @@ Removed residual blocks are replaced by their shortcut (:mod:`pruning._removal`)
 block by ``relu(downsample(x))`` when it has a ``downsample`` projection (kept and sliced, with the ReLU
 that ``[M] clean_model_mgp`` drops, spec §12.2), else ``nn.Identity``; any other block (inverted residuals,
 RegNet) by its own fx graph with the residual add returning the shortcut operand. The masked counterpart
-(:func:`masked_reference`) zeroes the block's last BN, so its residual branch adds exactly 0.
+(:func:`masked_reference`) zeroes the block's gate layer (its last BN, or its last conv in a pre-activation
+block), so its residual branch adds exactly 0.
 """
 
 from __future__ import annotations
@@ -285,7 +286,8 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
 def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor],
                      removed_blocks: RemovedBlocks | None = None) -> nn.Module:
     """A dense copy of ``model`` with the spec §5.5 masking applied: conv rows/bias and the following BN's
-    γ, β, running mean/var zeroed for masked channels; a removed block's last BN zeroed entirely."""
+    γ, β, running mean/var zeroed for masked channels; a removed block's gate layer (BN or conv) zeroed
+    entirely."""
     ref = copy.deepcopy(model)
     pairs = conv_bn_pairs(ref)
     for name, keep in masks.items():
@@ -301,9 +303,9 @@ def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor],
                 if t is not None:
                     t[drop] = 0
     for bname, rem in _removed(ref, removed_blocks).items():
-        last = ref.get_submodule(f"{bname}.{rem.last_bn}")
+        gate = ref.get_submodule(f"{bname}.{rem.gate}")
         for attr in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(last, attr)
+            t = getattr(gate, attr, None)
             if t is not None:
                 t.zero_()
     return ref

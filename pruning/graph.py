@@ -30,7 +30,8 @@ tables (halp_mdp_spec.md §2, §6.1):
   spec §4.4, §8.2) or globs over conv names and group ids, e.g. ``layer4.*``.
 * **blocks** — residual blocks whose residual branch can be dropped while shapes stay: a module whose
   add joins an identity shortcut or a single-conv projection shortcut (which then stays, like ResNet's
-  ``layerX.0``; spec §6.1) and a branch ending in a BN (what the training gate zeroes), so that
+  ``layerX.0``; spec §6.1) and a branch ending in a BN, or in a conv where no BN follows it (pre-activation
+  blocks); that layer is the block's ``gate``, what the training gate and the masked reference zero, so that
   :func:`pruning.export.export_pruned` can replace it. MobileNetV2/V3 inverted residuals qualify only
   with a shortcut (stride 1, cin = cout); SE convs inside the branch belong to the block.
 
@@ -116,12 +117,14 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class Block:
-    """A removable residual block: the convs of its residual branch, the groups at its input and output."""
+    """A removable residual block: the convs of its residual branch, the groups at its input and output, and
+    the layer (a BN or a conv) whose weight and bias zeroed zero the branch."""
 
     name: str
     convs: tuple[str, ...]
     input_group: str | None
     output_group: str
+    gate: str
 
 
 @dataclass
@@ -255,7 +258,7 @@ class NetworkSpec:
                         "prunable": g.prunable, "stripes": g.stripes, "fixed_by": g.fixed_by}
                        for g in self.groups.values()],
             "blocks": [{"name": b.name, "convs": list(b.convs), "input_group": b.input_group,
-                        "output_group": b.output_group} for b in self.blocks],
+                        "output_group": b.output_group, "gate": b.gate} for b in self.blocks],
         }
 
 
@@ -289,14 +292,14 @@ def _group_q(
     return math.gcd(width, min(max(entries), width)) if entries else auto_group_size(width)
 
 
-def _exportable_block(module: nn.Module, name: str) -> bool:
-    """True when export can replace block ``name`` by its shortcut (see :mod:`pruning._removal`)."""
+def _gate_of_block(module: nn.Module, name: str) -> str | None:
+    """The layer (full name) that gates block ``name``, or None when export cannot replace the block by its
+    shortcut (see :mod:`pruning._removal`)."""
     try:
-        removal(name, module.get_submodule(name))
+        return f"{name}.{removal(name, module.get_submodule(name)).gate}"
     except (AttributeError, LatlabError) as exc:
         log.debug("residual add in %s is not a removable block: %s", name, exc)
-        return False
-    return True
+        return None
 
 
 def _check_group_sizes(group_sizes: Any, names: set[str]) -> None:
@@ -387,12 +390,13 @@ def build_network_spec(
     ]
     blocks = []
     for raw in facts.blocks:
-        if not _exportable_block(module, raw.name):
+        gate = _gate_of_block(module, raw.name)
+        if gate is None:
             continue
         in_groups = sorted({gid_of[n] for n in raw.input_convs})
         ends = [n for n in raw.convs if not any(n in layers[c].producers for c in raw.convs)]
         out_group = gid_of[ends[-1]]  # the branch's last conv writes the block output
-        blocks.append(Block(raw.name, raw.convs, in_groups[0] if len(in_groups) == 1 else None, out_group))
+        blocks.append(Block(raw.name, raw.convs, in_groups[0] if len(in_groups) == 1 else None, out_group, gate))
     return NetworkSpec(name, hw, convs, groups, blocks).keeping(keep)
 
 

@@ -13,11 +13,12 @@ Checkpoints: the mask buffers are part of ``model.state_dict()`` (keys
 ``load_state_dict``; :meth:`ChannelMasks.state_dict` holds the boolean masks as well.
 
 Block gates (MGP/MDP block removal, spec §6, §9.6): :class:`BlockGates` multiplies the ``weight``/``bias``
-of a residual block's *last* BN (the one feeding the residual add) by a scalar ``gate`` buffer through the
-same parametrization mechanism, so a removed block's branch adds exactly 0 (what
+of a residual block's gate layer (:attr:`pruning.graph.Block.gate`: the BN that ends its residual branch, or
+the branch's last conv in a pre-activation block) by a scalar ``gate`` buffer through the same
+parametrization mechanism, so a removed block's branch adds exactly 0 (what
 :func:`pruning.export.masked_reference` does) and the gate is saved with ``model.state_dict()``. Register
-:class:`ChannelMasks` first, then :class:`BlockGates` (it stacks a second parametrization on those BNs), and
-do both before ``load_state_dict``.
+:class:`ChannelMasks` first, then :class:`BlockGates` (it stacks a second parametrization on those layers),
+and do both before ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -191,42 +192,42 @@ class _Gate(nn.Module):
 
 
 class BlockGates:
-    """Gate whole residual blocks off by zeroing their last BN (γ, β and, like masked channels, running stats)."""
+    """Gate whole residual blocks off by zeroing their gate layer (a BN's γ, β and, like masked channels, its
+    running stats; or a conv's weight and bias)."""
 
-    def __init__(self, model: nn.Module, last_bns: Mapping[str, Sequence[str]]) -> None:
-        """``last_bns``: ``{block name: [BN module names whose output enters the residual add]}``.
+    def __init__(self, model: nn.Module, gates: Mapping[str, str]) -> None:
+        """``gates``: ``{block name: name of the BN or conv that ends its residual branch}`` (what
+        :attr:`pruning.graph.Block.gate` holds).
 
         Every block gets a gate (open) now, so ``model.state_dict()`` keys do not depend on which are removed.
         """
         mods = dict(model.named_modules())
-        self._bns: dict[str, list[nn.Module]] = {}
+        self._layers: dict[str, nn.Module] = {}
         self._gates: dict[str, list[_Gate]] = {}
         self._removed: set[str] = set()
         self._hooks: list[Any] = []
-        for block, names in last_bns.items():
-            bns = []
-            for n in names:
-                if not isinstance(mods.get(n), nn.BatchNorm2d):
-                    raise LatlabError(f"block {block!r}: {n!r} is not a BatchNorm2d of the model")
-                bns.append(mods[n])
-            if not bns:
-                raise LatlabError(f"block {block!r} has no BN to gate")
-            self._bns[block] = bns
+        for block, name in gates.items():
+            layer = mods.get(name)
+            if not isinstance(layer, nn.BatchNorm2d | nn.Conv2d):
+                raise LatlabError(f"block {block!r}: {name!r} is not a BatchNorm2d or Conv2d of the model")
+            self._layers[block] = layer
             self._gates[block] = []
-            for bn in bns:
-                for name in ("weight", "bias"):
-                    raw = raw_parameter(bn, name)
-                    if raw is None:
-                        raise LatlabError(f"block {block!r}: its BN has no affine {name}; cannot gate it")
-                    gate = _Gate(raw.device, raw.dtype)
-                    parametrize.register_parametrization(bn, name, gate)
-                    self._gates[block].append(gate)
-                self._hooks.append(bn.register_forward_pre_hook(self._make_hook(block)))
+            for param in ("weight", "bias"):
+                raw = raw_parameter(layer, param)
+                if raw is None:
+                    if isinstance(layer, nn.Conv2d) and param == "bias":
+                        continue
+                    raise LatlabError(f"block {block!r}: its BN {name} has no affine {param}; cannot gate it")
+                gate = _Gate(raw.device, raw.dtype)
+                parametrize.register_parametrization(layer, param, gate)
+                self._gates[block].append(gate)
+            if isinstance(layer, nn.BatchNorm2d):
+                self._hooks.append(layer.register_forward_pre_hook(self._make_hook(block)))
 
     @property
     def blocks(self) -> list[str]:
         """Names of the gateable blocks."""
-        return list(self._bns)
+        return list(self._layers)
 
     def removed(self) -> list[str]:
         """Names of the gated-off blocks (sorted)."""
@@ -234,9 +235,9 @@ class BlockGates:
 
     def set_removed(self, blocks: Sequence[str] | set[str]) -> None:
         """Gate exactly ``blocks`` off (others on); unknown names raise."""
-        unknown = set(blocks) - set(self._bns)
+        unknown = set(blocks) - set(self._layers)
         if unknown:
-            raise LatlabError(f"unknown blocks {sorted(unknown)}; gateable: {', '.join(self._bns) or 'none'}")
+            raise LatlabError(f"unknown blocks {sorted(unknown)}; gateable: {', '.join(self._layers) or 'none'}")
         self._removed = set(blocks)
         with torch.no_grad():
             for block, gates in self._gates.items():
@@ -253,11 +254,10 @@ class BlockGates:
 
     @torch.no_grad()
     def _zero_stats(self, block: str) -> None:
-        for bn in self._bns[block]:
-            for stat in ("running_mean", "running_var"):
-                t = getattr(bn, stat, None)
-                if t is not None:
-                    t.data.zero_()
+        for stat in ("running_mean", "running_var"):
+            t = getattr(self._layers[block], stat, None)
+            if t is not None:
+                t.data.zero_()
 
     def state_dict(self) -> dict[str, list[str]]:
         """``{"removed": [block names]}`` (safe for ``torch.load(weights_only=True)``)."""

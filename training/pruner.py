@@ -45,18 +45,14 @@ from pruning.schedule import LatencySchedule
 from pruning.solvers import get_solver
 from training.distributed import broadcast_object
 
-__all__ = ["TrainingPruner", "baked_copy", "block_last_bns"]
+__all__ = ["TrainingPruner", "baked_copy", "block_gates"]
 
 log = logging.getLogger(__name__)
 
 
-def block_last_bns(spec: NetworkSpec) -> dict[str, list[str]]:
-    """``{block: [BNs of its convs that write the block's output group]}`` (what feeds the residual add)."""
-    out: dict[str, list[str]] = {}
-    for b in spec.blocks:
-        bns = [spec.conv(c).bn for c in b.convs if spec.conv(c).group == b.output_group]
-        out[b.name] = [n for n in bns if n is not None]
-    return out
+def block_gates(spec: NetworkSpec) -> dict[str, str]:
+    """``{block: the BN or conv that ends its residual branch}`` (what :class:`~pruning.masks.BlockGates` zeroes)."""
+    return {b.name: b.gate for b in spec.blocks}
 
 
 def baked_copy(model: nn.Module) -> nn.Module:
@@ -97,7 +93,7 @@ class TrainingPruner:
         self.importance = TaylorImportance(model, groups)
         self.masks = ChannelMasks(model, groups)
         with_blocks = method in ("mgp", "mdp") and bool(spec.blocks)
-        self.gates = BlockGates(model, block_last_bns(spec)) if with_blocks else None
+        self.gates = BlockGates(model, block_gates(spec)) if with_blocks else None
         self.history: list[dict[str, Any]] = []
         self._internal = {b.name: [gid for gid, g in spec.groups.items() if set(g.convs) <= set(b.convs)]
                           for b in spec.blocks}
@@ -210,11 +206,10 @@ class TrainingPruner:
                     if p is not None:
                         targets.append((p, drop))
         for block in self.gates.removed() if self.gates else []:
-            for bn in block_last_bns(self.spec)[block]:
-                for name in ("weight", "bias"):
-                    p = raw_parameter(mods[bn], name)
-                    if p is not None:
-                        targets.append((p, None))
+            for name in ("weight", "bias"):
+                p = raw_parameter(mods[block_gates(self.spec)[block]], name)
+                if p is not None:
+                    targets.append((p, None))
         for p, drop in targets:
             tensors = [p.data]
             buf = state.get(p, {}).get("momentum_buffer") if state else None

@@ -17,6 +17,8 @@ from profiler.plan import register_leaf_module, register_sliceable_conv, trace_n
 from pruning.check import check_export
 from pruning.export import export_pruned, masked_reference, verify_export
 from pruning.graph import build_network_spec
+from pruning.masks import BlockGates
+from training.pruner import block_gates
 
 
 class _BNAct(nn.BatchNorm2d):
@@ -295,3 +297,41 @@ def test_a_branch_ending_in_squeeze_excitation_is_a_removable_block() -> None:
     slim = export_pruned(model, trace_network(model, 16), {}, ["block"])
     assert not any(isinstance(m, nn.Conv2d) for m in slim.block.modules())
     assert verify_export(masked_reference(model, {}, ["block"]), slim, (2, 3, 16, 16)) < 1e-12
+
+
+class _PreActBlock(nn.Module):
+    """ResNetV2's pre-activation block: a BN before each conv, so the branch ends in a conv (with a bias here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1, bias=False)
+        self.norm2, self.conv2 = nn.BatchNorm2d(4), nn.Conv2d(4, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
+
+
+class _PreActNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block, self.fc = nn.Conv2d(3, 8, 3, padding=1), _PreActBlock(), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(F.max_pool2d(self.stem(x), 3, 1, 1)).mean((2, 3)))
+
+
+def test_a_pre_activation_block_is_removable_by_gating_its_last_conv() -> None:
+    """No BN ends the branch: zeroing the last conv's weight and bias zeroes it, in the masked reference and in
+    the training gate alike, and the export drops the block."""
+    model = _PreActNet().eval()
+    spec = build_network_spec(model, 16)
+    assert [(b.name, b.gate) for b in spec.blocks] == [("block", "block.conv2")]
+    slim = export_pruned(model, trace_network(model, 16), {}, ["block"])
+    assert not any(isinstance(m, nn.Conv2d) for m in slim.block.modules())
+    ref = masked_reference(model, {}, ["block"])
+    assert verify_export(ref, slim, (2, 3, 16, 16)) < 1e-12
+    gates = BlockGates(model, block_gates(spec))
+    gates.set_removed(["block"])
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(model(x), ref(x), atol=1e-6)
+    assert "block.conv2.parametrizations.bias.0.gate" in model.state_dict()

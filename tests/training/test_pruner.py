@@ -12,15 +12,15 @@ from pruning.graph import build_network_spec
 from pruning.masks import BlockGates, ChannelMasks
 from tests.training.helpers import make_pruner, train_step
 from training.optim import build_optimizer, param_groups
-from training.pruner import baked_copy, block_last_bns
+from training.pruner import baked_copy, block_gates
 
 
 def test_block_gates_match_masked_reference_and_checkpoint() -> None:
     torch.manual_seed(0)
     model = resnet18(num_classes=10).eval()
     spec = build_network_spec(model, 32, group_sizes=32)
-    bns = block_last_bns(spec)
-    assert bns["layer1.0"] == ["layer1.0.bn2"]
+    bns = block_gates(spec)
+    assert bns["layer1.0"] == "layer1.0.bn2"
     ref = masked_reference(model, {}, ["layer1.0", "layer3.1"])
     masks = ChannelMasks(model, {gid: [(c, spec.conv(c).bn) for c in g.convs] for gid, g in spec.groups.items()})
     gates = BlockGates(model, bns)
