@@ -130,19 +130,22 @@ def predict_network(
     :class:`LatlabError`: a network that does not trace, or a latency model that cannot price a conv
     (a LUT miss names the configuration).
     """
-    from profiler.plan import trace_network
-    from profiler.widths import dense_widths
+    from profiler.conv_calls import is_saved_module, recorded_convs
+    from profiler.plan import normalise_size, trace_network
 
     try:
-        trace = trace_network(net, input_size)
+        if is_saved_module(net):  # torch.export / TorchScript: no nn.Conv2d to trace; record the aten convs
+            layers: Sequence[LayerLike] = recorded_convs(net, normalise_size(input_size))
+        else:
+            layers = trace_network(net, input_size).layers
     except LatlabError:
         raise
     except Exception as exc:
         raise LatlabError(f"cannot trace the network to predict its latency: {type(exc).__name__}: {exc}") from None
-    widths = dense_widths(trace)
+    widths = {layer.name: (layer.cin, layer.cout) for layer in layers}
     table: pd.DataFrame | None = None
     for label, (model, settings) in models.items():
-        frame = layer_latencies(model, trace.layers, widths, batch=settings.batch, dtype=settings.dtype,
+        frame = layer_latencies(model, layers, widths, batch=settings.batch, dtype=settings.dtype,
                                 layout=settings.layout, op=settings.op, freeze_cin=False)
         table = frame.rename(columns={"ms": label}) if table is None else table.assign(**{label: frame["ms"].values})
     if table is None:

@@ -9,6 +9,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 from torchvision.models import resnet18
 
 from db.engine import open_database
@@ -20,6 +21,7 @@ from profiler.plan import trace_network
 from profiler.widths import dense_widths
 from pruning.check import random_masks
 from pruning.graph import build_network_spec
+from pruning.mask_files import apply_mask_file
 
 SIZE = 32
 NET = ["--model", "resnet18", "--num-classes", "10", "--input-size", str(SIZE)]
@@ -83,6 +85,25 @@ def test_masked_network_predicts_less_and_a_stored_model_agrees(tmp_path: Path, 
                           "--db", fake_lut])
     assert code == 0, err
     assert json.loads(out)[0]["conv_ms"] == pytest.approx(mdlm["conv_ms"])
+
+
+def test_a_saved_module_predicts_like_the_masked_model(tmp_path: Path, fake_lut: str, cli) -> None:
+    """A torch.export program and a TorchScript archive hold no nn.Conv2d: their convs are recorded as they run,
+    named after the layers they came from."""
+    path, _ = _mask_file(tmp_path, 2)
+    code, out, err = cli(["predict", *NET, "--mask", str(path), "--per-layer", "-f", "json", "--db", fake_lut])
+    assert code == 0, err
+    masked = json.loads(out)
+    assert cli(["export", *NET, "--mask", str(path), "--format", "pt2", "--out", str(tmp_path / "x")])[0] == 0
+    slim = apply_mask_file(path, resnet18(num_classes=10), SIZE)
+    torch.jit.save(torch.jit.trace(slim, torch.randn(1, 3, SIZE, SIZE)), str(tmp_path / "slim.pt"))
+    for module in (tmp_path / "x" / "pruned.pt2", tmp_path / "slim.pt"):
+        code, out, err = cli(["predict", "--module", str(module), "--input-size", str(SIZE), "--per-layer",
+                              "-f", "json", "--db", fake_lut])
+        assert code == 0, err
+        saved = json.loads(out)
+        assert saved["layers"] == masked["layers"], module
+        assert saved["totals"][0]["conv_ms"] == pytest.approx(masked["totals"][0]["conv_ms"])
 
 
 def test_a_width_the_sweep_lacks_names_the_conv_and_the_way_out(tmp_path: Path, fake_lut: str, cli) -> None:
