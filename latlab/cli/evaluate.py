@@ -14,15 +14,25 @@ from latlab.cli.models import ModelsOption, parse_kinds
 from latlab.tables import render
 
 
-def _width_rule(plan: dict, trace, multiple: int | None):  # type: ignore[no-untyped-def]
-    """Group sizes for random prunings that land on the sweep's own lattice."""
-    grid = next((run.get("grid", {}) for run in plan.get("runs", []) if run.get("grid")), {})
+def _sweep_run(plan: dict, network: str) -> dict:
+    """The plan's run of ``network`` (else its first run with a grid): its grid and what ``--keep`` kept."""
+    runs = [run for run in plan.get("runs", []) if run.get("grid")]
+    return next((run for run in runs if run.get("model") == network), runs[0] if runs else {})
+
+
+def _width_rule(run: dict, trace, multiple: int | None):  # type: ignore[no-untyped-def]
+    """Group sizes for random prunings that land on the sweep's own grid (``run``: :func:`_sweep_run`)."""
+    grid = run.get("grid", {})
     if multiple is not None:
         return None, multiple
     if grid.get("kind") == "reference":
         from profiler._grids import rn50_group, rn50_group_q
 
         return {layer.name: rn50_group_q(rn50_group(layer.name)) for layer in trace.layers}, 8
+    if grid.get("kind") == "lattice":  # the pruner's own sizes; random_pruned_widths stripes them as it does
+        from profiler._grids import auto_group_size
+
+        return {layer.name: auto_group_size(layer.cout) for layer in trace.layers}, 8
     return None, int(grid.get("step") or 8)
 
 
@@ -110,7 +120,12 @@ def evaluate(
             raise LatlabError(f"the sweep holds batches {batches}; choose one with --batch for --network")
         first = configs_from_frame(X.iloc[:1])[0]
         measured = dict(zip(configs_from_frame(X), y, strict=True))
-        group_sizes, multiple = _width_rule(plan, trace, width_multiple)
+        run = _sweep_run(plan, str(network))
+        if run.get("keep") and width_multiple is None:  # a lattice swept for `latlab prune --keep`
+            from pruning.graph import trace_keeping
+
+            trace = trace_keeping(str(network), input_size, run["keep"])
+        group_sizes, multiple = _width_rule(run, trace, width_multiple)
         settings = {"batch": first.batch, "dtype": first.dtype, "layout": first.layout, "op": first.op}
 
         def truth(widths):  # type: ignore[no-untyped-def]

@@ -42,6 +42,23 @@ def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, cli) -> N
     assert "mdlm" in out
 
 
+@pytest.mark.parametrize("keep", [[], ["--keep", "stem"]])
+def test_evaluate_prunes_on_a_lattice_sweep_s_own_lattice(tmp_path: Path, cli, keep: list[str]) -> None:
+    """Random prunings of a `--grid lattice` sweep use the pruner's group sizes (and its --keep), so every one
+    is compared with the exact sum of measured LUT entries."""
+    import pandas as pd
+
+    db = str(tmp_path / "lattice.db")
+    code, _, err = cli(["profile", "--model", "resnet18", "--backend", "fake", "--grid", "lattice", "--batch", "4",
+                        "--input-size", "32", *keep, "-q", "--db", db])
+    assert code == 0, err
+    code, _, err = cli(["evaluate", "--models", "lut,mdlm", "--db", db, "--network", "resnet18", "--input-size", "32",
+                        "--pruned", "4", "--out", str(tmp_path / "eval")])
+    assert code == 0, err
+    whole = pd.read_csv(tmp_path / "eval" / "whole_network.csv")
+    assert len(whole) == 2 * 5 and whole["lattice_ms"].notna().all()
+
+
 def test_evaluate_bad_input(lut_db: str, tmp_path: Path, cli) -> None:
     empty = str(tmp_path / "empty.db")
     cli(["db", "upgrade", "--db", empty])
