@@ -7,7 +7,9 @@ rebuilt through ``torch.storage._load_from_bytes``, which calls ``torch.load(wei
 these files are read with a restricted unpickler that admits only tensor/array rebuilding and routes the
 storage bytes through ``torch.load(weights_only=True)``. Nothing else in the file can run.
 
-A conv whose mask keeps no channel marks its residual block as removed (what MDP's exporters do).
+A residual block whose convs all keep no channel is removed (MDP's block removal). A conv that keeps no
+channel in a block that keeps other convs (HALP's layer removal, whose branch then adds a constant) keeps
+one dead channel instead, zeroed in the model, so the slim network computes exactly what the masked one does.
 """
 
 from __future__ import annotations
@@ -121,7 +123,8 @@ def masks_for_model(
     """``({conv: bool keep-vector}, removed blocks)`` for :func:`pruning.export.export_pruned`.
 
     Keys may name convs or their BNs. ``per_layer`` (MDP's ``--mgp``) requires one layer per key. Unknown
-    layers, wrong lengths, and an empty conv outside any removable block are errors that name the layer.
+    layers, wrong lengths, and an empty conv outside any removable block are errors that name the layer. An
+    empty conv in a block that is not removed keeps a dead channel, zeroed in ``model`` (module docstring).
     """
     mods = dict(model.named_modules())
     conv_of_bn = {c.bn: c.name for c in spec.convs if c.bn}
@@ -147,12 +150,35 @@ def masks_for_model(
     if bad := [b for b in mask_file.removed_blocks if b not in known]:
         raise LatlabError(f"the mask file removes {', '.join(bad)}, not a removable block of this model")
     removed = [b.name for b in spec.blocks if b.name in mask_file.removed_blocks
-               or any(c in masks and not masks[c].any() for c in b.convs)]
+               or all(c in masks and not masks[c].any() for c in b.convs)]
     in_removed = {c for b in spec.blocks if b.name in removed for c in b.convs}
+    in_blocks = {c for b in spec.blocks for c in b.convs}
     for conv, keep in masks.items():
         if not keep.any() and conv not in in_removed:
-            raise LatlabError(f"the mask of {conv} keeps no channel and {conv} is not inside a removable block")
+            if conv not in in_blocks:
+                raise LatlabError(f"the mask of {conv} keeps no channel and {conv} is not inside a removable block")
+            masks[conv] = _dead_channels(model, spec, conv)
     return {c: k for c, k in masks.items() if c not in in_removed}, removed
+
+
+@torch.no_grad()
+def _dead_channels(model: nn.Module, spec: NetworkSpec, conv: str) -> torch.Tensor:
+    """Keep one channel per stripe of ``conv``'s group, zeroed in ``model`` (conv row and bias, BN γ and β).
+
+    An empty layer inside a block that keeps other layers (HALP's layer removal) leaves a branch that adds
+    a constant, which HALP's own export only approximates (spec §9.6). A dead channel reproduces the masked
+    network exactly, at any input size, for the cost of a one-channel conv.
+    """
+    layer, group = spec.conv(conv), spec.groups[spec.conv(conv).group]
+    keep = torch.zeros(group.width, dtype=torch.bool)
+    keep[torch.arange(group.stripes) * (group.width // group.stripes)] = True
+    mods = dict(model.named_modules())
+    for m in (mods[conv], mods.get(layer.bn or "")):
+        for name in ("weight", "bias"):
+            t = getattr(m, name, None) if m is not None else None
+            if t is not None:
+                t[keep] = 0
+    return keep
 
 
 def load_masks(path: str | Path, model: nn.Module, input_size: int | tuple[int, int], *, per_layer: bool = False,

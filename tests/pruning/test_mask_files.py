@@ -11,7 +11,7 @@ from torchvision.models import resnet18
 
 from db.errors import LatlabError
 from profiler.plan import trace_network
-from pruning.export import export_pruned
+from pruning.export import export_pruned, masked_reference, verify_export
 from pruning.graph import build_network_spec
 from pruning.mask_files import masks_for_model, read_mask_file
 
@@ -63,6 +63,28 @@ def test_halp_group_mask_pickle_with_tuple_keys(tmp_path, net_and_spec):
     assert removed == [] and all(int(k.sum()) == k.numel() // 2 for k in masks.values())
     with pytest.raises(LatlabError, match="--mgp expects one layer per mask"):
         masks_for_model(raw, net, spec, per_layer=True)
+
+
+def test_halp_layer_removal_keeps_a_dead_channel_and_exports_exactly(tmp_path) -> None:
+    """HALP may empty a block's conv1 (layer removal): the branch then adds a constant, not 0, so the block
+    stays, with one dead channel, and the slim network equals HALP's masked one."""
+    torch.manual_seed(0)
+    net = resnet18(num_classes=10).eval()
+    for m in net.modules():  # trained-looking BNs: a constant branch output is far from 0
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.bias.data.uniform_(-0.5, 0.5)
+            m.running_mean.uniform_(-0.5, 0.5)
+    spec = build_network_spec(net, SIZE)
+    groups = {tuple(f"module.{c}" for c in g.convs): _half(g.width) for g in spec.groups.values() if g.prunable}
+    groups[("module.layer3.1.conv1",)] = torch.zeros(256)
+    path = tmp_path / "group_mask.pkl"
+    path.write_bytes(pickle.dumps(groups))
+    halp = masked_reference(net, {c.removeprefix("module."): v > 0 for k, v in groups.items() for c in k})
+    masks, removed = masks_for_model(read_mask_file(path), net, spec)
+    assert removed == [] and int(masks["layer3.1.conv1"].sum()) == 1
+    slim = export_pruned(net, trace_network(net, SIZE), masks, removed)
+    assert slim.layer3[1].conv1.out_channels == 1
+    assert verify_export(halp, slim, (2, 3, SIZE, SIZE)) < 1e-9
 
 
 def test_latlab_masks_pt_reads_back(tmp_path, net_and_spec):
