@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from db.engine import Database
+from db.errors import LatlabError
 from db.lut import find_sweep
 from latency_models.base import LatencyModel, get_model
 from latency_models.features import configs_from_frame, lut_frame
@@ -42,5 +43,10 @@ def resolve_latency_model(
             X, y = lut_frame(session, row.id)
             source = f"{kind} fitted on sweep {row.id} ({row.hardware.name})"
         model = get_model(kind).fit(X, y)
+    settings = X[["batch", "dtype", "layout", "op"]].drop_duplicates()
+    if len(settings) > 1:  # which one the prices are for would depend on the row order
+        listed = "; ".join(" ".join(map(str, row)) for row in settings.itertuples(index=False))
+        raise LatlabError(f"{source} covers {len(settings)} settings (batch dtype layout op: {listed}); fit a model "
+                          "on one (`latlab fit --batch B --dtype D --name NAME`) and pass it as --latency-model NAME")
     first = configs_from_frame(X.iloc[:1])[0]
     return model, LutSettings(first.batch, first.dtype, first.layout, first.op), source

@@ -56,8 +56,7 @@ class HardwareInfo:
 
     @property
     def fingerprint(self) -> str:
-        ident = {k: getattr(self, k) for k in _IDENTITY_FIELDS}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        return _fingerprint({k: getattr(self, k) for k in _IDENTITY_FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,6 +81,18 @@ _THROTTLE_BITS: tuple[tuple[int, str], ...] = (
 
 # None: not tried yet; True: initialised; str: why NVML is unusable (cached so we try once).
 _nvml_state: bool | str | None = None
+
+
+def _fingerprint(ident: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def named(info: dict[str, Any], name: str) -> dict[str, Any]:
+    """``info`` (a :meth:`HardwareInfo.to_dict`) under the profile name ``name``, which then identifies it in
+    place of the GPU's UUID: identical boxes given one name (a fleet) share one profile and one sweep."""
+    ident = {k: info.get(k) for k in _IDENTITY_FIELDS if k != "gpu_uuid"}
+    ident |= {"name": name, "device": info.get("name")}  # the device model still counts, under its new name
+    return {**info, "name": name, "fingerprint": _fingerprint(ident)}
 
 
 def _reset_nvml() -> None:

@@ -23,6 +23,7 @@ from db.errors import LatlabError
 from db.lut import get_or_create_hardware, record_model_measurement
 from profiler.backends._modules import eval_mode
 from profiler.backends.base import Backend, TimingResult
+from profiler.hardware import named
 from profiler.plan import resolve_model
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,12 @@ def load_model(
     name, net = resolve_model(model, num_classes=num_classes)
     if weights is not None:
         state = load_state_dict(weights, trust_checkpoint=trust_checkpoint)
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shapes that differ (another num_classes, another width)
+            sizes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+            raise LatlabError(f"weights {weights} do not match {name}: {len(sizes)} tensors of another shape "
+                              f"({sizes[0] if sizes else str(exc).splitlines()[0]})") from None
         if missing or unexpected:
             raise LatlabError(
                 f"weights {weights} do not match {name}: {len(missing)} missing keys (e.g. "
@@ -210,7 +216,7 @@ def measure_models_interleaved(
     failed = {order[i]: exc for i, exc in failures.items()}
     info = backend.hardware()
     if hardware_name:
-        info["name"] = hardware_name
+        info = named(info, hardware_name)
     protocol = {**backend.protocol.to_dict(), "timer": backend.timer}
     if rounds > 1:
         protocol["interleaved"] = {"rounds": rounds, "variants": order}

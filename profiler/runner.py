@@ -32,6 +32,7 @@ from db.lut import (
 from db.models import Sweep
 from db.retry import with_retry
 from profiler.backends.base import Backend, MeasurementFailed
+from profiler.hardware import named
 from profiler.plan import SweepPlan
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def start_sweep(
     """Create or reopen the sweep row for (hardware, protocol, name); returns (sweep id, hardware name)."""
     info = backend.hardware()
     if hardware_name:
-        info["name"] = hardware_name
+        info = named(info, hardware_name)
     protocol = {**backend.protocol.to_dict(), "timer": backend.timer}
     with db.session() as session:
         hw = get_or_create_hardware(session, info)

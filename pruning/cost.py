@@ -72,7 +72,7 @@ def importance_order(importance: np.ndarray, stripes: int = 1) -> np.ndarray:
 
 
 def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_group: dict[str, int],
-            min_keep_share: float) -> tuple[list[Group], dict[str, np.ndarray]]:
+            min_keep_share: float, live: Mapping[str, int]) -> tuple[list[Group], dict[str, np.ndarray]]:
     groups, order = [], {}
     for gid, g in spec.groups.items():
         imp = np.asarray(importances.get(gid, np.ones(g.width)), dtype=float).ravel()
@@ -81,7 +81,11 @@ def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_g
         order[gid] = importance_order(imp, g.stripes)
         items = imp[order[gid]].reshape(g.m, g.q).sum(axis=1)
         keep = g.m if not g.prunable else max(1, math.ceil(min_keep_share * g.m - 1e-9))
-        groups.append(Group.from_importances(items, min_keep=keep, block=block_of_group.get(gid), name=gid))
+        most = min(int(live[gid]) // g.q, g.m) if gid in live else None
+        if most:
+            keep = min(keep, most)
+        groups.append(Group.from_importances(items, min_keep=keep, block=block_of_group.get(gid), name=gid,
+                                             max_keep=most))
     return groups, order
 
 
@@ -123,12 +127,15 @@ def check_limits(spec: NetworkSpec, method: str, *, min_keep_share: float = 0.0,
 def build_problem(
     spec: NetworkSpec, model: LatencyModel, importances: Mapping[str, np.ndarray], *, method: str,
     target: float, settings: Settings, min_keep_share: float = 0.0, max_kept_blocks: int | None = None,
+    live: Mapping[str, int] | None = None,
 ) -> tuple[PruningProblem, ProblemMap]:
     """The pruning problem of ``method`` at ``target`` × the dense latency (both from ``model``).
 
     ``importances`` maps group id -> one score per channel (missing groups: uniform). A prunable group keeps
     at least one item, and at least ``min_keep_share`` of its items (rounded up) unless its block is removed.
     ``max_kept_blocks`` (mgp, mdp): keep at most that many of the removable blocks (MGP's ``--blocks_num``).
+    ``live`` (pruning during training): the channels each group still has; it keeps at most those (their
+    importances must be 0 elsewhere, so that they rank last), and 0 removes the group's block.
     """
     if method not in METHODS:
         raise LatlabError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
@@ -144,7 +151,7 @@ def build_problem(
         gid: block_of_conv[g.convs[0]] for gid, g in spec.groups.items()
         if g.convs[0] in block_of_conv and all(block_of_conv.get(c) == block_of_conv[g.convs[0]] for c in g.convs)
     }
-    groups, order = _groups(spec, importances, block_of_group, min_keep_share)
+    groups, order = _groups(spec, importances, block_of_group, min_keep_share, live or {})
     index = {gid: i for i, gid in enumerate(spec.groups)}
     linear: list[LinearTerm] = []
     terms: list[PairwiseTerm] = []

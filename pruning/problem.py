@@ -9,7 +9,8 @@ Rules (documented decisions):
 
 * A group keeps ``k_g ∈ [min_keep_g, m_g]``; ``min_keep_g`` defaults to 1 (HALP/MDP keep ≥ 1 item,
   §5.3, §8.2 constraint 2).  ``min_keep_g = 0`` allows removing the layer (HALP with layer pruning);
-  ``min_keep_g = m_g`` pins a group at full width (the MDP stem, §8.2 constraint 3).
+  ``min_keep_g = m_g`` pins a group at full width (the MDP stem, §8.2 constraint 3). ``max_keep_g`` (default
+  ``m_g``) caps it: while pruning during training, items already pruned stay pruned.
 * A group *internal* to block ``b`` (``Group.block = b``, e.g. conv1/conv2 of a bottleneck) has
   ``k_g = 0`` exactly when ``b`` is removed (its value vanishes); otherwise it obeys ``min_keep_g``.
   Groups that only have some layers in a block (the coupled residual groups) are not internal: their
@@ -44,18 +45,25 @@ class Group:
     min_keep: int = 1
     block: int | None = None
     name: str = ""
+    max_keep: int | None = None
 
     @classmethod
     def from_importances(
-        cls, importances: Sequence[float], *, min_keep: int = 1, block: int | None = None, name: str = ""
+        cls, importances: Sequence[float], *, min_keep: int = 1, block: int | None = None, name: str = "",
+        max_keep: int | None = None,
     ) -> Group:
         """Build from per-item importances (any order; sorted descending, cumulated)."""
         imp = np.sort(np.asarray(importances, dtype=float))[::-1]
-        return cls(len(imp), np.concatenate([[0.0], np.cumsum(imp)]), min_keep, block, name)
+        return cls(len(imp), np.concatenate([[0.0], np.cumsum(imp)]), min_keep, block, name, max_keep)
+
+    @property
+    def most(self) -> int:
+        """The most items the group may keep: ``max_keep`` (items already pruned stay pruned), else ``size``."""
+        return self.size if self.max_keep is None else self.max_keep
 
     def states(self) -> list[int]:
         """Allowed ``k`` values (0 included for internal groups of a block, whose removal forces 0)."""
-        ks = list(range(max(self.min_keep, 0), self.size + 1))
+        ks = list(range(max(self.min_keep, 0), self.most + 1))
         if self.block is not None and 0 not in ks:
             ks.insert(0, 0)
         return ks
@@ -156,7 +164,8 @@ class PruningProblem:
 
     def __post_init__(self) -> None:
         self.groups = [
-            Group(g.size, np.asarray(g.values, dtype=float), g.min_keep, g.block, g.name) for g in self.groups
+            Group(g.size, np.asarray(g.values, dtype=float), g.min_keep, g.block, g.name, g.max_keep)
+            for g in self.groups
         ]
         self.linear = [LinearTerm(t.group, np.asarray(t.costs, dtype=float), t.block, t.name) for t in self.linear]
         self.pairwise = [
@@ -197,6 +206,9 @@ class PruningProblem:
                 raise LatlabError(f"group {i}: values[0] must be 0 and all values finite")
             if not 0 <= g.min_keep <= g.size:
                 raise LatlabError(f"group {i}: min_keep {g.min_keep} outside [0, {g.size}]")
+            if g.max_keep is not None and not (g.min_keep <= g.max_keep <= g.size or (g.max_keep == 0 and
+                                                                                       g.block is not None)):
+                raise LatlabError(f"group {i}: max_keep {g.max_keep} outside [{g.min_keep}, {g.size}]")
         n = len(self.groups)
         for t in self.linear:
             if not 0 <= t.group < n:
@@ -263,8 +275,8 @@ class PruningProblem:
             if g.block is not None and g.block in sol.removed_blocks:
                 if k != 0:
                     errs.append(f"group {i} is internal to removed block {g.block} but keeps {k}")
-            elif not g.min_keep <= k <= g.size:
-                errs.append(f"group {i} keeps {k}, outside [{g.min_keep}, {g.size}]")
+            elif not g.min_keep <= k <= g.most:
+                errs.append(f"group {i} keeps {k}, outside [{g.min_keep}, {g.most}]")
         if errs:
             return errs
         kept_blocks = len(self.blocks) - len(sol.removed_blocks)

@@ -158,10 +158,13 @@ class TrainingPruner:
         if self.latency_model is None:
             raise LatlabError(f"{where}: rank 0 has no latency model")
         t0 = time.perf_counter()
+        live = {gid: int(self.masks.mask(gid).sum()) for gid in self.spec.groups}
+        for block in self.gates.removed() if self.gates else []:  # a removed block stays removed
+            live.update(dict.fromkeys(self._internal[block], 0))
         problem, mapping = build_problem(self._current_spec(), self.latency_model, self._scores(), method=self.method,
                                          target=1.0, settings=self.settings, min_keep_share=self.min_keep_share,
                                          max_kept_blocks=self.max_kept_blocks if k + 1 >= self.max_kept_blocks_from
-                                         else None)
+                                         else None, live=live)
         problem = problem.with_budget(target)
         result = get_solver(self.solver, time_limit=self.time_limit).solve(problem)
         if not result.ok:

@@ -201,6 +201,12 @@ class _Run:
             return None
         state = load_checkpoint(self.ckpt_path)
         check_compatible(state.get("config", {}), self.cfg.to_dict(), self.ckpt_path)
+        world = state.get("world_size", self.info.world)
+        if world != self.info.world:  # the global batch, hence the learning rate and the iterations per epoch
+            raise LatlabError(f"checkpoint {self.ckpt_path} was written by {world} processes, this run has "
+                              f"{self.info.world}: the global batch, learning rate and schedule would change "
+                              f"mid-run; resume with {world} processes (--nproc-per-node), or start over with "
+                              "run.resume=never")
         return state
 
     def _build_pruner(self) -> Any:

@@ -14,13 +14,16 @@ from latlab.tables import render
 
 def _predictions(database, names: list[str], net, input_size: int, batch: int, dtype: str,  # type: ignore[no-untyped-def]
                  layout: str) -> dict[str, float]:
-    """Conv latency (ms) each stored latency model predicts for ``net`` as it is (its real cin and cout)."""
+    """Conv latency (ms) each stored latency model predicts for ``net`` as it is (its real cin and cout), at the
+    measurement's batch, dtype and layout and at the op (conv, conv_bn_relu) the model was fitted on."""
     from latency_models.network import predict_network
     from latency_models.resolve import LutSettings
     from latency_models.store import load_model as load_latency_model
 
-    settings = LutSettings(batch, dtype, layout)
-    table = predict_network(net, input_size, {name: (load_latency_model(database, name), settings) for name in names})
+    models = {name: load_latency_model(database, name) for name in names}
+    table = predict_network(net, input_size, {
+        name: (m, LutSettings(batch, dtype, layout, str(m.train_data_[0]["op"].iloc[0])))
+        for name, m in models.items()})
     return {name: float(table[name].sum()) for name in names}
 
 

@@ -134,6 +134,16 @@ def test_bad_input_is_a_one_line_error(fake_lut: str, cli, args: list[str], mess
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_lut_of_several_batches_is_refused_not_priced_at_one_of_them(tmp_path: Path, cli) -> None:
+    db = str(tmp_path / "two.db")
+    for batch in ("1", "2"):
+        code, _, err = cli(["profile", "--model", "resnet18", "--input-size", str(SIZE), "--backend", "fake",
+                            "--grid", "full:64", "--batch", batch, "-q", "--db", db])
+        assert code == 0, err
+    code, _, err = cli(["predict", *NET, "--db", db])
+    assert code == 1 and "covers 2 settings" in err and "latlab fit --batch" in err
+
+
 def test_tables_print_brackets_as_text() -> None:
     """Column names like `ms[lut]` and values like `[pt2]` are text, not Rich markup."""
     out = render([{"share[lut]_pct": "[b]x[/b]"}], title="[red]t")

@@ -37,6 +37,8 @@ def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(LatlabError, match=r"do not match resnet34: \d+ missing keys \(e\.g\. layer"):
         load_model("resnet34", weights=tmp_path / "r18.pth", num_classes=10)
+    with pytest.raises(LatlabError, match=r"do not match resnet18: 2 tensors of another shape \(size mismatch for fc"):
+        load_model("resnet18", weights=tmp_path / "r18.pth", num_classes=1000)
 
 
 def test_unsafe_or_bogus_weight_files_are_refused(tmp_path: Path) -> None:

@@ -51,6 +51,33 @@ def test_rerun_adds_nothing(db_url: str, small_plan) -> None:  # type: ignore[no
     database.dispose()
 
 
+class _Box(FakeBackend):
+    """The fake GPU as one box of a fleet: its own GPU UUID."""
+
+    def __init__(self, uuid: str) -> None:
+        super().__init__(TimingProtocol(repeats=5))
+        self.uuid = uuid
+
+    def hardware(self):  # type: ignore[no-untyped-def]
+        from profiler.hardware import HardwareInfo
+
+        info = {k: v for k, v in super().hardware().items() if k != "fingerprint"}
+        return HardwareInfo(**{**info, "gpu_uuid": self.uuid}).to_dict()
+
+
+def test_one_hardware_name_makes_identical_boxes_one_profile(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
+    """A fleet: boxes with their own GPU UUIDs under one --hardware-name share one profile and sweep; without a
+    name each box is its own profile, and another name is another profile."""
+    database = open_database(sqlite_path)
+    a = run_sweep(database, small_plan, _Box("GPU-aaaa"), hardware_name="H200 (fleet)", progress=False)
+    b = run_sweep(database, small_plan, _Box("GPU-bbbb"), hardware_name="H200 (fleet)", progress=False)
+    assert b.sweep_id == a.sweep_id and b.measured == 0
+    other = run_sweep(database, small_plan, _Box("GPU-bbbb"), hardware_name="other", progress=False)
+    assert other.sweep_id != a.sweep_id
+    own = [run_sweep(database, small_plan, _Box(u), progress=False).sweep_id for u in ("GPU-aaaa", "GPU-bbbb")]
+    assert len({a.sweep_id, *own}) == 3
+
+
 def test_other_protocol_is_another_sweep(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
     database = open_database(sqlite_path)
     a = run_sweep(database, small_plan, FakeBackend(TimingProtocol(repeats=5)), progress=False)

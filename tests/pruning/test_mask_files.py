@@ -141,7 +141,7 @@ def test_measure_cli_with_mdp_mask_and_module_prefixed_checkpoint(tmp_path, cli,
     torch.save(ckpt, tmp_path / "ckpt.pth")
     db = f"sqlite:///{tmp_path / 'm.db'}"
     for argv in (["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:32", "--input-size",
-                  str(SIZE), "--batch", "1", "-q", "--db", db],
+                  str(SIZE), "--batch", "1", "--op", "conv_bn_relu", "-q", "--db", db],  # priced at its own op
                  ["fit", "--models", "mdlm", "--name", "r18-mdlm", "--db", db]):
         code, out, err = cli(argv)
         assert code == 0, err

@@ -165,6 +165,26 @@ def test_layer_removal_with_min_keep_zero() -> None:
         assert res.status == "optimal" and res.kept == (0, 1), name
 
 
+def test_max_keep_caps_a_group_even_where_more_is_cheaper() -> None:
+    """A group whose third item lowers the latency (a non-monotone LUT) still keeps at most ``max_keep``; a
+    block's internal group with ``max_keep=0`` forces its block out."""
+    groups = [Group(3, np.array([0, 5, 6, 6.0]), max_keep=2), Group(2, np.array([0, 1, 2.0]))]
+    lin = [LinearTerm(0, np.array([0, 3, 4, 1.0])), LinearTerm(1, np.array([0, 1, 2.0]))]
+    p = PruningProblem(groups, 10.0, linear=lin)
+    assert p.brute_force()[1].kept == (2, 2)
+    for name in ["dp", *EXACT]:
+        res = get_solver(name).solve(p)
+        assert res.status == "optimal" and res.kept == (2, 2), name
+    q, *_ = inst.block_removal()
+    gi = next(i for i, g in enumerate(q.groups) if g.block is not None and g.min_keep >= 1)
+    capped = [Group(g.size, g.values, g.min_keep, g.block, g.name, 0 if i == gi else None)
+              for i, g in enumerate(q.groups)]
+    q = PruningProblem(capped, 1e9, linear=q.linear, pairwise=q.pairwise)
+    for name in EXACT:
+        res = get_solver(name).solve(q)
+        assert res.status == "optimal" and q.groups[gi].block in res.removed_blocks, name
+
+
 def test_validation_errors() -> None:
     g = Group(2, np.array([0, 1, 2.0]))
     with pytest.raises(LatlabError):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F  # noqa: N812
 from torchvision.models import resnet18
 
 from db.errors import LatlabError
+from latency_models.base import LatencyModel
+from latency_models.features import as_frame
+from pruning.cost import Settings, spec_latency
 from pruning.export import masked_reference
 from pruning.graph import build_network_spec
 from pruning.masks import BlockGates, ChannelMasks
+from pruning.schedule import LatencySchedule
 from tests.training.helpers import make_pruner, train_step
 from training.optim import build_optimizer, param_groups
-from training.pruner import baked_copy, block_gates
+from training.pruner import TrainingPruner, baked_copy, block_gates
 
 
 def test_block_gates_match_masked_reference_and_checkpoint() -> None:
@@ -74,3 +80,37 @@ def test_weight_decay_groups_by_module_type() -> None:
     ids = {id(p) for p in plain["params"]}
     assert id(model.layer2[0].downsample[1].weight) in ids  # shortcut BN: no decay, unlike the reference
     assert id(model.fc.bias) not in ids and plain["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+
+
+class _EqualWidthsSlow(LatencyModel):
+    """cin·cout, twice as slow when cin == cout: a non-monotone model under which a group would gain latency by
+    growing back past its live channels."""
+
+    kind = "equal-widths-slow"
+
+    def fit(self, X, y):  # type: ignore[no-untyped-def]
+        return self
+
+    def predict(self, X):  # type: ignore[no-untyped-def]
+        f = as_frame(X)
+        cin, cout = f["cin"].to_numpy(float), f["cout"].to_numpy(float)
+        return cin * cout * 1e-4 * np.where(cin == cout, 2.0, 1.0)
+
+
+def test_pruned_channels_stay_pruned_so_the_recorded_latency_is_the_masks() -> None:
+    """Each step's problem caps every group at its live channels: the solver's latency is the latency of the
+    masks it leaves, within the target, even where the model would price a wider group cheaper."""
+    torch.manual_seed(1)
+    net = resnet18(num_classes=10)
+    spec = build_network_spec(net, 32, group_sizes=16)
+    model, settings = _EqualWidthsSlow(), Settings(1)
+    pruner = TrainingPruner(net, spec, method="mdlm", schedule=LatencySchedule(spec_latency(model, spec, settings),
+                            0.7, 5, 1), latency_model=model, settings=settings)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    for step in range(2):  # without the cap, step 2 kept 512 of layer4.1.conv1's 496 live channels: 30% over
+        net.zero_grad()
+        F.cross_entropy(net(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,))).backward()
+        pruner.after_backward(step)
+        rec = pruner.after_step(step, opt)
+        assert rec["solver_latency_ms"] == pytest.approx(pruner.predicted_latency())
+        assert pruner.predicted_latency() <= rec["target_ms"] * (1 + 1e-9)

@@ -48,6 +48,11 @@ def test_resume_equals_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) 
     # a different run in the same folder is refused before training
     with pytest.raises(LatlabError, match="different run.*prune.ratio"):
         train(tiny_config(digits, tmp_path / "cut", lut_db, **{"prune.ratio": 0.5}), progress=False)
+    # and so is a resume on another number of processes: the global batch and the learning rate would change
+    ckpt = tmp_path / "cut" / "checkpoint_last.pt"
+    torch.save({**torch.load(ckpt, weights_only=True), "world_size": 2}, ckpt)
+    with pytest.raises(LatlabError, match="written by 2 processes, this run has 1"):
+        train(tiny_config(digits, tmp_path / "cut", lut_db), progress=False)
 
 
 def test_mdp_demo_config_exports(digits: Path, lut_db: str, tmp_path: Path) -> None:
