@@ -115,11 +115,32 @@ class Database:
             return MigrationContext.configure(conn).get_current_revision()
 
     def upgrade(self, revision: str = "head") -> None:
-        """Apply migrations up to ``revision`` (idempotent)."""
+        """Apply migrations up to ``revision`` (idempotent). :class:`SchemaError`, with nothing written, for a
+        database of other tables or of a newer latlab."""
+        current = self.revision()
+        if current is None and self._tables():
+            raise SchemaError(f"{describe_url(self.url)} is not a latlab database (it holds other tables); "
+                              "nothing was written to it")
+        self._check_known(current)
         cfg = _alembic_config()
         with self._wrap_errors(), self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+
+    def _tables(self) -> list[str]:
+        with self._wrap_errors(), self.engine.connect() as conn:
+            return inspect(conn).get_table_names()
+
+    def _check_known(self, current: str | None) -> None:
+        if current is None:
+            return
+        try:
+            known = ScriptDirectory.from_config(_alembic_config()).get_revision(current) is not None
+        except Exception:  # alembic: "Can't locate revision"
+            known = False
+        if not known:
+            raise SchemaError(f"{describe_url(self.url)} is at schema revision {current}, newer than this latlab "
+                              f"knows (newest {head_revision()}): upgrade latlab")
 
     def check_schema(self) -> None:
         """Raise :class:`SchemaError` unless the schema is at this latlab's head revision."""
@@ -127,10 +148,9 @@ class Database:
         if current == head_revision():
             return
         if current is None:
-            with self.engine.connect() as conn:
-                tables = inspect(conn).get_table_names()
-            what = "an empty database" if not tables else "not a latlab database"
+            what = "an empty database" if not self._tables() else "not a latlab database"
             raise SchemaError(f"{describe_url(self.url)} is {what} (no latlab schema revision)")
+        self._check_known(current)
         raise SchemaError(
             f"{describe_url(self.url)} is at schema revision {current}, this latlab needs "
             f"{head_revision()}: run `latlab db upgrade`"

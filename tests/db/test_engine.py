@@ -74,6 +74,24 @@ def test_foreign_sqlite_database_is_rejected_by_readers(sqlite_path: Path) -> No
         open_database(sqlite_path, create=False)
 
 
+def test_writers_leave_a_foreign_or_newer_database_alone(sqlite_path: Path) -> None:
+    """A database of other tables is not given latlab's; one of a newer latlab says to upgrade latlab."""
+    engine = create_engine(f"sqlite:///{sqlite_path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE customers (id INTEGER)"))
+    with pytest.raises(SchemaError, match="not a latlab database .*nothing was written"):
+        open_database(sqlite_path, create=True, upgrade=True)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM sqlite_master")).scalars().all() == ["customers"]
+    newer = sqlite_path.with_name("newer.db")
+    open_database(newer).dispose()
+    with create_engine(f"sqlite:///{newer}").begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    for kwargs in ({"upgrade": True}, {"create": False}):
+        with pytest.raises(SchemaError, match="revision 0099, newer than this latlab knows.*upgrade latlab"):
+            open_database(newer, **kwargs)
+
+
 def test_upgrade_from_first_revision_keeps_data(db_url: str) -> None:
     """A database created at revision 0001 with rows upgrades to head with the rows intact."""
     database = open_database(db_url, create=True, upgrade=False, check_schema=False)
@@ -101,6 +119,21 @@ def test_upgrade_from_first_revision_keeps_data(db_url: str) -> None:
         assert tuple(row) == (64, 64, 4.25, None)
         assert conn.execute(text("SELECT name FROM hardware")).scalar() == "TITAN V"
         assert conn.execute(text("SELECT count(*) FROM model_measurements")).scalar() == 0
+    database.dispose()
+
+
+def test_a_database_of_the_first_revision_0005_gets_its_column_renamed(sqlite_path: Path) -> None:
+    """Revision 0005 first added ``cold_weights``, then was edited to add ``llc_flush``: 0006 renames it."""
+    database = open_database(sqlite_path, create=True, upgrade=False, check_schema=False)
+    database.upgrade("0004")
+    with database.engine.begin() as conn:  # what the first 0005 did
+        conn.execute(text("ALTER TABLE sweeps ADD COLUMN cold_weights BOOLEAN"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+    database.upgrade()
+    assert database.revision() == head_revision()
+    with database.engine.connect() as conn:
+        columns = {row[1] for row in conn.execute(text("PRAGMA table_info(sweeps)"))}
+    assert "llc_flush" in columns and "cold_weights" not in columns
     database.dispose()
 
 
