@@ -25,12 +25,14 @@ from typing import Any
 from sqlalchemy import select
 
 from db.engine import Database
-from db.errors import InvalidKeyError, LegacyFormatError
+from db.errors import InvalidKeyError, LatlabError, LegacyFormatError
 from db.keys import ConvConfig, ConvFamily, parse_legacy_key
 from db.lut import (
     MeasurementValues,
+    find_hardware,
     get_or_create_hardware,
     get_or_create_sweep,
+    matching_hardware,
     record_measurement,
     row_config,
 )
@@ -157,8 +159,11 @@ def import_legacy(
     }
     protocol = {"timer": "unknown"}
     inserted = 0
-    with db.session() as session:
-        hw = get_or_create_hardware(session, info)
+    if not hardware.strip():
+        raise LatlabError("--hardware must name the profile the LUT was measured on")
+    with db.session() as session:  # an existing profile (id, name or fingerprint) takes the import
+        known = matching_hardware(session, hardware)
+        hw = find_hardware(session, hardware) if known else get_or_create_hardware(session, info)
         sweep = get_or_create_sweep(
             session, hw, backend="legacy", protocol=protocol,
             protocol_hash=f"legacy-{sha[:12]}-{dtype}-{layout}-{op}", name=path.name,
@@ -173,8 +178,8 @@ def import_legacy(
             values = MeasurementValues(status="ok", median_ms=ms, mean_ms=ms, n=None,
                                        message="imported from legacy pickle")
             inserted += record_measurement(session, sweep.id, config, values)
-        sweep_id = sweep.id
-    return ImportReport(sweep_id, hardware, len(lut), inserted, len(configs) - inserted, zero)
+        sweep_id, hw_name = sweep.id, hw.name
+    return ImportReport(sweep_id, hw_name, len(lut), inserted, len(configs) - inserted, zero)
 
 
 def export_legacy(

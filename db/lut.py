@@ -162,8 +162,8 @@ def _key_query(sweep_id: int, config: ConvConfig):  # type: ignore[no-untyped-de
     )
 
 
-def find_hardware(session: Session, selector: str) -> Hardware:
-    """A hardware profile by id, exact name or fingerprint prefix; ambiguous or unknown raises."""
+def matching_hardware(session: Session, selector: str) -> list[Hardware]:
+    """The hardware profiles ``selector`` names: by id, else exact name, else fingerprint prefix."""
     rows: list[Hardware] = []
     if selector.isdigit():
         row = session.get(Hardware, int(selector))
@@ -172,6 +172,12 @@ def find_hardware(session: Session, selector: str) -> Hardware:
         rows = list(session.scalars(select(Hardware).where(Hardware.name == selector)))
     if not rows and len(selector) >= 4:
         rows = list(session.scalars(select(Hardware).where(Hardware.fingerprint.startswith(selector))))
+    return rows
+
+
+def find_hardware(session: Session, selector: str) -> Hardware:
+    """A hardware profile by id, exact name or fingerprint prefix; ambiguous or unknown raises."""
+    rows = matching_hardware(session, selector)
     if not rows:
         known = ", ".join(f"{h.id}: {h.name}" for h in session.scalars(select(Hardware))) or "none"
         raise LatlabError(f"no hardware profile {selector!r} in the database (known: {known})")
@@ -187,6 +193,8 @@ def find_sweep(session: Session, sweep: int | None = None, hardware: str | None 
         row = session.get(Sweep, sweep)
         if row is None:
             raise LatlabError(f"no sweep with id {sweep} (see `latlab lut list`)")
+        if hardware is not None and row.hardware_id != find_hardware(session, hardware).id:
+            raise LatlabError(f"sweep {sweep} is of hardware {row.hardware.name!r}, not {hardware!r}")
         return row
     query = select(Sweep).order_by(Sweep.updated_at.desc(), Sweep.id.desc())
     if hardware is not None:

@@ -76,11 +76,12 @@ def show(
     if status:
         query = query.where(Measurement.status == status)
     query = query.order_by(Measurement.family, Measurement.cin, Measurement.cout)
-    if limit:
-        query = query.limit(limit)
     with database.session() as session:
-        out = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in session.scalars(query)]
-    typer.echo(render(out, fmt, title=f"sweep {sweep_id}") if out else "no matching rows")
+        rows_found = session.scalars(query.limit(limit + 1 if limit else None))
+        out = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in rows_found]
+    typer.echo(render(out[:limit or None], fmt, title=f"sweep {sweep_id}") if out else "no matching rows")
+    if limit and len(out) > limit:  # on stderr, so that a CSV on stdout stays a CSV
+        typer.echo(f"first {limit} rows shown; --limit 0 shows all", err=True)
 
 
 @app.command()
@@ -158,6 +159,8 @@ def export(
     with database.session() as session:
         sweep_id = find_sweep(session, sweep, hardware).id
     where = {k: v for k, v in {"dtype": dtype, "batch": batch, "op": op, "layout": layout}.items() if v is not None}
+    if not out.parent.is_dir():
+        raise LatlabError(f"folder {out.parent} does not exist; create it first")
     if fmt in ("halp", "mdp"):
         written = export_legacy(database, sweep_id, out, fmt, where=where)
         typer.echo(f"wrote {len(written)} keys ({fmt} format, e.g. {next(iter(written))}) to {out}")
@@ -169,6 +172,8 @@ def export(
         query = query.where(getattr(Measurement, column) == value)
     with database.session() as session:
         table = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in session.scalars(query.order_by(Measurement.id))]
+    if not table:
+        raise LatlabError(f"sweep {sweep_id} has no rows{' with ' + str(where) if where else ''}; nothing written")
     out.write_text(render(table, fmt))
     typer.echo(f"wrote {len(table)} rows to {out}")
 
@@ -176,7 +181,8 @@ def export(
 @app.command("import")
 def import_(
     path: Annotated[Path, typer.Argument(help="HALP/MDP LUT pickle: dict key -> ms per batch.")],
-    hardware: Annotated[str, typer.Option(help="Name of the hardware profile the LUT was measured on.")],
+    hardware: Annotated[str, typer.Option(help="The hardware profile the LUT was measured on: an existing one (id, "
+                                               "name or fingerprint) or the name of a new one.")],
     dtype: Annotated[str, typer.Option(help="Precision the LUT was measured in (not in the file).")] = "fp32",
     layout: Annotated[str, typer.Option(help="nchw | nhwc (not in the file).")] = "nchw",
     op: Annotated[str, typer.Option(help="conv | conv_bn_relu (not in the file).")] = "conv",

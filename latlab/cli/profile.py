@@ -102,7 +102,9 @@ def profile(
     from profiler.protocol import TimingProtocol
     from profiler.runner import run_sweep
     from pruning.graph import trace_keeping
-    spec = replace(parse_grid(grid), seed=seed)
+    spec = parse_grid(grid)
+    if "seed=" not in grid.lower():  # a seed in the grid itself wins over --seed
+        spec = replace(spec, seed=seed)
     if keep and spec.kind != "lattice":
         raise LatlabError(f"--keep narrows the lattice grid (what `latlab prune --keep` asks for), not {spec.kind!r}")
     network = trace_keeping(model, input_size, keep) if keep else model

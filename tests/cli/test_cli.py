@@ -99,6 +99,10 @@ def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
     assert pickle.loads(back.read_bytes()) == lut
     code, out, _ = cli(["lut", "export", str(tmp_path / "x.csv"), "--format", "csv", "--db", db2])
     assert code == 0 and (tmp_path / "x.csv").read_text().count("\n") == 1424
+    code, _, err = cli(["lut", "export", str(tmp_path / "no" / "x.csv"), "--format", "csv", "--db", db2])
+    assert code == 1 and "does not exist" in err
+    code, _, err = cli(["lut", "export", str(tmp_path / "y.csv"), "--format", "csv", "--dtype", "fp16", "--db", db2])
+    assert code == 1 and "nothing written" in err and not (tmp_path / "y.csv").exists()
 
 
 class _Evil:
@@ -212,3 +216,15 @@ def test_profile_keep_narrows_the_lattice_only(cli) -> None:
     assert counts[0] > counts[1] > counts[2]
     code, _, err = cli([*base, "--grid", "full:8", "--keep", "stem"])
     assert code == 1 and "--keep narrows the lattice grid" in err
+
+
+def test_a_seed_in_the_grid_wins_over_the_default(tmp_path: Path, cli) -> None:
+    from db.engine import open_database
+    from db.lut import find_sweep
+
+    db = str(tmp_path / "seeded.db")
+    code, _, err = cli(["profile", "--model", "resnet18", "--input-size", "32", "--backend", "fake", "--grid",
+                        "random:3:8:seed=3", "-q", "--db", db])
+    assert code == 0, err
+    with open_database(db, create=False).session() as session:
+        assert find_sweep(session, None, None).plan["runs"][0]["grid"]["seed"] == 3

@@ -99,6 +99,27 @@ def test_import_then_export_roundtrips_exactly(db_url: str, tmp_path: Path) -> N
     database.dispose()
 
 
+def test_import_joins_the_profile_it_names(tmp_path: Path) -> None:
+    """--hardware naming an existing profile (name or id) adds the LUT to it instead of a same-named twin;
+    a sweep asked for with another profile is refused."""
+    from db.errors import LatlabError
+    from db.lut import find_sweep
+
+    database = open_database(tmp_path / "join.db")
+    src = _write(tmp_path / "rn50_titanv.pkl", RN50_KEYS)
+    first = import_legacy(database, src, hardware="TITAN V")
+    other = import_legacy(database, _write(tmp_path / "b.pkl", {"256_64_64_56_3_1": 1.0}), hardware="1")
+    assert other.hardware == first.hardware == "TITAN V"
+    with database.session() as session:
+        assert find_sweep(session, other.sweep_id, "TITAN V").id == other.sweep_id
+    import_legacy(database, _write(tmp_path / "c.pkl", {"256_64_64_56_3_1": 1.0}), hardware="H100")
+    with database.session() as session, pytest.raises(LatlabError, match="is of hardware 'TITAN V', not 'H100'"):
+        find_sweep(session, first.sweep_id, "H100")
+    with pytest.raises(LatlabError, match="must name the profile"):
+        import_legacy(database, src, hardware=" ")
+    database.dispose()
+
+
 def test_mdp_format_six_tokens_and_grouped_refusal(tmp_path: Path) -> None:
     database = open_database(tmp_path / "l.db")
     six = {"256_64_64_56_3_1": 4.0, "256_64_32_56_3_1": 2.5, "256_1024_1024_14_1_2": 3.25}
