@@ -17,7 +17,7 @@ import hashlib
 import io
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,13 +110,27 @@ def _read_legacy(path: str | Path) -> tuple[dict[str, float], bytes]:
     return out, data
 
 
-def legacy_key_to_config(key: str, dtype: str = "fp32", layout: str = "nchw", op: str = "conv") -> ConvConfig:
-    """A legacy key as a :class:`ConvConfig` (padding k//2, dilation 1; g == cin == cout > 1 is depthwise)."""
+def legacy_key_to_config(key: str, dtype: str = "fp32", layout: str = "nchw", op: str = "conv", *,
+                         grouped: frozenset[tuple[int, ...]] = frozenset()) -> ConvConfig:
+    """A legacy key as a :class:`ConvConfig` (padding k//2, dilation 1; g == cin == cout > 1 is depthwise, unless
+    ``(fmap, k, stride, g)`` is in ``grouped``: :func:`grouped_families` of the whole LUT)."""
     bs, cin, cout, fmap, k, stride, groups = parse_legacy_key(key)
-    depthwise = groups is not None and groups > 1 and groups == cin == cout
+    depthwise = (groups is not None and groups > 1 and groups == cin == cout
+                 and (fmap, k, stride, groups) not in grouped)
     family = ConvFamily.square(fmap, k, stride, groups=1 if depthwise or groups is None else groups,
                                depthwise=depthwise)
     return ConvConfig(family, cin, cout, bs, dtype, layout, op)
+
+
+def grouped_families(keys: Iterable[str]) -> frozenset[tuple[int, ...]]:
+    """``(fmap, k, stride, g)`` of the grouped convs among legacy ``keys``: a fixed g > 1 with some width other
+    than g. Their g == cin == cout keys (ResNeXt's narrowest width) are grouped, not depthwise."""
+    out = set()
+    for key in keys:
+        _, cin, cout, fmap, k, stride, groups = parse_legacy_key(key)
+        if groups is not None and groups > 1 and not groups == cin == cout and cin and cout:
+            out.add((fmap, k, stride, groups))
+    return frozenset(out)
 
 
 @dataclass
@@ -143,15 +157,22 @@ def import_legacy(
     sha = hashlib.sha256(data).hexdigest()
     configs: list[tuple[ConvConfig, float]] = []
     zero = 0
+    grouped = grouped_families(lut)
+    seen: dict[ConvConfig, str] = {}
     for key, ms in lut.items():
         bs, cin, cout, *_ = parse_legacy_key(key)
         if cin == 0 or cout == 0:
             zero += 1
             continue
         try:
-            configs.append((legacy_key_to_config(key, dtype, layout, op), ms))
+            config = legacy_key_to_config(key, dtype, layout, op, grouped=grouped)
         except InvalidKeyError as exc:
             raise LegacyFormatError(f"{path}: {exc}") from None
+        if config in seen and lut[seen[config]] != ms:
+            raise LegacyFormatError(f"{path}: keys {seen[config]!r} and {key!r} are the same configuration with "
+                                    f"different latencies ({lut[seen[config]]} vs {ms} ms)")
+        seen.setdefault(config, key)
+        configs.append((config, ms))
     n_tokens = len(next(iter(lut)).split("_"))
     info = {
         "kind": "imported", "name": hardware,

@@ -99,6 +99,22 @@ def test_import_then_export_roundtrips_exactly(db_url: str, tmp_path: Path) -> N
     database.dispose()
 
 
+def test_grouped_key_at_the_group_width_stays_grouped(tmp_path: Path) -> None:
+    """ResNeXt's narrowest width has g == cin == cout, like a depthwise key: the rest of its family tells."""
+    lut = {"256_32_32_7_3_1_32": 1.0, "256_64_64_7_3_1_32": 2.0, "256_96_96_14_3_1_96": 3.0}
+    database = open_database(tmp_path / "g.db")
+    sid = import_legacy(database, _write(tmp_path / "g.pkl", lut), hardware="H").sweep_id
+    with database.session() as session:
+        families = {(c.family.key, c.cin) for c in load_lut(session, sid)}
+    assert families == {("f7x7_k3x3_s1x1_p1x1_d1x1_g32", 32), ("f7x7_k3x3_s1x1_p1x1_d1x1_g32", 64),
+                        ("f14x14_k3x3_s1x1_p1x1_d1x1_gdw", 96)}
+    assert export_legacy(database, sid, tmp_path / "back.pkl", "halp") == lut
+    twins = {"256_64_64_56_3_1": 1.0, "256_64_64_56_3_1_1": 2.0}  # one configuration, two latencies
+    with pytest.raises(LegacyFormatError, match="same configuration with different latencies"):
+        import_legacy(database, _write(tmp_path / "twins.pkl", twins), hardware="H")
+    database.dispose()
+
+
 def test_import_joins_the_profile_it_names(tmp_path: Path) -> None:
     """--hardware naming an existing profile (name or id) adds the LUT to it instead of a same-named twin;
     a sweep asked for with another profile is refused."""
