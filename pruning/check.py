@@ -42,7 +42,8 @@ def random_masks(spec: NetworkSpec, seed: int) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def randomise_bn(model: nn.Module, seed: int) -> None:
     """Give every BatchNorm2d random affine parameters and running statistics (in place), so that a check
-    notices a BN sliced at the wrong channels even on a freshly initialised network."""
+    notices a BN sliced at the wrong channels even on a freshly initialised network; other norms (GroupNorm,
+    LayerNorm) get a random affine bias, so that a branch they end is not 0 by its initialisation."""
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -51,6 +52,8 @@ def randomise_bn(model: nn.Module, seed: int) -> None:
             m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
             m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+        elif isinstance(m, nn.GroupNorm | nn.LayerNorm) and getattr(m, "bias", None) is not None:
+            m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
 
 
 @torch.no_grad()

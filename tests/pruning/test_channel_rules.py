@@ -335,3 +335,20 @@ def test_a_pre_activation_block_is_removable_by_gating_its_last_conv() -> None:
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(model(x), ref(x), atol=1e-6)
     assert "block.conv2.parametrizations.bias.0.gate" in model.state_dict()
+
+
+class _GroupNormBlock(nn.Module):
+    """A branch ending in a GroupNorm that tracing enters (timm's GroupNorm: F.group_norm of its parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.gn = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.GroupNorm(2, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.group_norm(self.conv(x), 2, self.gn.weight, self.gn.bias)
+
+
+def test_a_branch_ending_in_a_traced_norm_is_not_removable() -> None:
+    """Zeroing the conv before a norm leaves the norm's bias: no gate, no block (ResNet-50-GN)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(3, 1, 1), _GroupNormBlock())
+    assert build_network_spec(model, 16).blocks == []
