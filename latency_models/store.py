@@ -62,8 +62,14 @@ def load_model(db: Database, name: str) -> LatencyModel:
         if row is None:
             known = ", ".join(session.scalars(select(StoredLatencyModel.name))) or "none"
             raise LatlabError(f"no latency model named {name!r} in the database (stored: {known})")
-        state = dict(row.state)
-    return model_from_state(state)
+        state = row.state
+    try:
+        return model_from_state(state)
+    except LatlabError as exc:
+        raise LatlabError(f"stored latency model {name!r}: {exc}") from None
+    except (TypeError, KeyError, ValueError, IndexError) as exc:  # another latlab's or a damaged state
+        raise LatlabError(f"stored latency model {name!r} cannot be rebuilt ({type(exc).__name__}: {exc}); "
+                          "refit it with `latlab fit --replace`") from None
 
 
 def stored_models(db: Database) -> list[dict[str, Any]]:

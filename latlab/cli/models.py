@@ -31,7 +31,8 @@ def parse_kinds(text: str) -> list[str]:
 
 def fit(
     models: ModelsOption = "mdlm",
-    name: Annotated[str | None, typer.Option(help="Stored name (default: HARDWARE-KIND-sSWEEP).")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Stored name (default: HARDWARE-KIND-sSWEEP); with several --models, NAME-KIND.")] = None,
     sweep: SweepOption = None, hardware: HardwareOption = None,
     batch: Annotated[int | None, typer.Option(help="Only rows with this batch size.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
@@ -61,8 +62,6 @@ def fit(
     from latency_models.splits import make_split
     from latency_models.store import save_model
     kinds = parse_kinds(models)
-    if name and len(kinds) > 1:
-        raise LatlabError("--name names one model; with several --models the names are <name>-<kind>")
     if not 0.0 <= holdout < 1.0:
         raise LatlabError(f"--holdout must be in [0, 1), got {holdout}")
     database = open_database(db, create=False, upgrade=True)

@@ -22,9 +22,9 @@ def predict(
     mgp: MgpOption = False,
     latency_model: Annotated[list[str] | None, typer.Option(
         "--latency-model", help="Stored latency model (`latlab models list`); repeatable.")] = None,
-    kind: Annotated[str, typer.Option(
-        help="Without --latency-model: kinds to fit on the sweep's LUT, comma-separated (lut = exact lookup).")
-    ] = "lut",
+    kind: Annotated[str | None, typer.Option(
+        help="Kinds to fit on the sweep's LUT, comma-separated (lut = exact lookup; the default without "
+        "--latency-model).")] = None,
     sweep: SweepOption = None,
     hardware: HardwareOption = None,
     num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
@@ -37,8 +37,8 @@ def predict(
     r"""Predict the conv latency of a network on a hardware profile from its LUT, without that hardware.
 
     The network is a --model (pruned by --mask, if given) or a saved --module. Each conv is priced at its
-    own (cin, cout) by every latency model: stored ones (--latency-model) or models of --kind fitted now
-    on the profile's LUT (--hardware / --sweep). Batch, dtype and layout are those of the LUT. `lut` looks
+    own (cin, cout) by every latency model: stored ones (--latency-model) and/or models of --kind fitted
+    now on the profile's LUT (--hardware / --sweep). Batch, dtype and layout are those of the LUT. `lut` looks
     each conv up exactly (a conv the sweep did not measure is an error naming it); `mdlm`, `bilinear`, `rf`
     or `gbdt` also price widths between the measured ones. The sum covers convolutions only, as HALP's and
     MDP's objective does; `latlab measure` times the whole network on the hardware itself.
@@ -58,13 +58,12 @@ def predict(
     from profiler.measure import load_model
     from pruning.mask_files import apply_mask_file
 
-    kinds = [] if latency_model else parse_kinds(kind)
+    kinds = parse_kinds(kind) if kind is not None else [] if latency_model else ["lut"]
     if mask is not None and model is None:
         raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
     database = open_database(db, create=False)
     models, sources = {}, {}
-    for label in (latency_model or kinds):
-        stored = label if latency_model else None
+    for label, stored in [(n, n) for n in latency_model or []] + [(k, None) for k in kinds]:
         fitted, settings, sources[label] = resolve_latency_model(
             database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
         models[label] = (fitted, settings)

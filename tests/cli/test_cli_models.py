@@ -27,6 +27,9 @@ def test_fit_and_list(lut_db: str, cli) -> None:
     assert code == 1 and "already exists" in err
     code, _, err = cli(["fit", "--models", "magic", "--db", lut_db])
     assert code == 1 and "unknown latency model" in err
+    assert cli(["fit", "--models", "lut,llm", "--name", "ho", "--db", lut_db])[0] == 0
+    code, out, _ = cli(["models", "list", "--db", lut_db, "-f", "csv"])
+    assert "\nho-lut," in out and "\nho-llm," in out
 
 
 def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, cli) -> None:

@@ -85,6 +85,10 @@ def test_masked_network_predicts_less_and_a_stored_model_agrees(tmp_path: Path, 
                           "--db", fake_lut])
     assert code == 0, err
     assert json.loads(out)[0]["conv_ms"] == pytest.approx(mdlm["conv_ms"])
+    code, out, err = cli(["predict", *NET, "--mask", str(path), "--latency-model", "r18-mdlm", "--kind", "lut",
+                          "-f", "json", "--db", fake_lut])  # both, side by side
+    assert code == 0, err
+    assert [row["latency_model"] for row in json.loads(out)] == ["r18-mdlm", "lut"]
 
 
 def test_a_saved_module_predicts_like_the_masked_model(tmp_path: Path, fake_lut: str, cli) -> None:

@@ -90,3 +90,14 @@ def test_store_roundtrip_and_names(tmp_path: Path, lattice) -> None:  # type: ig
     assert [r["name"] for r in stored_models(database)] == ["fake-mdlm"]
     with pytest.raises(LatlabError, match="no latency model named 'nope'.*fake-mdlm"):
         load_model(database, "nope")
+    from sqlalchemy import update
+
+    from db.models import StoredLatencyModel
+
+    for state, match in (({"kind": "mdlm", "params": {"foo": 1}}, "cannot be rebuilt.*foo.*latlab fit --replace"),
+                         ({"kind": "mdlm", "params": {}}, "cannot be rebuilt"),
+                         ([1, 2], "not a latency model state")):
+        with database.session() as session:
+            session.execute(update(StoredLatencyModel).values(state=state))
+        with pytest.raises(LatlabError, match=f"stored latency model 'fake-mdlm'.*{match}"):
+            load_model(database, "fake-mdlm")
