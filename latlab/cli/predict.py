@@ -29,7 +29,8 @@ def predict(
     hardware: HardwareOption = None,
     num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
     input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
-    per_layer: Annotated[bool, typer.Option("--per-layer", help="Also print every conv's predicted latency.")
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="Also print every conv's predicted latency "
+                                            "(with -f csv: the per-conv CSV on stdout, the totals on stderr).")
                          ] = False,
     fmt: FormatOption = "table",
     db: DbOption = None,
@@ -98,4 +99,4 @@ def predict(
         typer.echo(json.dumps({"layers": layers, "totals": rows}, indent=2, default=str))
         return
     typer.echo(render(layers, fmt, title=f"{title}, per conv (ms)"))
-    typer.echo(render(rows, fmt, title=title))
+    typer.echo(render(rows, fmt, title=title), err=fmt == "csv")  # a CSV on stdout stays one table
