@@ -63,6 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     except LatlabError as exc:
         typer.echo(f"latlab: error: {exc}", err=True)
         sys.exit(1)
+    except SystemExit as exc:  # typer turns Ctrl-C into exit status 130
+        if exc.code == 130:
+            typer.echo(_INTERRUPTED, err=True)
+        raise
     except KeyboardInterrupt:
-        typer.echo("latlab: interrupted (stored rows are kept; re-run the same command to resume)", err=True)
+        typer.echo(_INTERRUPTED, err=True)
         sys.exit(130)
+
+
+_INTERRUPTED = "latlab: interrupted (stored rows are kept; re-run the same command to resume)"

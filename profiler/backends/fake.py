@@ -133,6 +133,8 @@ class FakeBackend(Backend):
             )
         if noise < 0 or delay_s < 0:
             raise LatlabError("fake backend needs noise >= 0 and delay_s >= 0")
+        if self.timer != "model":
+            raise LatlabError(f"the fake backend's timer is its analytical model ('model'), not {self.timer!r}")
         self.seed = self.protocol.seed if seed is None else int(seed)
         self.peak_tflops = float(peak_tflops)
         self.bandwidth_gbs = float(bandwidth_gbs)
