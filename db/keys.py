@@ -181,11 +181,10 @@ def parse_legacy_key(key: str) -> tuple[int, int, int, int, int, int, int | None
     parts = str(key).split("_")
     if len(parts) not in (6, 7):
         raise InvalidKeyError(f"legacy LUT key {key!r} must have 6 or 7 '_'-separated integers")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise InvalidKeyError(f"legacy LUT key {key!r} has a non-integer token") from None
-    if any(n < 0 for n in nums):
-        raise InvalidKeyError(f"legacy LUT key {key!r} has a negative token")
+    if not all(p.isascii() and p.isdigit() and p == str(int(p)) for p in parts):  # no signs, spaces, leading 0s
+        raise InvalidKeyError(f"legacy LUT key {key!r} has a token that is not a plain non-negative integer")
+    nums = [int(p) for p in parts]
+    if any(n >= 2**31 for n in nums):
+        raise InvalidKeyError(f"legacy LUT key {key!r} has a token too large for a conv shape")
     bs, cin, cout, fmap, k, stride = nums[:6]
     return bs, cin, cout, fmap, k, stride, (nums[6] if len(nums) == 7 else None)

@@ -29,7 +29,9 @@ def test_legacy_keys() -> None:
     assert parse_legacy_key("256_1024_1024_14_1_2") == (256, 1024, 1024, 14, 1, 2, None)
 
 
-@pytest.mark.parametrize("bad", ["", "1_2_3", "a_b_c_d_e_f", "1_2_3_4_5_6_7_8", "1_-2_3_4_5_6"])
+@pytest.mark.parametrize("bad", ["", "1_2_3", "a_b_c_d_e_f", "1_2_3_4_5_6_7_8", "1_-2_3_4_5_6", "+1_2_3_4_5_6",
+                                 " 1_2_3_4_5_6", "256_064_64_56_3_1",
+                                 "256_99999999999999999999_64_56_3_1"])
 def test_bad_legacy_keys(bad: str) -> None:
     with pytest.raises(InvalidKeyError):
         parse_legacy_key(bad)
