@@ -73,9 +73,16 @@ def _check_sqlite_file(path: Path, create: bool) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    _sqlite_reader_pragmas(dbapi_connection, _record)
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.close()
+
+
+def _sqlite_reader_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    """What a reader sets: nothing stored in the file (WAL mode is, so only writers switch to it)."""
     cur = dbapi_connection.cursor()
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
@@ -241,7 +248,8 @@ def open_database(
             "for PostgreSQL: pip install 'latlab[postgres]'"
         ) from None
     if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        writer = create if upgrade is None else upgrade
+        event.listen(engine, "connect", _sqlite_pragmas if writer else _sqlite_reader_pragmas)
     database = Database(engine)
     try:
         if (create if upgrade is None else upgrade):

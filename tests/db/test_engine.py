@@ -92,6 +92,18 @@ def test_writers_leave_a_foreign_or_newer_database_alone(sqlite_path: Path) -> N
             open_database(newer, **kwargs)
 
 
+def test_readers_do_not_switch_a_file_to_wal(sqlite_path: Path) -> None:
+    """Read-only commands change nothing in the file, not even its journal mode."""
+    open_database(sqlite_path).dispose()
+    with create_engine(f"sqlite:///{sqlite_path}").connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
+    before = sqlite_path.read_bytes()
+    reader = open_database(sqlite_path, create=False)
+    assert reader.revision() == head_revision()
+    reader.dispose()
+    assert sqlite_path.read_bytes() == before
+
+
 def test_upgrade_from_first_revision_keeps_data(db_url: str) -> None:
     """A database created at revision 0001 with rows upgrades to head with the rows intact."""
     database = open_database(db_url, create=True, upgrade=False, check_schema=False)
