@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 MEASUREMENT_STATUSES = ("ok", "oom", "error")
-SWEEP_STATUSES = ("running", "complete", "interrupted", "imported")
+SWEEP_STATUSES = ("running", "complete", "interrupted", "imported", "sampled")  # sampled: an adaptive sweep
 
 
 def utcnow() -> datetime:

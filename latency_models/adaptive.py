@@ -27,12 +27,12 @@ from scipy.stats import norm
 from db.engine import Database
 from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig
-from db.lut import lookup
+from db.lut import config_key, lookup, measured_keys
 from latency_models.base import LatencyModel, get_model
 from latency_models.features import configs_from_frame, frame_from_configs, group_key, lut_frame
 from profiler.backends.base import Backend
 from profiler.plan import SweepPlan
-from profiler.runner import run_sweep, start_sweep
+from profiler.runner import run_sweep, set_sweep_status, start_sweep
 
 log = logging.getLogger(__name__)
 
@@ -229,4 +229,9 @@ def adaptive_sweep(
 
     result = run_adaptive(plan.configs, measure, budget=budget, per_round=per_round,
                           target_within_5=target_within_5, seed=seed, already=already)
+    # each round ran as a sweep of its own few points: the sweep plans the whole lattice, a sample of it stored
+    start_sweep(db, plan, backend, name=name, hardware_name=hardware_name, command=command)
+    with db.session() as session:
+        stored = len(measured_keys(session, sweep_id, ("ok", "oom", "error")) & {config_key(c) for c in lattice})
+    set_sweep_status(db, sweep_id, "complete" if stored == len(lattice) else "sampled")
     return result, sweep_id

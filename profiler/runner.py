@@ -128,14 +128,14 @@ def run_sweep(
             _store(db, sweep_id, config, values, replace=config_key(config) in failed_before)
             bar.update(1)
     except KeyboardInterrupt:
-        _set_status(db, sweep_id, "interrupted")
+        set_sweep_status(db, sweep_id, "interrupted")
         raise
     finally:
         bar.close()
         backend.close()
     report.elapsed_s = time.monotonic() - start
     report.remaining = len(todo) - report.measured - sum(report.failed.values())
-    _set_status(db, sweep_id, "complete" if report.complete else "interrupted")
+    set_sweep_status(db, sweep_id, "complete" if report.complete else "interrupted")
     return report
 
 
@@ -162,7 +162,8 @@ def _measure_one(backend: Backend, config: ConvConfig) -> MeasurementValues:
     )
 
 
-def _set_status(db: Database, sweep_id: int, status: str) -> None:
+def set_sweep_status(db: Database, sweep_id: int, status: str) -> None:
+    """Set a sweep's status (running, complete, interrupted, sampled, ...), retried on a dropped connection."""
     def write() -> None:
         with db.session() as session:
             sweep = session.get(Sweep, sweep_id)

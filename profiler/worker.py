@@ -23,7 +23,7 @@ from db.lut import config_key, measured_keys
 from db.retry import DEFAULT_RETRY_S, with_retry
 from profiler.backends.base import Backend
 from profiler.plan import SweepPlan
-from profiler.runner import _measure_one, _set_status, start_sweep
+from profiler.runner import _measure_one, set_sweep_status, start_sweep
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def _leave(db, sweep_id, worker_id, state, report, retry) -> None:  # type: igno
         counts = retry(lambda: claims.outstanding(db, sweep_id), "reading the sweep")
         report.remaining = counts["pending"] + counts["claimed"]
         if report.remaining == 0:
-            _set_status(db, sweep_id, "complete")
+            set_sweep_status(db, sweep_id, "complete")
         elif not claims.alive_workers(db, sweep_id, exclude=worker_id):
-            _set_status(db, sweep_id, "interrupted")
+            set_sweep_status(db, sweep_id, "interrupted")
     except LatlabError as exc:  # leaving is best effort: the heartbeat timeout frees the claims anyway
         log.warning("could not leave the sweep cleanly: %s", exc)

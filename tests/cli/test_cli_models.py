@@ -86,8 +86,8 @@ def test_profile_adaptive(tmp_path: Path, cli) -> None:
     code, out, err = cli(argv)
     assert code == 0, err
     assert "adaptive sweep 1: measured 120 new" in out or "stopped by target accuracy" in out
-    code, out, _ = cli(["lut", "list", "--db", db, "-f", "csv"])
-    assert code == 0
+    code, out, _ = cli(["sweep", "status", "--db", db])
+    assert code == 0 and "(sampled): 678 planned, 120 stored" in out  # the lattice planned, a sample of it stored
     no_budget = [a for a in argv if a not in ("--budget", "120")]
     code, _, err = cli(no_budget)
     assert code == 1 and "--budget" in err
