@@ -70,6 +70,7 @@ class _Surface:
     depthwise: bool
     gp: GaussianProcessRegressor | None = None
     noise: float = float("nan")  # relative measurement noise (WhiteKernel level in log units)
+    fixed: dict[str, Any] | None = None  # the hyperparameters the final GP was fitted with (what a reload sets)
 
     def inputs(self, frame: pd.DataFrame) -> np.ndarray:
         cout = np.log2(frame["cout"].to_numpy(dtype=float))
@@ -90,10 +91,12 @@ class _Surface:
         return base * np.exp(self.gp.predict(self.inputs(frame))), np.full(len(frame), np.nan)
 
     def hyper(self) -> dict[str, Any] | None:
-        if self.gp is None:
-            return None
-        params = self.gp.kernel_.get_params()
-        return {name: np.asarray(params[name], dtype=float).tolist() for name in _HYPER_NAMES}
+        return self.fixed if self.gp is not None else None
+
+
+def _hyper_of(kernel: Any) -> dict[str, Any]:
+    params = kernel.get_params()
+    return {name: np.asarray(params[name], dtype=float).tolist() for name in _HYPER_NAMES}
 
 
 def _fit_surface(frame: pd.DataFrame, y: np.ndarray, depthwise: bool, *, use_gp: bool, random_state: int,
@@ -113,16 +116,16 @@ def _fit_surface(frame: pd.DataFrame, y: np.ndarray, depthwise: bool, *, use_gp:
     keep = np.unique(np.linspace(0, len(t) - 1, min(len(t), GP_MAX_POINTS)).round().astype(int))
     Z = surface.inputs(frame)[keep]
     r = np.log(t[keep]) - np.log(surface.baseline(frame.iloc[keep]))
+    if hyper is None:  # find them; then fit as a reload does, so that a reload repeats every step exactly
+        search = GaussianProcessRegressor(_kernel(Z.shape[1]), normalize_y=True, n_restarts_optimizer=GP_RESTARTS,
+                                          random_state=random_state)
+        hyper = _hyper_of(search.fit(Z, r).kernel_)  # inside _fit_surfaces' one-BLAS-thread context
     kernel = _kernel(Z.shape[1])
-    if hyper is None:
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=GP_RESTARTS,
-                                      random_state=random_state)
-    else:
-        kernel.set_params(**{name: np.asarray(value, dtype=float) if name.endswith("length_scale") else value
-                             for name, value in hyper.items()})
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer=None)
-    gp.fit(Z, r)  # inside _fit_surfaces' one-BLAS-thread, ConvergenceWarning-silenced context
-    surface.gp = gp
+    kernel.set_params(**{name: np.asarray(value, dtype=float) if name.endswith("length_scale") else value
+                         for name, value in hyper.items()})
+    gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer=None)
+    gp.fit(Z, r)  # sklearn sets theta = log(θ) back on the kernel: the values may move by an ulp, the same each time
+    surface.gp, surface.fixed = gp, hyper
     surface.noise = float(np.sqrt(gp.kernel_.k2.noise_level)) * _y_scale(r)
     return surface
 

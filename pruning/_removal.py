@@ -92,8 +92,8 @@ def _gate_layer(name: str, node: fx.Node, modules: dict[str, nn.Module]) -> str:
                 except LatlabError:
                     continue
         # a module with parameters, or a function of parameters (a norm traced into F.group_norm), maps 0 elsewhere
-        has_state = (mod is not None and next(mod.parameters(), None) is not None) or any(
-            a.op == "get_attr" for a in node.all_input_nodes)
+        has_state = (mod is not None and next(mod.parameters(), None) is not None) or (
+            node.target not in _MULS and any(a.op == "get_attr" for a in node.all_input_nodes))  # γ·x is 0 too
         if node.op == "placeholder" or len(inputs) != 1 or has_state:
             raise LatlabError(f"block {name!r}: its residual branch does not end in a BatchNorm2d or a conv, so it "
                               "cannot be gated and removed")

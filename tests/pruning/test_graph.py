@@ -321,8 +321,8 @@ def test_generic_blocks() -> None:
     exported = export_pruned(model, trace_network(model, 16), {}, ["block"])
     assert not any(isinstance(m, nn.Conv2d) for m in exported.block.modules())
     assert verify_export(masked_reference(model, {}, ["block"]), exported, (2, 3, 16, 16)) < 1e-6
-    # without a BN ending the branch, no gate can zero it: not offered as a removable block
-    assert build_network_spec(_Scaled(bn=False), 16).blocks == []
+    # without a BN, the branch's last conv is the gate (through the layer scale: γ·0 = 0)
+    assert [b.gate for b in build_network_spec(_Scaled(bn=False), 16).blocks] == ["block.a"]
 
 
 def test_keep_fixes_the_stem_and_matching_convs_with_their_blocks(rn50: NetworkSpec) -> None:
