@@ -30,13 +30,24 @@ def get_or_create_hardware(session: Session, info: Mapping[str, Any]) -> Hardwar
         return row
     values = {k: v for k, v in info.items() if k in _HARDWARE_COLUMNS}
     details = {k: v for k, v in info.items() if k not in _HARDWARE_COLUMNS}
-    row = Hardware(**values, details=details)
+    _insert_unless_there(session, Hardware, {**values, "details": details}, ["fingerprint"])  # or another worker's
+    return session.scalars(select(Hardware).where(Hardware.fingerprint == fingerprint)).one()
+
+
+def _insert_unless_there(session: Session, model: type, values: dict[str, Any], unique: list[str]) -> None:
+    """Insert a row unless one with the same ``unique`` columns exists (a concurrent worker's), in the session's
+    transaction: ``ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL, so no SAVEPOINT, which pysqlite would
+    commit on its own, so that a rollback would leave the row behind."""
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        session.execute(insert(model.__table__).values(**values).on_conflict_do_nothing(index_elements=unique))
+        return
     try:
         with session.begin_nested():
-            session.add(row)
-    except IntegrityError:  # another worker created it first
-        row = session.scalars(select(Hardware).where(Hardware.fingerprint == fingerprint)).one()
-    return row
+            session.add(model(**values))
+    except IntegrityError:
+        pass
 
 
 def get_or_create_sweep(
@@ -51,16 +62,13 @@ def get_or_create_sweep(
     row = session.scalar(query)
     if row is None:
         cols = {c.key for c in Sweep.__table__.columns}
-        row = Sweep(
+        values = dict(
             hardware_id=hardware.id, name=name, backend=backend, protocol_hash=protocol_hash,
             settings=dict(settings or {}), plan=dict(plan or {}), command=command, git_sha=git_sha,
             status=status, **{k: v for k, v in protocol.items() if k in cols},
         )
-        try:
-            with session.begin_nested():
-                session.add(row)
-        except IntegrityError:
-            row = session.scalars(query).one()
+        _insert_unless_there(session, Sweep, values, ["hardware_id", "protocol_hash", "name"])
+        row = session.scalars(query).one()
     else:
         row.status = status
         if plan:

@@ -98,6 +98,21 @@ def test_session_rolls_back_on_error(database) -> None:  # type: ignore[no-untyp
         assert load_lut(s, sid) == {}
 
 
+def test_a_rolled_back_session_leaves_no_new_hardware_or_sweep(database) -> None:  # type: ignore[no-untyped-def]
+    """No SAVEPOINT, which pysqlite would commit on its own: what the session created goes with it."""
+    from sqlalchemy import func, select
+
+    from db.models import Hardware, Sweep
+
+    with pytest.raises(RuntimeError), database.session() as s:
+        hw = get_or_create_hardware(s, HW)
+        get_or_create_sweep(s, hw, backend="fake", protocol={"timer": "model"}, protocol_hash="abc")
+        raise RuntimeError("boom")
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(Hardware)) == 0
+        assert s.scalar(select(func.count()).select_from(Sweep)) == 0
+
+
 def test_find_sweep_choices(database) -> None:  # type: ignore[no-untyped-def]
     with database.session() as s, pytest.raises(LatlabError, match="no sweeps"):
         find_sweep(s)
