@@ -208,9 +208,10 @@ class TrainingPruner:
                     p = raw_parameter(m, name)
                     if p is not None:
                         targets.append((p, drop))
+        gate_of = block_gates(self.spec)
         for block in self.gates.removed() if self.gates else []:
             for name in ("weight", "bias"):
-                p = raw_parameter(mods[block_gates(self.spec)[block]], name)
+                p = raw_parameter(mods[gate_of[block]], name)
                 if p is not None:
                     targets.append((p, None))
         for p, drop in targets:
