@@ -69,11 +69,19 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _merge_plan(existing: dict[str, Any], plan: SweepPlan) -> dict[str, Any]:
+def _merge_plan(existing: dict[str, Any], plan: SweepPlan, stored: set[tuple]) -> dict[str, Any]:
+    """The sweep's plan after adding ``plan``: its runs, and the size of the union of their configurations.
+
+    A run seen before (same description, e.g. a resume or an adaptive round) changes nothing. A new one
+    adds its configurations not stored yet; exact when the earlier runs finished, at most an overcount
+    of what an unfinished earlier run and this one share.
+    """
     runs = list(existing.get("runs", []))
-    if plan.description not in runs:
-        runs.append(plan.description)
-    return {"n_configs": len(plan), "runs": runs}
+    if plan.description in runs and existing.get("n_configs") is not None:
+        return {**existing, "runs": runs}
+    runs.append(plan.description)
+    base = max(existing.get("n_configs") or 0, len(stored))
+    return {**existing, "n_configs": base + len({config_key(c) for c in plan.configs} - stored), "runs": runs}
 
 
 def start_sweep(
@@ -92,7 +100,7 @@ def start_sweep(
             protocol_hash=backend.protocol.fingerprint(backend.name), name=name, settings=backend.settings(),
             command=command, git_sha=git_sha(),
         )
-        sweep.plan = _merge_plan(sweep.plan or {}, plan)
+        sweep.plan = _merge_plan(sweep.plan or {}, plan, measured_keys(session, sweep.id))
         return sweep.id, hw.name
 
 

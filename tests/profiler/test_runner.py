@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db import open_database
-from db.lut import load_lut, measured_keys
+from db.lut import config_key, load_lut, measured_keys
 from db.models import Measurement, Sweep
 from profiler.backends.fake import FakeBackend
 from profiler.plan import build_plan
@@ -48,6 +48,22 @@ def test_rerun_adds_nothing(db_url: str, small_plan) -> None:  # type: ignore[no
         sweep = s.get(Sweep, first.sweep_id)
         assert sweep.status == "complete" and sweep.repeats == 5 and sweep.timer == "model"
         assert sweep.plan["runs"][0]["model"] == "resnet18"
+    database.dispose()
+
+
+def test_planned_counts_every_network_of_a_sweep(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
+    """Two networks in one sweep: "planned" is the union of their configurations, not the last one's."""
+    database = open_database(f"sqlite:///{sqlite_path}")
+    other = build_plan("resnet50", "lhs:4:16", input_size=64, batch=8)
+    union = {config_key(c) for c in small_plan.configs} | {config_key(c) for c in other.configs}
+    assert len(other) < len(union) and len(small_plan) < len(union)  # they share some, not all
+    run_sweep(database, small_plan, FakeBackend(TimingProtocol(repeats=5)), progress=False)
+    second = run_sweep(database, other, FakeBackend(TimingProtocol(repeats=5)), progress=False)
+    run_sweep(database, small_plan, FakeBackend(TimingProtocol(repeats=5)), progress=False)  # a re-run adds nothing
+    with database.session() as s:
+        plan = s.get(Sweep, second.sweep_id).plan
+        assert plan["n_configs"] == len(union) == len(measured_keys(s, second.sweep_id))
+        assert [r["model"] for r in plan["runs"]] == ["resnet18", "resnet50"]
     database.dispose()
 
 
