@@ -43,7 +43,7 @@ from profiler.protocol import TimingProtocol
 from profiler.runner import run_sweep
 from pruning.cost import Settings, spec_latency
 from pruning.graph import build_network_spec
-from pruning.oneshot import magnitude_scores, prune_once
+from pruning.oneshot import magnitude_layer_scores, magnitude_scores, prune_once
 
 PREDICTORS = {"llm": ("llm", True), "mdlm": ("mdlm", False)}  # column -> (model kind, freeze input widths)
 
@@ -65,7 +65,7 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> tuple[list[
     _, net = resolve_model(args.model)
     spec = build_network_spec(net, size, group_sizes="auto")
     settings = Settings(batch, dtype, layout)
-    importances = magnitude_scores(net, spec)
+    importances, layer_importances = magnitude_scores(net, spec), magnitude_layer_scores(net, spec)
     nets: dict[str, Any] = {"dense": net}
     shapes: dict[str, tuple[dict[str, int], list[str]]] = {"dense": ({}, [])}
     unreached: list[dict[str, Any]] = []
@@ -74,7 +74,7 @@ def one_repetition(rep: int, args: argparse.Namespace, tmp: Path) -> tuple[list[
             name = f"{method}{round(100 * target)}"
             try:
                 res = prune_once(net, spec, models[kind], importances, method=method, target=target,
-                                 settings=settings)
+                                 settings=settings, layer_importances=layer_importances)
             except LatlabError as exc:
                 unreached.append({"rep": rep, "network": name, "why": str(exc)})
                 continue

@@ -56,7 +56,7 @@ from profiler.protocol import TimingProtocol, cache_flags
 from profiler.runner import SweepReport, run_sweep
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.graph import build_network_spec
-from pruning.oneshot import magnitude_scores, prune_once
+from pruning.oneshot import magnitude_layer_scores, magnitude_scores, prune_once
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +201,15 @@ def _prune(fitted: dict[str, Any], config: DemoConfig, net: Any, backend: Any) -
     """HALP (LLM) and MDP (MDLM) one-shot at ``config.prune_target`` of the dense conv latency, timed in
     interleaved rounds with the dense network."""
     spec = build_network_spec(net, config.input_size, group_sizes="auto")
-    importances = magnitude_scores(net, spec)
+    importances, layer_importances = magnitude_scores(net, spec), magnitude_layer_scores(net, spec)
     rows: dict[str, dict[str, Any]] = {}
     nets = {"dense": net}
     for method, kind in (("halp", "llm"), ("mdp", "mdlm")):
         row: dict[str, Any] = {"method": method, "target": config.prune_target}
         try:
             res = prune_once(net, spec, fitted[kind], importances, method=method,
-                             target=config.prune_target, settings=Settings(config.batch))
+                             target=config.prune_target, settings=Settings(config.batch),
+                             layer_importances=layer_importances)
         except LatlabError as exc:
             rows[method] = row | {"status": str(exc)[:120]}
             continue

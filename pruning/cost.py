@@ -4,8 +4,9 @@ Methods (halp_mdp_spec.md §5-§8):
 
 * ``halp`` (OCP+LLM): channels only; each conv's latency as a function of its own kept output items
   with its input width frozen at the current value (HALP's linear model, §5.1).
-* ``mgp`` (MGP+LLM): the same plus removable blocks (§6): a removed block's convs cost nothing and its
-  internal groups' value is lost.
+* ``mgp`` (MGP+LLM): the same plus removable blocks (§6): a removed block's convs cost nothing, its
+  internal groups' value is lost, and so is its layers' share of a coupled group's value (conv3's share of
+  the residual group, §4.2 / §8.2: :class:`~pruning.problem.BlockValue`).
 * ``mdlm`` (OCP+MDLM): channels only; each conv's latency as the pairwise table
   ``M[k_out, k_in] = L(k_in·q_producer, k_out·q)`` (§7), so shrinking a producer is priced exactly.
 * ``mdp`` (MGP+MDLM): pairwise terms and removable blocks (§8).
@@ -36,7 +37,7 @@ from latency_models.resolve import LutSettings as Settings  # execution settings
 from pruning.graph import ChannelGroup, NetworkSpec
 from pruning.methods import DEFAULT_KIND as DEFAULT_KIND  # re-exported: where most callers import it
 from pruning.methods import METHODS
-from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
+from pruning.problem import BlockValue, Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
 
 
 @dataclass
@@ -89,6 +90,38 @@ def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_g
     return groups, order
 
 
+def _block_values(spec: NetworkSpec, importances: Mapping[str, np.ndarray],
+                  layer_importances: Mapping[str, np.ndarray] | None, order: Mapping[str, np.ndarray],
+                  block_of_conv: Mapping[str, int], internal: Mapping[str, int]) -> list[BlockValue]:
+    """Per (coupled group, block holding some of its convs): the share of the group's value those convs hold.
+
+    The share of a conv is its ``layer_importances`` entry (§4.2's split, which sums to the group score); without
+    them every conv of the group holds an equal share.
+    """
+    index = {gid: i for i, gid in enumerate(spec.groups)}
+    names = [b.name for b in spec.blocks]
+    out: list[BlockValue] = []
+    for gid, g in spec.groups.items():
+        by_block: dict[int, list[str]] = {}
+        for c in g.convs:
+            if c in block_of_conv and gid not in internal:
+                by_block.setdefault(block_of_conv[c], []).append(c)
+        for b, convs in by_block.items():
+            if layer_importances is None:
+                share = np.asarray(importances.get(gid, np.ones(g.width)), dtype=float).ravel() * len(convs) / len(
+                    g.convs)
+            else:
+                missing = [c for c in convs if c not in layer_importances]
+                if missing:
+                    raise LatlabError(f"no per-layer importance for conv {missing[0]} (group {gid})")
+                share = sum(np.asarray(layer_importances[c], dtype=float).ravel() for c in convs)
+                if share.shape != (g.width,) or not np.all(np.isfinite(share)):
+                    raise LatlabError(f"per-layer importance of {', '.join(convs)} must be {g.width} finite values")
+            items = share[order[gid]].reshape(g.m, g.q).sum(axis=1)
+            out.append(BlockValue(index[gid], b, np.concatenate([[0.0], np.cumsum(items)]), f"{gid}@{names[b]}"))
+    return out
+
+
 def _priced_states(g: ChannelGroup) -> tuple[np.ndarray, np.ndarray]:
     """The kept item counts to price for group ``g``, and for each ``k = 1..m`` the index of its price.
 
@@ -127,7 +160,7 @@ def check_limits(spec: NetworkSpec, method: str, *, min_keep_share: float = 0.0,
 def build_problem(
     spec: NetworkSpec, model: LatencyModel, importances: Mapping[str, np.ndarray], *, method: str,
     target: float, settings: Settings, min_keep_share: float = 0.0, max_kept_blocks: int | None = None,
-    live: Mapping[str, int] | None = None,
+    live: Mapping[str, int] | None = None, layer_importances: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[PruningProblem, ProblemMap]:
     """The pruning problem of ``method`` at ``target`` × the dense latency (both from ``model``).
 
@@ -136,6 +169,8 @@ def build_problem(
     ``max_kept_blocks`` (mgp, mdp): keep at most that many of the removable blocks (MGP's ``--blocks_num``).
     ``live`` (pruning during training): the channels each group still has; it keeps at most those (their
     importances must be 0 elsewhere, so that they rank last), and 0 removes the group's block.
+    ``layer_importances`` (mgp, mdp): conv -> its share of its group's scores (§4.2), for the value a removed
+    block's layers take from a coupled group; without them, each conv of a group holds an equal share.
     """
     if method not in METHODS:
         raise LatlabError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
@@ -175,9 +210,10 @@ def build_problem(
         costs = np.concatenate([[0.0], _predict(model, configs, cins)[rows]])
         linear.append(LinearTerm(index[g.id], costs, block, conv.name))
     dense = sum(t.costs[-1] for t in linear) + sum(t.matrix[-1, -1] for t in terms)
+    shares = _block_values(spec, importances, layer_importances, order, block_of_conv, block_of_group)
     problem = PruningProblem(groups, budget=float(target * dense), linear=linear, pairwise=terms,
                              blocks=list(range(len(block_names))), max_kept_blocks=max_kept_blocks,
-                             name=f"{spec.model_name} {method} {target:g}")
+                             name=f"{spec.model_name} {method} {target:g}", block_values=shares)
     return problem, ProblemMap(list(spec.groups), block_names, order, float(dense))
 
 

@@ -27,7 +27,7 @@ from profiler._trace import TraceResult, fx_trace
 
 __all__ = [
     "Groups", "TaylorImportance", "build_groups", "conv_bn_pairs", "coupled_groups", "magnitude_importance",
-    "normalise_groups",
+    "magnitude_layer_importance", "normalise_groups",
 ]
 
 Groups = dict[str, list[tuple[str, "str | None"]]]
@@ -332,21 +332,28 @@ class TaylorImportance:
 
 
 @torch.no_grad()
-def magnitude_importance(
+def magnitude_layer_importance(
     model: nn.Module, groups: GroupsIn, bn_of: Mapping[str, str] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Data-free fallback: per group, Σ over members of BN ``|γ|``, or the conv filter L2 norm without a BN."""
+    """Data-free fallback per conv: its BN ``|γ|``, or its filters' L2 norm without a BN."""
     gr = normalise_groups(groups, bn_of)
     mods = _modules(model, gr)
     out: dict[str, torch.Tensor] = {}
     for g, members in gr.items():
         _width(mods, members, g)
-        total = None
         for c, b in members:
             if b is not None and getattr(mods[b], "weight", None) is not None:
-                s = mods[b].weight.detach().float().abs()
+                out[c] = mods[b].weight.detach().float().abs()
             else:
-                s = mods[c].weight.detach().float().flatten(1).norm(dim=1)
-            total = s if total is None else total + s.to(total.device)
-        out[g] = total  # type: ignore[assignment]
+                out[c] = mods[c].weight.detach().float().flatten(1).norm(dim=1)
     return out
+
+
+@torch.no_grad()
+def magnitude_importance(
+    model: nn.Module, groups: GroupsIn, bn_of: Mapping[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Data-free fallback per group: the sum of :func:`magnitude_layer_importance` over its members."""
+    layers = magnitude_layer_importance(model, groups, bn_of)
+    return {g: torch.stack([layers[c] for c, _ in members]).sum(dim=0)
+            for g, members in normalise_groups(groups, bn_of).items()}

@@ -21,7 +21,7 @@ from latency_models.base import LatencyModel
 from pruning.cost import ProblemMap, Settings, build_problem, group_widths, solution_masks, spec_latency
 from pruning.export import export_checked, save_pruned
 from pruning.graph import NetworkSpec
-from pruning.importance import TaylorImportance, magnitude_importance
+from pruning.importance import TaylorImportance, magnitude_importance, magnitude_layer_importance
 from pruning.loss import ClassificationLoss
 from pruning.problem import SolveResult
 from pruning.solvers import get_solver
@@ -29,30 +29,47 @@ from pruning.solvers import get_solver
 log = logging.getLogger(__name__)
 
 
+def _numpy(scores: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: s.cpu().numpy() for k, s in scores.items()}
+
+
 def magnitude_scores(model: nn.Module, spec: NetworkSpec) -> dict[str, np.ndarray]:
     """Data-free importance per group (BN |γ| summed over the group's convs)."""
-    scores = magnitude_importance(model, spec.group_members())
-    return {gid: s.cpu().numpy() for gid, s in scores.items()}
+    return _numpy(magnitude_importance(model, spec.group_members()))
 
 
-def taylor_scores(model: nn.Module, spec: NetworkSpec, batches: Any, *, max_batches: int) -> dict[str, np.ndarray]:
-    """HALP's BN-Taylor importance accumulated over up to ``max_batches`` (images, labels) batches."""
+def magnitude_layer_scores(model: nn.Module, spec: NetworkSpec) -> dict[str, np.ndarray]:
+    """Data-free importance per conv (its BN |γ|): its share of :func:`magnitude_scores`."""
+    return _numpy(magnitude_layer_importance(model, spec.group_members()))
+
+
+def taylor_scores(model: nn.Module, spec: NetworkSpec, batches: Any, *, max_batches: int
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """HALP's BN-Taylor importance over up to ``max_batches`` (images, labels) batches: per group, and per conv
+    (its share, §4.2). The loss is training's (label smoothing 0.1); the model's buffers (BN running statistics)
+    are restored afterwards, so the network that is then exported is the one given."""
     importance = TaylorImportance(model, spec.group_members())
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
     model.train()
-    loss_fn = ClassificationLoss()  # GoogLeNet/Inception-v3 train with their auxiliary heads
+    loss_fn = ClassificationLoss(label_smoothing=0.1)  # GoogLeNet/Inception-v3 train with their auxiliary heads
     seen = 0
-    for images, labels in batches:
+    try:
+        for images, labels in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model(images), labels).backward()
+            importance.accumulate()
+            seen += 1
+            if seen >= max_batches:
+                break
+    finally:
         model.zero_grad(set_to_none=True)
-        loss_fn(model(images), labels).backward()
-        importance.accumulate()
-        seen += 1
-        if seen >= max_batches:
-            break
-    model.zero_grad(set_to_none=True)
-    model.eval()
+        model.eval()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
     if seen == 0:
         raise LatlabError("the dataset gave no batches to compute importance from")
-    return {gid: s.cpu().numpy() for gid, s in importance.scores().items()}
+    return _numpy(importance.scores()), _numpy(importance.layer_scores())
 
 
 @dataclass
@@ -86,10 +103,16 @@ def prune_once(
     model: nn.Module, spec: NetworkSpec, latency_model: LatencyModel, importances: dict[str, np.ndarray], *,
     method: str, target: float, settings: Settings, solver: str = "lagrange", time_limit: float = 60.0,
     verify_input: tuple[int, ...] | None = None, min_keep_share: float = 0.0, max_kept_blocks: int | None = None,
+    layer_importances: dict[str, np.ndarray] | None = None,
 ) -> PruneResult:
-    """Solve the pruning problem and export the slim network (verified against the masked one)."""
+    """Solve the pruning problem and export the slim network (verified against the masked one).
+
+    ``importances`` per group; ``layer_importances`` per conv (its share; mgp/mdp, see
+    :func:`pruning.cost.build_problem`).
+    """
     problem, mapping = build_problem(spec, latency_model, importances, method=method, target=target,
-                                     settings=settings, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
+                                     settings=settings, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks,
+                                     layer_importances=layer_importances)
     if solver == "dp" and (problem.has_blocks or not problem.is_linear):
         raise LatlabError(f"the dp solver handles halp (OCP+LLM) only; use lagrange or milp-highs for {method}")
     result = get_solver(solver, time_limit=time_limit).solve(problem)

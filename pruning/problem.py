@@ -7,24 +7,28 @@ top ``k_g`` are kept), and for every block ``b`` decide whether it is removed (`
 
 Rules (documented decisions):
 
-* A group keeps ``k_g ∈ [min_keep_g, m_g]``; ``min_keep_g`` defaults to 1 (HALP/MDP keep ≥ 1 item,
-  §5.3, §8.2 constraint 2).  ``min_keep_g = 0`` allows removing the layer (HALP with layer pruning);
+* A group keeps ``k_g ∈ [min_keep_g, m_g]``; ``min_keep_g`` defaults to 1 (MDP and its HALP baseline keep
+  ≥ 1 item, §5.3, §8.2 constraint 2).  ``min_keep_g = 0`` allows removing the layer (HALP's own default);
   ``min_keep_g = m_g`` pins a group at full width (the MDP stem, §8.2 constraint 3). ``max_keep_g`` (default
   ``m_g``) caps it: while pruning during training, items already pruned stay pruned.
 * A group *internal* to block ``b`` (``Group.block = b``, e.g. conv1/conv2 of a bottleneck) has
   ``k_g = 0`` exactly when ``b`` is removed (its value vanishes); otherwise it obeys ``min_keep_g``.
   Groups that only have some layers in a block (the coupled residual groups) are not internal: their
-  value stays, only the block's layers' latency vanishes.
+  width stays; the block's layers' latency vanishes, and so does their share of the group's value
+  (:class:`BlockValue`: conv3 of a removed bottleneck no longer uses its channels, §8.2's objective
+  ``Σ_l z_b(l)·V_l[k]``).
 * Latency: ``T = constant + Σ_linear C_t[k_g(t)]·(1 − z_b(t)) + Σ_pairwise M_l[k_g(l), k_p(l)]·(1 − z_b(l))``.
   Terms with ``block=None`` always count.  Row 0 and column 0 of every pairwise matrix must be 0 (zero
   channels cost nothing, §7.1); linear tables may have any values (non-monotone LUTs are fine).
-* Value: ``Σ_g V_g[k_g]`` with ``V_g[0] = 0`` (cumulative top-k importance sums, §4.4 / §7.2).
+* Value: ``Σ_g V_g[k_g] − Σ_blockvalue W_t[k_g(t)]·z_b(t)`` with ``V_g[0] = W_t[0] = 0`` (cumulative top-k
+  importance sums, §4.4 / §7.2; ``W_t`` is the part of ``V_g`` that the layers of block ``b`` hold).
 * Optional ``max_kept_blocks`` bounds the number of blocks *kept* (MGP ``--blocks_num``, §6.3 item 6).
 * The budget is never loosened (unlike ``C + E`` of the reference code, §12.2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,6 +91,17 @@ class PairwiseTerm:
     producer: int | None
     matrix: np.ndarray
     block: int | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class BlockValue:
+    """The part ``values[k]`` of a (non-internal) group's value that its layers in ``block`` hold: lost when the
+    block is removed (§4.2 per-layer split, §8.2 objective)."""
+
+    group: int
+    block: int
+    values: np.ndarray
     name: str = ""
 
 
@@ -161,6 +176,7 @@ class PruningProblem:
     constant: float = 0.0
     max_kept_blocks: int | None = None
     name: str = ""
+    block_values: list[BlockValue] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.groups = [
@@ -171,7 +187,10 @@ class PruningProblem:
         self.pairwise = [
             PairwiseTerm(t.group, t.producer, np.asarray(t.matrix, dtype=float), t.block, t.name) for t in self.pairwise
         ]
+        self.block_values = [BlockValue(t.group, t.block, np.asarray(t.values, dtype=float), t.name)
+                             for t in self.block_values]
         used = {g.block for g in self.groups} | {t.block for t in self.linear} | {t.block for t in self.pairwise}
+        used |= {t.block for t in self.block_values}
         self.blocks = sorted(set(self.blocks) | (used - {None}))
         self.validate()
 
@@ -232,6 +251,15 @@ class PruningProblem:
                     raise LatlabError(f"pairwise term {t.name!r}: row 0 and column 0 (no channels) must be 0")
             if not np.all(np.isfinite(t.matrix)):
                 raise LatlabError(f"pairwise term {t.name!r}: non-finite latency")
+        for t in self.block_values:
+            if not 0 <= t.group < n:
+                raise LatlabError(f"block value {t.name!r}: unknown group {t.group}")
+            if self.groups[t.group].block is not None:
+                raise LatlabError(f"block value {t.name!r}: group {t.group} is internal to block "
+                                  f"{self.groups[t.group].block}; its whole value already goes with it")
+            if t.values.shape != (self.groups[t.group].size + 1,) or t.values[0] != 0 or not np.all(
+                    np.isfinite(t.values)):
+                raise LatlabError(f"block value {t.name!r}: values must be finite, size+1 entries, values[0] = 0")
 
     # ------------------------------------------------------------------ evaluation
     def latency(self, sol: Solution) -> float:
@@ -250,8 +278,10 @@ class PruningProblem:
         return total
 
     def value(self, sol: Solution) -> float:
-        """Total kept value ``Σ_g V_g[k_g]``."""
-        return float(sum(g.values[k] for g, k in zip(self.groups, sol.kept, strict=True)))
+        """Total kept value ``Σ_g V_g[k_g]``, less the block values of removed blocks."""
+        kept = sum(g.values[k] for g, k in zip(self.groups, sol.kept, strict=True))
+        lost = sum(t.values[sol.kept[t.group]] for t in self.block_values if t.block in sol.removed_blocks)
+        return float(kept - lost)
 
     def latency_scale(self) -> float:
         """Magnitude used for the feasibility tolerance ``1e-9·scale``."""
@@ -296,9 +326,7 @@ class PruningProblem:
 
     def with_budget(self, budget: float) -> PruningProblem:
         """A copy with another budget."""
-        return PruningProblem(
-            self.groups, budget, self.linear, self.pairwise, self.blocks, self.constant, self.max_kept_blocks, self.name
-        )
+        return dataclasses.replace(self, budget=budget)
 
     def enumerate_solutions(self, limit: int = 200_000):
         """Yield every structurally valid solution (brute force for tests; raises above ``limit``)."""

@@ -19,7 +19,8 @@ Documented choices:
 * **HALP/MGP (LLM) freeze each conv's input width at its current value** (§5.1): the problem is built on a copy
   of the spec whose ``cin`` is the current producer width; MDLM/MDP price the input width exactly.
 * **Per-layer importance split (§4.2)** sums back to the group score, and a group's layers share one item
-  decision, so the solver's objective with group scores is identical to the per-layer one; group scores are used.
+  decision, so the objective is the group scores, less the shares that a removed block's layers hold of a
+  coupled group (conv3's part of the residual group's score, §8.2) — the per-layer objective exactly.
 """
 
 from __future__ import annotations
@@ -154,6 +155,14 @@ class TrainingPruner:
             out[gid] = s
         return out
 
+    def _layer_scores(self) -> dict[str, np.ndarray]:
+        """Each conv's share of its group's score (§4.2), 0 on dead channels."""
+        out = {}
+        for conv, s in self.importance.layer_scores().items():
+            live = self.masks.mask(self.spec.conv(conv).group).cpu().numpy()
+            out[conv] = np.where(live, s.detach().cpu().double().numpy(), 0.0)
+        return out
+
     def _solve(self, target: float, where: str, k: int) -> dict[str, Any]:
         if self.latency_model is None:
             raise LatlabError(f"{where}: rank 0 has no latency model")
@@ -164,7 +173,7 @@ class TrainingPruner:
         problem, mapping = build_problem(self._current_spec(), self.latency_model, self._scores(), method=self.method,
                                          target=1.0, settings=self.settings, min_keep_share=self.min_keep_share,
                                          max_kept_blocks=self.max_kept_blocks if k + 1 >= self.max_kept_blocks_from
-                                         else None, live=live)
+                                         else None, live=live, layer_importances=self._layer_scores())
         problem = problem.with_budget(target)
         result = get_solver(self.solver, time_limit=self.time_limit).solve(problem)
         if not result.ok:

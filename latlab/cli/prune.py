@@ -83,7 +83,7 @@ def prune(
     from pruning.cost import check_limits, check_prunable
     from pruning.graph import build_network_spec
     from pruning.methods import DEFAULT_KIND
-    from pruning.oneshot import magnitude_scores, prune_once, save_outputs, taylor_scores
+    from pruning.oneshot import magnitude_layer_scores, magnitude_scores, prune_once, save_outputs, taylor_scores
     if method not in METHODS:
         raise LatlabError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if solver not in list_solvers():
@@ -104,15 +104,16 @@ def prune(
     _step(f"latency model: {source} ({time.perf_counter() - t0:.1f} s)")
     t0 = time.perf_counter()
     if batches_iter is not None:
-        importances = taylor_scores(net, spec, batches_iter, max_batches=batches)
+        importances, layer_importances = taylor_scores(net, spec, batches_iter, max_batches=batches)
         imp_source = f"BN-Taylor over {batches} batches of {data}"
     else:
-        importances = magnitude_scores(net, spec)
+        importances, layer_importances = magnitude_scores(net, spec), magnitude_layer_scores(net, spec)
         imp_source = "BN |gamma| (no --data)"
     _step(f"importance: {imp_source} ({time.perf_counter() - t0:.1f} s); solving {method} to {target:.0%} of the "
           f"dense latency with {solver}, then exporting")
     res = prune_once(net, spec, lat, importances, method=method, target=target, settings=settings, solver=solver,
-                     time_limit=time_limit, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
+                     time_limit=time_limit, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks,
+                     layer_importances=layer_importances)
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
               "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,

@@ -2,7 +2,7 @@
 
 The latency budget is the only constraint that couples the whole network.  Relaxing it with a multiplier
 ``λ ≥ 0`` leaves ``max_x V(x) − λ·T(x)``, a max-sum problem on the network's own graph (groups and
-blocks as variables, one factor per value table, conv latency table and block rule).  That graph has
+blocks as variables, one factor per value table, block value, conv latency table and block rule).  That graph has
 small treewidth (a ResNet is a chain of stages whose blocks hang off one residual group), so variable
 elimination solves it exactly in a few milliseconds.
 
@@ -87,6 +87,9 @@ class FactorGraph:
                 self._latency((t.group,), t.matrix[kg, kg], t.block)
             else:
                 self._latency((t.group, t.producer), t.matrix[np.ix_(kg, self.states[t.producer])], t.block)
+        for t in problem.block_values:  # the block's share of a group's value goes with the block
+            var, gone = self.block_var[t.block], 1.0 - self.kept[t.block]
+            self._add((t.group, var), V=-t.values[self.states[t.group]][:, None] * gone[None, :])
         self.constant = float(problem.constant)
         self.factors = list(self._tables.values())
 

@@ -5,7 +5,9 @@ Model (all products of binaries linearised exactly, spec §12.2, exploiting the 
 * ``x[g,k] ∈ {0,1}`` for every allowed ``k`` of group ``g`` (``Group.states()``), ``Σ_k x[g,k] = 1``.
 * ``z[b] ∈ {0,1}`` per block (1 = removed).  A group internal to ``b``: ``x[g,0] = z[b]`` (``≥`` when
   ``min_keep = 0``), so removing the block empties the group; ``max_kept_blocks``: ``Σ_b z[b] ≥ |B| − N``.
-* Objective ``max Σ_{g,k} V_g[k]·x[g,k]`` (an internal group of a removed block sits at ``k = 0``, value 0).
+* Objective ``max Σ_{g,k} V_g[k]·x[g,k]`` (an internal group of a removed block sits at ``k = 0``, value 0),
+  less each block value ``W_t`` of a removed block: ``Σ_k W_t[k]·(u[t,k] − x[g,k])`` with ``u = x·(1 − z)``
+  as below.
 * Linear term ``t`` on group ``g``: ``Σ_k C_t[k]·x[g,k]``.  If ``t`` lies in block ``b`` and the term does
   not vanish by itself (its group is not internal to ``b`` or ``C_t[0] ≠ 0``), continuous
   ``u[t,k] ≥ 0`` with ``u[t,k] ≤ x[g,k]`` and ``Σ_k u[t,k] = 1 − z[b]`` replace ``x`` (``u = x·(1 − z)``).
@@ -98,18 +100,27 @@ def build_model(problem: PruningProblem) -> LinearModel:
     def vanishes(block: int | None, group: int) -> bool:
         return block is None or problem.groups[group].block == block
 
-    def linear(name: str, group: int, costs: np.ndarray, block: int | None) -> None:
-        xs = m.x[group]
-        if vanishes(block, group) and (block is None or costs[0] == 0):
-            for k, v in xs.items():
-                _add(lat, v, costs[k])
-            return
+    def while_kept(name: str, group: int, block: int) -> dict[int, int]:
+        """Continuous ``u[k] = x[group,k]·(1 − z[block])`` (exact for binary x and z)."""
         us = {}
-        for k, xv in xs.items():
+        for k, xv in m.x[group].items():
             us[k] = m.var(f"u[{name},{k}]")
             m.row({us[k]: 1.0, xv: -1.0}, -inf, 0.0)
-            _add(lat, us[k], costs[k])
         m.row({**{u: 1.0 for u in us.values()}, m.z[block]: 1.0}, 1.0, 1.0)
+        return us
+
+    def linear(name: str, group: int, costs: np.ndarray, block: int | None) -> None:
+        if vanishes(block, group) and (block is None or costs[0] == 0):
+            for k, v in m.x[group].items():
+                _add(lat, v, costs[k])
+            return
+        for k, u in while_kept(name, group, block).items():
+            _add(lat, u, costs[k])
+
+    for ti, t in enumerate(problem.block_values):
+        for k, u in while_kept(t.name or f"bv{ti}", t.group, t.block).items():
+            m.obj[u] += float(t.values[k])
+            m.obj[m.x[t.group][k]] -= float(t.values[k])
 
     for ti, t in enumerate(problem.linear):
         linear(t.name or f"lin{ti}", t.group, t.costs, t.block)

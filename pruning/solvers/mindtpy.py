@@ -15,7 +15,7 @@ from __future__ import annotations
 from db.errors import LatlabError
 from pruning.problem import PruningProblem, SolveResult
 from pruning.solvers.base import Solver, decode_sol, infeasible
-from pruning.solvers.scip import latency_expression
+from pruning.solvers.scip import latency_expression, value_expression
 
 
 def _ecp_without_nlp():
@@ -60,7 +60,6 @@ class MindtPySolver(Solver):
             raise LatlabError(f"MIP solver {e['mip_solver']!r} for MindtPy is not available")
         m = pyo.ConcreteModel()
         x = []
-        obj = 0
         for gi, g in enumerate(problem.groups):
             ks = g.states()
             var = pyo.Var(ks, domain=pyo.Binary)
@@ -68,7 +67,6 @@ class MindtPySolver(Solver):
             xs = {k: var[k] for k in ks}
             x.append(xs)
             m.add_component(f"onehot{gi}", pyo.Constraint(expr=sum(xs.values()) == 1))
-            obj = obj + sum(float(g.values[k]) * v for k, v in xs.items())
         m.z = pyo.Var(problem.blocks, domain=pyo.Binary)
         z = {b: m.z[b] for b in problem.blocks}
         for gi, g in enumerate(problem.groups):
@@ -78,7 +76,7 @@ class MindtPySolver(Solver):
         if problem.max_kept_blocks is not None and z:
             m.maxkept = pyo.Constraint(expr=sum(z.values()) >= len(z) - problem.max_kept_blocks)
         m.latency = pyo.Constraint(expr=latency_expression(problem, x, z) <= problem.budget - problem.constant)
-        m.obj = pyo.Objective(expr=obj, sense=pyo.maximize)
+        m.obj = pyo.Objective(expr=value_expression(problem, x, z), sense=pyo.maximize)
         kwargs = dict(
             mip_solver=e["mip_solver"],
             time_limit=float(self.options.time_limit),

@@ -3,7 +3,8 @@
 Same variables as the MILP (one-hot ``x[g,k]``, block binaries ``z[b]``, ``x[g,0] = z[b]`` for internal
 groups), but the latency keeps the products: ``Σ_l (1 − z_b)·Σ_{i,j} M_l[i,j]·x[g,i]·x[p,j]``.  SCIP
 handles products of binaries exactly (it linearises/branches itself), so the result is a proven optimum
-when it reports "optimal".
+when it reports "optimal". A block value makes the objective bilinear too (``− W_t[k]·x[g,k]·z_b``); SCIP
+takes it through an epigraph variable.
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ def latency_expression(problem: PruningProblem, x: list[dict[int, object]], z: d
         lat = lat + term
     return lat
 
+def value_expression(problem: PruningProblem, x: list[dict[int, object]], z: dict[int, object]):
+    """The objective as one polynomial of the solver's variables: kept values less removed blocks' values."""
+    obj = 0
+    for g, xs in zip(problem.groups, x, strict=True):
+        obj = obj + sum(float(g.values[k]) * v for k, v in xs.items())
+    for t in problem.block_values:
+        obj = obj - sum(float(t.values[k]) * v * z[t.block] for k, v in x[t.group].items() if t.values[k] != 0)
+    return obj
+
+
 class ScipSolver(Solver):
     """``scip``: direct MINLP with SCIP on the bilinear/trilinear model."""
 
@@ -74,7 +85,6 @@ class ScipSolver(Solver):
         m.setParam("randomization/randomseedshift", int(o.seed))
         z = {b: m.addVar(f"z{b}", vtype="B") for b in problem.blocks}
         x = []
-        obj = 0
         for gi, g in enumerate(problem.groups):
             xs = {k: m.addVar(f"x{gi}_{k}", vtype="B") for k in g.states()}
             x.append(xs)
@@ -84,10 +94,14 @@ class ScipSolver(Solver):
                     m.addCons(xs[0] == z[g.block])
                 else:
                     m.addCons(xs[0] >= z[g.block])
-            obj = obj + pyscipopt.quicksum(float(g.values[k]) * v for k, v in xs.items())
         if problem.max_kept_blocks is not None and z:
             m.addCons(pyscipopt.quicksum(z.values()) >= len(z) - problem.max_kept_blocks)
         m.addCons(latency_expression(problem, x, z) <= problem.budget - problem.constant)
+        obj = value_expression(problem, x, z)
+        if problem.block_values:  # SCIP's objective must be linear: maximise t ≤ obj
+            t = m.addVar("objective", lb=None)
+            m.addCons(t <= obj)
+            obj = t
         m.setObjective(obj, "maximize")
         m.optimize()
         st = m.getStatus()

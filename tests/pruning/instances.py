@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem
+from pruning.problem import BlockValue, Group, LinearTerm, PairwiseTerm, PruningProblem
 
 
 def knapsack_linear() -> tuple[PruningProblem, float, tuple[int, ...]]:
@@ -54,6 +54,26 @@ def block_removal() -> tuple[PruningProblem, float, tuple[int, ...], frozenset[i
     return PruningProblem(groups, 3.0, pairwise=pw, name="block_removal"), 12.0, (2, 0), frozenset({0})
 
 
+def block_value() -> tuple[PruningProblem, float, tuple[int, ...], frozenset[int]]:
+    """MGP: removing the block also loses its conv3's share of the residual group's value (§8.2).
+
+    r: values [0, 10, 12], a (internal): [0, 0.5, 0.6]; latency stem r [0,1,2], conv1 a [0,1,1], conv3 r [0,1,1].
+    Budget 3.5: kept (1, 2) costs 3, value 10.6; removed (2, 0) costs 2, value 12 − conv3's share 4 = 8.
+    Without the share, removal (12) would win.
+    """
+    groups = [Group(2, np.array([0, 10, 12.0]), name="r"), Group(2, np.array([0, 0.5, 0.6]), block=0, name="a")]
+    lin = [LinearTerm(0, np.array([0, 1, 2.0]), name="stem"), LinearTerm(1, np.array([0, 1, 1.0]), block=0),
+           LinearTerm(0, np.array([0, 1, 1.0]), block=0, name="conv3")]
+    shares = [BlockValue(0, 0, np.array([0, 3, 4.0]), name="conv3")]
+    return PruningProblem(groups, 3.5, linear=lin, block_values=shares, name="block_value"), 10.6, (1, 2), frozenset()
+
+
+def share(rng: np.random.Generator, group: Group, gi: int, block: int) -> BlockValue:
+    """A random part of ``group``'s item values held by its layers in ``block`` (conv3's share, §4.2)."""
+    items = np.diff(group.values) * rng.random(group.size)
+    return BlockValue(gi, block, np.concatenate([[0.0], np.cumsum(items)]), name=f"share{gi}@{block}")
+
+
 def random_problem(
     rng: np.random.Generator, *, pairwise: bool, block: bool, n_groups: int | None = None
 ) -> PruningProblem:
@@ -81,7 +101,8 @@ def random_problem(
             lin.append(LinearTerm(g, costs, block=in_block if g == blk_group else None, name=f"l{g}"))
             if block and g == blk_group:
                 lin.append(LinearTerm(0, np.concatenate([[0.0], rng.random(sizes[0])]), block=0, name="res"))
-    prob = PruningProblem(groups, 0.0, linear=lin, pairwise=pw, name="random")
+    shares = [share(rng, groups[0], 0, 0)] if block else []
+    prob = PruningProblem(groups, 0.0, linear=lin, pairwise=pw, name="random", block_values=shares)
     sols = list(prob.enumerate_solutions())
     lats = sorted(prob.latency(s) for s in sols)
     frac = float(rng.random())
@@ -110,7 +131,8 @@ def resnet_like(rng: np.random.Generator, *, pairwise: bool = True) -> PruningPr
                 terms.append(PairwiseTerm(go, gi, mat(go, gi), block=blk))
             else:
                 lin.append(LinearTerm(go, mat(go, gi)[:, -1], block=blk))
-    prob = PruningProblem(groups, 0.0, linear=[] if pairwise else lin, pairwise=terms if pairwise else [])
+    prob = PruningProblem(groups, 0.0, linear=[] if pairwise else lin, pairwise=terms if pairwise else [],
+                          block_values=[share(rng, groups[0], 0, blk) for blk in range(2)])
     lats = sorted(prob.latency(s) for s in prob.enumerate_solutions())
     return prob.with_budget(lats[0] + float(rng.random()) * (lats[-1] - lats[0]))
 
@@ -138,6 +160,7 @@ def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool) ->
     pw: list[PairwiseTerm] = []
     block = 0
     prev = 0
+    shares: list[BlockValue] = []
     for st in range(int(rng.integers(2, 4))):
         res = len(groups)
         groups.append(Group.from_importances(rng.lognormal(0, 1, size()), name=f"res{st}"))
@@ -156,8 +179,11 @@ def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool) ->
                     pw.append(PairwiseTerm(go, gi, table(m, mp), block=b))
                 else:
                     lin.append(LinearTerm(go, table(m, None), block=b))
+            if blocks:
+                shares.append(share(rng, groups[res], res, block))
             block += 1
         prev = res
-    prob = PruningProblem(groups, 0.0, linear=lin, pairwise=pw, constant=float(rng.random()), name="random_network")
+    prob = PruningProblem(groups, 0.0, linear=lin, pairwise=pw, constant=float(rng.random()), name="random_network",
+                          block_values=shares)
     dense = prob.latency(prob.dense_solution())
     return prob.with_budget(dense * float(rng.uniform(0.15, 0.95)))

@@ -16,7 +16,7 @@ from profiler.backends.fake import FakeBackend
 from profiler.plan import build_plan, resolve_model
 from pruning.cost import Settings, build_problem, importance_order
 from pruning.graph import build_network_spec
-from pruning.oneshot import magnitude_scores, prune_once
+from pruning.oneshot import magnitude_layer_scores, magnitude_scores, prune_once, taylor_scores
 from pruning.solvers import get_solver
 
 SIZE, BATCH = 64, 8
@@ -192,3 +192,35 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
             args += bad
         code, _, err = cli(args)
         assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, (bad, err)
+
+
+def test_removed_blocks_take_their_share_of_coupled_groups(setup) -> None:  # type: ignore[no-untyped-def]
+    """§8.2: a removed block's layers lose their share of a coupled (residual) group's value, not only the block's
+    internal groups; the share is the per-layer score (§4.2), or an equal split without one."""
+    X, y, spec, net, _ = setup
+    groups, layers = magnitude_scores(net, spec), magnitude_layer_scores(net, spec)
+    lat = get_model("llm").fit(X, y)
+    problem, mapping = build_problem(spec, lat, groups, method="mgp", target=0.6, settings=Settings(BATCH),
+                                     layer_importances=layers)
+    assert len(problem.block_values) == len(spec.blocks)  # each BasicBlock's conv2 writes its stage's group
+    for t in problem.block_values:
+        gid, block = mapping.group_ids[t.group], spec.blocks[t.block]
+        convs = [c for c in spec.groups[gid].convs if c in block.convs]
+        assert t.values[-1] == pytest.approx(sum(layers[c].sum() for c in convs), rel=1e-6)
+    equal, _ = build_problem(spec, lat, groups, method="mgp", target=0.6, settings=Settings(BATCH))
+    for t in equal.block_values:
+        g = spec.groups[mapping.group_ids[t.group]]
+        assert t.values[-1] == pytest.approx(groups[g.id].sum() / len(g.convs), rel=1e-6)
+    halp, _ = build_problem(spec, lat, groups, method="halp", target=0.6, settings=Settings(BATCH),
+                            layer_importances=layers)
+    assert not halp.block_values
+
+
+def test_taylor_scores_leave_the_network_as_it_was(setup) -> None:  # type: ignore[no-untyped-def]
+    _, _, spec, net, _ = setup
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    batches = [(torch.randn(4, 3, SIZE, SIZE), torch.randint(0, 10, (4,))) for _ in range(2)]
+    groups, layers = taylor_scores(net, spec, batches, max_batches=2)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN running stats untouched
+    for gid, g in spec.groups.items():  # the per-layer shares sum to the group score (§4.2)
+        np.testing.assert_allclose(sum(layers[c] for c in g.convs), groups[gid], rtol=1e-4, atol=1e-12)

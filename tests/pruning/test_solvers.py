@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from db.errors import LatlabError
-from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem, Solution
+from pruning.problem import BlockValue, Group, LinearTerm, PairwiseTerm, PruningProblem, Solution
 from pruning.solvers import get_solver, list_solvers
 
 _spec = importlib.util.spec_from_file_location("pruning_instances", Path(__file__).with_name("instances.py"))
@@ -36,7 +36,7 @@ def _applies(name: str, problem: PruningProblem) -> bool:
     return name != "dp" or (problem.is_linear and not problem.has_blocks)
 
 
-KNOWN = [inst.knapsack_linear, inst.negative_costs, inst.pairwise_chain, inst.block_removal]
+KNOWN = [inst.knapsack_linear, inst.negative_costs, inst.pairwise_chain, inst.block_removal, inst.block_value]
 
 
 @pytest.mark.parametrize("make", KNOWN, ids=lambda f: f.__name__)
@@ -193,6 +193,10 @@ def test_validation_errors() -> None:
         PruningProblem([g], 1.0, linear=[LinearTerm(0, np.array([0, 1.0]))])
     with pytest.raises(LatlabError):
         PruningProblem([g, g], 1.0, pairwise=[PairwiseTerm(1, 0, np.ones((3, 3)))])
+    with pytest.raises(LatlabError, match="internal to block"):  # its whole value already goes with the block
+        PruningProblem([g, Group(2, g.values, block=0)], 1.0, block_values=[BlockValue(1, 0, g.values)])
+    with pytest.raises(LatlabError, match="values"):
+        PruningProblem([g], 1.0, blocks=[0], block_values=[BlockValue(0, 0, np.array([1, 1, 2.0]))])
     with pytest.raises(LatlabError):
         get_solver("nope")
     with pytest.raises(LatlabError):
