@@ -75,10 +75,15 @@ def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
+        why = next((line.split("error: ", 1)[-1].split(" was not")[0] for line in lines if "Unsupported " in line),
+                   lines[0])  # the unpickler's own words: "Unsupported global: GLOBAL …" or "Unsupported operand …"
+        pickled = "Unsupported global" in why  # a pickled object (e.g. a whole model), not a broken file
         if not trust_checkpoint:
-            raise LatlabError(f"cannot load weights {path} safely (weights_only=True): {first}. If it is a "
-                              "whole-model pickle you trust, pass --trust-checkpoint") from None
+            hint = (". If it is a whole-model pickle you trust, `latlab measure` and `latlab export` load it with "
+                    "--trust-checkpoint; for other commands save its state dict once: torch.save(torch.load(FILE, "
+                    "weights_only=False).state_dict(), 'weights.pth')") if pickled else ""
+            raise LatlabError(f"cannot load weights {path} safely (weights_only=True): {why}{hint}") from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc2:
@@ -134,6 +139,39 @@ def load_model(
                 f"(e.g. {', '.join(unexpected[:3]) or '-'})"
             )
     return name, net.eval()
+
+
+def load_program(path: Path) -> tuple[torch.export.ExportedProgram, tuple[int, int]]:
+    """A saved torch.export program (.pt2) and the (height, width) its image input is fixed to."""
+    if path.suffix != ".pt2":
+        raise LatlabError(f"--module takes a torch.export program (.pt2), got {path}")
+    if not path.is_file():
+        raise LatlabError(f"module file {path} does not exist")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise LatlabError(f"cannot load {path} as a torch.export program: {str(exc).splitlines()[0]}") from None
+    names = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            shape = node.meta["val"].shape
+            if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
+                return program, (int(shape[2]), int(shape[3]))
+            break
+    raise LatlabError(f"{path} does not take one N×C×H×W image batch with a fixed H and W")
+
+
+def fixed_input_size(module: nn.Module) -> tuple[int, int] | None:
+    """The (height, width) a loaded torch.export module's image input is fixed to; None for other modules."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return None
+    for node in module.graph.nodes:
+        if node.op == "placeholder":
+            shape = getattr(node.meta.get("val"), "shape", None)
+            if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
+                return int(shape[2]), int(shape[3])
+            return None
+    return None
 
 
 def _load_module_file(path: Path) -> tuple[str, nn.Module]:

@@ -39,6 +39,8 @@ from pruning.methods import DEFAULT_KIND as DEFAULT_KIND  # re-exported: where m
 from pruning.methods import METHODS
 from pruning.problem import BlockValue, Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
 
+MAX_GAP = 0.01  # a solution proven within 1% of the optimum is used; further (time limit) is refused
+
 
 @dataclass
 class ProblemMap:
@@ -233,12 +235,16 @@ def solution_masks(spec: NetworkSpec, result: SolveResult, mapping: ProblemMap) 
                                                                                        list[str]]:
     """``({conv: kept output channels}, removed block names)`` of a solved problem.
 
-    Raises :class:`LatlabError` if the result holds no solution (infeasible, time-out, error).
+    Raises :class:`LatlabError` if the result holds no solution (infeasible, time-out, error), or one the solver
+    stopped on (time limit) more than ``MAX_GAP`` below its proven bound.
     """
     if not result.ok or result.solution is None:
         reach = (f"; the lowest target this network reaches is {result.min_latency / mapping.dense_latency:.3f}"
                  if result.min_latency is not None and mapping.dense_latency > 0 else "")
         raise LatlabError(f"no pruning solution ({result.status}): {result.message}{reach}")
+    if result.status != "optimal" and result.gap is not None and result.gap > MAX_GAP:
+        raise LatlabError(f"the solver stopped {result.gap:.1%} short of its proven bound ({result.status}: "
+                          f"{result.message}); its solution may keep far less than the best one. Raise the time limit")
     removed = [mapping.block_names[b] for b in sorted(result.solution.removed_blocks)]
     masks: dict[str, torch.Tensor] = {}
     for gid, k in zip(mapping.group_ids, result.solution.kept, strict=True):

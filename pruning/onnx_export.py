@@ -42,6 +42,15 @@ def save_onnx(program: torch.export.ExportedProgram, path: str | Path, *, opset:
             raise LatlabError(f"torch.onnx could not export the network: {type(exc).__name__}: {first}") from None
     assert onnx_program is not None
     onnx_program.save(str(path))
+    if opset is not None:
+        import onnx
+
+        got = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                    if o.domain in ("", "ai.onnx")), None)
+        if got != opset:
+            path.unlink()
+            raise LatlabError(f"torch.onnx wrote opset {got}, not the requested {opset} (it does not convert this "
+                              "network to older opsets); leave --opset out or ask for a newer one")
     return path
 
 

@@ -27,7 +27,9 @@ FORMAT = 1
 IDENTITY_KEYS = ("model.name", "model.num_classes", "data.input_size", "prune.method", "prune.ratio",
                  "prune.schedule", "prune.steps", "prune.every", "prune.start", "prune.group_sizes", "prune.input_size",
                  "prune.keep", "prune.min_keep_share", "prune.max_kept_blocks", "prune.max_kept_blocks_from",
-                 "optim.epochs", "optim.warmup_epochs", "optim.schedule", "data.batch_size")
+                 "optim.epochs", "optim.warmup_epochs", "optim.schedule", "optim.lr", "optim.momentum",
+                 "optim.nesterov", "optim.weight_decay", "optim.label_smoothing", "data.batch_size",
+                 "run.max_iters_per_epoch", "run.seed")
 _MISSING = object()
 
 
@@ -71,6 +73,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically (temporary file in the same folder, then ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(dict(state, format=FORMAT), tmp)
     with open(tmp, "rb") as fh:

@@ -7,6 +7,7 @@ Defaults follow the HALP/MDP ImageNet recipe (halp_mdp_spec.md §9.1).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -216,16 +217,18 @@ def _choice(value: Any, allowed: tuple[Any, ...], key: str, source: str) -> None
 def _check_values(cfg: TrainConfig, source: str = "config") -> None:
     positive = {"data.input_size": cfg.data.input_size, "data.batch_size": cfg.data.batch_size,
                 "model.num_classes": cfg.model.num_classes, "optim.epochs": cfg.optim.epochs,
-                "optim.lr": cfg.optim.lr, "run.log_every": cfg.run.log_every}
+                "optim.lr": cfg.optim.lr, "run.log_every": cfg.run.log_every, "prune.time_limit": cfg.prune.time_limit}
     for key, v in positive.items():
-        if not v > 0:
-            _fail(f"{key} must be > 0, got {v!r}", source)
+        if not (v > 0 and math.isfinite(v)):
+            _fail(f"{key} must be a finite number > 0, got {v!r}", source)
     for key, v in {"data.workers": cfg.data.workers, "optim.warmup_epochs": cfg.optim.warmup_epochs,
                    "optim.weight_decay": cfg.optim.weight_decay, "optim.momentum": cfg.optim.momentum,
                    "run.checkpoint_every": cfg.run.checkpoint_every, "prune.start": cfg.prune.start,
                    "prune.max_kept_blocks": cfg.prune.max_kept_blocks or 0}.items():
-        if v < 0:
-            _fail(f"{key} must be >= 0, got {v!r}", source)
+        if not (v >= 0 and math.isfinite(v)):
+            _fail(f"{key} must be a finite number >= 0, got {v!r}", source)
+    if not cfg.optim.momentum < 1:
+        _fail(f"optim.momentum must be in [0, 1), got {cfg.optim.momentum!r}", source)
     for key, v in {"run.max_iters_per_epoch": cfg.run.max_iters_per_epoch, "run.max_val_iters": cfg.run.max_val_iters,
                    "run.stop_after_epochs": cfg.run.stop_after_epochs, "prune.steps": cfg.prune.steps,
                    "prune.every": cfg.prune.every, "data.val_batch_size": cfg.data.val_batch_size,

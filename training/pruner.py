@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -176,10 +177,10 @@ class TrainingPruner:
                                          else None, live=live, layer_importances=self._layer_scores())
         problem = problem.with_budget(target)
         result = get_solver(self.solver, time_limit=self.time_limit).solve(problem)
-        if not result.ok:
-            raise LatlabError(f"{where}: solver {self.solver} gave no solution ({result.status}): "
-                              f"{result.message or 'no message'}")
-        conv_masks, removed = solution_masks(self.spec, result, mapping)
+        try:
+            conv_masks, removed = solution_masks(self.spec, result, mapping)
+        except LatlabError as exc:
+            raise LatlabError(f"{where}: solver {self.solver}: {exc}") from None
         groups = {}
         for gid, g in self.spec.groups.items():
             keep = conv_masks[g.convs[0]] & self.masks.mask(gid).cpu()
@@ -268,5 +269,10 @@ class TrainingPruner:
         elif state["gates"].get("removed"):
             raise LatlabError("checkpoint has removed blocks but this run's method does not remove blocks")
         self.importance.load_state_dict(state["importance"])
+        then, now = float(state["schedule"]["l0"]), self.schedule.l0
+        if not math.isclose(then, now, rel_tol=1e-6):
+            raise LatlabError(f"the checkpoint's run priced the dense network at {then:.6g} ms, the latency model "
+                              f"resolved now at {now:.6g} ms: the LUT or the latency-model settings (prune.db, sweep, "
+                              "hardware, latency_model, kind) changed; resume with the run's own")
         self.schedule.load_state_dict(state["schedule"])
         self.history = [dict(h) for h in state["history"]]

@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,10 +291,10 @@ class _Run:
     # ----------------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
         cfg = self.cfg
+        self._setup()  # every check (data, weights, latency model, checkpoint) before anything is written
         if self.info.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.resolved.yaml")
-        self._setup()
         ran = 0
         try:
             while self.epoch < cfg.optim.epochs:
@@ -410,13 +411,6 @@ class _Run:
         self.history.append(row)
         rngs = gather_rng_states()  # collective: every rank
         if self.info.main:
-            path = self.out / "metrics.csv"
-            new = not path.is_file() or self.epoch == 1
-            with open(path, "w" if new else "a", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-                if new:
-                    w.writeheader()
-                w.writerow(row)
             self.tb.scalars("epoch", {k: row.get(k) for k in METRIC_FIELDS if k != "global_step"}, self.global_step)
             state = {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -426,6 +420,7 @@ class _Run:
                 "world_size": self.info.world, "slim": self.slices is not None,
             }
             save_checkpoint(state, self.ckpt_path)
+            self._write_metrics()  # after the checkpoint, from its history: a kill in between loses no row, adds none
             every = self.cfg.run.checkpoint_every
             if every and (self.epoch % every == 0 or self.epoch == self.cfg.optim.epochs):
                 save_checkpoint(state, self.out / f"checkpoint_epoch{self.epoch}.pt")
@@ -434,6 +429,15 @@ class _Run:
                            f"top5 {row['top5']:.2f}" + (f" predicted {row['predicted_ms']:.4g} ms"
                                                        if row["predicted_ms"] is not None else ""))
         barrier()
+
+    def _write_metrics(self) -> None:
+        """``metrics.csv``: one row per finished epoch, rewritten whole (atomically) from the history."""
+        path, tmp = self.out / "metrics.csv", self.out / ".metrics.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.history)
+        os.replace(tmp, path)
 
     # ---------------------------------------------------------------------------------------- export
     def _export(self) -> dict[str, Path]:

@@ -22,28 +22,6 @@ def _formats(text: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def _load_program(path: Path) -> tuple[Any, tuple[int, int]]:
-    """A saved torch.export program and the (height, width) of its image input."""
-    import torch
-
-    if path.suffix != ".pt2":
-        raise LatlabError(f"--module takes a torch.export program (.pt2), got {path}")
-    if not path.is_file():
-        raise LatlabError(f"module file {path} does not exist")
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:
-        raise LatlabError(f"cannot load {path} as a torch.export program: {str(exc).splitlines()[0]}") from None
-    names = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in names:
-            shape = node.meta["val"].shape
-            if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
-                return program, (int(shape[2]), int(shape[3]))
-            break
-    raise LatlabError(f"{path} does not take one N×C×H×W image batch with a fixed H and W")
-
-
 def export(
     out: Annotated[Path, typer.Option(help="Directory for pruned.pt2 / pruned.onnx, masks.pt and result.json.")],
     model: Annotated[str | None, typer.Option(help="torchvision name or timm:NAME (random init without --weights).")
@@ -78,7 +56,7 @@ def export(
     """
     import torch
 
-    from profiler.measure import count_params_and_macs, load_model
+    from profiler.measure import count_params_and_macs, load_model, load_program
     from pruning.export import export_checked, export_program, save_masks
     from pruning.mask_files import load_masks
     from pruning.onnx_export import onnx_input_name, onnx_max_delta, require_onnx, save_onnx
@@ -92,7 +70,7 @@ def export(
         raise LatlabError("--mask and --weights apply to --model; a saved --module is exported as it is")
     row: dict[str, Any]
     if module is not None:
-        program, size = _load_program(module)
+        program, size = load_program(module)
         slim, row = program.module(), {"source": str(module)}
     else:
         name, net = load_model(model, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint)

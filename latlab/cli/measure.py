@@ -40,7 +40,8 @@ def measure(
     num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    input_size: Annotated[int | None, typer.Option(
+        help="Input resolution (square); default 224, or the size a .pt2 module was exported at.")] = None,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
     layout: Annotated[str, typer.Option(help="nchw | nhwc")] = "nchw",
     warmup: Annotated[int, typer.Option(help="Untimed forward passes.")] = 20,
@@ -80,7 +81,7 @@ def measure(
     from db.engine import open_database
     from db.keys import check_exec_settings
     from profiler.backends import get_backend
-    from profiler.measure import load_model, measure_models_interleaved, paired_speedup
+    from profiler.measure import fixed_input_size, load_model, measure_models_interleaved, paired_speedup
     from profiler.protocol import TimingProtocol
     from pruning.mask_files import apply_mask_file
     check_exec_settings(dtype, layout)
@@ -90,6 +91,11 @@ def measure(
         raise LatlabError(f"--rounds must be >= 1, got {rounds}")
     name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes,
                            trust_checkpoint=trust_checkpoint)
+    fixed = fixed_input_size(net)
+    if fixed is not None and (fixed[0] != fixed[1] or input_size not in (None, fixed[0])):
+        raise LatlabError(f"{module} takes {fixed[0]}×{fixed[1]} images (fixed when it was exported); latlab measure "
+                          f"times square ones of --input-size{f' {input_size}' if input_size else ''}")
+    input_size = input_size or (fixed[0] if fixed else 224)
     nets = {}
     if mask is not None:
         if model is None:

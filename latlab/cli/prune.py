@@ -88,6 +88,8 @@ def prune(
         raise LatlabError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if solver not in list_solvers():
         raise LatlabError(f"unknown solver {solver!r}; choose from {', '.join(list_solvers())}")
+    if not 0 < time_limit < float("inf"):
+        raise LatlabError(f"--time-limit must be a positive number of seconds, got {time_limit}")
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())

@@ -14,7 +14,7 @@ from latency_models.base import get_model
 from latency_models.features import frame_from_configs
 from profiler.backends.fake import FakeBackend
 from profiler.plan import build_plan, resolve_model
-from pruning.cost import Settings, build_problem, importance_order
+from pruning.cost import Settings, build_problem, importance_order, solution_masks
 from pruning.graph import build_network_spec
 from pruning.oneshot import magnitude_layer_scores, magnitude_scores, prune_once, taylor_scores
 from pruning.solvers import get_solver
@@ -214,6 +214,18 @@ def test_removed_blocks_take_their_share_of_coupled_groups(setup) -> None:  # ty
     halp, _ = build_problem(spec, lat, groups, method="halp", target=0.6, settings=Settings(BATCH),
                             layer_importances=layers)
     assert not halp.block_values
+
+
+def test_a_solution_far_from_its_bound_is_refused(setup) -> None:  # type: ignore[no-untyped-def]
+    """A solver stopped by its time limit far below its bound gives no masks (it could keep almost nothing)."""
+    X, y, spec, net, _ = setup
+    problem, mapping = build_problem(spec, get_model("llm").fit(X, y), magnitude_scores(net, spec), method="halp",
+                                     target=0.7, settings=Settings(BATCH))
+    res = get_solver("lagrange").solve(problem)
+    solution_masks(spec, res, mapping)
+    res.status, res.gap, res.message = "feasible", 0.5, "time limit"
+    with pytest.raises(LatlabError, match=r"stopped 50\.0% short of its proven bound"):
+        solution_masks(spec, res, mapping)
 
 
 def test_taylor_scores_leave_the_network_as_it_was(setup) -> None:  # type: ignore[no-untyped-def]

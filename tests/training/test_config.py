@@ -36,6 +36,12 @@ def test_types_and_ranges_are_checked(tmp_path: Path) -> None:
         load_config(None, ["prune.min_keep_share=-0.1"])
     with pytest.raises(LatlabError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    for override, message in (("prune.time_limit=-1", "prune.time_limit must be a finite number > 0"),
+                               ("optim.lr=.inf", "optim.lr must be a finite number > 0"),
+                               ("optim.weight_decay=.nan", "optim.weight_decay must be a finite number >= 0"),
+                               ("optim.momentum=5", r"optim.momentum must be in \[0, 1\)")):
+        with pytest.raises(LatlabError, match=message):
+            load_config(None, [override])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -65,6 +71,8 @@ def test_a_checkpoint_without_a_newer_key_resumes_with_its_default(tmp_path: Pat
     check_compatible(saved, load_config(None).to_dict(), tmp_path / "ckpt.pt")
     with pytest.raises(LatlabError, match=r"prune.keep: checkpoint \[\] vs config \['stem'\]"):
         check_compatible(saved, load_config(None, ["prune.keep=[stem]"]).to_dict(), tmp_path / "ckpt.pt")
+    with pytest.raises(LatlabError, match=r"run.max_iters_per_epoch: checkpoint None vs config 5"):  # the LR schedule
+        check_compatible(saved, load_config(None, ["run.max_iters_per_epoch=5"]).to_dict(), tmp_path / "ckpt.pt")
 
 
 def test_overrides_and_resolved_config(tmp_path: Path) -> None:

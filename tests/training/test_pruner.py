@@ -74,6 +74,16 @@ def test_solver_failure_names_step_and_target(lut_db: str) -> None:
     assert all(bool(pruner.masks.mask(g).all()) for g in pruner.masks.groups)  # nothing silently applied
 
 
+def test_resume_with_another_latency_model_is_refused(lut_db: str) -> None:
+    """A checkpoint's budgets are fractions of the dense latency its run priced: another LUT would misprice them."""
+    _, pruner = make_pruner(lut_db, "mdp", 0.3)
+    state = pruner.state_dict()
+    pruner.load_state_dict(state)  # the same latency model: fine
+    state["schedule"]["l0"] *= 2
+    with pytest.raises(LatlabError, match="priced the dense network at .* the LUT or the latency-model settings"):
+        pruner.load_state_dict(state)
+
+
 def test_weight_decay_groups_by_module_type() -> None:
     model = resnet18(num_classes=10)
     decay, plain = param_groups(model, 0.1)
