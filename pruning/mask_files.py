@@ -47,7 +47,15 @@ def _numpy_global(module: str, name: str) -> Any:
     return table[name]
 
 
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as pickle protocols 0-2 use it to store bytes (latin-1 text only)."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise LatlabError(f"refusing to load the mask file: it calls _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_bytes,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
@@ -113,6 +121,9 @@ def read_mask_file(path: str | Path) -> MaskFile:
             vec = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=float).ravel()
         except (TypeError, ValueError):
             raise LatlabError(f"{path}: the mask of {key!r} is {type(value).__name__}, not a 0/1 vector") from None
+        if not np.isin(vec, (0.0, 1.0)).all():
+            odd = vec[~np.isin(vec, (0.0, 1.0))][0]
+            raise LatlabError(f"{path}: the mask of {key!r} holds {odd:g}; a mask keeps (1) or drops (0) channels")
         out[tuple(n.removeprefix("module.") for n in names)] = vec
     return MaskFile(out, removed)
 
@@ -158,7 +169,15 @@ def masks_for_model(
             if conv not in in_blocks:
                 raise LatlabError(f"the mask of {conv} keeps no channel and {conv} is not inside a removable block")
             masks[conv] = _dead_channels(model, spec, conv)
-    return {c: k for c, k in masks.items() if c not in in_removed}, removed
+    masks = {c: k for c, k in masks.items() if c not in in_removed}
+    for gid, g in spec.groups.items():  # a coupled group is given whole, or not at all
+        given = [c for c in g.convs if c in masks]
+        live = [c for c in g.convs if c not in in_removed]
+        if given and len(given) < len(live) and not all(bool(masks[c].all()) for c in given):
+            lacking = next(c for c in live if c not in masks)
+            raise LatlabError(f"the mask file prunes {given[0]} but has no mask for {lacking}, which shares its "
+                              f"channels (group {gid}); is it the same architecture?")
+    return masks, removed
 
 
 @torch.no_grad()

@@ -134,6 +134,21 @@ def test_truncated_and_wrong_files_are_clear_errors(tmp_path, net_and_spec):
         masks_for_model(read_mask_file(tmp_path / "stem.pkl"), net, spec)
 
 
+def test_old_protocols_soft_masks_and_partial_groups(tmp_path, net_and_spec):
+    """Pickles of protocols 0-2 (bytes via _codecs.encode) read; soft masks and half-given coupled groups do not."""
+    net, spec = net_and_spec
+    masks = _mdp_layer_masks(spec, None)
+    for proto in (0, 2):
+        (tmp_path / f"p{proto}.pkl").write_bytes(pickle.dumps({k: v.numpy() for k, v in masks.items()}, protocol=proto))
+        assert len(read_mask_file(tmp_path / f"p{proto}.pkl").masks) == len(masks)
+    (tmp_path / "soft.pkl").write_bytes(pickle.dumps({"conv1": torch.full((64,), 0.7)}))
+    with pytest.raises(LatlabError, match="holds 0.7; a mask keeps"):
+        read_mask_file(tmp_path / "soft.pkl")
+    (tmp_path / "part.pkl").write_bytes(pickle.dumps({"conv1": _half(64)}))  # its coupled layer1 convs missing
+    with pytest.raises(LatlabError, match="prunes conv1 but has no mask for layer1.0.conv2"):
+        masks_for_model(read_mask_file(tmp_path / "part.pkl"), net, spec)
+
+
 def test_measure_cli_with_mdp_mask_and_module_prefixed_checkpoint(tmp_path, cli, net_and_spec):
     net, spec = net_and_spec
     (tmp_path / "layer_masks.pkl").write_bytes(pickle.dumps(_mdp_layer_masks(spec, "layer3.1")))
