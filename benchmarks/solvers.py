@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pruning.problem import Group, LinearTerm, PairwiseTerm, PruningProblem
+from pruning.problem import BlockValue, Group, LinearTerm, PairwiseTerm, PruningProblem
 from pruning.solvers import get_solver
 
 # (stage, blocks, mid width, out width, input f of stage, per-block (q1, m1, q2, m2)); spec §2.3
@@ -118,8 +118,25 @@ def build(variant: str, seed: int = 0) -> PruningProblem:
             cin = p["q"] * p["m"]
             vec = np.array([conv_latency(cin, i * g["q"], f, k, s) for i in range(g["m"] + 1)])
             lin.append(LinearTerm(L["group"], vec, blk, L["name"]))
-    prob = PruningProblem(groups, 1.0, linear=lin, pairwise=pw, name=f"resnet50 {variant}")
-    return prob
+    shares = _conv3_shares(groups, lspec, np.random.default_rng(seed + 1)) if blocks else []
+    return PruningProblem(groups, 1.0, linear=lin, pairwise=pw, name=f"resnet50 {variant}", block_values=shares)
+
+
+def _conv3_shares(groups: list[Group], lspec: list[dict], rng: np.random.Generator) -> list[BlockValue]:
+    """Each bottleneck's conv3 share of its stage group's item values (a random split over the group's layers, as
+    §4.2 splits the group score): what removing the block takes with it."""
+    shares = []
+    for gi, g in enumerate(groups):
+        layers = [L for L in lspec if L["group"] == gi]
+        if len(layers) < 2:
+            continue
+        split = rng.random((len(layers), g.size))
+        split /= split.sum(axis=0)
+        for L, frac in zip(layers, split, strict=True):
+            if L["block"] is not None:
+                items = np.diff(g.values) * frac
+                shares.append(BlockValue(gi, L["block"], np.concatenate([[0.0], np.cumsum(items)]), L["name"]))
+    return shares
 
 
 _METHOD = {"OCP+LLM": ("halp", "llm"), "MGP+LLM": ("mgp", "llm"), "OCP+MDLM": ("mdlm", "mdlm"), "MDP": ("mdp", "mdlm")}
