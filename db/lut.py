@@ -196,7 +196,8 @@ def find_hardware(session: Session, selector: str) -> Hardware:
 
 
 def find_sweep(session: Session, sweep: int | None = None, hardware: str | None = None) -> Sweep:
-    """Choose one sweep: by id, or the only/most recent sweep of a hardware profile, or the only one."""
+    """Choose one sweep: by id, or the only sweep of a hardware profile, or the only one (several: an error
+    listing them, newest first)."""
     if sweep is not None:
         row = session.get(Sweep, sweep)
         if row is None:

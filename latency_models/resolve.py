@@ -47,6 +47,7 @@ def resolve_latency_model(
     if len(settings) > 1:  # which one the prices are for would depend on the row order
         listed = "; ".join(" ".join(map(str, row)) for row in settings.itertuples(index=False))
         raise LatlabError(f"{source} covers {len(settings)} settings (batch dtype layout op: {listed}); fit a model "
-                          "on one (`latlab fit --batch B --dtype D --name NAME`) and pass it as --latency-model NAME")
+                          "on one (`latlab fit --batch B --dtype D --layout L --op OP --name NAME`) and pass it as "
+                          "--latency-model NAME")
     first = configs_from_frame(X.iloc[:1])[0]
     return model, LutSettings(first.batch, first.dtype, first.layout, first.op), source

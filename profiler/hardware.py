@@ -255,7 +255,7 @@ def _cuda_info(device_index: int, notes: list[str]) -> dict[str, Any]:
     if not torch.cuda.is_available():
         raise BackendUnavailableError(
             f"no CUDA GPU: torch.cuda.is_available() is False (torch {torch.__version__}, "
-            f"built for CUDA {torch.version.cuda or 'none'}); use kind 'cpu' or 'fake'"
+            f"built for CUDA {torch.version.cuda or 'none'}); use --backend cpu or --backend fake"
         )
     count = torch.cuda.device_count()
     if not 0 <= device_index < count:

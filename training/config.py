@@ -76,7 +76,7 @@ class PruneConfig:
     start: int = 0  # first global step of importance accumulation
     db: str | None = None  # SQLite path or SQLAlchemy URL of the LUT database (default: LATLAB_DB / ./latlab.db)
     hardware: str | None = None  # hardware profile whose LUT prices latency (or `sweep` / `latency_model`)
-    sweep: int | None = None  # LUT sweep id (default: the only or latest sweep of `hardware`)
+    sweep: int | None = None  # LUT sweep id (default: the only sweep of `hardware`, or the only one)
     latency_model: str | None = None  # a stored model's name; else `kind` is fitted on the sweep's LUT
     kind: str | None = None  # default: llm for halp/mgp, mdlm for mdlm/mdp
     group_sizes: str | int = "auto"  # auto | reference | N channels per item

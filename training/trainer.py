@@ -227,14 +227,14 @@ class _Run:
             from db.engine import open_database
 
             try:
-                database = open_database(p.db, create=False, upgrade=True)
+                database = open_database(p.db, create=False, upgrade=False)
                 lat, settings, source = resolve_latency_model(database, latency_model=p.latency_model, sweep=p.sweep,
                                                               hardware=p.hardware,
                                                               kind=p.kind or DEFAULT_KIND[p.method])
                 l0 = spec_latency(lat, spec, settings)
                 shared: dict[str, Any] = {"settings": settings.__dict__, "l0": l0, "source": source}
-            except LatlabError as exc:
-                shared = {"error": str(exc)}
+            except LatlabError as exc:  # latlab train sets the sweep with --set, not --sweep
+                shared = {"error": str(exc).replace("with --sweep ID", "with --set prune.sweep=ID")}
         else:
             shared = {}
         shared = broadcast_object(shared)

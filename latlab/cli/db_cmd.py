@@ -27,7 +27,12 @@ def upgrade(db: DbOption = None) -> None:
 
 @app.command()
 def current(db: DbOption = None) -> None:
-    """Print the schema revision of an existing database and the newest this latlab knows."""
+    """Print the schema revision of an existing database and the newest this latlab knows.
+
+    Example:
+
+        latlab db current --db rn50.db
+    """
     from db.engine import describe_url, head_revision, open_database
     database = open_database(db, create=False, upgrade=False, check_schema=False)
     typer.echo(

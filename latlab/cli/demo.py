@@ -6,8 +6,6 @@ from typing import Annotated
 
 import typer
 
-from latlab.cli._options import DbOption
-
 
 def demo(
     out: Annotated[str, typer.Option(help="Directory for the database, report and plots.")] = "latlab-demo",
@@ -30,7 +28,9 @@ def demo(
              "(all but the input cold, as inside a network too big for the cache; about 70 s longer here).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    db: DbOption = None,
+    db: Annotated[str | None, typer.Option(
+        "--db", help="SQLite file or SQLAlchemy URL for the LUT and models [default: OUT/latlab.db] (LATLAB_DB is "
+        "not read: the demo keeps its database with its report)", show_default=False)] = None,
 ) -> None:
     """The whole chain on this machine: LUT → latency models → prune → fine-tune → export → measure → report.
 
@@ -48,6 +48,12 @@ def demo(
     from latlab.demo import DemoConfig, run_demo
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
+    if "cuda" in (device, backend):
+        import torch
+
+        from db.errors import LatlabError
+        if not torch.cuda.is_available():  # before the demo writes anything
+            raise LatlabError(f"no CUDA GPU here (torch {torch.__version__}): run the demo without --device cuda")
     cfg = DemoConfig(out_dir=out, db=db, model=model, input_size=input_size, grid=grid, batch=batch,
                      backend=backend or device, device=device, finetune=finetune, threads=threads, repeats=repeats,
                      llc_flush=llc_flush, progress=not quiet)

@@ -43,6 +43,8 @@ def evaluate(
     train_fraction: Annotated[float, typer.Option(help="Share of distinct LUT keys used for training.")] = 0.25,
     batch: Annotated[int | None, typer.Option(help="Only rows with this batch size.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Only rows of this memory layout (nchw, nhwc).")] = None,
+    op: Annotated[str | None, typer.Option(help="Only rows of this op (conv, conv_bn_relu).")] = None,
     budget_curve: Annotated[bool, typer.Option(help="Also accuracy vs training share 5/10/25/50%.")] = False,
     network: Annotated[str | None, typer.Option(help="Whole-network check on random prunings of this model.")] = None,
     pruned: Annotated[int, typer.Option(help="Random pruned configurations for --network.")] = 20,
@@ -94,13 +96,16 @@ def evaluate(
         from profiler.plan import trace_network
 
         trace = trace_network(network, input_size)
-    database = open_database(db, create=False, upgrade=True)
+    database = open_database(db, create=False, upgrade=False)
     with database.session() as session:
         sweep_row = find_sweep(session, sweep, hardware)
-        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype)
+        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype, layout=layout, op=op)
         sweep_id, plan, hw_name = sweep_row.id, dict(sweep_row.plan), sweep_row.hardware.name
-        # other ops are priced like the LUT's convs: under the sweep's cache protocol, on the same backend
-        sweep_cache = cache_flags(sweep_row) if sweep_row.backend == measure_backend else {}
+        # networks and other ops are timed like the LUT's convs: with the sweep's threads (and, for the ops, its
+        # cache protocol) when on the sweep's own backend
+        same = sweep_row.backend == measure_backend
+        sweep_cache = cache_flags(sweep_row) if same else {}
+        sweep_threads = {"num_threads": sweep_row.num_threads} if same and sweep_row.num_threads else {}
     candidates = candidate_models(kinds, seed=seed, strict=strict)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}
@@ -115,9 +120,11 @@ def evaluate(
         tables["Accuracy vs training share"] = accuracy_vs_budget(candidates, X, y, split_kind=split, seeds=(seed,))
     whole = None
     if trace is not None:
-        batches = sorted(X["batch"].unique())
-        if len(batches) != 1:
-            raise LatlabError(f"the sweep holds batches {batches}; choose one with --batch for --network")
+        settings_held = X[["batch", "dtype", "layout", "op"]].drop_duplicates()
+        if len(settings_held) != 1:
+            listed = "; ".join(" ".join(map(str, r)) for r in settings_held.itertuples(index=False))
+            raise LatlabError(f"the sweep holds {len(settings_held)} settings (batch dtype layout op: {listed}); "
+                              "choose one with --batch/--dtype/--layout/--op for --network")
         first = configs_from_frame(X.iloc[:1])[0]
         measured = dict(zip(configs_from_frame(X), y, strict=True))
         run = _sweep_run(plan, str(network))
@@ -138,7 +145,7 @@ def evaluate(
             from profiler.plan import resolve_model
 
             _, module = resolve_model(network)
-            backend = get_backend(measure_backend)
+            backend = with_protocol(get_backend(measure_backend), **sweep_threads)
             measure = measure_pruned(backend, module, trace, batch=first.batch, dtype=first.dtype,
                                      layout=first.layout)
             ops_backend = with_protocol(backend, **sweep_cache)

@@ -36,6 +36,8 @@ def fit(
     sweep: SweepOption = None, hardware: HardwareOption = None,
     batch: Annotated[int | None, typer.Option(help="Only rows with this batch size.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Only rows of this memory layout (nchw, nhwc).")] = None,
+    op: Annotated[str | None, typer.Option(help="Only rows of this op (conv, conv_bn_relu).")] = None,
     holdout: Annotated[float, typer.Option(
         help="Share of distinct LUT keys held out to report accuracy (0: fit on all).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the hold-out split and the models.")] = 0,
@@ -67,7 +69,7 @@ def fit(
     database = open_database(db, create=False, upgrade=True)
     with database.session() as session:
         sweep_row = find_sweep(session, sweep, hardware)
-        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype)
+        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype, layout=layout, op=op)
         hw_name = sweep_row.hardware.name
         sweep_id = sweep_row.id
     if holdout > 0:

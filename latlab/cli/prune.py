@@ -99,7 +99,7 @@ def prune(
     _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
           f"items, {counts['blocks']} removable blocks")
     batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
-    database = open_database(db, create=False, upgrade=True)
+    database = open_database(db, create=False, upgrade=False)
     t0 = time.perf_counter()
     lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
                                                   kind=kind or DEFAULT_KIND[method])

@@ -116,3 +116,36 @@ def test_evaluate_prices_other_ops_under_the_sweeps_cache_protocol(tmp_path: Pat
                         "--pruned", "1", "--measure-backend", "cpu", "--out", str(tmp_path / "eval")])
     assert code == 0, err
     assert seen == [True]  # the LUT was swept with the LLC flushed, so the other ops are timed that way too
+
+
+def test_fit_picks_one_layout_of_a_sweep_holding_two(lut_db: str, cli) -> None:
+    """A sweep with NCHW and NHWC rows: `fit --layout` makes a model `predict` can use; a model of both is refused."""
+    code, _, err = cli(["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:64", "--batch", "32",
+                        "--input-size", "64", "--layout", "nhwc", "-q", "--db", lut_db])
+    assert code == 0, err
+    assert cli(["fit", "--models", "mdlm", "--name", "both", "--db", lut_db])[0] == 0
+    code, _, err = cli(["predict", "--model", "resnet18", "--input-size", "64", "--latency-model", "both",
+                        "--db", lut_db])
+    assert code == 1 and "covers 2 settings" in err and "--layout L" in err
+    assert cli(["fit", "--models", "mdlm", "--name", "nhwc", "--layout", "nhwc", "--db", lut_db])[0] == 0
+    code, out, err = cli(["predict", "--model", "resnet18", "--input-size", "64", "--latency-model", "nhwc",
+                          "--db", lut_db])
+    assert code == 0, err
+
+
+PRUNE_ARGV = ["prune", "--model", "resnet18", "--method", "halp", "--target", "0.5", "--out", "p"]
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "--out", "eval"], PRUNE_ARGV])
+def test_reading_commands_leave_an_old_database_as_it_is(tmp_path: Path, cli, argv: list[str]) -> None:
+    from db.engine import open_database
+
+    path = tmp_path / "old.db"
+    old = open_database(path, create=True, upgrade=False, check_schema=False)
+    old.upgrade("0004")
+    old.dispose()
+    code, _, err = cli([*argv[:-1], str(tmp_path / argv[-1]), "--db", str(path)])
+    assert code == 1 and "latlab db upgrade" in err
+    again = open_database(path, create=False, upgrade=False, check_schema=False)
+    assert again.revision() == "0004"
+    again.dispose()
