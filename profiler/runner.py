@@ -79,7 +79,8 @@ def _merge_plan(existing: dict[str, Any], plan: SweepPlan, stored: set[tuple]) -
     runs = list(existing.get("runs", []))
     if plan.description in runs and existing.get("n_configs") is not None:
         return {**existing, "runs": runs}
-    runs.append(plan.description)
+    if plan.description not in runs:
+        runs.append(plan.description)
     base = max(existing.get("n_configs") or 0, len(stored))
     return {**existing, "n_configs": base + len({config_key(c) for c in plan.configs} - stored), "runs": runs}
 

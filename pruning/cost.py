@@ -104,9 +104,11 @@ def _block_values(spec: NetworkSpec, importances: Mapping[str, np.ndarray],
     names = [b.name for b in spec.blocks]
     out: list[BlockValue] = []
     for gid, g in spec.groups.items():
+        if gid in internal:  # its whole value goes with its block already
+            continue
         by_block: dict[int, list[str]] = {}
         for c in g.convs:
-            if c in block_of_conv and gid not in internal:
+            if c in block_of_conv:
                 by_block.setdefault(block_of_conv[c], []).append(c)
         for b, convs in by_block.items():
             if layer_importances is None:
