@@ -214,7 +214,8 @@ def find_sweep(session: Session, sweep: int | None = None, hardware: str | None 
         raise LatlabError(f"no sweeps{where} in the database; run `latlab profile` or `latlab lut import`")
     if len(rows) > 1:
         ids = ", ".join(f"{s.id} ({s.hardware.name}, {s.backend}{', ' + s.name if s.name else ''})" for s in rows)
-        raise LatlabError(f"several sweeps match: {ids}; choose one with --sweep ID")
+        raise LatlabError(f"several sweeps match: {ids}; choose one with --sweep ID (prune.sweep in a training "
+                          "config: --set prune.sweep=ID)")
     return rows[0]
 
 

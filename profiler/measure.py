@@ -152,26 +152,26 @@ def load_program(path: Path) -> tuple[torch.export.ExportedProgram, tuple[int, i
     except Exception as exc:
         raise LatlabError(f"cannot load {path} as a torch.export program: {str(exc).splitlines()[0]}") from None
     names = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in names:
-            shape = node.meta["val"].shape
-            if len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
-                return program, (int(shape[2]), int(shape[3]))
-            break
+    image = next((node for node in program.graph.nodes if node.op == "placeholder" and node.name in names), None)
+    size = _fixed_hw(image)
+    if size is not None:
+        return program, size
     raise LatlabError(f"{path} does not take one N×C×H×W image batch with a fixed H and W")
+
+
+def _fixed_hw(node: torch.fx.Node | None) -> tuple[int, int] | None:
+    """(H, W) of a placeholder recorded as an N×C×H×W tensor with fixed H and W, else None."""
+    shape = getattr(node.meta.get("val"), "shape", None) if node is not None else None
+    if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
+        return int(shape[2]), int(shape[3])
+    return None
 
 
 def fixed_input_size(module: nn.Module) -> tuple[int, int] | None:
     """The (height, width) a loaded torch.export module's image input is fixed to; None for other modules."""
     if not isinstance(module, torch.fx.GraphModule):
         return None
-    for node in module.graph.nodes:
-        if node.op == "placeholder":
-            shape = getattr(node.meta.get("val"), "shape", None)
-            if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]):
-                return int(shape[2]), int(shape[3])
-            return None
-    return None
+    return _fixed_hw(next((node for node in module.graph.nodes if node.op == "placeholder"), None))
 
 
 def _load_module_file(path: Path) -> tuple[str, nn.Module]:

@@ -233,8 +233,8 @@ class _Run:
                                                               kind=p.kind or DEFAULT_KIND[p.method])
                 l0 = spec_latency(lat, spec, settings)
                 shared: dict[str, Any] = {"settings": settings.__dict__, "l0": l0, "source": source}
-            except LatlabError as exc:  # latlab train sets the sweep with --set, not --sweep
-                shared = {"error": str(exc).replace("with --sweep ID", "with --set prune.sweep=ID")}
+            except LatlabError as exc:
+                shared = {"error": str(exc)}
         else:
             shared = {}
         shared = broadcast_object(shared)
