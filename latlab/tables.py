@@ -24,11 +24,11 @@ def _cell(value: Any) -> str:
 
 
 def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None = None) -> str:
-    """Rows as text in ``fmt``; the columns are the keys of the first row."""
+    """Rows as text in ``fmt``, ending with one newline; the columns are the keys of the first row."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt == "json":
-        return json.dumps(list(rows), indent=2, default=str)
+        return json.dumps(list(rows), indent=2, default=str) + "\n"
     columns = list(rows[0]) if rows else []
     if fmt == "csv":
         buf = io.StringIO()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from db.defaults import ENV_VAR
+from latlab.tables import render
 
 #: Docstrings and option help are Markdown: paragraphs reflow to the terminal, indented examples stay as written.
 MARKUP_MODE = "markdown"
@@ -16,6 +17,11 @@ MARKUP_MODE = "markdown"
 def command_group(help: str) -> typer.Typer:
     """A ``latlab`` sub-command group (``lut``, ``models`` …) rendered like the top-level app."""
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=MARKUP_MODE)
+
+
+def echo_rows(rows, fmt: str = "table", title: str | None = None, err: bool = False) -> None:
+    """Print rows in ``fmt`` (see :func:`latlab.tables.render`) with no blank line after them."""
+    typer.echo(render(rows, fmt, title=title), nl=False, err=err)
 
 
 DbOption = Annotated[

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from latlab.cli._options import echo_rows
+
 
 def demo(
     out: Annotated[str, typer.Option(help="Directory for the database, report and plots.")] = "latlab-demo",
@@ -58,9 +60,8 @@ def demo(
                      backend=backend or device, device=device, finetune=finetune, threads=threads, repeats=repeats,
                      llc_flush=llc_flush, progress=not quiet)
     result = run_demo(cfg)
-    from latlab.tables import render
 
-    typer.echo(render(result.lut_rows, "table", title=f"LUT summary (sweep {result.sweep.sweep_id})"))
+    echo_rows(result.lut_rows, "table", title=f"LUT summary (sweep {result.sweep.sweep_id})")
     if result.model_ms is not None and result.conv_sum_ms is not None:
         typer.echo(f"whole {model}: {result.model_ms:.3f} ms measured; its convs sum to "
                    f"{result.conv_sum_ms:.3f} ms in the LUT ({100 * result.conv_sum_ms / result.model_ms:.1f}%)")

@@ -9,9 +9,8 @@ import typer
 
 from db.errors import LatlabError
 from latency_models.split_kinds import SPLIT_KINDS
-from latlab.cli._options import DbOption, HardwareOption, SweepOption
+from latlab.cli._options import DbOption, HardwareOption, SweepOption, echo_rows
 from latlab.cli.models import ModelsOption, parse_kinds
-from latlab.tables import render
 
 
 def _sweep_run(plan: dict, network: str) -> dict:
@@ -156,5 +155,5 @@ def evaluate(
     report = write_report(out, tables, predictions, whole,
                           title=f"Latency models on sweep {sweep_id} ({hw_name})")
     cols = ["model", "n_train", "n_test", "missing", "mape", "within_5", "within_10", "max_ape"]
-    typer.echo(render(table[cols].round(4).to_dict(orient="records"), "table", title="held-out accuracy"))
+    echo_rows(table[cols].round(4).to_dict(orient="records"), "table", title="held-out accuracy")
     typer.echo(f"report: {report}")

@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import MaskOption, MgpOption, TrustCheckpointOption, WeightsOption
-from latlab.tables import render
+from latlab.cli._options import MaskOption, MgpOption, TrustCheckpointOption, WeightsOption, echo_rows
 
 FORMATS = ("pt2", "onnx")
 
@@ -101,4 +100,4 @@ def export(
     result = {"input_size": list(size), "formats": formats, **row, "files": files}
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     shown = [{"": k, "value": v} for k, v in {**result, **files}.items() if k != "files"]
-    typer.echo(render(shown, "table", title=f"export → {out}"))
+    echo_rows(shown, "table", title=f"export → {out}")

@@ -11,8 +11,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import KeepOption
-from latlab.tables import render
+from latlab.cli._options import KeepOption, echo_rows
 
 FORMATS = ("table", "mdp", "json")
 
@@ -87,7 +86,7 @@ def graph(
         typer.echo(json.dumps(description, indent=2))
         return
     summary = {"model": spec.model_name, **spec.summary()}
-    typer.echo(render([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}"), nl=False)
+    echo_rows([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}")
     if checked:
         typer.echo(checked)
     if format == "table":
@@ -96,11 +95,11 @@ def graph(
         rows = [{"group": g.id, "convs": len(g.convs), "width": g.width, "q": g.q, "items": g.m,
                  **({"stripes": g.stripes} if striped else {}), "coupled": g.coupled, "prunable": g.prunable,
                  **({"fixed by": g.fixed_by} if fixed else {})} for g in spec.groups.values()]
-        typer.echo(render(rows, "table", title="channel groups"), nl=False)
+        echo_rows(rows, "table", title="channel groups")
         if spec.blocks:
             brows = [{"block": b.name, "convs": len(b.convs), "input group": b.input_group,
                       "output group": b.output_group} for b in spec.blocks]
-            typer.echo(render(brows, "table", title="removable blocks"), nl=False)
+            echo_rows(brows, "table", title="removable blocks")
         return
     if format == "mdp":
         assert outdir is not None

@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from latlab.cli._options import FormatOption
-from latlab.tables import render
+from latlab.cli._options import FormatOption, echo_rows
 
 
 def hw(
@@ -33,4 +32,4 @@ def hw(
     notes = info.pop("notes", [])
     rows = [{"field": k, "value": v} for k, v in info.items() if v not in (None, "")]
     rows += [{"field": "note", "value": n} for n in notes]
-    typer.echo(render(rows, fmt, title=f"hardware ({backend})"))
+    echo_rows(rows, fmt, title=f"hardware ({backend})")

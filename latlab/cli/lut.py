@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group, echo_rows
 from latlab.tables import render
 
 app = command_group("Inspect, query, export and import latency lookup tables.")
@@ -35,7 +35,7 @@ def list_(hardware: HardwareOption = None, fmt: FormatOption = "table", db: DbOp
     if not rows:
         typer.echo("no sweeps yet: run `latlab profile` or `latlab lut import`")
         return
-    typer.echo(render(rows, fmt, title="sweeps"))
+    echo_rows(rows, fmt, title="sweeps")
 
 
 @app.command()
@@ -68,7 +68,7 @@ def show(
     with database.session() as session:
         sweep_id = find_sweep(session, sweep, hardware).id
         if not rows and family is None and status is None:
-            typer.echo(render(family_summaries(session, sweep_id), fmt, title=f"sweep {sweep_id}"))
+            echo_rows(family_summaries(session, sweep_id), fmt, title=f"sweep {sweep_id}")
             return
     query = select(Measurement).where(Measurement.sweep_id == sweep_id)
     if family:
@@ -79,7 +79,10 @@ def show(
     with database.session() as session:
         rows_found = session.scalars(query.limit(limit + 1 if limit else None))
         out = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in rows_found]
-    typer.echo(render(out[:limit or None], fmt, title=f"sweep {sweep_id}") if out else "no matching rows")
+    if out:
+        echo_rows(out[:limit or None], fmt, title=f"sweep {sweep_id}")
+    else:
+        typer.echo("no matching rows")
     if limit and len(out) > limit:  # on stderr, so that a CSV on stdout stays a CSV
         typer.echo(f"first {limit} rows shown; --limit 0 shows all", err=True)
 

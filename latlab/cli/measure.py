@@ -8,8 +8,15 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption, MaskOption, MgpOption, TrustCheckpointOption, WeightsOption
-from latlab.tables import render
+from latlab.cli._options import (
+    DbOption,
+    FormatOption,
+    MaskOption,
+    MgpOption,
+    TrustCheckpointOption,
+    WeightsOption,
+    echo_rows,
+)
 
 
 def _predictions(database, names: list[str], net, input_size: int, batch: int, dtype: str,  # type: ignore[no-untyped-def]
@@ -130,4 +137,4 @@ def measure(
         row.update(dense_median_ms=timed["dense"].median_ms, speedup=paired_speedup(timed["dense"], result))
     if result.message:
         row["message"] = result.message
-    typer.echo(render([row], fmt, title="whole-model latency"))
+    echo_rows([row], fmt, title="whole-model latency")

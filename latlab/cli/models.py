@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group
-from latlab.tables import render
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group, echo_rows
 
 app = command_group("Stored latency models: list them.")
 
@@ -92,7 +91,7 @@ def fit(
         save_model(database, stored, model, sweep_id=sweep_id, training=training, metrics=metrics, replace=replace)
         rows.append({"name": stored, "kind": kind, "n_train": len(train), "n_test": len(test),
                      **{k: metrics.get(k) for k in ("missing", "within_5", "within_10", "mape", "max_ape")}})
-    typer.echo(render(rows, fmt, title=f"fitted on sweep {sweep_id} ({hw_name})"))
+    echo_rows(rows, fmt, title=f"fitted on sweep {sweep_id} ({hw_name})")
 
 
 @app.command("list")
@@ -109,4 +108,7 @@ def list_(fmt: FormatOption = "table", db: DbOption = None) -> None:
     from db.engine import open_database
     from latency_models.store import stored_models
     rows = stored_models(open_database(db, create=False))
-    typer.echo(render(rows, fmt, title="latency models") if rows else "no stored latency models: run `latlab fit`")
+    if rows:
+        echo_rows(rows, fmt, title="latency models")
+    else:
+        typer.echo("no stored latency models: run `latlab fit`")

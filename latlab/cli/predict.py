@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError, LUTMissError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, MaskOption, MgpOption, SweepOption
-from latlab.tables import render
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, MaskOption, MgpOption, SweepOption, echo_rows
 
 
 def predict(
@@ -90,7 +89,7 @@ def predict(
                      "conv_ms": ms, "images_per_s": settings.batch / ms * 1e3 if ms > 0 else None})
     title = f"predicted conv latency, {name} at {input_size} px"
     if not per_layer:
-        typer.echo(render(rows, fmt, title=title))
+        echo_rows(rows, fmt, title=title)
         return
     first = next(iter(models))
     layers = table.assign(**{f"share[{first}]_pct": 100 * table[first] / (float(table[first].sum()) or 1.0)})
@@ -98,5 +97,5 @@ def predict(
     if fmt == "json":  # one document
         typer.echo(json.dumps({"layers": layers, "totals": rows}, indent=2, default=str))
         return
-    typer.echo(render(layers, fmt, title=f"{title}, per conv (ms)"))
-    typer.echo(render(rows, fmt, title=title), err=fmt == "csv")  # a CSV on stdout stays one table
+    echo_rows(layers, fmt, title=f"{title}, per conv (ms)")
+    echo_rows(rows, fmt, title=title, err=fmt == "csv")  # a CSV on stdout stays one table

@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, HardwareOption, KeepOption, SweepOption
-from latlab.tables import render
+from latlab.cli._options import DbOption, HardwareOption, KeepOption, SweepOption, echo_rows
 from pruning.methods import METHODS
 from pruning.solvers import list_solvers
 
@@ -121,6 +120,6 @@ def prune(
               "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,
               "keep": keep or [], "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks}
     paths = save_outputs(res, spec, out, config)
-    typer.echo(render([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned"))
+    echo_rows([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned")
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
     (out / "config.json").write_text(json.dumps(config, indent=2))

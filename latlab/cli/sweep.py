@@ -6,8 +6,7 @@ import json
 
 import typer
 
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group
-from latlab.tables import render
+from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group, echo_rows
 
 app = command_group("Follow sweeps run by a fleet of `latlab profile --worker` processes.")
 
@@ -43,7 +42,7 @@ def status(sweep: SweepOption = None, hardware: HardwareOption = None, fmt: Form
     if workers:
         rows = [{**w, "alive": "alive" if w["alive"] else "left" if w["state"] in ("finished", "stopped") else "dead",
                  "last_heartbeat_s": f"{w['last_heartbeat_s']:.1f}s ago"} for w in workers]
-        typer.echo(render(rows, fmt, title=f"sweep {sweep_id} workers"))
+        echo_rows(rows, fmt, title=f"sweep {sweep_id} workers")
     else:
         typer.echo(f"sweep {sweep_id} has no fleet workers (it was run without --worker)")
     typer.echo(summary_line(info))

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.tables import render
+from latlab.cli._options import echo_rows
 
 
 def train(
@@ -74,5 +74,5 @@ def train(
 
     result = run_training(cfg, progress=not quiet)
     final = {k: result.metrics.get(k) for k in ("epoch", "top1", "top5", "predicted_ms", "removed_blocks")}
-    typer.echo(render([final | {"finished": result.finished}], "table", title="training"))
+    echo_rows([final | {"finished": result.finished}], "table", title="training")
     typer.echo(f"run directory: {result.out_dir}")
