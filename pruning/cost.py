@@ -74,11 +74,16 @@ def importance_order(importance: np.ndarray, stripes: int = 1) -> np.ndarray:
     return (ranked[:, None] + per_stripe * np.arange(stripes)[None]).ravel()
 
 
+def _group_importance(importances: Mapping[str, np.ndarray], gid: str, width: int) -> np.ndarray:
+    """Group ``gid``'s per-channel importance (all ones when not given)."""
+    return np.asarray(importances.get(gid, np.ones(width)), dtype=float).ravel()
+
+
 def _groups(spec: NetworkSpec, importances: Mapping[str, np.ndarray], block_of_group: dict[str, int],
             min_keep_share: float, live: Mapping[str, int]) -> tuple[list[Group], dict[str, np.ndarray]]:
     groups, order = [], {}
     for gid, g in spec.groups.items():
-        imp = np.asarray(importances.get(gid, np.ones(g.width)), dtype=float).ravel()
+        imp = _group_importance(importances, gid, g.width)
         if imp.shape != (g.width,) or not np.all(np.isfinite(imp)):
             raise LatlabError(f"importance of group {gid} must be {g.width} finite values, got shape {imp.shape}")
         order[gid] = importance_order(imp, g.stripes)
@@ -112,8 +117,7 @@ def _block_values(spec: NetworkSpec, importances: Mapping[str, np.ndarray],
                 by_block.setdefault(block_of_conv[c], []).append(c)
         for b, convs in by_block.items():
             if layer_importances is None:
-                share = np.asarray(importances.get(gid, np.ones(g.width)), dtype=float).ravel() * len(convs) / len(
-                    g.convs)
+                share = _group_importance(importances, gid, g.width) * len(convs) / len(g.convs)
             else:
                 missing = [c for c in convs if c not in layer_importances]
                 if missing:
