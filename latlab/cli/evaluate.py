@@ -52,6 +52,8 @@ def evaluate(
         help="Pruned widths are multiples of this (default: the sweep's grid step / reference groups).")] = None,
     measure_backend: Annotated[str | None, typer.Option(
         help="Also time each pruned network on this backend (cpu | cuda | fake).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for --measure-backend cpu (default: the sweep's own on the sweep's backend).")] = None,
     strict: Annotated[bool, typer.Option(help="Fail on any point outside a model's trained range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the split, the models and the prunings.")] = 0,
     out: Annotated[Path, typer.Option(help="Directory for report.md, CSVs and PNG plots.")] = Path("latlab-eval"),
@@ -88,6 +90,8 @@ def evaluate(
     kinds = parse_kinds(models)
     if split not in SPLIT_KINDS:
         raise LatlabError(f"unknown split {split!r}; choose from {', '.join(SPLIT_KINDS)}")
+    if threads is not None and (threads < 1 or measure_backend is None):
+        raise LatlabError(f"--threads {threads}: give a count >= 1 with --measure-backend")
     if not 0 < train_fraction < 1:
         raise LatlabError(f"--train-fraction must be in (0, 1), got {train_fraction}")
     trace = None
@@ -105,6 +109,8 @@ def evaluate(
         same = sweep_row.backend == measure_backend
         sweep_cache = cache_flags(sweep_row) if same else {}
         sweep_threads = {"num_threads": sweep_row.num_threads} if same and sweep_row.num_threads else {}
+    if threads is not None:
+        sweep_threads = {"num_threads": threads}
     candidates = candidate_models(kinds, seed=seed, strict=strict)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}

@@ -93,7 +93,7 @@ def test_profile_adaptive(tmp_path: Path, cli) -> None:
     assert code == 1 and "--budget" in err
 
 
-def test_evaluate_prices_other_ops_under_the_sweeps_cache_protocol(tmp_path: Path, cli,
+def test_evaluate_times_under_the_sweeps_protocol_or_given_threads(tmp_path: Path, cli,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import profiler.backends.cpu
     import profiler.other_ops
@@ -104,18 +104,24 @@ def test_evaluate_prices_other_ops_under_the_sweeps_cache_protocol(tmp_path: Pat
                         "--grid", "lhs:3:8", "--threads", "1", "--warmup", "1", "--repeats", "2", "--min-repeats", "2",
                         "--llc-flush", "-q", "--db", db])
     assert code == 0, err
-    seen: list[bool] = []
+    seen: list[tuple[bool, int | None]] = []
     real = profiler.other_ops.measure_other_ops
 
     def spy(backend, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(backend.protocol.llc_flush)
+        seen.append((backend.protocol.llc_flush, backend.protocol.num_threads))
         return real(backend, *args, **kwargs)
 
     monkeypatch.setattr(profiler.other_ops, "measure_other_ops", spy)
-    code, _, err = cli(["evaluate", "--models", "mdlm", "--db", db, "--network", "resnet18", "--input-size", "32",
-                        "--pruned", "1", "--measure-backend", "cpu", "--out", str(tmp_path / "eval")])
+    evaluate = ["evaluate", "--models", "mdlm", "--db", db, "--network", "resnet18", "--input-size", "32",
+                "--pruned", "1", "--out", str(tmp_path / "eval")]
+    code, _, err = cli([*evaluate, "--measure-backend", "cpu"])
     assert code == 0, err
-    assert seen == [True]  # the LUT was swept with the LLC flushed, so the other ops are timed that way too
+    assert seen == [(True, 1)]  # the LUT was swept on 1 thread with the LLC flushed, so the other ops are timed so
+    code, _, err = cli([*evaluate, "--measure-backend", "cpu", "--threads", "2"])
+    assert code == 0, err
+    assert seen[-1] == (True, 2)
+    code, _, err = cli([*evaluate, "--threads", "2"])
+    assert code == 1 and "--threads 2" in err and "--measure-backend" in err
 
 
 def test_fit_picks_one_layout_of_a_sweep_holding_two(lut_db: str, cli) -> None:
