@@ -8,7 +8,8 @@
 # STEPS: comma-separated subset of  tests,sweep,export_speed,prediction_error,train,demo,timers
 # (default: all but timers, whose H200 result is committed), run in that order. Split a session across
 # calls by giving each a subset and the same OUTDIR: the export_speed step reuses (and resumes) the sweep.
-# Expects latlab importable (installed, or PYTHONPATH at the checkout). Each step has its own time limit
+# Expects latlab importable (installed, or PYTHONPATH at the checkout; scripts/device_wheels.sh fetches
+# what an offline box lacks). Each step has its own time limit
 # so one slow step cannot starve the others; with PACK, OUTDIR is re-packed after every step, so what
 # finished survives a session cut short (keep PACK under the device tool's 16 MiB per file). A sweep cut by
 # its limit resumes on a rerun. Every step's full output is in OUTDIR/*.log.
