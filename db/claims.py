@@ -133,12 +133,6 @@ def claim_batch(db: Database, sweep_id: int, worker_id: str, n: int) -> list[tup
         return _held(conn, sweep_id, worker_id)
 
 
-def held_claims(db: Database, sweep_id: int, worker_id: str) -> list[tuple[int, str]]:
-    """``(claim id, key)`` of the claims ``worker_id`` holds."""
-    with db.transaction() as conn:
-        return _held(conn, sweep_id, worker_id)
-
-
 def _held(conn: Connection, sweep_id: int, worker_id: str) -> list[tuple[int, str]]:
     rows = conn.execute(
         select(_CLAIMS.c.id, _CLAIMS.c.config_key).where(

@@ -247,12 +247,3 @@ def export_legacy(
         Path(path).write_bytes(pickle.dumps(out, protocol=4))
     return out
 
-
-def legacy_dict_summary(lut: Mapping[str, float]) -> dict[str, Any]:
-    """Counts of keys, batch sizes and (fmap, k, stride) configs, for printing."""
-    parsed = [parse_legacy_key(k) for k in lut]
-    return {
-        "keys": len(parsed),
-        "batches": sorted({p[0] for p in parsed}),
-        "families": sorted({(p[3], p[4], p[5]) for p in parsed}),
-    }

@@ -33,12 +33,7 @@ def layer_full_grid(layer: ConvLayer, step: int) -> set[Point]:
     Depthwise convs get the diagonal cin == cout; grouped convs use multiples of lcm(step, groups);
     a conv fed only by the network input keeps its dense cin.
     """
-    fam = layer.family
-    if fam.depthwise:
-        return {(c, c) for c in axis(layer.cout, step)}
-    couts = axis(layer.cout, step, fam.groups)
-    cins = [layer.cin] if layer.fixed_cin else axis(layer.cin, step, fam.groups)
-    return {(ci, co) for ci in cins for co in couts}
+    return layer_lattice_grid(layer, step, step)
 
 
 def auto_group_size(width: int) -> int:
