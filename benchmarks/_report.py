@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,15 @@ def machine(backend: str = "cpu") -> dict[str, Any]:
     return out
 
 
+def command_line(benchmark: str, argv: list[str] | None = None) -> str:
+    """``python -m benchmarks.<benchmark> ARGS`` as a shell would take it back (empty and spaced args quoted)."""
+    return shlex.join(["python", "-m", f"benchmarks.{benchmark}", *(argv if argv is not None else sys.argv[1:])])
+
+
 def result_header(benchmark: str, argv: list[str] | None, backend: str = "cpu") -> dict[str, Any]:
     """The first keys of a result: benchmark name, backend, the command that ran it and the machine."""
-    args = argv if argv is not None else sys.argv[1:]
-    return {"benchmark": benchmark, "backend": backend,
-            "command": " ".join(["python -m", f"benchmarks.{benchmark}", *args]), "machine": machine(backend)}
+    return {"benchmark": benchmark, "backend": backend, "command": command_line(benchmark, argv),
+            "machine": machine(backend)}
 
 
 def machine_line(machine: dict[str, Any]) -> str:

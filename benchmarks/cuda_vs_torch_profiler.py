@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import command_line  # noqa: E402
 from db.keys import ConvConfig, ConvFamily  # noqa: E402
 from profiler.protocol import TimingProtocol  # noqa: E402
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# CUDA events / CUDA graph vs torch.profiler on {hw.name} "
         f"(torch {torch.__version__}, cuDNN {hw.cudnn_version}, layout {args.layout})", "",
-        f"Command: `python -m benchmarks.cuda_vs_torch_profiler {' '.join(argv or sys.argv[1:])}`. "
+        f"Command: `{command_line('cuda_vs_torch_profiler', argv)}`. "
         "Medians of the per-call times; *events* and *graph* are timed behind a queue backlog (the LUT "
         "default), *no backlog* is events around each call as it is launched.", "",
         "| layer | dtype | batch | events µs | no backlog µs | graph µs | profiler µs | kernels/call "

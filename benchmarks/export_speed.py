@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
+from benchmarks._report import command_line
 from db import open_database
 from db.errors import LatlabError
 from db.models import Sweep
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update(measured_ms=timed[name].median_ms, speedup=paired_speedup(timed["dense"], timed[name]))
     frame = prediction_errors(pd.DataFrame(rows.values()), rows["dense"], PREDICTORS)
     hw = detect_hardware(args.backend)
-    command = "python -m benchmarks.export_speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("export_speed", argv)
     cols = ["method", "target", "measured_ms", "speedup", "params_m", "removed_blocks",
             *[f"{p}_speedup_err_pct" for p in PREDICTORS], *[f"{p}+other_speedup_err_pct" for p in PREDICTORS],
             *[f"{p}+other_err_pct" for p in PREDICTORS], "max_logit_delta"]

@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from benchmarks._report import command_line
 from db.claims import fleet_status
 from db.engine import open_database
 from db.lut import KEY_COLUMNS
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          kill_at=n // 2)
         machine = _machine(server)
     res = {
-        "command": " ".join(["python -m benchmarks.fleet", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line("fleet", argv),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine, "configs": n,
         "delay_ms": args.delay_ms, "heartbeat_timeout_s": args.heartbeat_timeout,
         "one_worker": one, "fleet": many, "fleet_with_kill": kill,

@@ -37,6 +37,7 @@ import pandas as pd
 from sqlalchemy import select
 from threadpoolctl import threadpool_limits
 
+from benchmarks._report import command_line
 from db import open_database
 from db.legacy import import_legacy
 from db.models import Sweep
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(results: dict[str, dict[str, Any]], args: argparse.Namespace, argv: list[str] | None) -> None:
     hw = detect_hardware("cpu")
-    command = "python -m benchmarks.latency_models " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("latency_models", argv)
     md = ["# Latency model accuracy", "", f"Command: `{command}`  ",
           f"Machine: {hw.name}, torch {hw.torch_version}. Held-out points are LUT keys not used for training "
           "(split by distinct key); 'within_5' is the share of held-out points predicted within ±5%.", ""]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks._report import command_line
 from db.errors import LatlabError
 from profiler.hardware import detect_hardware
 from profiler.plan import resolve_model
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["relative"] = r["images_per_s"] / rows[0]["images_per_s"]
     hw = detect_hardware(args.device)
-    command = "python -m benchmarks.train_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("train_throughput", argv)
     md = ["# Training-step throughput: prune-while-training vs torchvision's reference step", "",
           f"Command: `{command}`  ", f"Machine: {hw.name}, torch {hw.torch_version}; {args.model}, batch {args.batch}, "
           f"{args.input_size}×{args.input_size}, AMP {'on' if args.amp else 'off'}, channels_last "

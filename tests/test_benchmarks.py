@@ -40,3 +40,10 @@ def test_model_zoo_records_every_outcome(tmp_path: Path) -> None:
     assert rows["vit_b_16"]["status"].startswith("refused: shape propagation")  # ViT needs 224 px; the rest went on
     assert "1 pruned and exported, 1 with nothing to prune, 1 refused (with the reason), 0 failed" in out.with_suffix(
         ".md").read_text()
+
+
+def test_recorded_command_can_be_pasted_back() -> None:
+    from benchmarks._report import command_line
+
+    line = command_line("export_speed", ["--sweep-name", "", "--db", "my luts.db"])
+    assert line == "python -m benchmarks.export_speed --sweep-name '' --db 'my luts.db'"
