@@ -283,6 +283,17 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
 
 
 @torch.no_grad()
+def zero_channels(conv: nn.Module, bn: nn.Module | None, rows: torch.Tensor) -> None:
+    """Zero output channels ``rows`` (bool or indices) of ``conv`` (weight rows, bias) and of the BN after it
+    (γ, β, running mean and var), in place: they then output exactly 0."""
+    for m, attrs in ((conv, ("weight", "bias")), (bn, ("weight", "bias", "running_mean", "running_var"))):
+        for attr in attrs:
+            t = getattr(m, attr, None) if m is not None else None
+            if t is not None:
+                t[rows] = 0
+
+
+@torch.no_grad()
 def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor],
                      removed_blocks: RemovedBlocks | None = None) -> nn.Module:
     """A dense copy of ``model`` with the spec §5.5 masking applied: conv rows/bias and the following BN's
@@ -292,16 +303,8 @@ def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor],
     pairs = conv_bn_pairs(ref)
     for name, keep in masks.items():
         conv = ref.get_submodule(name)
-        drop = ~torch.as_tensor(keep, dtype=torch.bool).to(conv.weight.device)
-        conv.weight[drop] = 0
-        if conv.bias is not None:
-            conv.bias[drop] = 0
-        if name in pairs:
-            bn = ref.get_submodule(pairs[name])
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                t = getattr(bn, attr)
-                if t is not None:
-                    t[drop] = 0
+        zero_channels(conv, ref.get_submodule(pairs[name]) if name in pairs else None,
+                      ~torch.as_tensor(keep, dtype=torch.bool).to(conv.weight.device))
     for bname, rem in _removed(ref, removed_blocks).items():
         gate = ref.get_submodule(f"{bname}.{rem.gate}")
         for attr in ("weight", "bias", "running_mean", "running_var"):

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from db.errors import LatlabError
+from pruning.export import zero_channels
 from pruning.graph import NetworkSpec, build_network_spec
 
 __all__ = ["MaskFile", "apply_mask_file", "load_masks", "masks_for_model", "read_mask_file"]
@@ -182,7 +183,7 @@ def masks_for_model(
 
 @torch.no_grad()
 def _dead_channels(model: nn.Module, spec: NetworkSpec, conv: str) -> torch.Tensor:
-    """Keep one channel per stripe of ``conv``'s group, zeroed in ``model`` (conv row and bias, BN γ and β).
+    """Keep one channel per stripe of ``conv``'s group, zeroed in ``model`` (conv row and bias, its BN).
 
     An empty layer inside a block that keeps other layers (HALP's layer removal) leaves a branch that adds
     a constant, which HALP's own export only approximates (spec §9.6). A dead channel reproduces the masked
@@ -192,11 +193,7 @@ def _dead_channels(model: nn.Module, spec: NetworkSpec, conv: str) -> torch.Tens
     keep = torch.zeros(group.width, dtype=torch.bool)
     keep[torch.arange(group.stripes) * (group.width // group.stripes)] = True
     mods = dict(model.named_modules())
-    for m in (mods[conv], mods.get(layer.bn or "")):
-        for name in ("weight", "bias"):
-            t = getattr(m, name, None) if m is not None else None
-            if t is not None:
-                t[keep] = 0
+    zero_channels(mods[conv], mods.get(layer.bn or ""), keep)
     return keep
 
 
