@@ -38,6 +38,22 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"latlab {version('latlab')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print latlab's version and exit.")) -> None:
+    """Latency LUTs for your GPU or CPU, latency models on them, and latency-constrained pruning."""
+
+
 app.command("hw")(hw.hw)
 app.command("profile")(profile.profile)
 app.command("measure")(measure.measure)

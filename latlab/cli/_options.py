@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from db.defaults import ENV_VAR
-from latlab.tables import render
+from latlab.tables import FORMATS, render
 
 #: Docstrings and option help are Markdown: paragraphs reflow to the terminal, indented examples stay as written.
 MARKUP_MODE = "markdown"
@@ -19,8 +19,17 @@ def command_group(help: str) -> typer.Typer:
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=MARKUP_MODE)
 
 
-def echo_rows(rows, fmt: str = "table", title: str | None = None, err: bool = False) -> None:
-    """Print rows in ``fmt`` (see :func:`latlab.tables.render`) with no blank line after them."""
+def echo_rows(rows, fmt: str = "table", title: str | None = None, err: bool = False, empty: str = "no rows") -> None:
+    """Print rows in ``fmt`` (see :func:`latlab.tables.render`) with no blank line after them.
+
+    No rows: ``[]`` in JSON, nothing in CSV or Markdown; the ``empty`` message goes to stderr then (on stdout
+    only for the terminal table), so a pipe never reads prose as data.
+    """
+    if not rows:
+        if fmt == "json":
+            typer.echo("[]", err=err)
+        typer.echo(empty, err=err or fmt != "table")
+        return
     typer.echo(render(rows, fmt, title=title), nl=False, err=err)
 
 
@@ -33,7 +42,17 @@ SweepOption = Annotated[int | None, typer.Option("--sweep", help="Sweep id (see 
 HardwareOption = Annotated[
     str | None, typer.Option("--hardware", help="Hardware profile: id, exact name or fingerprint prefix.")
 ]
-FormatOption = Annotated[str, typer.Option("--format", "-f", help="table | csv | markdown | json")]
+
+
+def _output_format(value: str) -> str:
+    """Check ``-f`` before any work starts (a typo must not cost a sweep's or a fit's result)."""
+    fmt = value.lower()
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(FORMATS)}")
+    return fmt
+
+
+FormatOption = Annotated[str, typer.Option("--format", "-f", help=" | ".join(FORMATS), callback=_output_format)]
 KeepOption = Annotated[
     list[str] | None,
     typer.Option("--keep", help="Keep these convs' channels (and their blocks) whole: `stem` (the first convs, "

@@ -29,7 +29,8 @@ def graph(
     model: Annotated[str, typer.Option(help="torchvision name (resnet50) or timm:NAME (timm:resnet50d).")],
     outdir: Annotated[Path | None, typer.Argument(help="Folder for the files of --format mdp/json.")] = None,
     format: Annotated[str, typer.Option(
-        "--format", help="table (print only) | mdp (HALP/MDP json tables) | json (one description file)")] = "table",
+        "--format", "-f",
+        help="table (print only) | mdp (HALP/MDP json tables) | json (one description file)")] = "table",
     input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
     group_sizes: Annotated[str, typer.Option(
         help="auto (8/16/32 by width) | reference (HALP/MDP ResNet50 sizes) | an integer q")] = "auto",

@@ -32,10 +32,7 @@ def list_(hardware: HardwareOption = None, fmt: FormatOption = "table", db: DbOp
     database = open_database(db, create=False)
     with database.session() as session:
         rows = sweep_summaries(session, hardware)
-    if not rows:
-        typer.echo("no sweeps yet: run `latlab profile` or `latlab lut import`")
-        return
-    echo_rows(rows, fmt, title="sweeps")
+    echo_rows(rows, fmt, title="sweeps", empty="no sweeps yet: run `latlab profile` or `latlab lut import`")
 
 
 @app.command()
@@ -79,10 +76,7 @@ def show(
     with database.session() as session:
         rows_found = session.scalars(query.limit(limit + 1 if limit else None))
         out = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in rows_found]
-    if out:
-        echo_rows(out[:limit or None], fmt, title=f"sweep {sweep_id}")
-    else:
-        typer.echo("no matching rows")
+    echo_rows(out[:limit or None], fmt, title=f"sweep {sweep_id}", empty="no matching rows")
     if limit and len(out) > limit:  # on stderr, so that a CSV on stdout stays a CSV
         typer.echo(f"first {limit} rows shown; --limit 0 shows all", err=True)
 
@@ -132,8 +126,11 @@ def query(
 
 @app.command("export")
 def export(
-    out: Annotated[Path, typer.Argument(help="Output file (.pkl for halp/mdp, .csv, .json).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="halp (7-token keys) | mdp (6) | csv | json")] = "halp",
+    out: Annotated[Path, typer.Argument(help="Output file (.pkl for halp/mdp, .csv, .json); `-` writes a CSV or JSON "
+                                             "to stdout.")],
+    fmt: Annotated[str | None, typer.Option(
+        "--format", "-f", help="halp (7-token keys) | mdp (6) | csv | json [default: from the file's extension, "
+                               "halp for .pkl]", show_default=False)] = None,
     sweep: SweepOption = None, hardware: HardwareOption = None,
     dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
     batch: Annotated[int | None, typer.Option(help="Only rows of this batch size.")] = None,
@@ -150,7 +147,8 @@ def export(
 
         latlab lut export rn50_h100.pkl --format halp \
             --hardware "NVIDIA H100 80GB HBM3"
-        latlab lut export rn50.csv --format csv --sweep 1
+        latlab lut export rn50.csv --sweep 1
+        latlab lut export - -f json --sweep 1 | jq length
     """
     from sqlalchemy import select
 
@@ -161,15 +159,15 @@ def export(
     database = open_database(db, create=False)
     with database.session() as session:
         sweep_id = find_sweep(session, sweep, hardware).id
+    fmt = _export_format(out, fmt)
     where = {k: v for k, v in {"dtype": dtype, "batch": batch, "op": op, "layout": layout}.items() if v is not None}
-    if not out.parent.is_dir():
+    to_stdout = str(out) == "-"
+    if not to_stdout and not out.parent.is_dir():
         raise LatlabError(f"folder {out.parent} does not exist; create it first")
     if fmt in ("halp", "mdp"):
         written = export_legacy(database, sweep_id, out, fmt, where=where)
         typer.echo(f"wrote {len(written)} keys ({fmt} format, e.g. {next(iter(written))}) to {out}")
         return
-    if fmt not in ("csv", "json"):
-        raise LatlabError(f"unknown export format {fmt!r}; choose halp, mdp, csv or json")
     query = select(Measurement).where(Measurement.sweep_id == sweep_id)
     for column, value in where.items():
         query = query.where(getattr(Measurement, column) == value)
@@ -177,8 +175,36 @@ def export(
         table = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in session.scalars(query.order_by(Measurement.id))]
     if not table:
         raise LatlabError(f"sweep {sweep_id} has no rows{' with ' + str(where) if where else ''}; nothing written")
+    if to_stdout:
+        typer.echo(render(table, fmt), nl=False)
+        return
     out.write_text(render(table, fmt))
     typer.echo(f"wrote {len(table)} rows to {out}")
+
+
+_EXPORT_FORMATS = ("halp", "mdp", "csv", "json")
+_TABLE_SUFFIXES = {".csv": "csv", ".json": "json"}
+_PICKLE_SUFFIXES = (".pkl", ".pickle")
+
+
+def _export_format(out: Path, fmt: str | None) -> str:
+    """The export format: ``fmt`` if given (and consistent with a .csv/.json name), else the extension's."""
+    suffix = out.suffix.lower()
+    if fmt is None:
+        if str(out) == "-":
+            raise LatlabError("`-` (stdout) needs --format csv or json")
+        if suffix not in (*_TABLE_SUFFIXES, *_PICKLE_SUFFIXES):
+            raise LatlabError(f"cannot tell the format from {out.name!r}; give --format halp, mdp, csv or json")
+        return _TABLE_SUFFIXES.get(suffix, "halp")
+    fmt = fmt.lower()
+    if fmt not in _EXPORT_FORMATS:
+        raise LatlabError(f"unknown export format {fmt!r}; choose {', '.join(_EXPORT_FORMATS)}")
+    if str(out) == "-" and fmt not in _TABLE_SUFFIXES.values():
+        raise LatlabError(f"--format {fmt} writes a pickle; give a file name instead of `-`")
+    pickled = fmt in ("halp", "mdp")
+    if (suffix in _TABLE_SUFFIXES and _TABLE_SUFFIXES[suffix] != fmt) or (suffix in _PICKLE_SUFFIXES and not pickled):
+        raise LatlabError(f"--format {fmt} does not match the file name {out.name!r}")
+    return fmt
 
 
 @app.command("import")

@@ -108,7 +108,4 @@ def list_(fmt: FormatOption = "table", db: DbOption = None) -> None:
     from db.engine import open_database
     from latency_models.store import stored_models
     rows = stored_models(open_database(db, create=False))
-    if rows:
-        echo_rows(rows, fmt, title="latency models")
-    else:
-        typer.echo("no stored latency models: run `latlab fit`")
+    echo_rows(rows, fmt, title="latency models", empty="no stored latency models: run `latlab fit`")

@@ -98,4 +98,6 @@ def predict(
         typer.echo(json.dumps({"layers": layers, "totals": rows}, indent=2, default=str))
         return
     echo_rows(layers, fmt, title=f"{title}, per conv (ms)")
+    if fmt == "markdown":
+        typer.echo("")  # a blank line ends the first table
     echo_rows(rows, fmt, title=title, err=fmt == "csv")  # a CSV on stdout stays one table

@@ -39,13 +39,12 @@ def status(sweep: SweepOption = None, hardware: HardwareOption = None, fmt: Form
         typer.echo(json.dumps(info, indent=2, default=str))
         return
     workers = info["workers"]
-    if workers:
-        rows = [{**w, "alive": "alive" if w["alive"] else "left" if w["state"] in ("finished", "stopped") else "dead",
-                 "last_heartbeat_s": f"{w['last_heartbeat_s']:.1f}s ago"} for w in workers]
-        echo_rows(rows, fmt, title=f"sweep {sweep_id} workers")
-    else:
-        typer.echo(f"sweep {sweep_id} has no fleet workers (it was run without --worker)")
-    typer.echo(summary_line(info))
+    rows = [{**w, "alive": "alive" if w["alive"] else "left" if w["state"] in ("finished", "stopped") else "dead",
+             "last_heartbeat_s": f"{w['last_heartbeat_s']:.1f}s ago" if fmt == "table" else w["last_heartbeat_s"]}
+            for w in workers]
+    echo_rows(rows, fmt, title=f"sweep {sweep_id} workers",
+              empty=f"sweep {sweep_id} has no fleet workers (it was run without --worker)")
+    typer.echo(summary_line(info), err=fmt != "table")  # a CSV or Markdown table on stdout stays one table
 
 
 def summary_line(info: dict) -> str:

@@ -105,6 +105,41 @@ def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
     assert code == 1 and "does not exist" in err
     code, _, err = cli(["lut", "export", str(tmp_path / "y.csv"), "--format", "csv", "--dtype", "fp16", "--db", db2])
     assert code == 1 and "nothing written" in err and not (tmp_path / "y.csv").exists()
+    code, out, _ = cli(["lut", "export", str(tmp_path / "z.csv"), "--db", db2])  # the format from the extension
+    assert code == 0 and (tmp_path / "z.csv").read_text().startswith("family,cin,cout,")
+    code, out, _ = cli(["lut", "export", "-", "-f", "json", "--db", db2])  # to stdout, nothing else there
+    assert code == 0 and len(json.loads(out)) == 1423
+    for argv, why in ((["z.csv", "-f", "halp"], "does not match"), (["z.pkl", "-f", "csv"], "does not match"),
+                      (["z.txt"], "cannot tell the format"), (["-"], "needs --format csv or json"),
+                      (["-", "-f", "mdp"], "writes a pickle")):
+        code, _, err = cli(["lut", "export", *(str(tmp_path / a) if a.startswith("z.") else a for a in argv),
+                            "--db", db2])
+        assert code == 1 and why in err, (argv, err)
+
+
+def test_output_formats_for_pipes(tmp_path: Path, cli) -> None:
+    """A format typo stops before any work; no rows give `[]` / nothing on stdout; prose goes to stderr."""
+    db = str(tmp_path / "empty.db")
+    assert cli(["db", "upgrade", "--db", db])[0] == 0
+    code, out, err = cli(["models", "list", "-f", "xml", "--db", db])
+    assert code == 2 and "'xml' is not one of" in err and "Traceback" not in err
+    code, out, err = cli(["models", "list", "-f", "JSON", "--db", db])
+    assert code == 0 and json.loads(out) == [] and "no stored latency models" in err
+    code, out, err = cli(["lut", "list", "-f", "csv", "--db", db])
+    assert code == 0 and out == "" and "no sweeps yet" in err
+    code, out, _ = cli(["lut", "list", "--db", db])
+    assert code == 0 and "no sweeps yet" in out  # the terminal table says it where the table would be
+    code, _, err = cli(["fit", "--models", "mdlm", "--name", "typo", "-f", "xml", "--db", db])
+    assert code == 2 and "'xml' is not one of" in err
+
+
+def test_markdown_cells_and_wide_tables() -> None:
+    from latlab.tables import render
+
+    md = render([{"model": "pi|pe", "ms": 1.5}], "markdown")
+    assert md.splitlines()[-1] == "| pi\\|pe | 1.5 |"
+    wide = render([{f"column_{i}": 123456789 for i in range(14)}], "table")
+    assert all("123456789" in line for line in wide.splitlines() if "12345" in line)  # no number folded
 
 
 class _Evil:

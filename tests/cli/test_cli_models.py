@@ -88,6 +88,8 @@ def test_profile_adaptive(tmp_path: Path, cli) -> None:
     assert "adaptive sweep 1: measured 120 new" in out or "stopped by target accuracy" in out
     code, out, _ = cli(["sweep", "status", "--db", db])
     assert code == 0 and "(sampled): 678 planned, 120 stored" in out  # the lattice planned, a sample of it stored
+    code, out, err = cli(["sweep", "status", "-f", "csv", "--db", db])
+    assert code == 0 and out == "" and "(sampled): 678 planned" in err  # stdout holds the (empty) table only
     no_budget = [a for a in argv if a not in ("--budget", "120")]
     code, _, err = cli(no_budget)
     assert code == 1 and "--budget" in err
