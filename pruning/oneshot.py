@@ -95,6 +95,7 @@ class PruneResult:
             "solver": self.result.backend, "solve_s": round(self.result.seconds, 4),
             "objective": self.result.objective, "bound": self.result.bound, "gap": self.result.gap,
             "predicted_dense_ms": self.predicted_dense_ms, "predicted_pruned_ms": self.predicted_pruned_ms,
+            "constrained_ms": self.result.latency, "budget_ms": self.target * self.predicted_dense_ms,
             "removed_blocks": self.removed_blocks, "max_logit_delta": self.max_logit_delta, **self.counts,
         }
 
@@ -126,6 +127,9 @@ def prune_once(
     return out
 
 
+_HALP_NOTE = "; HALP prices every conv at its dense input width, so it over-prices the pruned network"
+
+
 def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dict[str, Any]) -> dict[str, Path]:
     """Write masks (weights-only loadable), the slim network (torch.export .pt2), result.json, report.md."""
     import json
@@ -141,8 +145,9 @@ def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dic
         f"# {spec.model_name}: {res.method} at {res.target:.0%} of the dense latency", "",
         f"- solver `{res.result.backend}`: {res.result.status} in {res.result.seconds:.3f} s, objective "
         f"{res.result.objective}, bound {res.result.bound}",
-        f"- predicted conv latency: dense {res.predicted_dense_ms:.4g} ms → pruned {res.predicted_pruned_ms:.4g} ms "
-        f"(budget {res.target * res.predicted_dense_ms:.4g} ms)",
+        f"- predicted conv latency: dense {res.predicted_dense_ms:.4g} ms → pruned {res.predicted_pruned_ms:.4g} ms; "
+        f"as the method's problem prices it {res.result.latency:.4g} ms (budget "
+        f"{res.target * res.predicted_dense_ms:.4g} ms{_HALP_NOTE if res.method == 'halp' else ''})",
         f"- parameters {res.counts['params_dense']:,} → {res.counts['params_pruned']:,}; MACs/image "
         f"{res.counts['macs_dense']:,} → {res.counts['macs_pruned']:,}",
         f"- removed blocks: {', '.join(res.removed_blocks) or 'none'}",

@@ -69,6 +69,8 @@ def test_mdp_prunes_exports_and_beats_halp_value(setup) -> None:  # type: ignore
     # HALP prices each conv at its dense input width: same budget, less kept value, and it really is faster
     assert halp.result.objective <= mdp.result.objective + 1e-9
     assert halp.predicted_pruned_ms < 0.7 * halp.predicted_dense_ms
+    summary = halp.summary()  # what the problem priced (input widths frozen) is what met the budget
+    assert summary["predicted_pruned_ms"] < summary["constrained_ms"] <= summary["budget_ms"] * (1 + 1e-9)
     out = mdp.slim(torch.randn(2, 3, SIZE, SIZE))
     assert out.shape == (2, 10)
 
