@@ -31,7 +31,7 @@ def parse_kinds(text: str) -> list[str]:
 def fit(
     models: ModelsOption = "mdlm",
     name: Annotated[str | None, typer.Option(
-        help="Stored name (default: HARDWARE-KIND-sSWEEP); with several --models, NAME-KIND.")] = None,
+        help="Stored name (default: sweepID-KIND, e.g. sweep1-mdlm); with several --models, NAME-KIND.")] = None,
     sweep: SweepOption = None, hardware: HardwareOption = None,
     batch: Annotated[int | None, typer.Option(help="Only rows with this batch size.")] = None,
     dtype: Annotated[str | None, typer.Option(help="Only rows of this dtype.")] = None,
@@ -85,7 +85,7 @@ def fit(
             table, _ = fit_predict({kind: model}, X, y, (train, test), keep_fitted=fitted)
             metrics = {k: v for k, v in table.iloc[0].to_dict().items() if k not in ("model", "error")}
         model = fitted[kind] if kind in fitted else model.fit(X.iloc[train].reset_index(drop=True), y[train])
-        stored = (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"{hw_name}-{kind}-s{sweep_id}"
+        stored = (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"sweep{sweep_id}-{kind}"
         training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "holdout": holdout, "seed": seed,
                     "n_rows": len(X)}
         save_model(database, stored, model, sweep_id=sweep_id, training=training, metrics=metrics, replace=replace)

@@ -22,7 +22,7 @@ def test_fit_and_list(lut_db: str, cli) -> None:
     lines = out.strip().splitlines()
     assert lines[0].startswith("name,kind,n_train,n_test,missing,within_5") and len(lines) == 3
     code, out, _ = cli(["models", "list", "--db", lut_db, "-f", "csv"])
-    assert code == 0 and "-mdlm-s1" in out and "-llm-s1" in out
+    assert code == 0 and "sweep1-mdlm" in out and "sweep1-llm" in out
     code, _, err = cli(["fit", "--models", "mdlm", "--db", lut_db])
     assert code == 1 and "already exists" in err
     code, _, err = cli(["fit", "--models", "magic", "--db", lut_db])
