@@ -51,7 +51,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                        help="Print latlab's version and exit.")) -> None:
-    """Latency LUTs for your GPU or CPU, latency models on them, and latency-constrained pruning."""
+    """Options of ``latlab`` itself (``--version``); the group's help is the ``Typer(help=...)`` above."""
 
 
 app.command("hw")(hw.hw)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +20,8 @@ def command_group(help: str) -> typer.Typer:
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=MARKUP_MODE)
 
 
-def echo_rows(rows, fmt: str = "table", title: str | None = None, err: bool = False, empty: str = "no rows") -> None:
+def echo_rows(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None = None, err: bool = False,
+              empty: str = "no rows") -> None:
     """Print rows in ``fmt`` (see :func:`latlab.tables.render`) with no blank line after them.
 
     No rows: ``[]`` in JSON, nothing in CSV or Markdown; the ``empty`` message goes to stderr then (on stdout

@@ -156,10 +156,10 @@ def export(
     from db.legacy import export_legacy
     from db.lut import find_sweep
     from db.models import Measurement
+    fmt = _export_format(out, fmt)
     database = open_database(db, create=False)
     with database.session() as session:
         sweep_id = find_sweep(session, sweep, hardware).id
-    fmt = _export_format(out, fmt)
     where = {k: v for k, v in {"dtype": dtype, "batch": batch, "op": op, "layout": layout}.items() if v is not None}
     to_stdout = str(out) == "-"
     if not to_stdout and not out.parent.is_dir():
