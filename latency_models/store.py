@@ -73,11 +73,12 @@ def load_model(db: Database, name: str) -> LatencyModel:
 
 
 def stored_models(db: Database) -> list[dict[str, Any]]:
-    """One summary dict per stored model."""
+    """One summary dict per stored model (held-out ``mape`` in %, ``within_5``/``within_10`` as shares, as
+    ``latlab fit`` prints them)."""
     with db.session() as session:
         rows = session.scalars(select(StoredLatencyModel).order_by(StoredLatencyModel.id)).all()
         return [{
             "name": r.name, "kind": r.kind, "sweep": r.sweep_id, "n_train": r.n_train,
-            "within_5pct": r.metrics.get("within_5"), "within_10pct": r.metrics.get("within_10"),
-            "mape_pct": r.metrics.get("mape"), "updated": r.updated_at.strftime("%Y-%m-%d %H:%M"),
+            "mape": r.metrics.get("mape"), "within_5": r.metrics.get("within_5"),
+            "within_10": r.metrics.get("within_10"), "updated": r.updated_at.strftime("%Y-%m-%d %H:%M"),
         } for r in rows]

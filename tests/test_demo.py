@@ -42,7 +42,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     from latency_models.store import stored_models
 
     listed = {m["name"]: m for m in stored_models(open_database(out / "latlab.db"))}
-    assert listed[f"demo-sweep{first.sweep.sweep_id}-mdlm"]["mape_pct"] > 0  # with its held-out scores
+    assert listed[f"demo-sweep{first.sweep.sweep_id}-mdlm"]["mape"] > 0  # with its held-out scores
     from sqlalchemy import select
 
     from db.models import ModelMeasurement
