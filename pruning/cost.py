@@ -49,7 +49,7 @@ class ProblemMap:
     group_ids: list[str]
     block_names: list[str]
     order: dict[str, np.ndarray]  # group id -> channel indices sorted by importance (descending)
-    dense_latency: float
+    dense_latency: float  # what targets are shares of (the dense network's predicted conv latency)
 
 
 def _predict(model: LatencyModel, configs: list[ConvConfig], cin_ref: list[int] | None) -> np.ndarray:

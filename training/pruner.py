@@ -176,6 +176,8 @@ class TrainingPruner:
                                          max_kept_blocks=self.max_kept_blocks if k + 1 >= self.max_kept_blocks_from
                                          else None, live=live, layer_importances=self._layer_scores())
         problem = problem.with_budget(target)
+        # targets are shares of the dense network's latency (L0), not of the already pruned one this problem starts from
+        mapping = dataclasses.replace(mapping, dense_latency=self.schedule.l0)
         result = get_solver(self.solver, time_limit=self.time_limit).solve(problem)
         try:
             conv_masks, removed = solution_masks(self.spec, result, mapping)

@@ -74,6 +74,28 @@ def test_solver_failure_names_step_and_target(lut_db: str) -> None:
     assert all(bool(pruner.masks.mask(g).all()) for g in pruner.masks.groups)  # nothing silently applied
 
 
+def test_unreachable_later_step_gives_the_reach_as_a_share_of_the_dense_network(lut_db: str) -> None:
+    """After a first step, the problem starts from the pruned network; the hint still speaks of the dense one."""
+    import dataclasses
+    import re
+
+
+    model, pruner = make_pruner(lut_db, "halp", 0.45)  # targets 74%, then 55%; HALP reaches about 70%
+    pruner.schedule = dataclasses.replace(pruner.schedule, steps=2)
+    opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=0.0)
+    errors = []
+    for g in range(8):
+        try:
+            train_step(model, opt, pruner, g)
+        except LatlabError as exc:
+            errors.append(str(exc))
+            break
+    assert errors and "step 2/2" in errors[0], errors
+    floor = float(re.search(r"minimum achievable latency ([\d.e+-]+)", errors[0]).group(1))
+    reach = float(re.search(r"lowest target this network reaches is ([\d.]+)", errors[0]).group(1))
+    assert reach == pytest.approx(floor / pruner.schedule.l0, abs=1e-3)
+
+
 def test_resume_with_another_latency_model_is_refused(lut_db: str) -> None:
     """A checkpoint's budgets are fractions of the dense latency its run priced: another LUT would misprice them."""
     _, pruner = make_pruner(lut_db, "mdp", 0.3)
