@@ -124,13 +124,15 @@ class Database:
     def upgrade(self, revision: str = "head") -> None:
         """Apply migrations up to ``revision`` (idempotent). :class:`SchemaError`, with nothing written, for a
         database of other tables or of a newer latlab."""
-        current = self.revision()
-        if current is None and self._tables():
-            raise SchemaError(f"{describe_url(self.url)} is not a latlab database (it holds other tables); "
-                              "nothing was written to it")
-        self._check_known(current)
         cfg = _alembic_config()
         with self._wrap_errors(), self.engine.begin() as conn:
+            if self.dialect == "postgresql":  # fleet workers starting together on a new database migrate one by one
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is None and inspect(conn).get_table_names():
+                raise SchemaError(f"{describe_url(self.url)} is not a latlab database (it holds other tables); "
+                                  "nothing was written to it")
+            self._check_known(current)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
 
@@ -209,6 +211,10 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+#: PostgreSQL advisory lock key held while migrating (any constant of latlab's own)
+_MIGRATION_LOCK = 0x6C61746C6162  # "latlab"
 
 
 def _short(exc: SQLAlchemyError) -> str:

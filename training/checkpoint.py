@@ -29,7 +29,8 @@ IDENTITY_KEYS = ("model.name", "model.num_classes", "data.input_size", "prune.me
                  "prune.keep", "prune.min_keep_share", "prune.max_kept_blocks", "prune.max_kept_blocks_from",
                  "optim.epochs", "optim.warmup_epochs", "optim.schedule", "optim.lr", "optim.momentum",
                  "optim.nesterov", "optim.weight_decay", "optim.label_smoothing", "data.batch_size",
-                 "run.max_iters_per_epoch", "run.seed")
+                 "run.max_iters_per_epoch", "run.seed", "prune.hardware", "prune.sweep", "prune.latency_model",
+                 "prune.kind")
 _MISSING = object()
 
 

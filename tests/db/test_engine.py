@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,17 @@ def test_downgrade_and_upgrade_roundtrip(sqlite_path: Path) -> None:
     assert database.revision() == "0001"
     database.upgrade()
     assert database.revision() == head_revision()
+
+
+@pytest.mark.postgres
+def test_workers_starting_together_on_a_new_postgres_database_migrate_one_by_one(postgres_server) -> None:
+    """Fleet workers all open (and so migrate) a fresh database at once; none may fail on the others' DDL."""
+    import subprocess
+    import sys
+
+    url = postgres_server.create_database(f"race{os.getpid()}")
+    code = f"from db.engine import open_database; open_database({url!r}).dispose()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert open_database(url, create=False, upgrade=False).revision() == head_revision()

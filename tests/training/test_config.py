@@ -73,6 +73,8 @@ def test_a_checkpoint_without_a_newer_key_resumes_with_its_default(tmp_path: Pat
         check_compatible(saved, load_config(None, ["prune.keep=[stem]"]).to_dict(), tmp_path / "ckpt.pt")
     with pytest.raises(LatlabError, match=r"run.max_iters_per_epoch: checkpoint None vs config 5"):  # the LR schedule
         check_compatible(saved, load_config(None, ["run.max_iters_per_epoch=5"]).to_dict(), tmp_path / "ckpt.pt")
+    with pytest.raises(LatlabError, match=r"prune.hardware: checkpoint None vs config 'TITAN V'"):  # another LUT
+        check_compatible(saved, load_config(None, ["prune.hardware=TITAN V"]).to_dict(), tmp_path / "ckpt.pt")
 
 
 def test_overrides_and_resolved_config(tmp_path: Path) -> None:
