@@ -246,7 +246,8 @@ def row_config(row: Measurement) -> ConvConfig:
 
 
 def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[str, Any]]:
-    """One dict per sweep with hardware name, backend, protocol and counts by status."""
+    """One dict per sweep with hardware name, backend, the row settings (batch, dtype, layout), timing protocol
+    (cache, threads, timer) and counts by status: what tells two sweeps of one device apart."""
     query = select(Sweep).order_by(Sweep.id)
     if hardware is not None:
         query = query.where(Sweep.hardware_id == find_hardware(session, hardware).id)
@@ -265,11 +266,19 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
             )
         ).all()
     )
+    settings: dict[int, list[str]] = {}
+    for sid, batch, dtype, layout in session.execute(
+        select(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout).distinct()
+        .order_by(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout)
+    ):
+        settings.setdefault(sid, []).append(f"b{batch} {dtype} {layout}")
     out = []
     for s in session.scalars(query):
+        cache = "llc-flush" if s.llc_flush else "l2-flush" if s.l2_flush else "warm"
         out.append({
             "sweep": s.id, "hardware": s.hardware.name, "hardware_id": s.hardware_id, "backend": s.backend,
-            "name": s.name, "timer": s.timer, "status": s.status, "planned": s.plan.get("n_configs"),
+            "name": s.name, "settings": "; ".join(settings.get(s.id, [])), "cache": cache,
+            "threads": s.num_threads, "timer": s.timer, "status": s.status, "planned": s.plan.get("n_configs"),
             "ok": counts.get((s.id, "ok"), 0), "oom": counts.get((s.id, "oom"), 0),
             "error": counts.get((s.id, "error"), 0), "families": families.get(s.id, 0),
             "updated": s.updated_at.strftime("%Y-%m-%d %H:%M") if s.updated_at else "",
