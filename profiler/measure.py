@@ -174,6 +174,15 @@ def fixed_input_size(module: nn.Module) -> tuple[int, int] | None:
     return _fixed_hw(next((node for node in module.graph.nodes if node.op == "placeholder"), None))
 
 
+def square_input_size(net: nn.Module, input_size: int | None, module: Path | None, command: str) -> int:
+    """``input_size``, or the size an exported ``net`` is fixed to (224 for others); a clash is an error."""
+    fixed = fixed_input_size(net)
+    if fixed is not None and (fixed[0] != fixed[1] or input_size not in (None, fixed[0])):
+        raise LatlabError(f"{module} takes {fixed[0]}×{fixed[1]} images (fixed when it was exported); latlab {command} "
+                          f"works on square ones of --input-size{f' {input_size}' if input_size else ''}")
+    return input_size or (fixed[0] if fixed else 224)
+
+
 def _load_module_file(path: Path) -> tuple[str, nn.Module]:
     if not path.is_file():
         raise LatlabError(f"module file {path} does not exist")

@@ -58,8 +58,8 @@ FormatOption = Annotated[str, typer.Option("--format", "-f", help=" | ".join(FOR
 KeepOption = Annotated[
     list[str] | None,
     typer.Option("--keep", help="Keep these convs' channels (and their blocks) whole: `stem` (the first convs, "
-                 "which no other conv feeds; HALP and MDP never prune it) or a glob over conv names and group ids, "
-                 "e.g. 'layer4.*'. Repeatable.", show_default=False),
+                 "which no other conv feeds; the papers' HALP and MDP never prune it, latlab does unless kept) or a "
+                 "glob over conv names and group ids, e.g. 'layer4.*'. Repeatable.", show_default=False),
 ]
 WeightsOption = Annotated[Path | None, typer.Option(
     help="Local state dict or checkpoint for --model (weights_only load; `module.` prefixes are fine).")]

@@ -88,7 +88,7 @@ def measure(
     from db.engine import open_database
     from db.keys import check_exec_settings
     from profiler.backends import get_backend
-    from profiler.measure import fixed_input_size, load_model, measure_models_interleaved, paired_speedup
+    from profiler.measure import load_model, measure_models_interleaved, paired_speedup, square_input_size
     from profiler.protocol import TimingProtocol
     from pruning.mask_files import apply_mask_file
     check_exec_settings(dtype, layout)
@@ -98,11 +98,7 @@ def measure(
         raise LatlabError(f"--rounds must be >= 1, got {rounds}")
     name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes,
                            trust_checkpoint=trust_checkpoint)
-    fixed = fixed_input_size(net)
-    if fixed is not None and (fixed[0] != fixed[1] or input_size not in (None, fixed[0])):
-        raise LatlabError(f"{module} takes {fixed[0]}×{fixed[1]} images (fixed when it was exported); latlab measure "
-                          f"times square ones of --input-size{f' {input_size}' if input_size else ''}")
-    input_size = input_size or (fixed[0] if fixed else 224)
+    input_size = square_input_size(net, input_size, module, "measure")
     nets = {}
     if mask is not None:
         if model is None:

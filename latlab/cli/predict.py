@@ -27,7 +27,8 @@ def predict(
     sweep: SweepOption = None,
     hardware: HardwareOption = None,
     num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
-    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    input_size: Annotated[int | None, typer.Option(
+        help="Input resolution (square) [default: a .pt2's own, else 224].", show_default=False)] = None,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also print every conv's predicted latency "
                                             "(with -f csv: the per-conv CSV on stdout, the totals on stderr).")
                          ] = False,
@@ -55,7 +56,7 @@ def predict(
     from latency_models.network import predict_network
     from latency_models.resolve import resolve_latency_model
     from latlab.cli.models import parse_kinds
-    from profiler.measure import load_model
+    from profiler.measure import load_model, square_input_size
     from pruning.mask_files import apply_mask_file
 
     kinds = parse_kinds(kind) if kind is not None else [] if latency_model else ["lut"]
@@ -68,6 +69,7 @@ def predict(
             database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
         models[label] = (fitted, settings)
     name, net = load_model(model, module_file=module, num_classes=num_classes)
+    input_size = square_input_size(net, input_size, module, "predict")
     if mask is not None:
         net, name = apply_mask_file(mask, net, input_size, per_layer=mgp), f"{name} + {mask.name}"
     try:

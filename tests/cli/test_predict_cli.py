@@ -108,6 +108,11 @@ def test_a_saved_module_predicts_like_the_masked_model(tmp_path: Path, fake_lut:
         saved = json.loads(out)
         assert saved["layers"] == masked["layers"], module
         assert saved["totals"][0]["conv_ms"] == pytest.approx(masked["totals"][0]["conv_ms"])
+    pt2 = str(tmp_path / "x" / "pruned.pt2")  # a .pt2 is priced at the size it was exported at
+    code, out, err = cli(["predict", "--module", pt2, "--per-layer", "-f", "json", "--db", fake_lut])
+    assert code == 0 and json.loads(out)["layers"] == masked["layers"], err
+    code, _, err = cli(["predict", "--module", pt2, "--input-size", str(2 * SIZE), "--db", fake_lut])
+    assert code == 1 and f"takes {SIZE}×{SIZE} images" in err
 
 
 def test_a_width_the_sweep_lacks_names_the_conv_and_the_way_out(tmp_path: Path, fake_lut: str, cli) -> None:
