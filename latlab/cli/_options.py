@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from db.defaults import ENV_VAR
+from db.errors import LatlabError
 from latlab.tables import FORMATS, render
 
 #: Docstrings and option help are Markdown: paragraphs reflow to the terminal, indented examples stay as written.
@@ -18,6 +19,15 @@ MARKUP_MODE = "markdown"
 def command_group(help: str) -> typer.Typer:
     """A ``latlab`` sub-command group (``lut``, ``models`` …) rendered like the top-level app."""
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=MARKUP_MODE)
+
+
+def unseen_shape_error(exc: Exception, input_size: int, command: str) -> Exception:
+    """A latency model's "never trained on family …" with the way out (another input size); other errors as they are."""
+    if "never trained on family" not in str(exc):
+        return exc
+    return LatlabError(f"{exc} — the LUT has no conv of this shape: sweep this network at {input_size} px "
+                       f"(`latlab profile --model … --input-size {input_size}`), or {command} at the sweep's input "
+                       "size (--input-size)")
 
 
 def echo_rows(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None = None, err: bool = False,

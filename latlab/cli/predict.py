@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError, LUTMissError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, MaskOption, MgpOption, SweepOption, echo_rows
+from latlab.cli._options import (
+    DbOption,
+    FormatOption,
+    HardwareOption,
+    MaskOption,
+    MgpOption,
+    SweepOption,
+    echo_rows,
+    unseen_shape_error,
+)
 
 
 def predict(
@@ -78,11 +87,7 @@ def predict(
         raise LatlabError(f"{exc} — the sweep did not measure this conv; --kind mdlm (or rf, gbdt) predicts "
                           "widths between the measured ones") from None
     except OutOfRangeError as exc:
-        if "never trained on family" not in str(exc):
-            raise
-        raise LatlabError(f"{exc} — the LUT has no conv of this shape: sweep this network at {input_size} px "
-                          f"(`latlab profile --model … --input-size {input_size}`), or predict at the sweep's "
-                          "input size") from None
+        raise unseen_shape_error(exc, input_size, "predict") from None
     rows = []
     for label, (_, settings) in models.items():
         ms = float(table[label].sum())

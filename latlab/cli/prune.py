@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, HardwareOption, KeepOption, SweepOption, echo_rows
+from latlab.cli._options import DbOption, HardwareOption, KeepOption, SweepOption, echo_rows, unseen_shape_error
 from pruning.methods import METHODS
 from pruning.solvers import list_solvers
 
@@ -77,6 +77,7 @@ def prune(
             --target 0.7 --data imagenet/val --out r18-halp70
     """
     from db.engine import open_database
+    from latency_models.base import OutOfRangeError
     from latency_models.resolve import resolve_latency_model
     from profiler.measure import load_model as load_network
     from pruning.cost import check_limits, check_prunable
@@ -89,6 +90,8 @@ def prune(
         raise LatlabError(f"unknown solver {solver!r}; choose from {', '.join(list_solvers())}")
     if not 0 < time_limit < float("inf"):
         raise LatlabError(f"--time-limit must be a positive number of seconds, got {time_limit}")
+    if not 0 < target <= 1:  # before loading anything
+        raise LatlabError(f"--target must be the kept share of latency in (0, 1], got {target}")
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
@@ -112,9 +115,12 @@ def prune(
         imp_source = "BN |gamma| (no --data)"
     _step(f"importance: {imp_source} ({time.perf_counter() - t0:.1f} s); solving {method} to {target:.0%} of the "
           f"dense latency with {solver}, then exporting")
-    res = prune_once(net, spec, lat, importances, method=method, target=target, settings=settings, solver=solver,
-                     time_limit=time_limit, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks,
-                     layer_importances=layer_importances)
+    try:
+        res = prune_once(net, spec, lat, importances, method=method, target=target, settings=settings,
+                         solver=solver, time_limit=time_limit, min_keep_share=min_keep_share,
+                         max_kept_blocks=max_kept_blocks, layer_importances=layer_importances)
+    except OutOfRangeError as exc:
+        raise unseen_shape_error(exc, input_size, "prune") from None
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
               "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,

@@ -185,6 +185,8 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
         (["--data", str(tmp_path / "nope")], "does not exist"),
         (["--solver", "gurobi"], "unknown solver"),
         (["--keep", "layer9.*"], "keep pattern 'layer9.*' matches no conv"),
+        (["--target", "1.5"], "--target must be the kept share"),
+        (["--input-size", "224"], "sweep this network at 224 px"),  # the LUT was swept at SIZE
     ):
         args = list(argv)
         flag = bad[0]
