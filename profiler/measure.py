@@ -186,6 +186,9 @@ def square_input_size(net: nn.Module, input_size: int | None, module: Path | Non
 def _load_module_file(path: Path) -> tuple[str, nn.Module]:
     if not path.is_file():
         raise LatlabError(f"module file {path} does not exist")
+    if path.suffix.lower() == ".onnx":
+        raise LatlabError(f"{path} is ONNX: --module takes TorchScript (.pt) or torch.export (.pt2), e.g. the "
+                          "pruned.pt2 beside it (time an .onnx with ONNX Runtime or trtexec)")
     try:
         if path.suffix == ".pt2":
             return path.stem, torch.export.load(str(path)).module()

@@ -93,6 +93,9 @@ def read_mask_file(path: str | Path) -> MaskFile:
     path = Path(path)
     if not path.is_file():
         raise LatlabError(f"mask file {path} does not exist")
+    if path.suffix.lower() in (".pt2", ".onnx"):
+        raise LatlabError(f"{path} is an exported network, not masks: give it to --module, or give --mask the "
+                          "masks.pt beside it")
     data = path.read_bytes()
     if len(data) > MAX_MASK_FILE_BYTES:
         raise LatlabError(f"mask file {path} is {len(data) / 2**20:.0f} MiB; masks are far smaller — wrong file?")

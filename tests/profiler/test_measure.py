@@ -62,6 +62,9 @@ def test_torchscript_module_file(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"zzz")
     with pytest.raises(LatlabError, match="cannot load"):
         load_model(module_file=tmp_path / "bad.pt")
+    (tmp_path / "slim.onnx").write_bytes(b"zzz")
+    with pytest.raises(LatlabError, match="is ONNX: --module takes TorchScript"):
+        load_model(module_file=tmp_path / "slim.onnx")
 
 
 def test_exported_program_file(tmp_path: Path) -> None:

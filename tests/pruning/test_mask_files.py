@@ -123,6 +123,9 @@ def test_truncated_and_wrong_files_are_clear_errors(tmp_path, net_and_spec):
         read_mask_file(tmp_path / "cut.pkl")
     with pytest.raises(LatlabError, match="does not exist"):
         read_mask_file(tmp_path / "missing.pkl")
+    (tmp_path / "pruned.pt2").write_bytes(b"PK\x03\x04")
+    with pytest.raises(LatlabError, match="an exported network, not masks: give it to --module"):
+        read_mask_file(tmp_path / "pruned.pt2")
     (tmp_path / "other.pkl").write_bytes(pickle.dumps({"module.layer9.conv1": torch.ones(3)}))
     with pytest.raises(LatlabError, match="not in the model.*layer9.conv1"):
         masks_for_model(read_mask_file(tmp_path / "other.pkl"), net, spec)
