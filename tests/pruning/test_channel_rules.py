@@ -267,6 +267,20 @@ def test_export_is_verified_in_float64() -> None:
         verify_export(model, broken, (2, 3, 16, 16))
 
 
+def test_export_check_is_relative_to_tiny_outputs() -> None:
+    """Logits of 1e-4 (an untrained head): an error of their own size is caught, not hidden by an absolute 1e-3."""
+    model = _EcaNet().eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(1e-4)
+        model.fc.bias.mul_(1e-4)
+    exact = export_pruned(model, trace_network(model, 16), {})
+    assert verify_export(model, exact, (2, 3, 16, 16)) < 1e-15
+    with torch.no_grad():
+        exact.fc.bias += 1e-4
+    with pytest.raises(LatlabError, match=r"max \|Δ\| = 0.0001 > 1e-06 × max \|output\|"):
+        verify_export(model, exact, (2, 3, 16, 16))
+
+
 class _SEBlock(nn.Module):
     """A residual branch that ends in a squeeze-excitation after its last BN (SE-ResNeXt, ECA-ResNet)."""
 
