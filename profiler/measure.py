@@ -8,8 +8,10 @@ archive (``torch.jit.save``) or an exported program (``torch.export.save``, ``.p
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import statistics
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +185,30 @@ def square_input_size(net: nn.Module, input_size: int | None, module: Path | Non
     return input_size or (fixed[0] if fixed else 224)
 
 
+PROGRAM_LABELS = "latlab.json"  # extra file of a .pt2 latlab wrote: {"model": source network, "variant": label}
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | Path, *, model: str, variant: str) -> Path:
+    """``torch.export.save`` with the source network's name and a variant label (e.g. ``halp50``) inside, so
+    ``latlab measure --module`` stores the row under the network it came from (:func:`program_labels`)."""
+    labels = json.dumps({"model": model, "variant": variant})
+    torch.export.save(program, str(path), extra_files={PROGRAM_LABELS: labels})
+    return Path(path)
+
+
+def program_labels(path: str | Path) -> dict[str, str]:
+    """``{"model", "variant"}`` that :func:`save_program` put in a .pt2; ``{}`` for other files (read from the zip
+    archive, without loading the program)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entry = next((n for n in archive.namelist() if n.endswith(f"/extra/{PROGRAM_LABELS}")), None)
+            labels = json.loads(archive.read(entry)) if entry else {}
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return {}
+    return {k: v for k, v in labels.items() if k in ("model", "variant") and isinstance(v, str) and v} \
+        if isinstance(labels, dict) else {}
+
+
 def _load_module_file(path: Path) -> tuple[str, nn.Module]:
     if not path.is_file():
         raise LatlabError(f"module file {path} does not exist")
@@ -191,7 +217,7 @@ def _load_module_file(path: Path) -> tuple[str, nn.Module]:
                           "pruned.pt2 beside it (time an .onnx with ONNX Runtime or trtexec)")
     try:
         if path.suffix == ".pt2":
-            return path.stem, torch.export.load(str(path)).module()
+            return program_labels(path).get("model", path.stem), torch.export.load(str(path)).module()
         return path.stem, torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         raise LatlabError(

@@ -371,9 +371,11 @@ def save_masks(path: Path, masks: Mapping[str, torch.Tensor], removed_blocks: It
 
 
 def save_pruned(out_dir: Path, slim: nn.Module, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str],
-                input_size: tuple[int, int]) -> dict[str, Path]:
+                input_size: tuple[int, int], *, model: str, variant: str) -> dict[str, Path]:
     """Write ``masks.pt`` (:func:`save_masks`) and ``pruned.pt2`` (torch.export of the slim network, any batch
-    size; ``latlab measure --module`` times it)."""
+    size, labelled with the source ``model`` and the ``variant``; ``latlab measure --module`` times it)."""
+    from profiler.measure import save_program
+
     paths = {"masks": save_masks(out_dir / "masks.pt", masks, removed_blocks), "slim": out_dir / "pruned.pt2"}
-    torch.export.save(export_program(slim, input_size), str(paths["slim"]))
+    save_program(export_program(slim, input_size), paths["slim"], model=model, variant=variant)
     return paths

@@ -136,7 +136,8 @@ def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     assert res.slim is not None
-    paths = {**save_pruned(out_dir, res.slim, res.masks, res.removed_blocks, spec.input_size),
+    paths = {**save_pruned(out_dir, res.slim, res.masks, res.removed_blocks, spec.input_size,
+                           model=spec.model_name, variant=f"{res.method}{round(100 * res.target)}"),
              "result": out_dir / "result.json", "report": out_dir / "report.md"}
     body = {"config": config, "summary": res.summary(), "solver": res.result.as_dict(),
             "group_widths": res.widths, "dense_widths": spec.dense_widths()}

@@ -81,17 +81,18 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
     return torch.float16 if name == "fp16" else torch.bfloat16
 
 
-def _build_model(cfg: TrainConfig) -> nn.Module:
+def _build_model(cfg: TrainConfig) -> tuple[str, nn.Module]:
+    """(the network's canonical name, e.g. ``resnet50`` or ``timm:…``, the network in train mode)."""
     from profiler.measure import load_model
 
     torch.manual_seed(cfg.run.seed)
     try:
-        _, net = load_model(cfg.model.name, weights=cfg.model.weights, num_classes=cfg.model.num_classes)
+        name, net = load_model(cfg.model.name, weights=cfg.model.weights, num_classes=cfg.model.num_classes)
     except RuntimeError as exc:  # shape mismatches come from load_state_dict itself
         detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:3])
         raise LatlabError(f"weights {cfg.model.weights} do not match {cfg.model.name} with "
                           f"num_classes={cfg.model.num_classes}: {detail}") from None
-    return net.train()
+    return name, net.train()
 
 
 class _Run:
@@ -107,7 +108,7 @@ class _Run:
         self.resume_state = self._find_checkpoint()
         self.tb = ScalarLog(self.out, enabled=cfg.run.tensorboard, writes=info.main,
                             resume_step=int(self.resume_state["global_step"]) if self.resume_state else 0)
-        self.model = _build_model(cfg)  # a weights file that does not match raises here
+        self.model_name, self.model = _build_model(cfg)  # a weights file that does not match raises here
         self.train_loader, self.val_loader, classes = build_loaders(
             cfg.data.path, input_size=cfg.data.input_size, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
             seed=cfg.run.seed, rank=info.rank, world=info.world, train_dir=cfg.data.train_dir,
@@ -219,7 +220,7 @@ class _Run:
 
         p, info = self.cfg.prune, self.info
         spec = build_network_spec(self.model, p.input_size or self.cfg.data.input_size, group_sizes=p.group_sizes,
-                                  name=self.cfg.model.name, keep=p.keep)
+                                  name=self.model_name, keep=p.keep)
         check_prunable(spec, p.method)  # before any training, not at the first pruning step
         check_limits(spec, p.method, min_keep_share=p.min_keep_share, max_kept_blocks=p.max_kept_blocks)
         lat, settings, l0, source = None, None, None, None
@@ -455,7 +456,9 @@ class _Run:
 
             masks, removed = p.masks.conv_masks(), p.removed_blocks()
             slim, delta, counts = export_checked(plain, p.spec.input_size, masks, removed)
-            paths.update(save_pruned(self.out, slim, masks, removed, p.spec.input_size))
+            variant = f"{self.cfg.prune.method}{round(100 * (1 - self.cfg.prune.ratio))}"
+            paths.update(save_pruned(self.out, slim, masks, removed, p.spec.input_size, model=p.spec.model_name,
+                                     variant=variant))
             summary.update({
                 "method": self.cfg.prune.method, "latency_model": self.latency_source,
                 "predicted_dense_ms": p.schedule.l0, "predicted_pruned_ms": p.predicted_latency(),

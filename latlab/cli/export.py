@@ -55,7 +55,7 @@ def export(
     """
     import torch
 
-    from profiler.measure import count_params_and_macs, load_model, load_program
+    from profiler.measure import count_params_and_macs, load_model, load_program, program_labels, save_program
     from pruning.export import export_checked, export_program, save_masks
     from pruning.mask_files import load_masks
     from pruning.onnx_export import onnx_input_name, onnx_max_delta, require_onnx, save_onnx
@@ -71,10 +71,12 @@ def export(
     if module is not None:
         program, size = load_program(module)
         slim, row = program.module(), {"source": str(module)}
+        labels = {"model": module.stem, "variant": f"module:{module.name}", **program_labels(module)}
     else:
         name, net = load_model(model, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
         size = (input_size, input_size)
         slim, row = net, {"source": name + (f" + {weights.name}" if weights else "")}
+        labels = {"model": name, "variant": f"mask:{mask.name}" if mask else "dense"}
         if mask is not None:
             masks, removed = load_masks(mask, net, size, per_layer=mgp)
             slim, delta, counts = export_checked(net, size, masks, removed)
@@ -90,7 +92,7 @@ def export(
         files["masks"] = str(save_masks(out / "masks.pt", masks, removed))
     if "pt2" in formats:
         files["pt2"] = str(out / "pruned.pt2")
-        torch.export.save(program, files["pt2"])
+        save_program(program, files["pt2"], **labels)
     if "onnx" in formats:
         files["onnx"] = str(save_onnx(program, out / "pruned.onnx", opset=opset))
         example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))

@@ -55,7 +55,10 @@ def measure(
     repeats: Annotated[int, typer.Option(help="Timed forward passes.")] = 50,
     timer: Annotated[str, typer.Option(help="auto | cuda_events | cuda_graph")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for --backend cpu.")] = None,
-    variant: Annotated[str, typer.Option(help="Label stored with the row, e.g. 'halp70'.")] = "dense",
+    variant: Annotated[str, typer.Option(
+        help="Label stored with the row, e.g. 'halp70'. Default: dense for a --model, mask:FILE with --mask; for "
+             "a --module the label latlab wrote into it (prune, train, export: e.g. halp50), else module:FILE.")
+    ] = "dense",
     speedup: Annotated[bool, typer.Option(
         help="With --mask: also time the unpruned --model, in turns with the pruned one, and report the speed-up.")
     ] = False,
@@ -70,7 +73,8 @@ def measure(
     r"""Time one forward pass of a whole network (eval, inference mode) and store median/IQR.
 
     The network is a torchvision/timm --model (optionally with --weights and pruned by a --mask file) or
-    a saved --module, e.g. the pruned.pt2 of `latlab prune`. The row is stored under --variant with the
+    a saved --module, e.g. the pruned.pt2 of `latlab prune`. The row is stored under the network's name (a
+    pruned.pt2 of latlab's carries the name of the network it was pruned from) and --variant, with the
     hardware profile and the timing protocol; with --latency-model, each model's prediction is stored too.
 
     Examples:
@@ -88,7 +92,13 @@ def measure(
     from db.engine import open_database
     from db.keys import check_exec_settings
     from profiler.backends import get_backend
-    from profiler.measure import load_model, measure_models_interleaved, paired_speedup, square_input_size
+    from profiler.measure import (
+        load_model,
+        measure_models_interleaved,
+        paired_speedup,
+        program_labels,
+        square_input_size,
+    )
     from profiler.protocol import TimingProtocol
     from pruning.mask_files import apply_mask_file
     check_exec_settings(dtype, layout)
@@ -100,6 +110,8 @@ def measure(
                            trust_checkpoint=trust_checkpoint)
     input_size = square_input_size(net, input_size, module, "measure")
     nets = {}
+    if module is not None and variant == "dense":  # a saved module is a pruned one unless it says otherwise
+        variant = program_labels(module).get("variant", f"module:{module.name}")
     if mask is not None:
         if model is None:
             raise LatlabError("--mask prunes a --model; a saved --module is already pruned")

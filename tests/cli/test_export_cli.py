@@ -12,6 +12,7 @@ import torch
 from torchvision.models import resnet18
 
 from db.errors import LatlabError
+from profiler.measure import program_labels
 from pruning.export import masked_reference
 from pruning.graph import build_network_spec
 from pruning.mask_files import load_masks, read_mask_file
@@ -66,19 +67,21 @@ def test_mdp_checkpoint_and_masks_export_to_pt2_and_onnx(tmp_path: Path, mdp_run
     with torch.no_grad():
         assert torch.allclose(slim(x), masked_reference(net, masks, removed)(x), atol=1e-4)
     assert onnx_max_delta(out / "pruned.onnx", slim, torch.randn(5, 3, SIZE, SIZE)) < 1e-4  # any batch size
+    assert program_labels(out / "pruned.pt2") == {"model": "resnet18", "variant": "mask:layer_masks.pkl"}
 
     # masks.pt holds the same masks in latlab's format
     again = read_mask_file(out / "masks.pt")
     assert again.removed_blocks == removed
     assert {k[0]: v.tolist() for k, v in again.masks.items()} == {k: v.float().tolist() for k, v in masks.items()}
 
-    # the pt2 converts to ONNX on its own; its input size comes from the program
-    code, _, err = cli(["export", "--module", str(out / "pruned.pt2"), "--format", "onnx", "--out",
+    # the pt2 converts to ONNX on its own (and to a pt2 that keeps its labels); its input size comes from the program
+    code, _, err = cli(["export", "--module", str(out / "pruned.pt2"), "--format", "onnx,pt2", "--out",
                         str(tmp_path / "onnx")])
     assert code == 0, err
     converted = json.loads((tmp_path / "onnx" / "result.json").read_text())
     assert converted["input_size"] == [SIZE, SIZE] and converted["params"] == result["params_pruned"]
     assert converted["macs"] == result["macs_pruned"] and converted["onnx_max_abs_delta"] < 1e-4
+    assert program_labels(tmp_path / "onnx" / "pruned.pt2") == program_labels(out / "pruned.pt2")
 
 
 @pytest.mark.parametrize(("args", "message"), [

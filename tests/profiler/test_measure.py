@@ -20,6 +20,8 @@ from profiler.measure import (
     measure_model,
     measure_models_interleaved,
     paired_speedup,
+    program_labels,
+    save_program,
 )
 from profiler.protocol import TimingProtocol
 
@@ -72,7 +74,18 @@ def test_exported_program_file(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 16, 16)
     torch.export.save(torch.export.export(net, (x,)), str(tmp_path / "m.pt2"))
     name, loaded = load_model(module_file=tmp_path / "m.pt2")
-    assert name == "m" and torch.allclose(loaded(x), net(x))
+    assert name == "m" and torch.allclose(loaded(x), net(x)) and program_labels(tmp_path / "m.pt2") == {}
+
+
+def test_labelled_program_names_its_source_network(tmp_path: Path) -> None:
+    """A pt2 latlab wrote is stored under the network it was pruned from, whatever the file is called."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    program = torch.export.export(net, (torch.randn(1, 3, 16, 16),))
+    save_program(program, tmp_path / "pruned.pt2", model="resnet50", variant="halp50")
+    assert program_labels(tmp_path / "pruned.pt2") == {"model": "resnet50", "variant": "halp50"}
+    assert load_model(module_file=tmp_path / "pruned.pt2")[0] == "resnet50"
+    (tmp_path / "junk.pt2").write_bytes(b"zzz")
+    assert program_labels(tmp_path / "junk.pt2") == program_labels(tmp_path / "missing.pt2") == {}
 
 
 def test_macs_of_resnet18() -> None:

@@ -177,8 +177,10 @@ def test_cli_prune_end_to_end(tmp_path: Path, cli) -> None:  # type: ignore[no-u
     assert code != 0 and "--speedup compares a --mask-pruned" in err
     assert "max |Δ logits|" in (out / "report.md").read_text()
     code, stdout, err = cli(["measure", "--module", str(out / "pruned.pt2"), "--input-size", str(SIZE), "--batch",
-                             "2", "--repeats", "3", "--warmup", "1", "--threads", "1", "--no-store", "-f", "csv"])
-    assert code == 0 and ",ok," in stdout, err
+                             "2", "--repeats", "3", "--warmup", "1", "--threads", "1", "--no-store", "-f", "json"])
+    assert code == 0, err
+    row = json.loads(stdout)[0]  # stored under the network it was pruned from, not "pruned"/"dense"
+    assert (row["model"], row["variant"], row["status"]) == ("resnet18", "mdp70", "ok")
     for bad, expected in (
         (["--method", "halp3"], "unknown method"),
         (["--target", "0.001"], "infeasible"),

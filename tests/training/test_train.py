@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from db.errors import LatlabError
+from profiler.measure import program_labels
 from tests.training.helpers import ROOT, tiny_config
 from training import train
 from training.checkpoint import load_checkpoint
@@ -63,6 +64,7 @@ def test_mdp_demo_config_exports(digits: Path, lut_db: str, tmp_path: Path) -> N
     assert res.predicted_pruned_ms < res.predicted_dense_ms
     program = torch.export.load(str(res.paths["slim"]))
     assert program.module()(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    assert program_labels(res.paths["slim"]) == {"model": "resnet18", "variant": "mdp60"}  # kept share 1 − r
     saved = torch.load(res.paths["masks"], weights_only=True)
     assert saved["removed_blocks"] == res.removed_blocks
     rows = (tmp_path / "mdp" / "metrics.csv").read_text().splitlines()
