@@ -101,6 +101,13 @@ def head_revision() -> str:
     return head
 
 
+def schema_history() -> list[tuple[str, str]]:
+    """``(revision, first line of its docstring)`` for every schema revision, oldest first."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [(r.revision, (r.doc or "").strip().splitlines()[0] if r.doc else "")
+            for r in reversed(list(script.walk_revisions()))]
+
+
 class Database:
     """A LUT database: an engine, its schema revision and a session helper.
 
@@ -124,8 +131,7 @@ class Database:
     def upgrade(self, revision: str = "head") -> None:
         """Apply migrations up to ``revision`` (idempotent). :class:`SchemaError`, with nothing written, for a
         database of other tables or of a newer latlab."""
-        cfg = _alembic_config()
-        with self._wrap_errors(), self.engine.begin() as conn:
+        with self._migrating() as (conn, cfg):
             if self.dialect == "postgresql":  # fleet workers starting together on a new database migrate one by one
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             current = MigrationContext.configure(conn).get_current_revision()
@@ -133,8 +139,50 @@ class Database:
                 raise SchemaError(f"{describe_url(self.url)} is not a latlab database (it holds other tables); "
                                   "nothing was written to it")
             self._check_known(current)
-            cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Migrate back to ``revision``: what later revisions added (columns, tables) is dropped; the rest stays."""
+        known = [r for r, _ in schema_history()]
+        with self._migrating() as (conn, cfg):
+            current = MigrationContext.configure(conn).get_current_revision()
+            self._check_known(current)
+            older = known[:known.index(current) + 1] if current else []
+            if revision not in older:
+                raise SchemaError(f"cannot downgrade {describe_url(self.url)} from revision {current or 'none'} to "
+                                  f"{revision!r}: give one of {', '.join(older) or '(none)'} (`latlab db history`)")
+            command.downgrade(cfg, revision)
+
+    @contextmanager
+    def _migrating(self) -> Iterator[tuple[Connection, Config]]:
+        """One transaction for alembic (DDL included: a killed migration leaves the old schema). On SQLite, foreign
+        keys are off meanwhile: a batch migration rebuilds a table (copy, drop, rename), and with them on, dropping
+        ``sweeps`` would delete every measurement that points to it. A migration that leaves rows without the row
+        they refer to is rolled back."""
+        cfg = _alembic_config()
+        sqlite = self.dialect == "sqlite"
+        with self._wrap_errors(), self.engine.connect() as conn:
+            if sqlite:  # a no-op inside a transaction: set it before
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            try:
+                with conn.begin():
+                    if sqlite:  # pysqlite would begin only before DML, leaving CREATE/DROP TABLE outside
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    orphans = self._orphans(conn)
+                    cfg.attributes["connection"] = conn
+                    yield conn, cfg
+                    if self._orphans(conn) > orphans:
+                        raise SchemaError(f"migrating {describe_url(self.url)} would leave rows without the row they "
+                                          "refer to; nothing was changed")
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
+
+    def _orphans(self, conn: Connection) -> int:
+        """Rows whose foreign key points nowhere (SQLite only; PostgreSQL enforces them in every statement)."""
+        return len(conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()) if self.dialect == "sqlite" else 0
 
     def _tables(self) -> list[str]:
         with self._wrap_errors(), self.engine.connect() as conn:

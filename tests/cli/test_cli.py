@@ -217,6 +217,15 @@ def test_measure_and_hw(tmp_path: Path, cli) -> None:
     assert code == 0 and '"fingerprint"' in out
     code, out, _ = cli(["db", "current", "--db", db])
     assert code == 0 and f"revision {head_revision()}" in out
+    code, out, _ = cli(["db", "downgrade", "0002", "--db", db])  # the table of 0002 keeps its row
+    assert code == 0 and "schema at revision 0002" in out
+    code, out, _ = cli(["db", "history", "--db", db])
+    assert code == 0 and "* 0002  Whole-model measurements" in out and f"  {head_revision()}  " in out
+    code, _, err = cli(["db", "downgrade", "0003", "--db", db])
+    assert code == 1 and "from revision 0002 to '0003': give one of 0001, 0002" in err
+    assert cli(["db", "upgrade", "--db", db])[0] == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select count(*) from model_measurements").fetchone() == (1,)
 
 
 def test_llc_flush_sweep_is_recorded(tmp_path: Path, cli) -> None:

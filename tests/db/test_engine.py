@@ -135,10 +135,32 @@ def test_upgrade_from_first_revision_keeps_data(db_url: str) -> None:
     database.dispose()
 
 
+def _counts(database: Database) -> dict[str, int]:
+    with database.engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("hardware", "sweeps",
+                                                                                     "measurements")}
+
+
+def _swept(path: Path) -> Database:
+    """A head-revision SQLite database holding a small fake sweep."""
+    from profiler.backends.fake import FakeBackend
+    from profiler.plan import build_plan
+    from profiler.protocol import TimingProtocol
+    from profiler.runner import run_sweep
+
+    database = open_database(path)
+    run_sweep(database, build_plan("resnet18", "random:3", input_size=32, batch=2),
+              FakeBackend(TimingProtocol(repeats=3)), progress=False)
+    return database
+
+
 def test_a_database_of_the_first_revision_0005_gets_its_column_renamed(sqlite_path: Path) -> None:
-    """Revision 0005 first added ``cold_weights``, then was edited to add ``llc_flush``: 0006 renames it."""
-    database = open_database(sqlite_path, create=True, upgrade=False, check_schema=False)
-    database.upgrade("0004")
+    """Revision 0005 first added ``cold_weights``, then was edited to add ``llc_flush``: 0006 renames it, keeping
+    every row (SQLite rebuilds ``sweeps``: with foreign keys on, that deleted every measurement)."""
+    database = _swept(sqlite_path)
+    before = _counts(database)
+    assert before["measurements"] > 0
+    database.downgrade("0004")
     with database.engine.begin() as conn:  # what the first 0005 did
         conn.execute(text("ALTER TABLE sweeps ADD COLUMN cold_weights BOOLEAN"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0005'"))
@@ -146,24 +168,38 @@ def test_a_database_of_the_first_revision_0005_gets_its_column_renamed(sqlite_pa
     assert database.revision() == head_revision()
     with database.engine.connect() as conn:
         columns = {row[1] for row in conn.execute(text("PRAGMA table_info(sweeps)"))}
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # back on for what follows
     assert "llc_flush" in columns and "cold_weights" not in columns
+    assert _counts(database) == before
     database.dispose()
 
 
-def test_downgrade_and_upgrade_roundtrip(sqlite_path: Path) -> None:
-    database = open_database(sqlite_path)
-    database.upgrade("head")
-    from alembic import command
+def test_downgrade_and_upgrade_roundtrip_keeps_the_rows(sqlite_path: Path) -> None:
+    database = _swept(sqlite_path)
+    before = _counts(database)
+    database.downgrade("0001")
+    assert database.revision() == "0001" and _counts(database) == before
+    database.upgrade()
+    assert database.revision() == head_revision() and _counts(database) == before
+    database.dispose()
 
-    from db.engine import _alembic_config
 
-    cfg = _alembic_config()
-    with database.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0001")
-    assert database.revision() == "0001"
+def test_a_migration_that_orphans_rows_changes_nothing(sqlite_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole migration, DDL included, is one transaction: a failing check leaves the old schema."""
+    database = _swept(sqlite_path)
+    database.downgrade("0004")
+    real = Database._orphans
+    calls = iter((0, 1))
+    monkeypatch.setattr(Database, "_orphans", lambda self, conn: next(calls))
+    with pytest.raises(SchemaError, match="rows without the row they refer to; nothing was changed"):
+        database.upgrade()
+    monkeypatch.setattr(Database, "_orphans", real)
+    assert database.revision() == "0004"
+    with database.engine.connect() as conn:
+        assert "llc_flush" not in {row[1] for row in conn.execute(text("PRAGMA table_info(sweeps)"))}
     database.upgrade()
     assert database.revision() == head_revision()
+    database.dispose()
 
 
 @pytest.mark.postgres
