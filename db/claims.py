@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from db.engine import Database
 from db.errors import InvalidKeyError
 from db.keys import ConvConfig, ConvFamily
-from db.lut import KEY_COLUMNS, MeasurementValues, config_key, record_measurement
+from db.lut import KEY_COLUMNS, MeasurementValues, config_key, measured_keys, record_measurement
 from db.models import Measurement, Sweep, SweepClaim, SweepWorker, utcnow
 
 _CLAIMS = SweepClaim.__table__
@@ -111,6 +111,32 @@ def seed_claims(db: Database, sweep_id: int, keys: Sequence[str], *, retry: Iter
                 .values(state="pending", worker_id=None)
             )
     return added
+
+
+def close_stored(db: Database, sweep_id: int, configs: Iterable[ConvConfig]) -> int:
+    """Close the open claims (pending, or held by any worker) of those ``configs`` that are stored: as done for an
+    ok row, as failed for a failed one. Returns how many were open.
+
+    A sweep that a run without ``--worker`` finished stored what killed workers still held; closed, those
+    claims are not measured again by the next worker, and ``latlab sweep status`` adds up.
+    """
+    counts = outstanding(db, sweep_id)
+    if counts["pending"] + counts["claimed"] == 0:
+        return 0
+    with db.session() as session:
+        stored = {"done": measured_keys(session, sweep_id, ("ok",)),
+                  "failed": measured_keys(session, sweep_id, ("oom", "error"))}
+    closed = 0
+    for state, keys in stored.items():
+        chosen = [claim_key(c) for c in configs if config_key(c) in keys]
+        for i in range(0, len(chosen), _SEED_CHUNK):
+            with db.transaction(immediate=True) as conn:
+                closed += conn.execute(
+                    update(_CLAIMS).where(_CLAIMS.c.sweep_id == sweep_id, _CLAIMS.c.state.in_(("pending", "claimed")),
+                                          _CLAIMS.c.config_key.in_(chosen[i:i + _SEED_CHUNK]))
+                    .values(state=state, finished_at=utcnow())
+                ).rowcount
+    return closed
 
 
 def claim_batch(db: Database, sweep_id: int, worker_id: str, n: int) -> list[tuple[int, str]]:

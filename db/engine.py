@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,15 @@ def resolve_url(db: str | os.PathLike[str] | None = None) -> URL:
 def describe_url(url: URL) -> str:
     """The URL with any password hidden, for messages."""
     return url.render_as_string(hide_password=True)
+
+
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@'\"]+:)[^\s@'\"]+@")
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` (a command line, a config) with the password of every ``scheme://user:password@`` URL as ``***``,
+    for what is stored or written: a sweep's command, a run's resolved config, a benchmark's command."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def _sqlite_path(url: URL) -> Path | None:
@@ -206,7 +216,8 @@ class Database:
             return
         if current is None:
             what = "an empty database" if not self._tables() else "not a latlab database"
-            raise SchemaError(f"{describe_url(self.url)} is {what} (no latlab schema revision)")
+            fix = ": create its tables with `latlab db upgrade`" if what == "an empty database" else ""
+            raise SchemaError(f"{describe_url(self.url)} is {what} (no latlab schema revision){fix}")
         self._check_known(current)
         raise SchemaError(
             f"{describe_url(self.url)} is at schema revision {current}, this latlab needs "
@@ -294,13 +305,12 @@ def open_database(
         kwargs["pool_pre_ping"] = True
     try:
         engine = create_engine(url, **kwargs)
-    except (NoSuchModuleError, ArgumentError) as exc:
-        raise DatabaseError(f"cannot use database URL {describe_url(url)}: {exc}") from None
-    except ImportError as exc:
-        raise DatabaseError(
-            f"database driver for {url.drivername} is not installed ({exc.name}); "
-            "for PostgreSQL: pip install 'latlab[postgres]'"
-        ) from None
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+        postgres = url.get_backend_name() in ("postgres", "postgresql")
+        hint = ("latlab stores LUTs in SQLite (a file path) or PostgreSQL: postgresql+psycopg://USER@HOST/DB, with "
+                "pip install 'latlab[postgres]'" + ("" if postgres else "; other databases are untested"))
+        what = f"its driver is not installed ({exc.name})" if isinstance(exc, ImportError) else str(exc)
+        raise DatabaseError(f"cannot use database URL {describe_url(url)}: {what}; {hint}") from None
     if url.get_backend_name() == "sqlite":
         writer = create if upgrade is None else upgrade
         event.listen(engine, "connect", _sqlite_pragmas if writer else _sqlite_reader_pragmas)

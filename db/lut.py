@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.engine import hide_passwords
 from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig, ConvFamily
 from db.models import Hardware, Measurement, ModelMeasurement, Sweep, utcnow
@@ -64,7 +65,8 @@ def get_or_create_sweep(
         cols = {c.key for c in Sweep.__table__.columns}
         values = dict(
             hardware_id=hardware.id, name=name, backend=backend, protocol_hash=protocol_hash,
-            settings=dict(settings or {}), plan=dict(plan or {}), command=command, git_sha=git_sha,
+            settings=dict(settings or {}), plan=dict(plan or {}), git_sha=git_sha,
+            command=hide_passwords(command) if command else command,
             status=status, **{k: v for k, v in protocol.items() if k in cols},
         )
         _insert_unless_there(session, Sweep, values, ["hardware_id", "protocol_hash", "name"])
@@ -195,9 +197,10 @@ def find_hardware(session: Session, selector: str) -> Hardware:
     return rows[0]
 
 
-def find_sweep(session: Session, sweep: int | None = None, hardware: str | None = None) -> Sweep:
+def find_sweep(session: Session, sweep: int | None = None, hardware: str | None = None, *,
+               choose: str = "--sweep ID") -> Sweep:
     """Choose one sweep: by id, or the only sweep of a hardware profile, or the only one (several: an error
-    listing them, newest first)."""
+    listing them, newest first, that says to ``choose`` one)."""
     if sweep is not None:
         row = session.get(Sweep, sweep)
         if row is None:
@@ -214,8 +217,7 @@ def find_sweep(session: Session, sweep: int | None = None, hardware: str | None 
         raise LatlabError(f"no sweeps{where} in the database; run `latlab profile` or `latlab lut import`")
     if len(rows) > 1:
         ids = ", ".join(f"{s.id} ({s.hardware.name}, {s.backend}{', ' + s.name if s.name else ''})" for s in rows)
-        raise LatlabError(f"several sweeps match: {ids}; choose one with --sweep ID (prune.sweep in a training "
-                          "config: --set prune.sweep=ID)")
+        raise LatlabError(f"several sweeps match: {ids}; choose one with {choose}")
     return rows[0]
 
 

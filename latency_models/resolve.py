@@ -26,11 +26,13 @@ class LutSettings:
 
 def resolve_latency_model(
     database: Database, *, latency_model: str | None, sweep: int | None, hardware: str | None, kind: str,
+    choose_sweep: str = "--sweep ID",
 ) -> tuple[LatencyModel, LutSettings, str]:
     """``(fitted model, LUT settings, human-readable source)``.
 
     ``latency_model`` names a stored model (``latlab models list``); otherwise a model of ``kind`` is fitted
-    on the LUT of the chosen sweep (``find_sweep``: by id, or the only/latest of ``hardware``). Batch, dtype,
+    on the LUT of the chosen sweep (``find_sweep``: by id, or the only one of ``hardware``; ``choose_sweep`` is how
+    the error for several says to choose). Batch, dtype,
     layout and op are those of the LUT rows the model was trained on.
     """
     if latency_model is not None:
@@ -39,7 +41,7 @@ def resolve_latency_model(
         source = f"stored model {latency_model!r}"
     else:
         with database.session() as session:
-            row = find_sweep(session, sweep, hardware)
+            row = find_sweep(session, sweep, hardware, choose=choose_sweep)
             X, y = lut_frame(session, row.id)
             source = f"{kind} fitted on sweep {row.id} ({row.hardware.name})"
         model = get_model(kind).fit(X, y)

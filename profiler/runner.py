@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from db.claims import close_stored
 from db.engine import Database
 from db.keys import ConvConfig
 from db.lut import (
@@ -144,6 +145,7 @@ def run_sweep(
         backend.close()
     report.elapsed_s = time.monotonic() - start
     report.remaining = len(todo) - report.measured - sum(report.failed.values())
+    with_retry(lambda: close_stored(db, sweep_id, plan.configs), what="closing the fleet claims of stored rows")
     set_sweep_status(db, sweep_id, "complete" if report.complete else "interrupted")
     return report
 

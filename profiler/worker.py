@@ -135,6 +135,7 @@ def _seed(db: Database, sweep_id: int, plan: SweepPlan, retry_failed: bool, retr
             failed = measured_keys(session, sweep_id, ("oom", "error"))
         return ok, failed
 
+    retry(lambda: claims.close_stored(db, sweep_id, plan.configs), "closing the claims of stored rows")
     ok, failed = retry(read, "reading stored rows")
     skip = ok if retry_failed else ok | failed
     keys = [claims.claim_key(c) for c in plan.configs if config_key(c) not in skip]

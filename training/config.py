@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from db.engine import hide_passwords
 from db.errors import LatlabError
 from pruning.cost import METHODS as PRUNE_METHODS
 
@@ -319,5 +320,5 @@ def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (e.g. ``out/config.resolved.yaml``)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    p.write_text(hide_passwords(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
     return p

@@ -229,9 +229,9 @@ class _Run:
 
             try:
                 database = open_database(p.db, create=False, upgrade=False)
-                lat, settings, source = resolve_latency_model(database, latency_model=p.latency_model, sweep=p.sweep,
-                                                              hardware=p.hardware,
-                                                              kind=p.kind or DEFAULT_KIND[p.method])
+                lat, settings, source = resolve_latency_model(
+                    database, latency_model=p.latency_model, sweep=p.sweep, hardware=p.hardware,
+                    kind=p.kind or DEFAULT_KIND[p.method], choose_sweep="--set prune.sweep=ID")
                 l0 = spec_latency(lat, spec, settings)
                 shared: dict[str, Any] = {"settings": settings.__dict__, "l0": l0, "source": source}
             except LatlabError as exc:

@@ -170,7 +170,7 @@ def _run_worker(database: Database, plan: SweepPlan, backend: Backend, **options
         state += f" (this worker stopped by {report.stopped_by})"
     typer.echo(
         f"worker {report.worker_id} on sweep {report.sweep_id} ({report.hardware!r}) -> {describe_url(database.url)}: "
-        f"{report.measured} measured ({failed}), {report.lost} taken over, "
+        f"{report.measured} measured ({failed}), {report.lost} lost to other workers (a missed heartbeat), "
         f"in {report.elapsed_s:.1f}s; {state}"
     )
 

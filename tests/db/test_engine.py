@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from db import DatabaseError, SchemaError, head_revision, open_database, resolve_url
-from db.engine import Database
+from db.engine import Database, hide_passwords
 
 
 def test_default_path_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -58,6 +58,10 @@ def test_corrupt_file_is_refused_and_untouched(tmp_path: Path, content: bytes) -
 def test_unknown_dialect_and_bad_url() -> None:
     with pytest.raises(DatabaseError, match="cannot use database URL"):
         open_database("nosuchdb://x/y")
+    with pytest.raises(DatabaseError, match=r"postgres://x/y: .*PostgreSQL: postgresql\+psycopg://USER@HOST/DB"):
+        open_database("postgres://x/y")  # the libpq spelling, which SQLAlchemy does not take
+    with pytest.raises(DatabaseError, match=r"its driver is not installed \(MySQLdb\); .*other databases are untested"):
+        open_database("mysql://me@host/lut")
     with pytest.raises(DatabaseError, match="invalid database URL"):
         open_database("postgresql+psycopg://::::")
 
@@ -214,3 +218,23 @@ def test_workers_starting_together_on_a_new_postgres_database_migrate_one_by_one
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     assert open_database(url, create=False, upgrade=False).revision() == head_revision()
+
+
+def test_passwords_are_not_stored(sqlite_path: Path) -> None:
+    """A sweep's stored command (in every dump and shared copy of the database) hides the --db password."""
+    from profiler.backends.fake import FakeBackend
+    from profiler.plan import build_plan
+    from profiler.protocol import TimingProtocol
+    from profiler.runner import run_sweep
+
+    assert hide_passwords("--db 'postgresql+psycopg://me:hunter2@host:5432/lut' -q") == \
+        "--db 'postgresql+psycopg://me:***@host:5432/lut' -q"
+    assert hide_passwords("postgresql://me@host/lut sqlite:////tmp/a:b.db") == "postgresql://me@host/lut sqlite:////tmp/a:b.db"
+    database = open_database(sqlite_path)
+    run_sweep(database, build_plan("resnet18", "random:1", input_size=32, batch=2),
+              FakeBackend(TimingProtocol(repeats=3)), progress=False,
+              command="latlab profile --db postgresql+psycopg://me:hunter2@host/lut")
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT command FROM sweeps")).scalar() == \
+            "latlab profile --db postgresql+psycopg://me:***@host/lut"
+    database.dispose()

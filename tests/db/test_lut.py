@@ -121,8 +121,10 @@ def test_find_sweep_choices(database) -> None:  # type: ignore[no-untyped-def]
         assert find_sweep(s).id == a
     _sweep(database, "second")
     with database.session() as s:
-        with pytest.raises(LatlabError, match="several sweeps"):
+        with pytest.raises(LatlabError, match="several sweeps match: .*; choose one with --sweep ID$"):
             find_sweep(s)
+        with pytest.raises(LatlabError, match="choose one with --set prune.sweep=ID$"):  # what the trainer says
+            find_sweep(s, choose="--set prune.sweep=ID")
         assert find_sweep(s, sweep=a).id == a
         with pytest.raises(LatlabError, match="no sweep with id 999"):
             find_sweep(s, sweep=999)

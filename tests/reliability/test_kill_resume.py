@@ -49,3 +49,24 @@ def test_sigkill_worker_then_resume(tmp_path: Path, h, reference_plan, figure) -
     assert any(line.startswith("victim,") and ",dead" in line for line in lines), result.output
     assert any(line.startswith("survivor,") and ",finished," in line for line in lines), result.output
     assert f"{h.N_REFERENCE} planned, {h.N_REFERENCE} stored" in result.output
+
+
+def test_a_plain_run_closes_the_claims_of_dead_workers(tmp_path: Path, h, reference_plan) -> None:  # type: ignore[no-untyped-def]
+    """Workers killed holding claims, then the sweep finished without --worker: their claims are closed, so the
+    next worker measures nothing again and the claim counts add up."""
+    from db import claims
+    from db.engine import open_database
+    from profiler.runner import run_sweep
+
+    database = open_database(str(tmp_path / "mixed.db"))
+    backend = FakeBackend(TimingProtocol())
+    first = run_worker(database, reference_plan, backend, worker_id="a", max_configs=5, progress=False)
+    claims.register_worker(database, first.sweep_id, "victim", heartbeat_timeout_s=3600)  # alive, never returns
+    assert len(claims.claim_batch(database, first.sweep_id, "victim", 8)) == 8
+    plain = run_sweep(database, reference_plan, FakeBackend(TimingProtocol()), progress=False)
+    assert plain.sweep_id == first.sweep_id and plain.complete
+    open_claims = claims.outstanding(database, first.sweep_id)
+    assert open_claims["pending"] == open_claims["claimed"] == 0 and open_claims["done"] == h.N_REFERENCE
+    later = run_worker(database, reference_plan, FakeBackend(TimingProtocol()), worker_id="b", progress=False)
+    assert later.complete and later.measured == 0
+    assert h.counts(database)["rows"] == h.N_REFERENCE and h.counts(database)["duplicates"] == 0

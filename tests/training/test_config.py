@@ -86,3 +86,5 @@ def test_overrides_and_resolved_config(tmp_path: Path) -> None:
     again = load_config(path)
     assert again.to_dict() == cfg.to_dict()
     assert yaml.safe_load(path.read_text())["optim"]["epochs"] == 3
+    cfg.prune.db = "postgresql+psycopg://me:hunter2@lut-server/lut"  # the saved file hides the password
+    assert yaml.safe_load(save_config(cfg, path).read_text())["prune"]["db"] == "postgresql+psycopg://me:***@lut-server/lut"
