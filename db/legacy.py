@@ -7,8 +7,10 @@ ResNet/MobileNet conv), and dtype/layout/op are what the user declares; the swee
 assumptions and the file's SHA-256.
 
 Pickles are untrusted input. :func:`safe_load_pickle` refuses every global except the numpy scalar
-constructors (a LUT written from numpy timings contains ``numpy.float64`` values), so a crafted file
-cannot run code.
+constructors (a LUT written from numpy timings contains ``numpy.float64`` values) and ``_codecs.encode`` for
+latin-1 text (how protocols 0-2 store their bytes), so a crafted file cannot run code; one nested deep enough
+to crash the unpickler is refused before it is read (:func:`db.safe_pickle.check_nesting`). Python 2 pickles
+are read with ``encoding="latin1"``, as numpy asks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import numbers
 import pickle
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ from db.lut import (
     row_config,
 )
 from db.models import Measurement, Sweep
+from db.safe_pickle import check_nesting, latin1_bytes
 
 FORMATS = ("halp", "mdp")
 MAX_PICKLE_BYTES = 512 * 1024 * 1024
@@ -51,6 +55,8 @@ _NUMPY_SCALAR_GLOBALS = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return latin1_bytes
         if (module, name) in _NUMPY_SCALAR_GLOBALS:
             import numpy  # noqa: F401  (only numpy's scalar constructors are admitted)
 
@@ -64,12 +70,33 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def safe_load_pickle(data: bytes, source: str = "pickle") -> Any:
     """Unpickle ``data`` admitting only builtin containers/scalars and numpy scalars."""
     try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
+        check_nesting(data, source)
+        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except LegacyFormatError:
         raise
+    except LatlabError as exc:
+        raise LegacyFormatError(str(exc)) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError,
-            UnicodeDecodeError, MemoryError) as exc:
-        raise LegacyFormatError(f"{source} is not a readable pickle (truncated or corrupt: {exc})") from None
+            UnicodeDecodeError, MemoryError, OverflowError, RecursionError) as exc:
+        raise LegacyFormatError(f"{source} is not a readable pickle (truncated or corrupt: {_short(exc)})") from None
+
+
+def _short(thing: object, limit: int = 80) -> str:
+    """``repr``-free text of ``thing`` cut to ``limit`` characters, for messages about untrusted input."""
+    text = str(thing)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _latency(value: object) -> float | None:
+    """``value`` as milliseconds when it is a real number (int, float, numpy integer/floating, not bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+    except (TypeError, ValueError):
+        return None
 
 
 def read_legacy_lut(path: str | Path) -> dict[str, float]:
@@ -95,17 +122,17 @@ def _read_legacy(path: str | Path) -> tuple[dict[str, float], bytes]:
     out: dict[str, float] = {}
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise LegacyFormatError(f"{path}: key {key!r} is a {type(key).__name__}, expected str")
+            raise LegacyFormatError(f"{path}: a key is a {type(key).__name__}, expected str")
         try:
             parse_legacy_key(key)
         except InvalidKeyError as exc:
-            raise LegacyFormatError(f"{path}: {exc}") from None
-        try:
-            ms = float(value)
-        except (TypeError, ValueError):
-            raise LegacyFormatError(f"{path}: value of {key!r} is {type(value).__name__}, expected a number") from None
-        if isinstance(value, bool) or not math.isfinite(ms) or ms < 0:
-            raise LegacyFormatError(f"{path}: value of {key!r} is {value!r}, expected a finite latency >= 0")
+            raise LegacyFormatError(f"{path}: {_short(exc, 200)}") from None
+        ms = _latency(value)
+        if ms is None:
+            raise LegacyFormatError(f"{path}: value of {key!r} is of type {type(value).__name__}, expected a "
+                                    "number (int or float, numpy's too)")
+        if not math.isfinite(ms) or ms < 0:
+            raise LegacyFormatError(f"{path}: value of {key!r} is {_short(value)}, expected a finite latency >= 0")
         out[key] = ms
     return out, data
 

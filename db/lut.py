@@ -276,7 +276,8 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
         settings.setdefault(sid, []).append(f"b{batch} {dtype} {layout}")
     out = []
     for s in session.scalars(query):
-        cache = "llc-flush" if s.llc_flush else "l2-flush" if s.l2_flush else "warm"
+        cache = ("unknown" if s.backend == "legacy" else "llc-flush" if s.llc_flush else "l2-flush" if s.l2_flush
+                 else "warm")  # an imported LUT does not say how it was timed
         out.append({
             "sweep": s.id, "hardware": s.hardware.name, "hardware_id": s.hardware_id, "backend": s.backend,
             "name": s.name, "settings": "; ".join(settings.get(s.id, [])), "cache": cache,

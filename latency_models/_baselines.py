@@ -145,16 +145,18 @@ class GradientBoostingLatency(_GlobalRegressor):
     """Histogram gradient boosting on config + GMACs + tensor sizes with target log(ms) (predicts exp).
 
     Early stopping is off, so a refit with the same ``random_state`` is identical. Unknown groups are
-    extrapolated unless ``strict=True``.
+    extrapolated unless ``strict=True``. ``min_samples_leaf`` ``None`` is scikit-learn's 20, less on a LUT
+    under 200 rows (a tenth of them): with 20, a LUT under 40 rows cannot split and predicts one constant.
     """
 
     kind: ClassVar[str] = "gbdt"
 
     def __init__(self, max_iter: int = 500, learning_rate: float = 0.05, max_leaf_nodes: int = 31,
-                 random_state: int = 0, strict: bool = False) -> None:
+                 min_samples_leaf: int | None = None, random_state: int = 0, strict: bool = False) -> None:
         self.max_iter = max_iter
         self.learning_rate = learning_rate
         self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
         self.strict = strict
 
@@ -163,6 +165,7 @@ class GradientBoostingLatency(_GlobalRegressor):
         frame, target, F = self._prepare_fit(X, y)
         booster = HistGradientBoostingRegressor(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=self.min_samples_leaf or min(20, max(1, len(F) // 10)),
             early_stopping=False, random_state=self.random_state,
         )
         with single_thread():

@@ -78,7 +78,8 @@ class LinearLatencyModel(LatencyModel):
                 out[idx] = _along(cout[idx], table.cout, table.y)
                 continue
             measured = np.unique(table.cin)
-            nearest = measured[np.argmin(np.abs(np.log(measured)[None, :] - np.log(cin[idx])[:, None]), axis=1)]
+            gap = np.round(np.abs(np.log(measured)[None, :] - np.log(cin[idx])[:, None]), 12)  # ties: not rounding's
+            nearest = measured[np.argmin(gap, axis=1)]  # measured is ascending: a tie goes to the smaller
             for row_cin in np.unique(nearest):
                 sel = idx[nearest == row_cin]
                 on_row = table.cin == row_cin

@@ -93,9 +93,10 @@ class LUTModel(LatencyModel):
 
 
 def _nearest(table: GroupTable, ci: int, co: int) -> float:
-    """Value of the measured point nearest to (ci, co) in log space (table order breaks ties)."""
-    d = np.log(table.cin / ci) ** 2 + np.log(table.cout / co) ** 2
-    return float(table.y[int(np.argmin(d))])
+    """Value of the measured point nearest to (ci, co) in log space; ties (to 1e-12, past rounding) go to the
+    smaller cin, then the smaller cout."""
+    d = np.round(np.log(table.cin / ci) ** 2 + np.log(table.cout / co) ** 2, 12)
+    return float(table.y[int(np.lexsort((table.cout, table.cin, d))[0])])
 
 
 def _bilinear(table: GroupTable, ci: int, co: int) -> float | None:

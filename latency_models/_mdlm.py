@@ -99,6 +99,20 @@ def _hyper_of(kernel: Any) -> dict[str, Any]:
     return {name: np.asarray(params[name], dtype=float).tolist() for name in _HYPER_NAMES}
 
 
+def _checked_hyper(hyper: Any) -> dict[str, Any]:
+    """Stored GP hyperparameters (a reload's): exactly :data:`_HYPER_NAMES`, each positive and finite."""
+    if not isinstance(hyper, dict) or set(hyper) != set(_HYPER_NAMES):
+        raise LatlabError(f"the stored GP hyperparameters are not {', '.join(_HYPER_NAMES)}")
+    for name, value in hyper.items():
+        try:
+            values = np.asarray(value, dtype=float).ravel()
+        except (TypeError, ValueError):
+            values = np.array([np.nan])
+        if not len(values) or not (np.isfinite(values).all() and (values > 0).all()):
+            raise LatlabError(f"the stored GP hyperparameter {name} is {str(value)[:40]}, not positive and finite")
+    return hyper
+
+
 def _fit_surface(frame: pd.DataFrame, y: np.ndarray, depthwise: bool, *, use_gp: bool, random_state: int,
                  hyper: dict[str, Any] | None) -> _Surface:
     """Relative (1/t-weighted) NNLS roofline baseline, then a GP on log(t) − log(baseline).
@@ -121,6 +135,7 @@ def _fit_surface(frame: pd.DataFrame, y: np.ndarray, depthwise: bool, *, use_gp:
                                           random_state=random_state)
         hyper = _hyper_of(search.fit(Z, r).kernel_)  # inside _fit_surfaces' one-BLAS-thread context
     kernel = _kernel(Z.shape[1])
+    hyper = _checked_hyper(hyper)
     kernel.set_params(**{name: np.asarray(value, dtype=float) if name.endswith("length_scale") else value
                          for name, value in hyper.items()})
     gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer=None)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from db.errors import LatlabError
 from db.keys import ConvConfig
@@ -28,8 +29,8 @@ class OutOfRangeError(LatlabError):
     """A prediction was asked outside the trained range while ``strict=True``; names the point."""
 
 
-class NotFittedError(LatlabError):
-    """``predict`` before ``fit``."""
+class NotFittedError(LatlabError, SklearnNotFittedError):
+    """``predict`` before ``fit`` (also scikit-learn's ``NotFittedError``, so its checks and handlers catch it)."""
 
 
 class LatencyModel(RegressorMixin, BaseEstimator):

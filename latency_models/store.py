@@ -62,14 +62,17 @@ def load_model(db: Database, name: str) -> LatencyModel:
         if row is None:
             known = ", ".join(session.scalars(select(StoredLatencyModel.name))) or "none"
             raise LatlabError(f"no latency model named {name!r} in the database (stored: {known})")
-        state = row.state
+        state, kind = row.state, row.kind
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        raise LatlabError(f"stored latency model {name!r} is listed as {kind!r} but its state is not one; refit it "
+                          "with `latlab fit --replace`")
     try:
         return model_from_state(state)
     except LatlabError as exc:
         raise LatlabError(f"stored latency model {name!r}: {exc}") from None
-    except (TypeError, KeyError, ValueError, IndexError) as exc:  # another latlab's or a damaged state
-        raise LatlabError(f"stored latency model {name!r} cannot be rebuilt ({type(exc).__name__}: {exc}); "
-                          "refit it with `latlab fit --replace`") from None
+    except Exception as exc:  # noqa: BLE001  (another latlab's or a damaged state: whatever it breaks, say so)
+        raise LatlabError(f"stored latency model {name!r} cannot be rebuilt ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); refit it with `latlab fit --replace`") from None
 
 
 def stored_models(db: Database) -> list[dict[str, Any]]:

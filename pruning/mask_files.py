@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from db.errors import LatlabError
+from db.safe_pickle import check_nesting, latin1_bytes
 from pruning.export import zero_channels
 from pruning.graph import NetworkSpec, build_network_spec
 
@@ -48,15 +49,8 @@ def _numpy_global(module: str, name: str) -> Any:
     return table[name]
 
 
-def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode`` as pickle protocols 0-2 use it to store bytes (latin-1 text only)."""
-    if encoding != "latin1" or not isinstance(text, str):
-        raise LatlabError(f"refusing to load the mask file: it calls _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("_codecs", "encode"): _latin1_bytes,
+    ("_codecs", "encode"): latin1_bytes,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
@@ -103,6 +97,7 @@ def read_mask_file(path: str | Path) -> MaskFile:
         if data[:2] == b"PK":  # torch.save's zip container
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         else:
+            check_nesting(data, str(path))
             obj = _MaskUnpickler(io.BytesIO(data)).load()
     except LatlabError:
         raise

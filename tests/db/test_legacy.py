@@ -67,18 +67,50 @@ def test_truncated_and_garbage_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("obj, match", [
     ([1, 2], "expected a dict"), ({}, "empty"), ({1: 2.0}, "expected str"),
-    ({"256_1_1": 1.0}, "6 or 7"), ({"256_1_1_7_1_1": "fast"}, "expected a number"),
+    ({"256_1_1": 1.0}, "6 or 7"), ({"256_1_1_7_1_1": "fast"}, "of type str, expected a number"),
     ({"256_1_1_7_1_1": float("nan")}, "finite"), ({"256_1_1_7_1_1": -1.0}, "finite"),
+    ({"256_1_1_7_1_1": "1.5"}, "of type str, expected a number"), ({"256_1_1_7_1_1": True}, "of type bool"),
+    ({"256_1_1_7_1_1": np.True_}, "of type bool, expected a number"),
+    ({"256_1_1_7_1_1": np.complex128(1 + 2j)}, "complex128"),
+    ({"256_1_1_7_1_1": 10**400}, "expected a finite latency"),  # too large for a float: no OverflowError
+    ({"256_1_1_7_1_1" + "_1" * 300: 1.0}, r"\(\d+ characters\)$"),  # a huge bad key is cut in the message
 ])
 def test_malformed_content(tmp_path: Path, obj: object, match: str) -> None:
     with pytest.raises(LegacyFormatError, match=match):
         read_legacy_lut(_write(tmp_path / "bad.pkl", obj))
 
 
-def test_numpy_scalars_are_admitted_as_floats() -> None:
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_numpy_scalars_are_admitted_as_floats(protocol: int) -> None:
+    """Protocols 0-2 store the scalars' bytes through _codecs.encode (latin-1), which is admitted for that."""
     lut = {"256_64_64_56_3_1": np.float64(1.5), "256_64_32_56_3_1": np.float32(0.75)}
-    out = safe_load_pickle(pickle.dumps(lut))
+    out = safe_load_pickle(pickle.dumps(lut, protocol=protocol))
     assert {k: float(v) for k, v in out.items()} == {"256_64_64_56_3_1": 1.5, "256_64_32_56_3_1": 0.75}
+
+
+def test_a_python2_pickle_of_numpy_values_loads() -> None:
+    """Python 2 wrote a numpy scalar's bytes as a str (SHORT_BINSTRING); read as latin-1, as numpy asks."""
+    raw = np.float64(1.5).tobytes()
+    body = pickle.dumps({"256_64_64_56_3_1": np.float64(1.5)}, protocol=3)
+    py2 = b"\x80\x02" + body[2:].replace(b"C\x08" + raw, b"U\x08" + raw)  # bytes as a Python 2 str
+    assert py2 != b"\x80\x02" + body[2:]
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(py2)  # Python 3's default: ASCII
+    assert float(safe_load_pickle(py2)["256_64_64_56_3_1"]) == 1.5
+
+
+def test_deep_nesting_is_refused_before_it_crashes_the_unpickler() -> None:
+    """A key nested 200,000 tuples deep segfaults pickle.loads itself (hashing it); it is refused unread."""
+    deep = b"\x80\x04}\x94" + b")" + b"\x85" * 200_000 + b"G?\xf8\x00\x00\x00\x00\x00\x00s."
+    with pytest.raises(LegacyFormatError, match="nest more than 32 levels deep"):
+        safe_load_pickle(deep, "deep.pkl")
+    nested: object = 1.0
+    for _ in range(40):
+        nested = [nested]
+    with pytest.raises(LegacyFormatError, match="nest more than 32 levels deep"):
+        safe_load_pickle(pickle.dumps({"256_1_1_7_1_1": nested}))
+    many = {f"256_{c}_{c}_7_1_1": np.float64(c) for c in range(1, 3000)}  # SETITEMS batches add no depth
+    assert len(safe_load_pickle(pickle.dumps(many, protocol=2))) == 2999
 
 
 def test_import_then_export_roundtrips_exactly(db_url: str, tmp_path: Path) -> None:

@@ -94,10 +94,21 @@ def test_store_roundtrip_and_names(tmp_path: Path, lattice) -> None:  # type: ig
 
     from db.models import StoredLatencyModel
 
+    good = model.to_state()
+    group = next(iter(good["surface_hyper"]))
     for state, match in (({"kind": "mdlm", "params": {"foo": 1}}, "cannot be rebuilt.*foo.*latlab fit --replace"),
                          ({"kind": "mdlm", "params": {}}, "cannot be rebuilt"),
-                         ([1, 2], "not a latency model state")):
+                         ({"kind": "rf", "params": {}}, "listed as 'mdlm' but its state is not one"),
+                         ([1, 2], "listed as 'mdlm'"),
+                         ({**good, "surface_hyper": "x"}, "cannot be rebuilt \\(AttributeError"),
+                         ({**good, "surface_hyper": {group: {"k1": 5}}}, "hyperparameters are not k1__k1"),
+                         ({**good, "surface_hyper": {group: {**good["surface_hyper"][group],
+                                                             "k1__k1__constant_value": -1}}},
+                          "k1__k1__constant_value is -1, not positive and finite")):
         with database.session() as session:
-            session.execute(update(StoredLatencyModel).values(state=state))
+            session.execute(update(StoredLatencyModel).values(state=state, kind="mdlm"))
         with pytest.raises(LatlabError, match=f"stored latency model 'fake-mdlm'.*{match}"):
             load_model(database, "fake-mdlm")
+    with database.session() as session:
+        session.execute(update(StoredLatencyModel).values(state=good, kind="mdlm"))
+    assert np.allclose(load_model(database, "fake-mdlm").predict(X), model.predict(X))

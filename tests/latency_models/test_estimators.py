@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
+from sklearn.utils.estimator_checks import check_estimators_unfitted
 
 from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig, ConvFamily
@@ -96,6 +97,7 @@ def test_sklearn_contract(kind: str, lut: tuple[list[ConvConfig], np.ndarray]) -
     assert twin is not model and twin.get_params() == params
     with pytest.raises(NotFittedError):
         model.predict(configs[:2])
+    check_estimators_unfitted(kind, clone(model))  # scikit-learn's own check: its NotFittedError is raised
     before = set(vars(model))
     assert model.fit(configs, y) is model
     learned = set(vars(model)) - before
@@ -234,6 +236,17 @@ def test_llm_freezes_cin_at_nearest_row_and_interpolates_cout(llm: LinearLatency
     assert big_drop.predict([ConvConfig(DENSE, 64, 8, batch=8)])[0] == 0.0
     with pytest.raises(OutOfRangeError, match="cout=160"):
         llm.set_params(strict=True).predict([ConvConfig(DENSE, 128, 160, batch=8)])
+
+
+@pytest.mark.parametrize(("low", "high", "query"), [(2, 8, 4), (1, 49, 7), (3, 27, 9), (5, 45, 15)])
+def test_exact_log_ties_go_to_the_smaller_width(low: int, high: int, query: int) -> None:
+    """query² = low·high: equally far in log space. Rounding of the logs must not pick the larger (as it did)."""
+    rows = [ConvConfig(DENSE, ci, co, batch=8) for ci in (low, high) for co in (4, 16)]
+    y = [1.0, 2.0, 10.0, 20.0]  # the low row is 1, 2; the high row 10, 20
+    llm = LinearLatencyModel().fit(rows, y)
+    assert llm.predict([ConvConfig(DENSE, query, 4, batch=8)])[0] == 1.0
+    nearest = make("lut", missing="nearest").fit(rows, y)
+    assert nearest.predict([ConvConfig(DENSE, query, 8, batch=8)])[0] == 1.0  # (low, 4): smaller cin, then cout
 
 
 def test_llm_cin_ref_column(llm: LinearLatencyModel) -> None:
