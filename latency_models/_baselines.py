@@ -145,8 +145,8 @@ class GradientBoostingLatency(_GlobalRegressor):
     """Histogram gradient boosting on config + GMACs + tensor sizes with target log(ms) (predicts exp).
 
     Early stopping is off, so a refit with the same ``random_state`` is identical. Unknown groups are
-    extrapolated unless ``strict=True``. ``min_samples_leaf`` ``None`` is scikit-learn's 20, less on a LUT
-    under 200 rows (a tenth of them): with 20, a LUT under 40 rows cannot split and predicts one constant.
+    extrapolated unless ``strict=True``. ``min_samples_leaf`` ``None`` is scikit-learn's 20, or a tenth of the
+    rows on a LUT under 40 rows: with 20 there, no split is possible and the model predicts one constant.
     """
 
     kind: ClassVar[str] = "gbdt"
@@ -165,7 +165,7 @@ class GradientBoostingLatency(_GlobalRegressor):
         frame, target, F = self._prepare_fit(X, y)
         booster = HistGradientBoostingRegressor(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-            min_samples_leaf=self.min_samples_leaf or min(20, max(1, len(F) // 10)),
+            min_samples_leaf=self.min_samples_leaf or (20 if len(F) >= 40 else max(1, len(F) // 10)),
             early_stopping=False, random_state=self.random_state,
         )
         with single_thread():

@@ -456,3 +456,13 @@ def test_lut_bad_missing_policy(lut: tuple[list[ConvConfig], np.ndarray]) -> Non
     configs, y = lut
     with pytest.raises(LatlabError, match="missing"):
         LUTModel(missing="mean").fit(configs, y)
+
+
+def test_gbdt_splits_on_a_lut_too_small_for_sklearns_leaf_size() -> None:
+    """scikit-learn's min_samples_leaf=20 cannot split 30 rows: the model was one constant (219% off)."""
+    widths = (16, 32, 64, 128, 256)
+    configs = [ConvConfig(DENSE, ci, co, batch=8) for ci in widths for co in (*widths, 512)]
+    y = np.array([c.cin * c.cout * 1e-4 + 0.01 for c in configs])
+    model = make("gbdt", max_iter=100).fit(configs, y)
+    assert np.abs(model.predict(configs) / y - 1).mean() < 0.1
+    assert len(np.unique(make("gbdt", max_iter=100, min_samples_leaf=20).fit(configs, y).predict(configs))) == 1
