@@ -22,8 +22,11 @@ RUN useradd --create-home --uid 1000 latlab \
     && chown latlab:latlab /opt/latlab /data
 
 WORKDIR /opt/latlab
-COPY --chown=latlab:latlab . .
 USER 1000
+# torch (GBs) in a layer of its own: editing latlab's source does not download it again
+COPY --chown=latlab:latlab Makefile ./
+RUN make /opt/latlab/.venv/.torch PYTHON=python3 VENV=/opt/latlab/.venv
+COPY --chown=latlab:latlab . .
 RUN make install PYTHON=python3 VENV=/opt/latlab/.venv
 
 ENV PATH=/opt/latlab/.venv/bin:$PATH \

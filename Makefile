@@ -8,10 +8,14 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps demo test test-gpu lint clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+# torch first, on its own (a Docker layer that source edits do not invalidate), then latlab and the rest
+$(VENV)/.torch: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml setup.py
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -308,7 +308,7 @@ def open_database(
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
         postgres = url.get_backend_name() in ("postgres", "postgresql")
         hint = ("latlab stores LUTs in SQLite (a file path) or PostgreSQL: postgresql+psycopg://USER@HOST/DB, with "
-                "pip install 'latlab[postgres]'" + ("" if postgres else "; other databases are untested"))
+                "pip install 'psycopg[binary]'" + ("" if postgres else "; other databases are untested"))
         what = f"its driver is not installed ({exc.name})" if isinstance(exc, ImportError) else str(exc)
         raise DatabaseError(f"cannot use database URL {describe_url(url)}: {what}; {hint}") from None
     if url.get_backend_name() == "sqlite":

@@ -1,7 +1,7 @@
 """A throw-away PostgreSQL server for tests and benchmarks: ``initdb`` + ``pg_ctl`` in a temporary directory.
 
 Used by the ``postgres_server`` test fixture and by ``benchmarks/fleet.py``. Needs the PostgreSQL server
-binaries (``scripts/install-system-deps.sh``) and psycopg (``pip install 'latlab[postgres]'``).
+binaries (``scripts/install-system-deps.sh``) and psycopg (``pip install -e '.[postgres]'``).
 """
 
 from __future__ import annotations

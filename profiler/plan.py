@@ -107,7 +107,7 @@ def _timm_model(name: str, num_classes: int) -> tuple[str, nn.Module]:
     try:
         import timm
     except ImportError:
-        raise LatlabError(f"model {TIMM_PREFIX}{name} needs the timm package: pip install 'latlab[timm]'") from None
+        raise LatlabError(f"model {TIMM_PREFIX}{name} needs the timm package: pip install timm") from None
     arch = name.split(".")[0].lower()
     if not timm.is_model(arch):
         hint = _close_matches(arch, timm.list_models(), "timm.list_models()")

@@ -14,6 +14,7 @@ import logging
 import subprocess
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,25 @@ class SweepReport:
         return self.remaining == 0
 
 
-def git_sha() -> str | None:
-    """Commit of the latlab checkout, if it is one."""
+def git_sha(root: Path | None = None) -> str | None:
+    """What latlab code ran: the commit of the latlab checkout it runs from, else ``latlab==VERSION``.
+
+    git is trusted only when ``root`` (where latlab's packages are) is the top of a work tree holding latlab: an
+    installed latlab inside a user's own repository (``project/.venv/…``) must not record that repository's commit.
+    """
+    root = (root or Path(__file__).resolve().parents[1]).resolve()
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=5, check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5, check=False)
+        top, sha = out.stdout.split() if out.returncode == 0 else ("", "")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        top, sha = "", ""
+    if top and Path(top).resolve() == root and (root / "latlab" / "cli").is_dir():
+        return sha
+    try:
+        return f"latlab=={version('latlab')}"
+    except PackageNotFoundError:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _merge_plan(existing: dict[str, Any], plan: SweepPlan, stored: set[tuple]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """ONNX for deployment runtimes (TensorRT, ONNX Runtime, OpenVINO): write a slim network's program, check it.
 
 Uses torch's own exporter (``torch.onnx.export(..., dynamo=True)``, which needs the ``onnx`` and ``onnxscript``
-packages: ``pip install 'latlab[onnx]'``) on the :class:`torch.export.ExportedProgram` that ``pruned.pt2``
+packages: ``pip install -e '.[onnx]'``) on the :class:`torch.export.ExportedProgram` that ``pruned.pt2``
 holds, so the batch dimension stays dynamic. The check runs the file in ONNX Runtime when it is installed.
 """
 
@@ -27,7 +27,7 @@ def require_onnx() -> None:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise LatlabError(f"ONNX export needs the onnx and onnxscript packages ({exc.name} is missing): "
-                          "pip install 'latlab[onnx]'") from None
+                          "pip install onnx onnxscript onnxruntime (latlab's onnx extra)") from None
 
 
 def save_onnx(program: torch.export.ExportedProgram, path: str | Path, *, opset: int | None = None) -> Path:

@@ -31,7 +31,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg not installed (pip install 'latlab[postgres]')")
+        pytest.skip("psycopg not installed (pip install -e '.[postgres]')")
     server = PostgresServer(bindir)
     server.start()
     try:

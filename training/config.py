@@ -105,7 +105,7 @@ class RunConfig:
     max_iters_per_epoch: int | None = None  # cap (tests, demo, smoke runs)
     max_val_iters: int | None = None  # cap on validation batches per epoch
     log_every: int = 50  # iterations between progress-bar (and TensorBoard) loss/LR updates
-    tensorboard: bool = False  # also TensorBoard scalars in out/tensorboard (pip install 'latlab[tensorboard]')
+    tensorboard: bool = False  # also TensorBoard scalars in out/tensorboard (pip install -e '.[tensorboard]')
     resume: str = "auto"  # auto (resume from out/checkpoint_last.pt if present) | never | required
     stop_after_epochs: int | None = None  # run at most this many epochs in this invocation (time-sliced jobs)
     export: bool = True  # at the end: slim network (pruned.pt2), masks.pt, final_state.pt, result.json
@@ -269,15 +269,40 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
             _fail(f"prune.max_kept_blocks: {cfg.prune.method} removes no blocks (mgp and mdp do)", source)
 
 
+def _preset_dirs() -> list[Path]:
+    """Where the bundled presets are: ``latlab/configs`` in an installed wheel, ``configs/`` in a checkout."""
+    import latlab
+
+    return [Path(latlab.__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] / "configs"]
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled training presets (``mdp_resnet50``, ...)."""
+    return sorted({p.stem for folder in _preset_dirs() if folder.is_dir() for p in folder.glob("*.yaml")})
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` when it is a file; else the bundled preset it names (``mdp_resnet50``, ``mdp_resnet50.yaml`` or
+    ``configs/mdp_resnet50.yaml``, as the docs write it), so the presets work from any directory."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.parent in (Path("."), Path("configs")):
+        stem = p.name.removesuffix(".yaml").removesuffix(".yml")
+        for folder in _preset_dirs():
+            if (folder / f"{stem}.yaml").is_file():
+                return folder / f"{stem}.yaml"
+    raise LatlabError(f"config file {p} does not exist (bundled presets: {', '.join(list_presets()) or 'none'})")
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> TrainConfig:
-    """Defaults ← YAML file ``path`` ← ``overrides`` (``{"a.b": v}`` or ``["a.b=v", ...]``, values parsed as YAML)."""
+    """Defaults ← YAML file ``path`` (or a bundled preset's name, :func:`config_path`) ← ``overrides``
+    (``{"a.b": v}`` or ``["a.b=v", ...]``, values parsed as YAML)."""
     cfg = TrainConfig()
     source = "config"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise LatlabError(f"config file {p} does not exist")
+        p = config_path(path)
+        source = str(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:

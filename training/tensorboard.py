@@ -31,7 +31,7 @@ class ScalarLog:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise LatlabError("run.tensorboard is true but TensorBoard is not installed: "
-                              "pip install 'latlab[tensorboard]' (or set run.tensorboard: false)") from exc
+                              "pip install tensorboard (or set run.tensorboard: false)") from exc
         if writes:
             purge = resume_step + 1 if resume_step else None  # drop what a killed run logged after its checkpoint
             self._open = functools.partial(SummaryWriter, str(out / "tensorboard"), purge_step=purge)

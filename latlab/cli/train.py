@@ -15,7 +15,9 @@ from latlab.cli._options import echo_rows
 
 
 def train(
-    config: Annotated[Path | None, typer.Option(help="YAML config, e.g. configs/mdp_resnet50.yaml.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="YAML config file, or a bundled preset by name from any directory: mdp_resnet50, mgp_resnet50, "
+             "mdlm_resnet50, halp_resnet50, demo_resnet18_digits (configs/NAME.yaml works too).")] = None,
     data: Annotated[Path | None, typer.Option(help="ImageFolder root with train/ and val/ (sets data.path).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (sets run.out).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local pretrained state dict (sets model.weights).")] = None,
@@ -63,8 +65,12 @@ def train(
         typer.echo(describe_config(cfg), nl=False)
         return
     if nproc_per_node > 1:
+        from training.config import config_path
+
+        # `python -P -m training`: not a training/ package in the working directory (-P: no cwd on sys.path)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-               "-m", "training", *(["--config", str(config)] if config else []),
+               "--no-python", sys.executable, "-P", "-m", "training",
+               *(["--config", str(config_path(config).resolve())] if config else []),
                *[a for s in sets for a in ("--set", s)], *(["--no-progress"] if quiet else [])]
         code = subprocess.run(cmd, env=os.environ.copy()).returncode
         if code:

@@ -184,3 +184,22 @@ def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path: Pa
     run_sweep(fresh, plan, FakeBackend(), progress=False)
     with fresh.session() as s:
         assert load_lut(s, report.sweep_id) == lut
+
+
+def test_git_sha_is_latlabs_own_commit_or_its_version(tmp_path: Path) -> None:
+    """A latlab installed inside the user's own repository records its version, not that repository's commit."""
+    from importlib.metadata import version
+
+    from profiler.runner import git_sha
+
+    checkout = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert git_sha() == head.stdout.strip()
+    user_repo = tmp_path / "project"
+    (user_repo / ".venv" / "site-packages").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(user_repo)], check=True)
+    subprocess.run(["git", "-C", str(user_repo), "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q",
+                    "--allow-empty", "-m", "theirs"], check=True)
+    assert git_sha(user_repo / ".venv" / "site-packages") == f"latlab=={version('latlab')}"
+    assert git_sha(user_repo) == f"latlab=={version('latlab')}"  # the top of a work tree, but not latlab's

@@ -10,7 +10,9 @@ import yaml
 from db.errors import LatlabError
 from training.config import load_config, save_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
@@ -88,3 +90,18 @@ def test_overrides_and_resolved_config(tmp_path: Path) -> None:
     assert yaml.safe_load(path.read_text())["optim"]["epochs"] == 3
     cfg.prune.db = "postgresql+psycopg://me:hunter2@lut-server/lut"  # the saved file hides the password
     assert yaml.safe_load(save_config(cfg, path).read_text())["prune"]["db"] == "postgresql+psycopg://me:***@lut-server/lut"
+
+
+def test_presets_by_name_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config mdp_resnet50` (or the docs' configs/mdp_resnet50.yaml) works outside the checkout too."""
+    from training.config import config_path, list_presets
+
+    monkeypatch.chdir(tmp_path)
+    assert {"halp_resnet50", "mgp_resnet50", "mdlm_resnet50", "mdp_resnet50"} <= set(list_presets())
+    for name in ("mdp_resnet50", "mdp_resnet50.yaml", "configs/mdp_resnet50.yaml"):
+        assert config_path(name).read_text() == (ROOT / "configs" / "mdp_resnet50.yaml").read_text()
+        assert load_config(name).prune.method == "mdp"
+    (tmp_path / "mdp_resnet50.yaml").write_text("optim:\n  epochs: 30\n")  # a file of that name comes first
+    assert load_config("mdp_resnet50.yaml").optim.epochs == 30
+    with pytest.raises(LatlabError, match=r"elsewhere/mdp_resnet50.yaml does not exist \(bundled presets: demo_"):
+        load_config("elsewhere/mdp_resnet50.yaml")
