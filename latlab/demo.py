@@ -509,10 +509,11 @@ def _finetune_section(ft: pd.DataFrame, c: DemoConfig) -> list[str]:
 
     return [
         "## 5. Prune while fine-tuning, then measure", "",
-        f"{c.model} trained from scratch for {c.dense_epochs} epochs on scikit-learn's bundled digits (written "
-        f"as an ImageFolder, 32×32, 10 classes; no download), then pruned *while fine-tuning* for "
-        f"{c.finetune_epochs} epoch{'s' * (c.finetune_epochs != 1)} with HALP (LLM, 6 steps, 3 iterations "
-        "apart) and MDP (MDLM with block removal, one shot) at "
+        f"{c.model} trained from scratch for {c.dense_epochs} epoch{'s' * (c.dense_epochs != 1)}"
+        f"{f' of at most {c.max_iters_per_epoch} iterations' if c.max_iters_per_epoch else ''} on scikit-learn's "
+        "bundled digits (written as an ImageFolder, 32×32, 10 classes; no download), then pruned *while "
+        f"fine-tuning* for {c.finetune_epochs} epoch{'s' * (c.finetune_epochs != 1)} with HALP (LLM, 6 steps, 3 "
+        "iterations apart) and MDP (MDLM with block removal, one shot) at "
         f"{', '.join(f'{t:.0%}' for t in c.finetune_targets)} of the dense conv latency predicted at "
         f"{c.input_size}×{c.input_size}, batch {c.batch}; after its last pruning step each run trains the "
         "exported (slim) network. The exported networks and the dense one are timed "

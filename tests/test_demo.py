@@ -64,3 +64,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     cold = run_demo(cfg)
     assert cold.sweep.sweep_id != first.sweep.sweep_id and cold.sweep.measured == first.sweep.planned
     assert "cold cache" in cold.report_path.read_text() and cold.other_ops is not None
+
+
+def test_demo_cli_checks_its_stage_sizes_before_any_work(tmp_path, cli) -> None:  # type: ignore[no-untyped-def]
+    for flag in ("--max-iters", "--dense-epochs", "--finetune-epochs"):
+        code, _, err = cli(["demo", "--out", str(tmp_path / "d"), flag, "0"])
+        assert code != 0 and f"{flag} must be >= 1, got 0" in err
+    assert not (tmp_path / "d").exists()

@@ -22,6 +22,11 @@ def demo(
                       ] = "cpu",
     finetune: Annotated[bool, typer.Option(help="Stage 5: train on the digits, prune while fine-tuning, measure.")
                         ] = True,
+    dense_epochs: Annotated[int, typer.Option(help="Stage 5: epochs that train the dense network on the digits.")
+                            ] = 3,
+    finetune_epochs: Annotated[int, typer.Option(help="Stage 5: epochs of each prune-while-fine-tuning run.")] = 1,
+    max_iters: Annotated[int | None, typer.Option(
+        help="Stage 5: at most this many iterations per epoch (a quicker, rougher demo).")] = None,
     threads: Annotated[int, typer.Option(
         help="CPU threads (1 gives repeatable numbers; more threads make tiny convs erratic on small VMs).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed samples per configuration.")] = 15,
@@ -46,10 +51,15 @@ def demo(
         latlab demo --out latlab-demo        # then open latlab-demo/report.md
         latlab demo --llc-flush --out cold   # CPU: better pruned predictions
         latlab demo --device cuda --batch 64 --out latlab-demo-gpu
+        latlab demo --max-iters 5 --out quick   # fine-tunes on 5 batches per epoch
     """
     from latlab.demo import DemoConfig, run_demo
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
+    for flag, value in (("--dense-epochs", dense_epochs), ("--finetune-epochs", finetune_epochs),
+                        ("--max-iters", max_iters)):
+        if value is not None and value < 1:
+            raise typer.BadParameter(f"{flag} must be >= 1, got {value}")
     if "cuda" in (device, backend):
         import torch
 
@@ -58,7 +68,8 @@ def demo(
             raise LatlabError(f"no CUDA GPU here (torch {torch.__version__}): run the demo without --device cuda")
     cfg = DemoConfig(out_dir=out, db=db, model=model, input_size=input_size, grid=grid, batch=batch,
                      backend=backend or device, device=device, finetune=finetune, threads=threads, repeats=repeats,
-                     llc_flush=llc_flush, progress=not quiet)
+                     llc_flush=llc_flush, dense_epochs=dense_epochs, finetune_epochs=finetune_epochs,
+                     max_iters_per_epoch=max_iters, progress=not quiet)
     result = run_demo(cfg)
 
     echo_rows(result.lut_rows, "table", title=f"LUT summary (sweep {result.sweep.sweep_id})")
