@@ -28,7 +28,7 @@ def test_timm_names_build_without_weights() -> None:
 
 def test_a_timm_name_without_timm_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
-    with pytest.raises(LatlabError, match=r"needs the timm package: pip install 'latlab\[timm\]'"):
+    with pytest.raises(LatlabError, match=r"needs the timm package: pip install timm"):
         resolve_model("timm:resnet18d")
 
 

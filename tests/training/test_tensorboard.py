@@ -47,6 +47,6 @@ def test_scalars_of_a_run_and_of_a_resumed_one(digits: Path, lut_db: str, tmp_pa
 def test_missing_tensorboard_is_a_clear_error_before_training(digits: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
-    with pytest.raises(LatlabError, match=r"pip install 'latlab\[tensorboard\]'"):
+    with pytest.raises(LatlabError, match=r"TensorBoard is not installed: pip install tensorboard"):
         train(tiny_config(digits, tmp_path / "run", None, method="none", **{"run.tensorboard": True}), progress=False)
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
