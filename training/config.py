@@ -270,10 +270,10 @@ def _check_values(cfg: TrainConfig, source: str = "config") -> None:
 
 
 def _preset_dirs() -> list[Path]:
-    """Where the bundled presets are: ``latlab/configs`` in an installed wheel, ``configs/`` in a checkout."""
-    import latlab
-
-    return [Path(latlab.__file__).resolve().parent / "configs", Path(__file__).resolve().parents[1] / "configs"]
+    """Where the bundled presets are: ``latlab/configs`` beside this package in an installed wheel, ``configs/`` in
+    a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    return [root / "latlab" / "configs", root / "configs"]
 
 
 def list_presets() -> list[str]:
