@@ -39,6 +39,7 @@ SURFACES = ("gp", "none")
 GP_MIN_POINTS = 4  # fewer measured points in a group: baseline only
 GP_MAX_POINTS = 600  # more: the GP trains on an evenly spaced subsample of the (cin, cout)-sorted points
 GP_RESTARTS = 2
+COV_MAX_POINTS = 1000  # posterior_covariance: at most this many candidates per group (evenly spaced), n×n memory
 _HYPER_NAMES = ("k1__k1__constant_value", "k1__k2__length_scale", "k2__noise_level")
 
 
@@ -238,7 +239,10 @@ class MDLM(LatencyModel):
         self, X: pd.DataFrame | Sequence[ConvConfig]
     ) -> dict[GroupKey, tuple[np.ndarray, np.ndarray]]:
         """Per group with a GP surface: (positions of X's unmeasured rows, GP posterior covariance of their
-        log-latency residuals, measurement noise included on the diagonal). Used to plan measurements."""
+        log-latency residuals, measurement noise included on the diagonal). Used to plan measurements.
+
+        A group with more unmeasured rows than :data:`COV_MAX_POINTS` offers an evenly spaced subset of them (the
+        covariance is n×n: RegNetY-32GF's 57,005-point SE family would need 24 GiB)."""
         self._check_fitted()
         frame = prepare(X)
         measured = self.is_measured(frame)
@@ -248,6 +252,8 @@ class MDLM(LatencyModel):
             idx = idx[~measured[idx]]
             if surface is None or surface.gp is None or not idx.size:
                 continue
+            if idx.size > COV_MAX_POINTS:
+                idx = idx[np.unique(np.linspace(0, idx.size - 1, COV_MAX_POINTS).round().astype(int))]
             with single_thread():
                 _, cov = surface.gp.predict(surface.inputs(frame.iloc[idx]), return_cov=True)
             out[key] = (idx, np.atleast_2d(cov))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.special import ndtr
 
 from db.engine import Database
 from db.errors import LatlabError, LUTMissError
@@ -77,7 +77,7 @@ def initial_design(candidates: Sequence[ConvConfig], per_family: int = 4, seed: 
 def estimated_within(sigma: np.ndarray, tol: float = LOG_5PCT) -> np.ndarray:
     """P(|log error| < tol) for a zero-mean Gaussian with std ``sigma`` (log space)."""
     sigma = np.maximum(np.nan_to_num(sigma, nan=1.0), 1e-9)
-    return norm.cdf(tol / sigma) - norm.cdf(-tol / sigma)
+    return 2.0 * ndtr(tol / sigma) - 1.0  # the standard normal CDF (scipy.stats.norm.cdf's overhead is 5× more)
 
 
 def _gains(cov: np.ndarray) -> np.ndarray:

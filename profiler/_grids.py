@@ -264,7 +264,7 @@ def rn50_conv_names() -> list[str]:
 def _reference_error(trace: TraceResult, why: str) -> LatlabError:
     return LatlabError(
         f"the 'reference' grid exists only for resnet50 (HALP/MDP channel groups); model "
-        f"{trace.model_name!r} {why}; use 'full' (e.g. --grid full:8) instead"
+        f"{trace.model_name!r} {why}; use --grid lattice (the widths the pruner asks for) instead"
     )
 
 

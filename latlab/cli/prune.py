@@ -105,7 +105,11 @@ def prune(
     t0 = time.perf_counter()
     lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
                                                   kind=kind or DEFAULT_KIND[method])
-    _step(f"latency model: {source} ({time.perf_counter() - t0:.1f} s)")
+    seconds = time.perf_counter() - t0
+    refit = "" if latency_model or seconds < 5 else (
+        f"; `latlab fit --models {kind or DEFAULT_KIND[method]} --name NAME` stores it once, then "
+        "--latency-model NAME skips this")
+    _step(f"latency model: {source} ({seconds:.1f} s{refit})")
     t0 = time.perf_counter()
     if batches_iter is not None:
         importances, layer_importances = taylor_scores(net, spec, batches_iter, max_batches=batches)

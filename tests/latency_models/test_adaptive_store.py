@@ -112,3 +112,22 @@ def test_store_roundtrip_and_names(tmp_path: Path, lattice) -> None:  # type: ig
     with database.session() as session:
         session.execute(update(StoredLatencyModel).values(state=good, kind="mdlm"))
     assert np.allclose(load_model(database, "fake-mdlm").predict(X), model.predict(X))
+
+
+def test_posterior_covariance_offers_at_most_cov_max_points_per_group(monkeypatch: pytest.MonkeyPatch, lattice) -> None:  # type: ignore[no-untyped-def]
+    """A huge family (RegNetY-32GF's SE convs: 57,005 points, a 24 GiB covariance) offers an evenly spaced subset."""
+    from latency_models import _mdlm
+
+    plan, truth = lattice
+    X = frame_from_configs(plan.configs)
+    y = np.array([truth[c] for c in plan.configs])
+    train = np.arange(len(y)) % 3 == 0
+    model = get_model("mdlm").fit(X[train], y[train])
+    full = model.posterior_covariance(X[~train])
+    biggest = max(len(idx) for idx, _ in full.values())
+    monkeypatch.setattr(_mdlm, "COV_MAX_POINTS", biggest // 2)
+    capped = model.posterior_covariance(X[~train])
+    assert max(len(idx) for idx, _ in capped.values()) == biggest // 2
+    assert all(cov.shape == (len(idx), len(idx)) for idx, cov in capped.values())
+    offered = np.concatenate([idx for idx, _ in capped.values()])
+    assert set(offered) <= set(np.concatenate([idx for idx, _ in full.values()]))

@@ -386,7 +386,7 @@ def test_reference_only_for_resnet50() -> None:
     with pytest.raises(LatlabError) as info:
         build_plan("resnet18", "reference")
     msg = str(info.value)
-    assert "resnet50" in msg and "full" in msg and "\n" not in msg
+    assert "resnet50" in msg and "--grid lattice" in msg and "\n" not in msg
 
 
 def test_reference_rejects_resnet50_lookalike(rn50: TraceResult) -> None:
