@@ -32,8 +32,8 @@ def resolve_latency_model(
 
     ``latency_model`` names a stored model (``latlab models list``); otherwise a model of ``kind`` is fitted
     on the LUT of the chosen sweep (``find_sweep``: by id, or the only one of ``hardware``; ``choose_sweep`` is how
-    the error for several says to choose). Batch, dtype,
-    layout and op are those of the LUT rows the model was trained on.
+    the error for several says to choose). Batch, dtype, layout and op are those of the LUT rows the model was
+    trained on.
     """
     if latency_model is not None:
         model = load_model(database, latency_model)

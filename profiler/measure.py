@@ -209,6 +209,12 @@ def program_labels(path: str | Path) -> dict[str, str]:
         if isinstance(labels, dict) else {}
 
 
+def module_labels(path: Path) -> dict[str, str]:
+    """``{"model", "variant"}`` a saved module is stored under: :func:`program_labels`, else its file's stem and
+    ``module:FILE``."""
+    return {"model": path.stem, "variant": f"module:{path.name}", **program_labels(path)}
+
+
 def _load_module_file(path: Path) -> tuple[str, nn.Module]:
     if not path.is_file():
         raise LatlabError(f"module file {path} does not exist")
@@ -217,7 +223,7 @@ def _load_module_file(path: Path) -> tuple[str, nn.Module]:
                           "pruned.pt2 beside it (time an .onnx with ONNX Runtime or trtexec)")
     try:
         if path.suffix == ".pt2":
-            return program_labels(path).get("model", path.stem), torch.export.load(str(path)).module()
+            return module_labels(path)["model"], torch.export.load(str(path)).module()
         return path.stem, torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         raise LatlabError(

@@ -55,7 +55,7 @@ def export(
     """
     import torch
 
-    from profiler.measure import count_params_and_macs, load_model, load_program, program_labels, save_program
+    from profiler.measure import count_params_and_macs, load_model, load_program, module_labels, save_program
     from pruning.export import export_checked, export_program, save_masks
     from pruning.mask_files import load_masks
     from pruning.onnx_export import onnx_input_name, onnx_max_delta, require_onnx, save_onnx
@@ -71,7 +71,7 @@ def export(
     if module is not None:
         program, size = load_program(module)
         slim, row = program.module(), {"source": str(module)}
-        labels = {"model": module.stem, "variant": f"module:{module.name}", **program_labels(module)}
+        labels = module_labels(module)
     else:
         name, net = load_model(model, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
         size = (input_size, input_size)

@@ -95,8 +95,8 @@ def measure(
     from profiler.measure import (
         load_model,
         measure_models_interleaved,
+        module_labels,
         paired_speedup,
-        program_labels,
         square_input_size,
     )
     from profiler.protocol import TimingProtocol
@@ -111,7 +111,7 @@ def measure(
     input_size = square_input_size(net, input_size, module, "measure")
     nets = {}
     if module is not None and variant == "dense":  # a saved module is a pruned one unless it says otherwise
-        variant = program_labels(module).get("variant", f"module:{module.name}")
+        variant = module_labels(module)["variant"]
     if mask is not None:
         if model is None:
             raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
