@@ -463,8 +463,7 @@ def _pareto(X: np.ndarray, val: np.ndarray, lat: np.ndarray, live: list[int], si
         key = np.unique(X[:, live], axis=0, return_inverse=True)[1].reshape(-1)
     idx = np.lexsort((-val, lat, key))  # by key, then latency ascending, then value descending
     k, v = key[idx], val[idx]
-    rank = np.empty(len(v), np.int64)
-    rank[np.argsort(v, kind="stable")] = np.arange(len(v))
+    rank = np.unique(v, return_inverse=True)[1].reshape(-1)  # equal values share a rank: ties are dominated
     start = np.r_[True, k[1:] != k[:-1]]
     group = np.cumsum(start) - 1
     code = group * (len(v) + 1) + rank  # exact group-wise running maximum through one global accumulate

@@ -137,16 +137,20 @@ def resnet_like(rng: np.random.Generator, *, pairwise: bool = True) -> PruningPr
     return prob.with_budget(lats[0] + float(rng.random()) * (lats[-1] - lats[0]))
 
 
-def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool) -> PruningProblem:
+def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool, tied: bool = False) -> PruningProblem:
     """A random ResNet-like network too large for brute force: 2-3 stages of 1-3 bottleneck blocks.
 
     Stage residual groups chain through downsample layers; each block reads and writes its stage's residual
     group through two internal groups.  Some internal groups may be emptied alone (``min_keep = 0``), some
-    linear tables cost something at ``k = 0``, and a constant is added, to exercise every rule.
+    linear tables cost something at ``k = 0``, and a constant is added, to exercise every rule.  ``tied``:
+    every item is worth 1 (BN |γ| of an untrained network), so many assignments share a value.
     """
 
     def size() -> int:
         return int(rng.integers(2, 7))
+
+    def importances(n: int) -> np.ndarray:
+        return np.ones(n) if tied else rng.lognormal(0, 1, n)
 
     def table(rows: int, cols: int | None) -> np.ndarray:
         if cols is None:
@@ -155,7 +159,7 @@ def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool) ->
         out = rng.random((rows + 1, cols + 1)) * np.outer(np.arange(rows + 1), np.arange(cols + 1)) ** 0.7
         return out + np.outer(np.arange(rows + 1) > 0, np.arange(cols + 1) > 0) * 0.05 * np.sin(np.arange(cols + 1))
 
-    groups = [Group.from_importances(rng.lognormal(0, 1, size()), name="stem")]
+    groups = [Group.from_importances(importances(size()), name="stem")]
     lin: list[LinearTerm] = []
     pw: list[PairwiseTerm] = []
     block = 0
@@ -163,7 +167,7 @@ def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool) ->
     shares: list[BlockValue] = []
     for st in range(int(rng.integers(2, 4))):
         res = len(groups)
-        groups.append(Group.from_importances(rng.lognormal(0, 1, size()), name=f"res{st}"))
+        groups.append(Group.from_importances(importances(size()), name=f"res{st}"))
         for gi, pi in ((res, prev),):
             m, mp = groups[gi].size, groups[pi].size
             (pw.append(PairwiseTerm(gi, pi, table(m, mp))) if pairwise else lin.append(LinearTerm(gi, table(m, None))))
@@ -172,7 +176,7 @@ def random_network(rng: np.random.Generator, *, pairwise: bool, blocks: bool) ->
             a, c = len(groups), len(groups) + 1
             for _j in range(2):
                 mk = 0 if rng.random() < 0.15 else 1
-                groups.append(Group.from_importances(rng.lognormal(0, 1, size()), min_keep=mk, block=b))
+                groups.append(Group.from_importances(importances(size()), min_keep=mk, block=b))
             for go, gi in ((a, res), (c, a), (res, c)):
                 m, mp = groups[go].size, groups[gi].size
                 if pairwise:

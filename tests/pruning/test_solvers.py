@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -318,6 +319,40 @@ def test_lagrange_matches_highs_on_random_networks(seed: int, pairwise: bool, bl
         assert not p.check(res.solution)
         assert res.objective == pytest.approx(ref.objective, rel=1e-7, abs=1e-9)
         assert res.bound == pytest.approx(res.objective, rel=1e-7)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), pairwise=st.booleans())
+def test_lagrange_matches_highs_with_tied_importances(seed: int, pairwise: bool) -> None:
+    p = inst.random_network(np.random.default_rng(seed), pairwise=pairwise, blocks=True, tied=True)
+    ref = get_solver("milp-highs", time_limit=60).solve(p)
+    res = get_solver("lagrange", time_limit=60, handover_labels=0).solve(p)
+    assert res.status == ref.status, (res.message, ref.message)
+    if ref.status == "optimal":
+        assert not p.check(res.solution)
+        assert res.objective == pytest.approx(ref.objective, rel=1e-9, abs=1e-9)
+
+
+def test_pareto_drops_labels_tied_in_value() -> None:
+    from pruning.solvers.lagrange import _pareto
+
+    X = np.array([[0, 1], [0, 1], [0, 1], [0, 1], [0, 2]])  # variable 1 is live; the last label differs there
+    val = np.array([1.0, 1.0, 1.0, 2.0, 1.0])
+    lat = np.array([1.0, 1.0, 2.0, 3.0, 5.0])
+    kept = sorted(_pareto(X, val, lat, [1], np.array([1, 3])).tolist())
+    assert kept == [0, 3, 4]  # an exact twin (1) and an equal value at more latency (2) are dominated
+
+
+def test_lagrange_tied_resnet50_needs_no_handover() -> None:
+    """All items worth 1 (no --weights): equal-valued labels are dominated, so the search stays small."""
+    base = _bench().build("MDP")
+    groups = [dataclasses.replace(g, values=np.arange(g.size + 1, dtype=float)) for g in base.groups]
+    base = dataclasses.replace(base, groups=groups, block_values=[])
+    p = base.with_budget(0.6 * base.latency(base.dense_solution()))
+    res = get_solver("lagrange", handover_labels=4000).solve(p)  # before ties were dominated: 8,172 labels
+    ref = get_solver("milp-highs").solve(p)
+    assert res.status == ref.status == "optimal" and "milp-highs" not in res.message, res.message
+    assert res.objective == pytest.approx(ref.objective, rel=1e-9)
 
 
 def test_lagrange_time_limit_returns_checked_incumbent() -> None:
