@@ -194,7 +194,7 @@ class StoredLatencyModel(Base):
     kind: Mapped[str] = mapped_column(String(32))
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict, deferred=True)  # large: read only to rebuild
     training: Mapped[dict[str, Any]] = mapped_column(default=dict)  # which measurements: sweep, filters, split
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     n_train: Mapped[int] = mapped_column(Integer, default=0)

@@ -87,7 +87,12 @@ def test_store_roundtrip_and_names(tmp_path: Path, lattice) -> None:  # type: ig
     save_model(database, "fake-mdlm", get_model("llm").fit(X, y), replace=True)
     loaded = load_model(database, "fake-mdlm")
     assert loaded.kind == "llm" and np.allclose(loaded.predict(X), y)
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    event.listen(database.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     assert [r["name"] for r in stored_models(database)] == ["fake-mdlm"]
+    assert statements and not any("latency_models.state" in sql for sql in statements)  # listing skips the states
     with pytest.raises(LatlabError, match="no latency model named 'nope'.*fake-mdlm"):
         load_model(database, "nope")
     from sqlalchemy import update
