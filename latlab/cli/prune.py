@@ -92,6 +92,7 @@ def prune(
         raise LatlabError(f"--time-limit must be a positive number of seconds, got {time_limit}")
     if not 0 < target <= 1:  # before loading anything
         raise LatlabError(f"--target must be the kept share of latency in (0, 1], got {target}")
+    database = open_database(db, create=False, upgrade=False)
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
@@ -101,7 +102,6 @@ def prune(
     _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
           f"items, {counts['blocks']} removable blocks")
     batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
-    database = open_database(db, create=False, upgrade=False)
     t0 = time.perf_counter()
     lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
                                                   kind=kind or DEFAULT_KIND[method])

@@ -178,6 +178,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["measure", "--model", "nope", "--db", fresh], "unknown torchvision model"),
         (["measure", "--model", "resnet18", "--weights", str(evil), "--db", fresh], "cannot load weights"),
         (["hw", "--backend", "cuda"], "torch.cuda.is_available"),
+        (["prune", "--model", "resnet18", "--method", "halp", "--target", "0.5", "--out", str(tmp / "o"),
+          "--db", fresh], "no LUT database"),
     ]
 
 
@@ -192,6 +194,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path, cli) -> Non
         assert len(lines) == 1 and lines[0].startswith("latlab: error:"), (argv, err)
         assert expected in lines[0], (argv, lines[0])
         assert "Traceback" not in out + err
+        assert argv[0] != "prune" or not out, out  # the database is checked before the network is traced
     assert not (tmp_path / "never.db").exists()
     assert (tmp_path / "corrupt.db").read_bytes() == corrupt_bytes
     assert not marker.exists()
