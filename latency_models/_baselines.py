@@ -99,28 +99,32 @@ class RandomForestLatency(_GlobalRegressor):
     """nn-Meter-style random forest over all groups at once on config + GMACs + tensor sizes; target ms.
 
     Unknown groups are extrapolated unless ``strict=True``. :meth:`predict_std` is the relative spread
-    (std / mean) of the per-tree predictions.
+    (std / mean) of the per-tree predictions. Fully grown trees grow with the LUT: ``max_samples`` (rows drawn
+    per tree; ``None``: as many as the LUT has) keeps the forest's time and memory bounded on large LUTs.
     """
 
     kind: ClassVar[str] = "rf"
 
     def __init__(self, n_estimators: int = 320, max_depth: int | None = None, max_features: int | float | str = 6,
-                 random_state: int = 0, strict: bool = False) -> None:
+                 max_samples: int | float | None = None, random_state: int = 0, strict: bool = False) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
         self.max_features = max_features
+        self.max_samples = max_samples
         self.random_state = random_state
         self.strict = strict
 
     def fit(self, X: pd.DataFrame | Sequence[ConvConfig], y: Any) -> RandomForestLatency:
         """Fit the forest on every row of the LUT."""
         frame, target, F = self._prepare_fit(X, y)
-        max_features = self.max_features
+        max_features, max_samples = self.max_features, self.max_samples
         if isinstance(max_features, int) and not isinstance(max_features, bool):
             max_features = min(max_features, F.shape[1])
+        if isinstance(max_samples, int) and not isinstance(max_samples, bool) and max_samples > len(F):
+            max_samples = None  # a cap above the LUT's size: every row, as without one
         self.forest_ = RandomForestRegressor(
             n_estimators=self.n_estimators, max_depth=self.max_depth, max_features=max_features,
-            random_state=self.random_state,
+            max_samples=max_samples, random_state=self.random_state,
         ).fit(F, target)
         self._finish_fit(frame, target)
         return self

@@ -88,20 +88,23 @@ def _predict_tolerant(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, str]:
     return out, first_error
 
 
-def candidate_models(kinds: Sequence[str], *, seed: int = 0, strict: bool = False) -> dict[str, Any]:
+def candidate_models(
+    kinds: Sequence[str], *, seed: int = 0, strict: bool = False, params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Unfitted models of ``kinds`` set up for a comparison: seeded, ``strict`` where the kind has it,
-    and the LUT interpolating bilinearly on its grid (the "measure coarsely, interpolate" baseline)."""
+    and the LUT interpolating bilinearly on its grid (the "measure coarsely, interpolate" baseline);
+    ``params[kind]`` overrides any of these."""
     from latency_models.base import get_model
 
     out: dict[str, Any] = {}
     for kind in kinds:
-        params = get_model(kind).get_params()
-        kw: dict[str, Any] = {"strict": strict} if "strict" in params else {}
-        if "random_state" in params:
+        known = get_model(kind).get_params()
+        kw: dict[str, Any] = {"strict": strict} if "strict" in known else {}
+        if "random_state" in known:
             kw["random_state"] = seed
         if kind == "lut":
             kw["missing"] = "bilinear"
-        out[kind] = get_model(kind, **kw)
+        out[kind] = get_model(kind, **(kw | dict((params or {}).get(kind, {}))))
     return out
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from db.engine import Database
 from db.errors import LatlabError
 from db.models import StoredLatencyModel, utcnow
-from latency_models.base import LatencyModel, model_from_state
+from latency_models.base import LatencyModel, get_model, model_from_state
 
 
 def _jsonable(obj: Any) -> Any:
@@ -75,13 +75,24 @@ def load_model(db: Database, name: str) -> LatencyModel:
                           f"{str(exc)[:200]}); refit it with `latlab fit --replace`") from None
 
 
+def _changed_params(kind: str, params: Any) -> str:
+    """``"max_samples=20000, random_state=3"``: the stored parameters that differ from the kind's defaults."""
+    if not isinstance(params, dict):
+        return ""
+    try:
+        defaults = get_model(kind).get_params()
+    except LatlabError:  # a kind this latlab does not know: show them all
+        defaults = {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in defaults or defaults[k] != v)
+
+
 def stored_models(db: Database) -> list[dict[str, Any]]:
     """One summary dict per stored model (held-out ``mape`` in %, ``within_5``/``within_10`` as shares, as
-    ``latlab fit`` prints them)."""
+    ``latlab fit`` prints them; ``params``: those not at the kind's defaults)."""
     with db.session() as session:
         rows = session.scalars(select(StoredLatencyModel).order_by(StoredLatencyModel.id)).all()
         return [{
-            "name": r.name, "kind": r.kind, "sweep": r.sweep_id, "n_train": r.n_train,
-            "mape": r.metrics.get("mape"), "within_5": r.metrics.get("within_5"),
+            "name": r.name, "kind": r.kind, "params": _changed_params(r.kind, r.params), "sweep": r.sweep_id,
+            "n_train": r.n_train, "mape": r.metrics.get("mape"), "within_5": r.metrics.get("within_5"),
             "within_10": r.metrics.get("within_10"), "updated": r.updated_at.strftime("%Y-%m-%d %H:%M"),
         } for r in rows]

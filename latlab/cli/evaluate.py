@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ import typer
 from db.errors import LatlabError
 from latency_models.split_kinds import SPLIT_KINDS
 from latlab.cli._options import DbOption, HardwareOption, SweepOption, echo_rows
-from latlab.cli.models import ModelsOption, parse_kinds
+from latlab.cli.models import ModelsOption, ParamOption, parse_kinds, parse_params
 
 
 def _sweep_run(plan: dict, network: str) -> dict:
@@ -56,14 +57,17 @@ def evaluate(
         help="CPU threads for --measure-backend cpu (default: the sweep's own on the sweep's backend).")] = None,
     strict: Annotated[bool, typer.Option(help="Fail on any point outside a model's trained range.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the split, the models and the prunings.")] = 0,
-    out: Annotated[Path, typer.Option(help="Directory for report.md, CSVs and PNG plots.")] = Path("latlab-eval"),
+    param: ParamOption = None,
+    out: Annotated[Path, typer.Option(
+        help="Directory for report.md, CSVs, PNG plots and config.json.")] = Path("latlab-eval"),
     db: DbOption = None,
 ) -> None:
     r"""Fit each model on a share of a sweep's LUT keys and report accuracy on the rest, with plots.
 
     Writes OUT/report.md with tables (MAPE, RMSPE, max error, share within ±5% / ±10%) and PNGs
-    (predicted vs measured, error CDF, error over the (cin, cout) plane, whole-network error).
-    Splits are by distinct LUT key, so repeated conv shapes never leak across.
+    (predicted vs measured, error CDF, error over the (cin, cout) plane, whole-network error), and
+    OUT/config.json (the options and every model's parameters). Splits are by distinct LUT key, so
+    repeated conv shapes never leak across.
 
     Examples:
 
@@ -88,6 +92,7 @@ def evaluate(
     from latency_models.splits import make_split
     from profiler.protocol import cache_flags
     kinds = parse_kinds(models)
+    overrides = parse_params(param, kinds)
     if split not in SPLIT_KINDS:
         raise LatlabError(f"unknown split {split!r}; choose from {', '.join(SPLIT_KINDS)}")
     if threads is not None and (threads < 1 or measure_backend is None):
@@ -111,7 +116,7 @@ def evaluate(
         sweep_threads = {"num_threads": sweep_row.num_threads} if same and sweep_row.num_threads else {}
     if threads is not None:
         sweep_threads = {"num_threads": threads}
-    candidates = candidate_models(kinds, seed=seed, strict=strict)
+    candidates = candidate_models(kinds, seed=seed, strict=strict, params=overrides)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}
     table, predictions = fit_predict(candidates, X, y, (train, test), keep_fitted=fitted)
@@ -160,6 +165,12 @@ def evaluate(
                                    group_sizes=group_sizes, multiple=multiple, **settings)
     report = write_report(out, tables, predictions, whole,
                           title=f"Latency models on sweep {sweep_id} ({hw_name})")
+    config = {"sweep": sweep_id, "hardware": hw_name, "split": split, "train_fraction": train_fraction,
+              "batch": batch, "dtype": dtype, "layout": layout, "op": op, "budget_curve": budget_curve,
+              "network": network, "pruned": pruned, "input_size": input_size, "width_multiple": width_multiple,
+              "measure_backend": measure_backend, "threads": threads, "strict": strict, "seed": seed,
+              "models": {kind: model.get_params() for kind, model in candidates.items()}}
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     cols = ["model", "n_train", "n_test", "missing", "mape", "within_5", "within_10", "max_ape"]
     echo_rows(table[cols].round(4).to_dict(orient="records"), "table", title="held-out accuracy")
     typer.echo(f"report: {report}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +29,46 @@ def parse_kinds(text: str) -> list[str]:
     return kinds
 
 
+ParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", help="A model parameter, KIND.NAME=VALUE (or NAME=VALUE for every kind that has it), e.g. "
+    "rf.max_samples=20000 or lut.missing=nearest. Repeatable; see the README for each kind's parameters.",
+    show_default=False)]
+
+
+def parse_params(texts: Sequence[str] | None, kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["rf.n_estimators=100", "strict=true"]`` -> ``{kind: {name: value}}`` for every kind in ``kinds``.
+
+    A NAME without KIND applies to every kind that has it; values are YAML scalars (``100``, ``0.5``, ``null``,
+    ``true``, ``sqrt``). Unknown kinds or names raise, naming the kind's parameters.
+    """
+    import yaml
+
+    from latency_models.base import get_model
+    known = {kind: sorted(get_model(kind).get_params()) for kind in kinds}
+    out: dict[str, dict[str, Any]] = {kind: {} for kind in kinds}
+    for text in texts or ():
+        key, sep, raw = text.partition("=")
+        kind, dot, name = key.strip().rpartition(".")
+        if not sep or not name:
+            raise LatlabError(f"--param {text!r}: expected KIND.NAME=VALUE or NAME=VALUE, e.g. rf.n_estimators=100")
+        if dot and kind not in known:
+            raise LatlabError(f"--param {text!r}: {kind!r} is not among --models ({', '.join(kinds)})")
+        targets = [kind] if dot else [k for k in kinds if name in known[k]]
+        if not targets or name not in known[targets[0]]:
+            where = f"{kind} has" if dot else f"none of {', '.join(kinds)} has"
+            listing = "; ".join(f"{k}: {', '.join(known[k])}" for k in ([kind] if dot else kinds))
+            raise LatlabError(f"--param {text!r}: {where} a parameter {name!r} ({listing})")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw.strip()
+        if isinstance(value, dict | list) or raw.strip() == "":
+            raise LatlabError(f"--param {text!r}: the value must be one number, word, true/false or null")
+        for k in targets:
+            out[k][name] = value
+    return out
+
+
 def fit(
     models: ModelsOption = "mdlm",
     name: Annotated[str | None, typer.Option(
@@ -41,7 +82,7 @@ def fit(
         help="Share of distinct LUT keys held out to report accuracy (0: fit on all).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the hold-out split and the models.")] = 0,
     replace: Annotated[bool, typer.Option(help="Overwrite a stored model of the same name.")] = False,
-    fmt: FormatOption = "table", db: DbOption = None,
+    param: ParamOption = None, fmt: FormatOption = "table", db: DbOption = None,
 ) -> None:
     """Fit latency models on a sweep's LUT and store them in the database by name.
 
@@ -52,6 +93,7 @@ def fit(
 
         latlab fit --models mdlm,llm --hardware "TITAN V"
         latlab fit --models mdlm --sweep 3 --holdout 0.75 --name h100-mdlm-25pct
+        latlab fit --models rf --param rf.max_samples=20000 --name rf-20k
     """
     import numpy as np
 
@@ -61,8 +103,9 @@ def fit(
     from latency_models.evaluate import fit_predict
     from latency_models.features import lut_frame
     from latency_models.splits import make_split
-    from latency_models.store import save_model
+    from latency_models.store import save_model, stored_models
     kinds = parse_kinds(models)
+    overrides = parse_params(param, kinds)
     if not 0.0 <= holdout < 1.0:
         raise LatlabError(f"--holdout must be in [0, 1), got {holdout}")
     database = open_database(db, create=False, upgrade=True)
@@ -75,17 +118,29 @@ def fit(
         train, test = make_split(X, "random", 1.0 - holdout, seed)
     else:
         train, test = np.arange(len(X)), np.array([], dtype=int)
-    rows = []
-    for kind in kinds:
-        params = {"random_state": seed} if "random_state" in get_model(kind).get_params() else {}
+    names = {kind: (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"sweep{sweep_id}-{kind}"
+             for kind in kinds}
+    taken = sorted(set(names.values()) & {r["name"] for r in stored_models(database)})
+    if taken and not replace:  # before the fits, which may take minutes
+        raise LatlabError(f"a latency model named {', '.join(map(repr, taken))} already exists (use --replace)")
+    results: list[tuple[str, LatencyModel, dict]] = []
+    for kind in kinds:  # every model is fitted before any is stored: a bad --param stores nothing
+        params = ({"random_state": seed} if "random_state" in get_model(kind).get_params() else {}) | overrides[kind]
         model = get_model(kind, **params)
         metrics = {}
         fitted: dict[str, LatencyModel] = {}
         if len(test):  # tolerant: points a model cannot predict are counted, not fatal
             table, _ = fit_predict({kind: model}, X, y, (train, test), keep_fitted=fitted)
             metrics = {k: v for k, v in table.iloc[0].to_dict().items() if k not in ("model", "error")}
-        model = fitted[kind] if kind in fitted else model.fit(X.iloc[train].reset_index(drop=True), y[train])
-        stored = (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"sweep{sweep_id}-{kind}"
+        try:
+            model = fitted[kind] if kind in fitted else model.fit(X.iloc[train].reset_index(drop=True), y[train])
+        except (ValueError, TypeError) as exc:  # scikit-learn's parameter checks
+            given = ", ".join(f"{k}={v}" for k, v in overrides[kind].items()) or "default parameters"
+            raise LatlabError(f"cannot fit {kind} ({given}): {' '.join(str(exc).split())}") from None
+        results.append((kind, model, metrics))
+    rows = []
+    for kind, model, metrics in results:
+        stored = names[kind]
         training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "holdout": holdout, "seed": seed,
                     "n_rows": len(X)}
         save_model(database, stored, model, sweep_id=sweep_id, training=training, metrics=metrics, replace=replace)

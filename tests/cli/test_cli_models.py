@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,12 +33,42 @@ def test_fit_and_list(lut_db: str, cli) -> None:
     assert "\nho-lut," in out and "\nho-llm," in out
 
 
+def test_fit_params(lut_db: str, cli) -> None:
+    code, _, err = cli(["fit", "--models", "rf,lut", "--param", "rf.n_estimators=7", "--param", "max_samples=50",
+                        "--param", "lut.missing=nearest", "--param", "strict=true", "--name", "p", "--db", lut_db])
+    assert code == 0, err
+    code, out, _ = cli(["models", "list", "--db", lut_db, "-f", "json"])
+    listed = {m["name"]: m["params"] for m in json.loads(out)}
+    assert listed == {"p-rf": "max_samples=50, n_estimators=7, strict=True", "p-lut": "missing=nearest, strict=True"}
+    from db import open_database
+    from latency_models.store import load_model
+
+    forest = load_model(open_database(lut_db), "p-rf").forest_
+    assert len(forest.estimators_) == 7 and forest.max_samples == 50
+    for params, message in ((["rf.trees=3"], "rf has a parameter 'trees' (rf: max_depth, max_features"),
+                            (["gbdt.max_iter=3"], "'gbdt' is not among --models (rf, lut)"),
+                            (["depth=3"], "none of rf, lut has a parameter 'depth'"),
+                            (["rf.n_estimators"], "expected KIND.NAME=VALUE"),
+                            (["rf.n_estimators=[1, 2]"], "one number, word"),
+                            (["rf.n_estimators=-1"], "cannot fit rf (n_estimators=-1): The 'n_estimators' parameter")):
+        code, _, err = cli(["fit", "--models", "rf,lut", "--name", "bad", "--db", lut_db]
+                           + [a for p in params for a in ("--param", p)])
+        assert code == 1 and message in err, err
+    code, out, _ = cli(["models", "list", "--db", lut_db, "-f", "csv"])
+    assert "bad-" not in out  # nothing stored by a failed fit
+    code, _, err = cli(["fit", "--models", "llm,lut", "--name", "p", "--db", lut_db])
+    assert code == 1 and "'p-lut' already exists" in err  # checked before fitting llm
+
+
 def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, cli) -> None:
     out_dir = tmp_path / "eval"
     code, out, err = cli(["evaluate", "--models", "lut,llm,mdlm,rf", "--db", lut_db, "--train-fraction", "0.5",
                           "--network", "resnet18", "--input-size", "64", "--pruned", "3", "--measure-backend",
-                          "fake", "--out", str(out_dir)])
+                          "fake", "--param", "rf.n_estimators=20", "--out", str(out_dir)])
     assert code == 0, err
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["models"]["rf"]["n_estimators"] == 20 and config["models"]["lut"]["missing"] == "bilinear"
+    assert config["network"] == "resnet18" and config["train_fraction"] == 0.5
     report = (out_dir / "report.md").read_text()
     assert "Held-out accuracy" in report and "Whole-network latency" in report
     for png in ("pred_vs_measured.png", "error_cdf.png", "whole_network.png"):
