@@ -70,3 +70,20 @@ def test_wheel_carries_what_runs_outside_the_checkout(tmp_path: Path) -> None:
     assert {"db/migrations/env.py", "db/migrations/versions/0001_initial.py"} <= names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
+def test_sdist_carries_the_tests_and_benchmarks(tmp_path: Path) -> None:
+    """MANIFEST.in: an sdist can run the test suite (its subfolders, the benchmark modules they load)."""
+    import subprocess
+    import sys
+    import tarfile
+
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    with tarfile.open(next(tmp_path.glob("latlab-*.tar.gz"))) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    tracked = subprocess.run(["git", "ls-files", "tests", "configs", "benchmarks/*.py"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.split()
+    assert tracked and set(tracked) <= names, sorted(set(tracked) - names)[:5]
+    assert {"Makefile", ".ci/run", "LICENSE", "README.md", "benchmarks/gpu_session.sh"} <= names
+    assert not any(n.startswith("benchmarks/results/") or "__pycache__" in n for n in names)
