@@ -15,6 +15,7 @@ from rich.table import Table
 from db.errors import LatlabError
 
 FORMATS = ("table", "csv", "markdown", "json")
+WIDE = 120  # a one-row terminal table wider than this is printed transposed (one line per column)
 
 
 def _cell(value: Any) -> str:
@@ -23,6 +24,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
     return str(value)
+
+
+def _width(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> int:
+    """Characters a terminal table needs so that no number is folded across lines."""
+    return sum(max(len(c), *(len(_cell(r.get(c))) for r in rows)) + 3 for c in columns) + 1
 
 
 def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None = None) -> str:
@@ -42,13 +48,14 @@ def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
         lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
         return ("\n".join(([f"**{title}**", ""] if title else []) + lines)) + "\n"
+    if len(rows) == 1 and _width(rows, columns) > WIDE:  # one wide record reads better down the page
+        rows, columns = [{"field": c, "value": rows[0].get(c)} for c in columns], ["field", "value"]
     table = Table(title=escape(title) if title else None, show_lines=False)  # text, not Rich markup: "ms[lut]"
     for c in columns:
         table.add_column(escape(c), overflow="fold")
     for r in rows:
         table.add_row(*(escape(_cell(r.get(c))) for c in columns))
-    cells = [[c, *(_cell(r.get(c)) for r in rows)] for c in columns]
-    needed = sum(max(len(v) for v in col) + 3 for col in cells) + 1  # no number folded across lines
-    console = Console(file=io.StringIO(), width=max(160, needed), force_terminal=False, color_system=None)
+    width = max(160, _width(rows, columns))
+    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
     console.print(table)
     return console.file.getvalue()  # type: ignore[attr-defined]
