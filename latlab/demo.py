@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from db.engine import Database, open_database
+from db.engine import Database, hide_passwords, open_database
 from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig
 from db.lut import family_summaries, lookup
@@ -93,6 +93,7 @@ class DemoConfig:
     device: str = "cpu"  # where the networks are trained (cuda: AMP on)
     seed: int = 0
     progress: bool = True
+    command: str = "latlab demo"  # the command line that ran it (recorded with the sweep)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class DemoResult:
     whole_network: pd.DataFrame | None = None  # per model: error vs measured pruned networks
     pruned: pd.DataFrame | None = None  # one-shot HALP and MDP, exported and timed
     finetuned: pd.DataFrame | None = None  # dense + HALP/MDP pruned while fine-tuning: accuracy, latency
+    schedules: dict[str, dict[str, int]] = field(default_factory=dict)  # the fine-tuning runs' pruning schedules
     stage_s: dict[str, float] = field(default_factory=dict)  # wall-clock seconds per stage
 
 
@@ -211,7 +213,8 @@ def _prune(fitted: dict[str, Any], config: DemoConfig, net: Any, backend: Any) -
                              target=config.prune_target, settings=Settings(config.batch),
                              layer_importances=layer_importances)
         except LatlabError as exc:
-            rows[method] = row | {"status": str(exc)[:120]}
+            log.warning(f"one-shot {method} at {config.prune_target:.0%}: {exc}")
+            rows[method] = row | {"status": str(exc)}
             continue
         nets[method] = res.slim
         rows[method] = row | {
@@ -265,10 +268,10 @@ def _store_models(database: Database, sweep_id: int, fitted: dict[str, Any], hel
 
 
 def _finetune(config: DemoConfig, out: Path, database: Database, fitted: dict[str, Any], stored: dict[str, str],
-              backend: Any, ops_backend: Any) -> pd.DataFrame:
+              backend: Any, ops_backend: Any) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
     """Dense training on the digits, then HALP / MDP pruning while fine-tuning at each target; the exported
     networks and the dense one are then timed in interleaved rounds on ``backend`` and stored (the dense
-    network's other ops are timed on ``ops_backend``)."""
+    network's other ops are timed on ``ops_backend``). Returns the table and the pruning schedules used."""
     import torch
 
     from profiler.measure import load_model
@@ -289,7 +292,7 @@ def _finetune(config: DemoConfig, out: Path, database: Database, fitted: dict[st
         "method": "dense", "target": 1.0, "top1": dense.metrics["top1"], **dense_pred, "removed_blocks": 0}}
     nets: dict[str, Any] = {"digits-dense": dense_net}
     failed: list[dict[str, Any]] = []
-    schedules = {"halp": {"prune.steps": 6, "prune.every": 3}, "mdp": {"prune.steps": 1, "prune.every": 10}}
+    schedules = finetune_schedules(config.finetune_epochs * dense.global_step // max(1, dense.epochs_done))
     for target in config.finetune_targets:
         for method in ("halp", "mdp"):
             variant = f"digits-{method}{round(100 * target)}"
@@ -302,7 +305,8 @@ def _finetune(config: DemoConfig, out: Path, database: Database, fitted: dict[st
             try:
                 res = train(cfg, progress=config.progress)
             except LatlabError as exc:
-                failed.append({"method": method, "target": target, "status": str(exc)[:160]})
+                log.warning(f"{variant}: {exc}")
+                failed.append({"method": method, "target": target, "status": str(exc)})
                 continue
             widths = {g: int(m.sum()) for g, m in res.masks.items()}
             rows[variant] = {"method": method, "target": target, "top1": res.metrics["top1"],
@@ -321,7 +325,15 @@ def _finetune(config: DemoConfig, out: Path, database: Database, fitted: dict[st
     frame = pd.DataFrame([*rows.values(), *failed])
     for p in _PREDICTORS:
         frame[f"{p}+other_ms"] = frame[p] + frame["other_ms"]
-    return prediction_errors(frame, dense_pred, _PREDICTORS)
+    return prediction_errors(frame, dense_pred, _PREDICTORS), schedules
+
+
+def finetune_schedules(iterations: int) -> dict[str, dict[str, int]]:
+    """Pruning schedules of the fine-tuning runs: HALP 6 steps 3 iterations apart, MDP one step at iteration 10,
+    compressed to fit a run of fewer ``iterations`` (``--max-iters``)."""
+    halp_steps = max(1, min(6, iterations))
+    return {"halp": {"prune.steps": halp_steps, "prune.every": max(1, min(3, iterations // halp_steps))},
+            "mdp": {"prune.steps": 1, "prune.every": max(1, min(10, iterations))}}
 
 
 def _plot_finetune(frame: pd.DataFrame, path: Path) -> None:
@@ -365,7 +377,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo chain and write its report; returns what it measured."""
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    (out / "config.json").write_text(hide_passwords(json.dumps(asdict(config), indent=2)))
     stage_s: dict[str, float] = {}
     database = open_database(config.db or out / "latlab.db")
     with _timed(stage_s, "1. LUT sweep"):
@@ -374,7 +386,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                                   max_rel_iqr=config.max_rel_iqr, num_threads=config.threads, seed=config.seed,
                                   llc_flush=config.llc_flush)
         backend = get_backend(config.backend, protocol)
-        sweep = run_sweep(database, plan, backend, name="demo", progress=config.progress, command="latlab demo")
+        sweep = run_sweep(database, plan, backend, name="demo", progress=config.progress, command=config.command)
         with database.session() as session:
             lut_rows = family_summaries(session, sweep.sweep_id)
 
@@ -403,7 +415,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         result.pruned = _prune(fitted, config, net, model_backend)
     if config.finetune:
         with _timed(stage_s, "5. train, prune while fine-tuning, export, time"):
-            result.finetuned = _finetune(config, out, database, fitted, stored, model_backend, ops_backend)
+            result.finetuned, result.schedules = _finetune(config, out, database, fitted, stored, model_backend,
+                                                           ops_backend)
             result.finetuned.to_csv(out / "finetune.csv", index=False)
             _plot_finetune(result.finetuned, out / "finetune.png")
 
@@ -414,6 +427,19 @@ def run_demo(config: DemoConfig) -> DemoResult:
     result.report_path.write_text(_report(result, whole.hardware, plan.description))
     database.dispose()
     return result
+
+
+def _sample_text(c: DemoConfig) -> str:
+    """What one timed sample of the demo's sweep is, on its backend."""
+    if c.backend == "fake":
+        return ("the fake backend computes each sample from its analytical latency surface with seeded noise "
+                "(nothing is timed).")
+    if c.llc_flush:
+        return ("cold cache: each sample is one call, made after the last-level cache was flushed and the input "
+                "read back (`--llc-flush`; the other ops in section 2 are timed the same way).")
+    if c.backend == "cuda":
+        return "warm caches: each sample is one call between two CUDA events, cuDNN autotuned during warm-up."
+    return "warm caches: each sample is a torch.utils.benchmark block of calls of at least 1 ms."
 
 
 def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
@@ -438,11 +464,8 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         f"families; grid `{c.grid}` gives {r.sweep.planned} configurations. This run measured "
         f"{r.sweep.measured} ({r.sweep.already_done} were already stored; failed: "
         f"{sum(r.sweep.failed.values())}) in {r.sweep.elapsed_s:.1f} s. Protocol: {c.warmup} warm-up calls, "
-        f"up to {c.repeats} timed samples per configuration (at least 5, then until IQR/median < "
-        f"{c.max_rel_iqr:g}), median and IQR stored; "
-        + ("cold cache: each sample is one call, made after the last-level cache was flushed and the input "
-           "read back (`--llc-flush`; the other ops in section 2 are timed the same way)." if c.llc_flush
-           else "warm caches: each sample is a torch.utils.benchmark block of calls of at least 1 ms."), "",
+        f"up to {c.repeats} timed samples per configuration (at least {min(5, c.repeats)}, then until "
+        f"IQR/median < {c.max_rel_iqr:g}), median and IQR stored; {_sample_text(c)}", "",
         render(r.lut_rows, "markdown"),
         "![latency per shape family](lut_latency.png)", "",
         "## 2. Whole network vs its convs", "",
@@ -451,7 +474,8 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         "make up the rest of the measured time. latlab times each of those ops alone on the same backend "
         "(`profiler.other_ops`); a pruned network's other ops are priced from these times, scaled by the "
         "share of channels each op still carries:", "",
-        render(r.other_ops.table() if r.other_ops is not None else [], "markdown"),
+        render(r.other_ops.table(), "markdown") if r.other_ops is not None and r.other_ops.table()
+        else "No other ops were timed.\n",
     ]
     if r.models is not None:
         cols = ["model", "n_train", "n_test", "missing", "mape", "within_5", "within_10", "max_ape"]
@@ -487,7 +511,7 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         ]
 
     if r.finetuned is not None:
-        lines += _finetune_section(r.finetuned, c)
+        lines += _finetune_section(r.finetuned, c, r.schedules)
     if r.missing:
         lines += ["Missing LUT entries:", "", *[f"- {m}" for m in r.missing], ""]
     if r.stage_s:
@@ -497,12 +521,13 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _finetune_section(ft: pd.DataFrame, c: DemoConfig) -> list[str]:
+def _finetune_section(ft: pd.DataFrame, c: DemoConfig, schedules: dict[str, dict[str, int]]) -> list[str]:
     """Report section 5: accuracy and measured latency, then predicted vs measured latency and speed-up."""
     def cols(names: tuple[str, ...]) -> list[dict[str, Any]]:
         return ft[[n for n in names if n in ft.columns]].round(3).to_dict(orient="records")
 
     pruned = ft[ft["method"] != "dense"]
+    halp, mdp = schedules["halp"], schedules["mdp"]
 
     def mean_abs(col: str) -> str:
         return f"{pruned[col].abs().mean():.1f}%" if col in pruned else "n/a"
@@ -512,8 +537,9 @@ def _finetune_section(ft: pd.DataFrame, c: DemoConfig) -> list[str]:
         f"{c.model} trained from scratch for {c.dense_epochs} epoch{'s' * (c.dense_epochs != 1)}"
         f"{f' of at most {c.max_iters_per_epoch} iterations' if c.max_iters_per_epoch else ''} on scikit-learn's "
         "bundled digits (written as an ImageFolder, 32×32, 10 classes; no download), then pruned *while "
-        f"fine-tuning* for {c.finetune_epochs} epoch{'s' * (c.finetune_epochs != 1)} with HALP (LLM, 6 steps, 3 "
-        "iterations apart) and MDP (MDLM with block removal, one shot) at "
+        f"fine-tuning* for {c.finetune_epochs} epoch{'s' * (c.finetune_epochs != 1)} with HALP (LLM, "
+        f"{halp['prune.steps']} steps, {halp['prune.every']} iterations apart) and MDP (MDLM with block removal, one "
+        f"shot at iteration {mdp['prune.every']}) at "
         f"{', '.join(f'{t:.0%}' for t in c.finetune_targets)} of the dense conv latency predicted at "
         f"{c.input_size}×{c.input_size}, batch {c.batch}; after its last pruning step each run trains the "
         "exported (slim) network. The exported networks and the dense one are timed "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +21,11 @@ MARKUP_MODE = "markdown"
 def command_group(help: str) -> typer.Typer:
     """A ``latlab`` sub-command group (``lut``, ``models`` …) rendered like the top-level app."""
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=MARKUP_MODE)
+
+
+def command_line() -> str:
+    """This invocation as a shell command line (``latlab profile --model …``), for the records that keep it."""
+    return "latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def unseen_shape_error(exc: Exception, input_size: int, command: str) -> Exception:

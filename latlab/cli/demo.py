@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from latlab.cli._options import echo_rows
+from latlab.cli._options import command_line, echo_rows
 
 
 def demo(
@@ -69,7 +69,8 @@ def demo(
     cfg = DemoConfig(out_dir=out, db=db, model=model, input_size=input_size, grid=grid, batch=batch,
                      backend=backend or device, device=device, finetune=finetune, threads=threads, repeats=repeats,
                      llc_flush=llc_flush, dense_epochs=dense_epochs, finetune_epochs=finetune_epochs,
-                     max_iters_per_epoch=max_iters, progress=not quiet)
+                     max_iters_per_epoch=max_iters, progress=not quiet,
+                     command=command_line())
     result = run_demo(cfg)
 
     echo_rows(result.lut_rows, "table", title=f"LUT summary (sweep {result.sweep.sweep_id})")

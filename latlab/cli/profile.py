@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption
+from latlab.cli._options import DbOption, command_line
 
 if TYPE_CHECKING:
     from db.engine import Database
@@ -133,7 +131,7 @@ def profile(
     options = {"delay_s": fake_delay_ms / 1000, "inject": fake_fail} if backend == "fake" else {}
     timing_backend = get_backend(backend, protocol, **options)
     database = open_database(db)
-    command = "latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    command = command_line()
     if adaptive:
         assert budget is not None
         result, sweep_id = adaptive_sweep(

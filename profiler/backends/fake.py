@@ -23,7 +23,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from db.keys import ConvConfig, ConvFamily
@@ -262,7 +263,8 @@ class FakeBackend(Backend):
 
         The model is traced once at batch 1 on its own device (eval, inference mode) to learn
         every ``nn.Conv2d``'s input size; the convs are then priced at batch ``input_shape[0]``.
-        Functional ops (``x + y``, ``torch.flatten``) are invisible to hooks and not priced.
+        Functional ops (``x + y``, ``torch.flatten``) are invisible to hooks and not priced. A torch.export
+        graph (``pruned.pt2``) is read from its aten calls instead, priced exactly like its nn.Module.
         """
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -273,9 +275,6 @@ class FakeBackend(Backend):
     def _model_cost(
         self, model: torch.nn.Module, input_shape: tuple[int, ...], dtype: str, layout: str,
     ) -> tuple[float, str]:
-        import torch
-        from torch import nn
-
         from db.errors import InvalidKeyError
 
         if len(input_shape) < 2:
@@ -283,58 +282,25 @@ class FakeBackend(Backend):
         if dtype not in ELEMENT_BYTES:
             raise InvalidKeyError(f"unknown dtype {dtype!r}; choose from {', '.join(ELEMENT_BYTES)}")
         batch = int(input_shape[0])
-        records: list[tuple[nn.Module, tuple[int, ...] | None, tuple[int, ...] | None]] = []
-
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-            if x is not None and output is x:  # identity-like (Identity, Dropout in eval)
-                return
-            y = output if isinstance(output, torch.Tensor) else None
-            records.append((module, tuple(x.shape) if x is not None else None,
-                            tuple(y.shape) if y is not None else None))
-
-        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-            raise MeasurementFailed(
-                f"the fake backend prices a network from its nn.Conv2d modules and {type(model).__name__} has "
-                "none (a TorchScript or torch.export graph?); time it with --backend cpu or cuda", "error")
-        skip = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Unflatten)
-        leaves = [
-            m for m in model.modules() if next(m.children(), None) is None and not isinstance(m, skip)
-        ]
-        handles = [m.register_forward_hook(hook) for m in leaves]
-        was_training = model.training
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        pdtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        try:
-            model.eval()
-            x = torch.randn((1, *tuple(input_shape)[1:]), device=device, dtype=pdtype)
-            with torch.inference_mode():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
-
         e = ELEMENT_BYTES[dtype]
         total = 0.0
         parts: list[str] = []
-        for module, in_shape, out_shape in records:
-            if isinstance(module, nn.Conv2d) and in_shape is not None and len(in_shape) == 4:
-                config = ConvConfig(_conv_family(module, in_shape), module.in_channels, module.out_channels,
-                                    batch=batch, dtype=dtype, layout=layout)
+        for op in _priced_ops(model, input_shape):
+            if op.conv is not None:
+                family, cin, cout = op.conv
+                config = ConvConfig(family, cin, cout, batch=batch, dtype=dtype, layout=layout)
                 total += self._true_latency_s(config)
                 parts.append(_config_token(config))
                 continue
-            in_n = math.prod(in_shape) if in_shape else 0
-            out_n = math.prod(out_shape) if out_shape else 0
+            in_n = math.prod(op.in_shape) if op.in_shape else 0
+            out_n = math.prod(op.out_shape) if op.out_shape else 0
             t = e * batch * (in_n + out_n) / self._bw
-            if isinstance(module, nn.Linear):
-                rows = batch * (in_n // max(module.in_features, 1))
-                t = max(2 * rows * module.in_features * module.out_features / self._peak(dtype),
-                        t + e * module.in_features * module.out_features / self._bw)
+            if op.linear is not None:
+                fin, fout = op.linear
+                rows = batch * (in_n // max(fin, 1))
+                t = max(2 * rows * fin * fout / self._peak(dtype), t + e * fin * fout / self._bw)
             total += t + self._launch_s
-            parts.append(f"{type(module).__name__}:{in_shape}->{out_shape}")
+            parts.append(f"{op.name}:{op.in_shape}->{op.out_shape}")
         token = "model|" + hashlib.sha256(
             json.dumps([list(input_shape), dtype, layout, parts]).encode()
         ).hexdigest()
@@ -364,14 +330,155 @@ class FakeBackend(Backend):
 
 def _conv_family(conv: torch.nn.Conv2d, in_shape: tuple[int, ...]) -> ConvFamily:
     """The :class:`ConvFamily` of ``conv`` applied to an NCHW input of ``in_shape``."""
-    kh, kw = conv.kernel_size
-    dh, dw = conv.dilation
-    if isinstance(conv.padding, str):
-        ph, pw = (0, 0) if conv.padding == "valid" else (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+    return _family(in_shape, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+                   conv.in_channels, conv.out_channels)
+
+
+def _family(in_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int] | str,
+            dilation: Sequence[int], groups: int, cin: int, cout: int) -> ConvFamily:
+    """The :class:`ConvFamily` of a 2-D convolution with these arguments on an NCHW input of ``in_shape``."""
+    (kh, kw), (dh, dw) = _pair(kernel), _pair(dilation)
+    if isinstance(padding, str):
+        ph, pw = (0, 0) if padding == "valid" else (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
     else:
-        ph, pw = conv.padding
-    depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-    return ConvFamily(
-        int(in_shape[2]), int(in_shape[3]), kh, kw, conv.stride[0], conv.stride[1], ph, pw, dh, dw,
-        groups=1 if depthwise else conv.groups, depthwise=depthwise,
-    )
+        ph, pw = _pair(padding)
+    sh, sw = _pair(stride)
+    depthwise = groups > 1 and groups == cin == cout
+    return ConvFamily(int(in_shape[2]), int(in_shape[3]), kh, kw, sh, sw, ph, pw, dh, dw,
+                      groups=1 if depthwise else groups, depthwise=depthwise)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    values = [int(v) for v in value]
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One priced step of a forward pass: a conv (family, cin, cout), a linear layer (in, out features) or
+    another layer (memory-bound), with its input and output shapes at batch 1."""
+
+    name: str
+    in_shape: tuple[int, ...] | None
+    out_shape: tuple[int, ...] | None
+    conv: tuple[ConvFamily, int, int] | None = None
+    linear: tuple[int, int] | None = None
+
+
+# aten ops of a torch.export graph priced like the leaf modules they come from (module name for the seed);
+# functional ops (adds, views, flatten) are not priced, as for an nn.Module, nor are in-place ones (``relu_``),
+# which an nn.Module's hook sees as identities
+_GRAPH_LAYERS = {
+    "batch_norm": "BatchNorm2d", "_native_batch_norm_legit_no_training": "BatchNorm2d", "relu": "ReLU",
+    "silu": "SiLU", "sigmoid": "Sigmoid", "hardswish": "Hardswish",
+    "hardsigmoid": "Hardsigmoid", "gelu": "GELU", "max_pool2d": "MaxPool2d", "avg_pool2d": "AvgPool2d",
+    "adaptive_avg_pool2d": "AdaptiveAvgPool2d", "layer_norm": "LayerNorm", "linear": "Linear",
+}
+
+
+def _priced_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_Op]:
+    """What a forward pass runs, at batch 1: from ``nn.Conv2d`` and other leaf modules (hooks), or, for a graph
+    without them (``torch.export.load(...).module()``), from its aten calls."""
+    from torch import fx, nn
+
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return _module_ops(model, input_shape)
+    if isinstance(model, fx.GraphModule):
+        ops = _graph_ops(model, input_shape)
+        if any(op.conv is not None for op in ops):
+            return ops
+    raise MeasurementFailed(
+        f"the fake backend prices a network from its convolutions and {type(model).__name__} has none it can "
+        "read (a TorchScript module?); time it with --backend cpu or cuda", "error")
+
+
+def _from_layer(node: torch.fx.Node, layer: str) -> bool:
+    """Whether ``node`` is the call of a ``layer`` module (a graph without module records: assume so), not a
+    functional call in some module's ``forward`` (which an nn.Module's hooks would not see either)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return True
+    owner = list(stack.values())[-1][-1]
+    return (owner.__name__ if isinstance(owner, type) else str(owner).rsplit(".", 1)[-1]) == layer
+
+
+def _sample_input(model: torch.nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    import torch
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    pdtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return torch.randn((1, *tuple(input_shape)[1:]), device=device, dtype=pdtype)
+
+
+def _module_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_Op]:
+    """One :class:`_Op` per leaf module call (hooks on a batch-1 forward pass in eval mode)."""
+    import torch
+    from torch import nn
+
+    ops: list[_Op] = []
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if x is not None and output is x:  # identity-like (Identity, Dropout in eval, in-place activations)
+            return
+        y = output if isinstance(output, torch.Tensor) else None
+        in_shape, out_shape = tuple(x.shape) if x is not None else None, tuple(y.shape) if y is not None else None
+        conv = linear = None
+        if isinstance(module, nn.Conv2d) and in_shape is not None and len(in_shape) == 4:
+            conv = (_conv_family(module, in_shape), module.in_channels, module.out_channels)
+        elif isinstance(module, nn.Linear):
+            linear = (module.in_features, module.out_features)
+        ops.append(_Op(type(module).__name__, in_shape, out_shape, conv, linear))
+
+    skip = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Unflatten)
+    leaves = [m for m in model.modules() if next(m.children(), None) is None and not isinstance(m, skip)]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(_sample_input(model, input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return ops
+
+
+def _graph_ops(model: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list[_Op]:
+    """One :class:`_Op` per priced aten call of an FX graph, shapes from a batch-1 shape propagation."""
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.inference_mode():
+        ShapeProp(model).propagate(_sample_input(model, input_shape))
+
+    def shape(node: Any) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
+        return tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    ops: list[_Op] = []
+    for node in model.graph.nodes:
+        if node.op != "call_function" or not hasattr(node.target, "_schema"):
+            continue
+        name = node.target._schema.name.split("::")[-1]
+        in_shape, out_shape = shape(node.args[0]) if node.args else None, shape(node)
+        args = [*node.args, *[None] * 9]
+        if name in ("conv2d", "convolution") and in_shape is not None and len(in_shape) == 4 and not (
+                name == "convolution" and args[6]):  # transposed convolutions are not in the LUT
+            weight = shape(args[1])
+            if weight is None:
+                continue
+            stride, padding, dilation = args[3] or 1, args[4] if args[4] is not None else 0, args[5] or 1
+            groups = int(args[8] if name == "convolution" else args[6] or 1)
+            cout, cin = weight[0], weight[1] * groups
+            family = _family(in_shape, weight[2:], stride, padding, dilation, groups, cin, cout)
+            ops.append(_Op("Conv2d", in_shape, out_shape, conv=(family, cin, cout)))
+        elif name in _GRAPH_LAYERS and _from_layer(node, _GRAPH_LAYERS[name]):
+            weight = shape(node.args[1]) if name == "linear" else None
+            linear = (weight[1], weight[0]) if weight is not None else None
+            ops.append(_Op(_GRAPH_LAYERS[name], in_shape, out_shape, linear=linear))
+    return ops

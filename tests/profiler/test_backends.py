@@ -160,6 +160,25 @@ def test_fake_depthwise_and_grouped() -> None:
     assert fake.true_latency_ms(dw.with_channels(192, 192)) >= fake.true_latency_ms(dw)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_fake_prices_an_exported_program_like_its_module(arch: str) -> None:
+    """A torch.export graph (what `latlab prune`/`train` save) is priced from its aten calls exactly as the
+    nn.Module it came from, noise included; a TorchScript module is refused with the way out."""
+    import torch
+    import torchvision
+
+    from profiler.backends.base import MeasurementFailed
+
+    net = getattr(torchvision.models, arch)(num_classes=10).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    graph = torch.export.export(net, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch},)).module()
+    fake = FakeBackend(TimingProtocol(repeats=5, min_repeats=5, seed=1))
+    assert fake.model_latency_ms(graph, (4, 3, 64, 64)) == fake.model_latency_ms(net, (4, 3, 64, 64)) > 0
+    assert fake.measure_model(graph, (4, 3, 64, 64)).samples_ms == fake.measure_model(net, (4, 3, 64, 64)).samples_ms
+    with pytest.raises(MeasurementFailed, match="TorchScript module\\?\\); time it with --backend cpu or cuda"):
+        fake.measure_model(torch.jit.trace(torch.nn.Sequential(torch.nn.ReLU()), torch.randn(1, 3)), (1, 3))
+
+
 def test_fake_settings_and_hardware() -> None:
     fake = FakeBackend(FAST, seed=5, bandwidth_gbs=900.0)
     s = fake.settings()
