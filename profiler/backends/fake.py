@@ -379,19 +379,17 @@ _GRAPH_LAYERS = {
 
 
 def _priced_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_Op]:
-    """What a forward pass runs, at batch 1: from ``nn.Conv2d`` and other leaf modules (hooks), or, for a graph
-    without them (``torch.export.load(...).module()``), from its aten calls."""
+    """What a forward pass runs, at batch 1: its leaf modules (hooks), or, for a graph that calls aten ops on
+    its own parameters (``torch.export.load(...).module()``), its aten calls. TorchScript is refused."""
+    import torch
     from torch import fx, nn
 
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return _module_ops(model, input_shape)
-    if isinstance(model, fx.GraphModule):
-        ops = _graph_ops(model, input_shape)
-        if any(op.conv is not None for op in ops):
-            return ops
-    raise MeasurementFailed(
-        f"the fake backend prices a network from its convolutions and {type(model).__name__} has none it can "
-        "read (a TorchScript module?); time it with --backend cpu or cuda", "error")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise MeasurementFailed("the fake backend prices a network from its layers and cannot read TorchScript; "
+                                "time it with --backend cpu or cuda", "error")
+    if isinstance(model, fx.GraphModule) and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return _graph_ops(model, input_shape)
+    return _module_ops(model, input_shape)
 
 
 def _from_layer(node: torch.fx.Node, layer: str) -> bool:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision
 
 from db.errors import LatlabError
 from profiler.backends import get_backend
+from profiler.backends.base import MeasurementFailed
+from profiler.backends.fake import FakeBackend
 from profiler.other_ops import measure_other_ops
 from profiler.plan import trace_network
 from profiler.protocol import TimingProtocol
@@ -64,8 +67,18 @@ def test_broadcast_operands_and_depthwise_networks_are_timed() -> None:
     assert other.dense_ms > 0
 
 
+class _NoBatchNorm(FakeBackend):
+    """The fake backend on a device that cannot run a BatchNorm2d alone."""
+
+    def measure_model(self, model, input_shape, dtype="fp32", layout="nchw"):  # type: ignore[no-untyped-def]
+        if isinstance(model, torch.nn.BatchNorm2d):
+            raise MeasurementFailed("BatchNorm2d: not supported here (injected)", "error")
+        return super().measure_model(model, input_shape, dtype, layout)
+
+
 def test_an_op_the_backend_cannot_time_is_reported_not_summed() -> None:
     net = torchvision.models.resnet18(num_classes=10).eval()
-    other = measure_other_ops(get_backend("fake"), net, trace_network(net, SIZE), batch=1)
-    assert other.failed and "nn.Conv2d" in next(iter(other.failed.values()))
-    assert other.dense_ms == sum(op.ms for op in other.ops)
+    other = measure_other_ops(_NoBatchNorm(), net, trace_network(net, SIZE), batch=1)
+    assert len(other.failed) == 20 and "not supported here" in next(iter(other.failed.values()))
+    assert other.ops and other.dense_ms == sum(op.ms for op in other.ops)
+    assert not measure_other_ops(FakeBackend(), net, trace_network(net, SIZE), batch=1).failed
