@@ -143,12 +143,25 @@ def load_model(
     return name, net.eval()
 
 
+def check_archive(path: Path) -> None:
+    """Refuse a truncated or corrupted zip archive (.pt2, TorchScript .pt) in one line naming it: torch's loaders
+    do not check the archive's CRCs, and a flipped weight byte would load and run."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise LatlabError(f"{path} is truncated or corrupt (not a complete zip archive: {exc})") from None
+    if bad is not None:
+        raise LatlabError(f"{path} is corrupt: its entry {bad} fails the archive's CRC check")
+
+
 def load_program(path: Path) -> tuple[torch.export.ExportedProgram, tuple[int, int]]:
     """A saved torch.export program (.pt2) and the (height, width) its image input is fixed to."""
     if path.suffix != ".pt2":
         raise LatlabError(f"--module takes a torch.export program (.pt2), got {path}")
     if not path.is_file():
         raise LatlabError(f"module file {path} does not exist")
+    check_archive(path)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
@@ -221,6 +234,8 @@ def _load_module_file(path: Path) -> tuple[str, nn.Module]:
     if path.suffix.lower() == ".onnx":
         raise LatlabError(f"{path} is ONNX: --module takes TorchScript (.pt) or torch.export (.pt2), e.g. the "
                           "pruned.pt2 beside it (time an .onnx with ONNX Runtime or trtexec)")
+    if zipfile.is_zipfile(path) or path.suffix == ".pt2":  # TorchScript and torch.export files are zip archives
+        check_archive(path)
     try:
         if path.suffix == ".pt2":
             return module_labels(path)["model"], torch.export.load(str(path)).module()

@@ -130,6 +130,23 @@ def test_fake_backend_prices_a_saved_program_like_its_module(tmp_path: Path) -> 
         None, FakeBackend(), net, name="m", input_shape=(1, 3, 16, 16)).median_ms
 
 
+def test_truncated_or_corrupted_programs_are_refused_in_one_line(tmp_path: Path) -> None:
+    from profiler.measure import load_program
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU()).eval()
+    good = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(net, (torch.randn(1, 3, 16, 16),)), str(good))
+    data = good.read_bytes()
+    (tmp_path / "cut.pt2").write_bytes(data[: len(data) // 2])
+    weight = data.index(net[0].weight.detach().numpy().tobytes()[:64])  # flip bytes inside the stored weight
+    (tmp_path / "flip.pt2").write_bytes(data[:weight] + bytes(b ^ 0xFF for b in data[weight:weight + 64])
+                                        + data[weight + 64:])
+    for name, message in (("cut.pt2", "cut.pt2 is truncated or corrupt"), ("flip.pt2", "fails the archive's CRC")):
+        for load in (lambda p: load_model(module_file=p), load_program):
+            with pytest.raises(LatlabError, match=message):
+                load(tmp_path / name)
+
+
 class DriftingBackend(FakeBackend):
     """The fake backend on a host that slows down steadily (10% more per call), as busy VMs do."""
 
