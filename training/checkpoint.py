@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from db.errors import LatlabError
+from db.files import pid_alive
 from training.config import TrainConfig
 
 __all__ = ["FORMAT", "check_compatible", "gather_rng_states", "load_checkpoint", "save_checkpoint", "set_rng_state"]
@@ -75,7 +76,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a run killed while saving
-        stale.unlink(missing_ok=True)
+        pid = stale.name.rsplit(".tmp", 1)[-1]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(dict(state, format=FORMAT), tmp)
     with open(tmp, "rb") as fh:

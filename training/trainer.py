@@ -17,6 +17,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from db.errors import LatlabError
+from db.files import folder_lock
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.slices import Slices
 from training.checkpoint import check_compatible, gather_rng_states, load_checkpoint, save_checkpoint, set_rng_state
@@ -291,8 +294,28 @@ class _Run:
 
     # ----------------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
-        cfg = self.cfg
         self._setup()  # every check (data, weights, latency model, checkpoint) before anything is written
+        with self._folder_locked():
+            return self._run()
+
+    @contextmanager
+    def _folder_locked(self) -> Iterator[None]:
+        """Rank 0 holds the run folder's lock for the run: a second run on the same folder stops with a message
+        (on every rank) instead of overwriting this one's checkpoints."""
+        with ExitStack() as stack:
+            error = ""
+            if self.info.main:
+                try:
+                    stack.enter_context(folder_lock(self.out, wait=False))
+                except LatlabError as exc:
+                    error = f"{exc} (run.out)"
+            error = broadcast_object(error)
+            if error:
+                raise LatlabError(error)
+            yield
+
+    def _run(self) -> TrainResult:
+        cfg = self.cfg
         if self.info.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.resolved.yaml")

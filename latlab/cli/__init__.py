@@ -88,4 +88,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
-_INTERRUPTED = "latlab: interrupted (stored rows are kept; re-run the same command to resume)"
+_INTERRUPTED = ("latlab: interrupted; finished work is kept (stored rows, whole output files, the last checkpoint), "
+                "nothing half-written: re-run the same command to go on")

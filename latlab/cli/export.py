@@ -55,6 +55,7 @@ def export(
     """
     import torch
 
+    from db.files import staged_folder
     from profiler.measure import count_params_and_macs, load_model, load_program, module_labels, save_program
     from pruning.export import export_checked, export_program, save_masks
     from pruning.mask_files import load_masks
@@ -86,20 +87,21 @@ def export(
     if mask is None:
         counts = count_params_and_macs(slim, (1, 3, *size))
         row.update(params=counts["params"], macs=counts["macs_per_image"])
-    out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    if mask is not None:
-        files["masks"] = str(save_masks(out / "masks.pt", masks, removed))
-    if "pt2" in formats:
-        files["pt2"] = str(out / "pruned.pt2")
-        save_program(program, files["pt2"], **labels)
-    if "onnx" in formats:
-        files["onnx"] = str(save_onnx(program, out / "pruned.onnx", opset=opset))
-        example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
-        checked = onnx_max_delta(files["onnx"], slim, example)
-        row["onnx_max_abs_delta"] = "onnxruntime not installed" if checked is None else checked
-        row["onnx_input"] = onnx_input_name(files["onnx"])
-    result = {"input_size": list(size), "formats": formats, **row, "files": files}
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    with staged_folder(out) as stage:  # all files or none: a stopped run leaves a previous export whole
+        if mask is not None:
+            files["masks"] = save_masks(stage / "masks.pt", masks, removed).name
+        if "pt2" in formats:
+            files["pt2"] = save_program(program, stage / "pruned.pt2", **labels).name
+        if "onnx" in formats:
+            onnx_file = save_onnx(program, stage / "pruned.onnx", opset=opset)
+            files["onnx"] = onnx_file.name
+            example = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+            checked = onnx_max_delta(onnx_file, slim, example)
+            row["onnx_max_abs_delta"] = "onnxruntime not installed" if checked is None else checked
+            row["onnx_input"] = onnx_input_name(onnx_file)
+        files = {kind: str(out / name) for kind, name in files.items()}
+        result = {"input_size": list(size), "formats": formats, **row, "files": files}
+        (stage / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     shown = [{"": k, "value": v} for k, v in {**result, **files}.items() if k != "files"]
     echo_rows(shown, "table", title=f"export → {out}")

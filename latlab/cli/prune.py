@@ -77,6 +77,7 @@ def prune(
             --target 0.7 --data imagenet/val --out r18-halp70
     """
     from db.engine import open_database
+    from db.files import staged_folder
     from latency_models.base import OutOfRangeError
     from latency_models.resolve import resolve_latency_model
     from profiler.measure import load_model as load_network
@@ -129,7 +130,8 @@ def prune(
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
               "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,
               "keep": keep or [], "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks}
-    paths = save_outputs(res, spec, out, config)
+    with staged_folder(out) as stage:  # all files or none: a stopped run leaves a previous result whole
+        paths = save_outputs(res, spec, stage, config)
+        (stage / "config.json").write_text(json.dumps(config, indent=2))
     echo_rows([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned")
-    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    typer.echo(f"wrote {', '.join(str(out / p.name) for p in paths.values())}, {out / 'config.json'}")

@@ -112,6 +112,15 @@ def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: 
     assert not (tmp_path / "w" / "checkpoint_last.pt").exists() and not (tmp_path / "w" / "tensorboard").exists()
 
 
+def test_a_run_folder_in_use_is_refused_before_training(digits: Path, tmp_path: Path) -> None:
+    from db.files import folder_lock
+
+    cfg = tiny_config(digits, tmp_path / "busy", None, method="none")
+    with folder_lock(tmp_path / "busy", wait=False), pytest.raises(LatlabError, match="busy is in use by another"):
+        train(cfg, progress=False)  # (flock: a second open of the lock file conflicts even in one process)
+    assert not (tmp_path / "busy" / "config.resolved.yaml").exists()
+
+
 def test_a_network_with_nothing_to_prune_fails_before_training(digits: Path, lut_db: str, tmp_path: Path) -> None:
     cfg = tiny_config(digits, tmp_path / "c", lut_db, method="mdp", **{"model.name": "convnext_tiny"})
     with pytest.raises(LatlabError, match="convnext_tiny: nothing for mdp to prune"):

@@ -1,0 +1,57 @@
+"""Output folders written all or nothing, and locked against a second run (db.files)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from db.errors import LatlabError
+from db.files import folder_lock, staged_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_staged_files_replace_the_old_set_only_when_all_are_written(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with staged_folder(out) as stage:
+        (stage / "a.txt").write_text("old a")
+        (stage / "b.txt").write_text("old b")
+    with pytest.raises(KeyboardInterrupt), staged_folder(out) as stage:
+        (stage / "a.txt").write_text("new a")
+        raise KeyboardInterrupt  # stopped before b was written
+    assert (out / "a.txt").read_text() == "old a" and (out / "b.txt").read_text() == "old b"
+    assert sorted(p.name for p in out.iterdir()) == [".latlab.lock", "a.txt", "b.txt"]  # no leftovers
+    with staged_folder(out) as stage:
+        (stage / "a.txt").write_text("new a")
+    assert (out / "a.txt").read_text() == "new a" and (out / "b.txt").read_text() == "old b"
+
+
+def test_a_killed_run_s_stage_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".staged-{dead.stdout.strip()}-x"
+    stale.mkdir(parents=True)
+    (stale / "pruned.pt2").write_text("half")
+    with staged_folder(tmp_path) as stage:
+        assert stage.exists() and not stale.exists()
+
+
+def test_a_held_folder_is_refused_or_waited_for(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from db.files import folder_lock\n"
+         f"with folder_lock(Path({str(tmp_path)!r}), wait=False):\n    print('held', flush=True); time.sleep(1.5)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(LatlabError, match=f"{tmp_path} is in use by another latlab run"), \
+            folder_lock(tmp_path, wait=False):
+        pass
+    start = time.monotonic()
+    with folder_lock(tmp_path, wait=True):  # the writer of a staged set waits its turn (the holder sleeps 1.5 s)
+        waited = time.monotonic() - start
+    assert waited > 0.5, waited
+    holder.wait(10)
+    with folder_lock(tmp_path, wait=False):  # released when its process ended
+        pass
