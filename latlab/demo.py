@@ -53,7 +53,7 @@ from profiler.measure import measure_model, measure_models_interleaved, paired_s
 from profiler.other_ops import OtherOps, measure_other_ops
 from profiler.plan import build_plan, resolve_model, trace_network
 from profiler.protocol import TimingProtocol, cache_flags
-from profiler.runner import SweepReport, run_sweep
+from profiler.runner import SweepReport, provenance, run_sweep
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.graph import build_network_spec
 from pruning.oneshot import magnitude_layer_scores, magnitude_scores, prune_once
@@ -377,7 +377,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo chain and write its report; returns what it measured."""
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(hide_passwords(json.dumps(asdict(config), indent=2)))
+    saved = {**asdict(config), "provenance": provenance()}
+    (out / "config.json").write_text(hide_passwords(json.dumps(saved, indent=2)))
     stage_s: dict[str, float] = {}
     database = open_database(config.db or out / "latlab.db")
     with _timed(stage_s, "1. LUT sweep"):

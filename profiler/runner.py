@@ -60,7 +60,8 @@ class SweepReport:
 
 
 def git_sha(root: Path | None = None) -> str | None:
-    """What latlab code ran: the commit of the latlab checkout it runs from, else ``latlab==VERSION``.
+    """What latlab code ran: the commit of the latlab checkout it runs from (``-dirty`` when tracked files differ
+    from it), else ``latlab==VERSION``.
 
     git is trusted only when ``root`` (where latlab's packages are) is the top of a work tree holding latlab: an
     installed latlab inside a user's own repository (``project/.venv/…``) must not record that repository's commit.
@@ -73,11 +74,27 @@ def git_sha(root: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError, ValueError):
         top, sha = "", ""
     if top and Path(top).resolve() == root and (root / "latlab" / "cli").is_dir():
-        return sha
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
     try:
         return f"latlab=={version('latlab')}"
     except PackageNotFoundError:
         return None
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a result, saved with every run's outputs: latlab's code (:func:`git_sha`) and the versions of
+    Python, torch, torchvision, CUDA and cuDNN."""
+    import platform
+
+    import torch
+    import torchvision
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"latlab": git_sha(), "python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "cuda": torch.version.cuda,
+            "cudnn": str(cudnn) if cudnn is not None else None}
 
 
 def _merge_plan(existing: dict[str, Any], plan: SweepPlan, stored: set[tuple]) -> dict[str, Any]:

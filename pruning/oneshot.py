@@ -142,10 +142,13 @@ def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dic
     body = {"config": config, "summary": res.summary(), "solver": res.result.as_dict(),
             "group_widths": res.widths, "dense_widths": spec.dense_widths()}
     paths["result"].write_text(json.dumps(body, indent=2, default=float))
+    made = config.get("provenance") or {}
     lines = [
         f"# {spec.model_name}: {res.method} at {res.target:.0%} of the dense latency", "",
+        f"- input {spec.input_size[0]}×{spec.input_size[1]}; latency model: {config.get('latency_model', '?')}; LUT "
+        f"settings: {', '.join(f'{k} {v}' for k, v in (config.get('lut_settings') or {}).items()) or '?'}",
         f"- solver `{res.result.backend}`: {res.result.status} in {res.result.seconds:.3f} s, objective "
-        f"{res.result.objective}, bound {res.result.bound}",
+        f"{_num(res.result.objective)}, bound {_num(res.result.bound)}",
         f"- predicted conv latency: dense {res.predicted_dense_ms:.4g} ms → pruned {res.predicted_pruned_ms:.4g} ms; "
         f"as the method's problem prices it {res.result.latency:.4g} ms (budget "
         f"{res.target * res.predicted_dense_ms:.4g} ms{_HALP_NOTE if res.method == 'halp' else ''})",
@@ -156,5 +159,13 @@ def save_outputs(res: PruneResult, spec: NetworkSpec, out_dir: Path, config: dic
         "| group | dense | kept |", "|---|---|---|",
         *[f"| {g} | {spec.groups[g].width} | {w} |" for g, w in res.widths.items()], "",
     ]
+    if made:
+        lines += [f"Made by latlab {made.get('latlab')} with torch {made.get('torch')}, torchvision "
+                  f"{made.get('torchvision')} (CUDA {made.get('cuda')}, cuDNN {made.get('cudnn')}); the options are in "
+                  "config.json.", ""]
     paths["report"].write_text("\n".join(lines))
     return paths
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.10g}"

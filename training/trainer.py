@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from db.errors import LatlabError
 from db.files import folder_lock
+from profiler.runner import provenance
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.slices import Slices
 from training.checkpoint import check_compatible, gather_rng_states, load_checkpoint, save_checkpoint, set_rng_state
@@ -472,7 +473,8 @@ class _Run:
                  "result": self.out / "result.json"}
         plain = self._dense_copy().cpu().float().eval()
         torch.save(plain.state_dict(), paths["final_state"])
-        summary: dict[str, Any] = {"final": self.history[-1] if self.history else {}, "best_top1": self.best_top1}
+        summary: dict[str, Any] = {"final": self.history[-1] if self.history else {}, "best_top1": self.best_top1,
+                                   "provenance": provenance()}
         p = self.pruner
         if p is not None:
             from pruning.export import export_checked, save_pruned

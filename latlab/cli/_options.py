@@ -24,8 +24,11 @@ def command_group(help: str) -> typer.Typer:
 
 
 def command_line() -> str:
-    """This invocation as a shell command line (``latlab profile --model …``), for the records that keep it."""
-    return "latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """This invocation as a shell command line (``latlab profile --model …``; database passwords as ``***``), for
+    the records and files that keep it."""
+    from db.engine import hide_passwords
+
+    return hide_passwords("latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 
 def unseen_shape_error(exc: Exception, input_size: int, command: str) -> Exception:

@@ -10,7 +10,7 @@ import typer
 
 from db.errors import LatlabError
 from latency_models.split_kinds import SPLIT_KINDS
-from latlab.cli._options import DbOption, HardwareOption, SweepOption, echo_rows
+from latlab.cli._options import DbOption, HardwareOption, SweepOption, command_line, echo_rows
 from latlab.cli.models import ModelsOption, ParamOption, parse_kinds, parse_params
 
 
@@ -91,6 +91,7 @@ def evaluate(
     from latency_models.network import lattice_sum
     from latency_models.splits import make_split
     from profiler.protocol import cache_flags
+    from profiler.runner import provenance
     kinds = parse_kinds(models)
     overrides = parse_params(param, kinds)
     if split not in SPLIT_KINDS:
@@ -169,7 +170,8 @@ def evaluate(
               "batch": batch, "dtype": dtype, "layout": layout, "op": op, "budget_curve": budget_curve,
               "network": network, "pruned": pruned, "input_size": input_size, "width_multiple": width_multiple,
               "measure_backend": measure_backend, "threads": threads, "strict": strict, "seed": seed,
-              "models": {kind: model.get_params() for kind, model in candidates.items()}}
+              "models": {kind: model.get_params() for kind, model in candidates.items()},
+              "command": command_line(), "provenance": provenance()}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     cols = ["model", "n_train", "n_test", "missing", "mape", "within_5", "within_10", "max_ape"]
     echo_rows(table[cols].round(4).to_dict(orient="records"), "table", title="held-out accuracy")

@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import MaskOption, MgpOption, TrustCheckpointOption, WeightsOption, echo_rows
+from latlab.cli._options import (
+    MaskOption,
+    MgpOption,
+    TrustCheckpointOption,
+    WeightsOption,
+    command_line,
+    echo_rows,
+)
 
 FORMATS = ("pt2", "onnx")
 
@@ -57,6 +64,7 @@ def export(
 
     from db.files import staged_folder
     from profiler.measure import count_params_and_macs, load_model, load_program, module_labels, save_program
+    from profiler.runner import provenance
     from pruning.export import export_checked, export_program, save_masks
     from pruning.mask_files import load_masks
     from pruning.onnx_export import onnx_input_name, onnx_max_delta, require_onnx, save_onnx
@@ -101,7 +109,8 @@ def export(
             row["onnx_max_abs_delta"] = "onnxruntime not installed" if checked is None else checked
             row["onnx_input"] = onnx_input_name(onnx_file)
         files = {kind: str(out / name) for kind, name in files.items()}
-        result = {"input_size": list(size), "formats": formats, **row, "files": files}
+        result = {"input_size": list(size), "formats": formats, **row, "files": files, "command": command_line(),
+                  "provenance": provenance()}
         (stage / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     shown = [{"": k, "value": v} for k, v in {**result, **files}.items() if k != "files"]
     echo_rows(shown, "table", title=f"export → {out}")

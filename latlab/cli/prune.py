@@ -10,12 +10,20 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, HardwareOption, KeepOption, SweepOption, echo_rows, unseen_shape_error
+from latlab.cli._options import (
+    DbOption,
+    HardwareOption,
+    KeepOption,
+    SweepOption,
+    command_line,
+    echo_rows,
+    unseen_shape_error,
+)
 from pruning.methods import METHODS
 from pruning.solvers import list_solvers
 
 
-def _data_batches(path: Path, input_size: int, batch_size: int):  # type: ignore[no-untyped-def]
+def _data_batches(path: Path, input_size: int, batch_size: int, seed: int):  # type: ignore[no-untyped-def]
     import torch
     from torchvision import datasets
 
@@ -28,7 +36,7 @@ def _data_batches(path: Path, input_size: int, batch_size: int):  # type: ignore
     except (FileNotFoundError, RuntimeError) as exc:
         raise LatlabError(f"cannot read {path} as an ImageFolder dataset: {exc}") from None
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
-                                       generator=torch.Generator().manual_seed(0))
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def _step(text: str) -> None:
@@ -59,6 +67,8 @@ def prune(
         help="Least share of each pruned group's channels to keep, e.g. 0.25 (at least one item; 0: no floor).")] = 0.0,
     max_kept_blocks: Annotated[int | None, typer.Option(
         help="mgp/mdp: keep at most this many removable blocks (MGP's --blocks_num).")] = None,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the random initial weights without --weights, and of the --data batches.")] = 0,
     db: DbOption = None,
 ) -> None:
     r"""Prune MODEL once to TARGET × its dense latency on a hardware profile, and export the slim network.
@@ -76,11 +86,14 @@ def prune(
         latlab prune --model resnet18 --weights r18.pth --method halp \
             --target 0.7 --data imagenet/val --out r18-halp70
     """
+    import torch
+
     from db.engine import open_database
     from db.files import staged_folder
     from latency_models.base import OutOfRangeError
     from latency_models.resolve import resolve_latency_model
     from profiler.measure import load_model as load_network
+    from profiler.runner import provenance
     from pruning.cost import check_limits, check_prunable
     from pruning.graph import build_network_spec
     from pruning.methods import DEFAULT_KIND
@@ -95,6 +108,7 @@ def prune(
         raise LatlabError(f"--target must be the kept share of latency in (0, 1], got {target}")
     database = open_database(db, create=False, upgrade=False)
     sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
+    torch.manual_seed(seed)  # the random initial weights without --weights: the same pruned.pt2 every run
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
     check_prunable(spec, method)
@@ -102,7 +116,7 @@ def prune(
     counts = spec.summary()
     _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
           f"items, {counts['blocks']} removable blocks")
-    batches_iter = _data_batches(data, input_size, batch_size) if data is not None else None
+    batches_iter = _data_batches(data, input_size, batch_size, seed) if data is not None else None
     t0 = time.perf_counter()
     lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
                                                   kind=kind or DEFAULT_KIND[method])
@@ -129,7 +143,9 @@ def prune(
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
               "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,
-              "keep": keep or [], "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks}
+              "keep": keep or [], "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks,
+              "seed": seed, "num_classes": num_classes, "batches": batches, "batch_size": batch_size,
+              "data": str(data) if data else None, "command": command_line(), "provenance": provenance()}
     with staged_folder(out) as stage:  # all files or none: a stopped run leaves a previous result whole
         paths = save_outputs(res, spec, stage, config)
         (stage / "config.json").write_text(json.dumps(config, indent=2))

@@ -192,10 +192,18 @@ def test_git_sha_is_latlabs_own_commit_or_its_version(tmp_path: Path) -> None:
 
     from profiler.runner import git_sha
 
-    checkout = Path(__file__).resolve().parents[2]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
-    if head.returncode == 0:
-        assert git_sha() == head.stdout.strip()
+    checkout = tmp_path / "latlab-checkout"  # a latlab checkout: its commit, "-dirty" while tracked files differ
+    (checkout / "latlab" / "cli").mkdir(parents=True)
+    (checkout / "latlab" / "cli" / "x.py").write_text("a = 1\n")
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    subprocess.run(["git", "-C", str(checkout), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(checkout), "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m",
+                    "latlab"], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+    (checkout / "notes.txt").write_text("untracked files do not count")
+    assert git_sha(checkout) == head
+    (checkout / "latlab" / "cli" / "x.py").write_text("a = 2\n")
+    assert git_sha(checkout) == f"{head}-dirty"
     user_repo = tmp_path / "project"
     (user_repo / ".venv" / "site-packages").mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(user_repo)], check=True)
