@@ -389,7 +389,8 @@ def write_report(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# {title}", ""]
+    md = [f"# {title}", "", "Units: `mape`, `rmspe`, `max_ape` and `bias` are in %; `within_5` / `within_10` are "
+          "shares of the held-out points (0.9 = 90%); latencies in ms, `fit_s` / `predict_s` in seconds.", ""]
     for name, table in tables.items():
         slug = _slug(name)
         table.to_csv(out / f"{slug}.csv", index=False)

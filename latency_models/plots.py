@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,17 @@ def _models(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(frame["model"]))
 
 
+def _readable_log_ticks(ax: Any) -> None:
+    """Log axes labelled at 1, 2 and 5 × 10^k as plain numbers: a range under a decade gets labels that do not
+    run into each other (matplotlib's default labels every minor tick there)."""
+    from matplotlib import ticker
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def plot_pred_vs_measured(predictions: pd.DataFrame, path: str | Path, *, title: str | None = None) -> Path:
     """Log-log scatter of predicted vs measured latency, one panel per model, with y = x and a ±10% band."""
     ok = _valid(predictions)
@@ -64,8 +76,9 @@ def plot_pred_vs_measured(predictions: pd.DataFrame, path: str | Path, *, title:
     lo, hi = lo / 1.3, hi * 1.3
     line = np.geomspace(lo, hi, 50)
     for ax, name in zip(axes, models, strict=False):
-        part = pos[pos["model"] == name]
-        missing = int((predictions["model"] == name).sum() - len(part))
+        scored, part = ok[ok["model"] == name], pos[pos["model"] == name]
+        missing = int((predictions["model"] == name).sum() - len(scored))
+        not_drawn = len(scored) - len(part)  # predictions of 0 ms or less have no place on log axes
         ax.fill_between(line, 0.9 * line, 1.1 * line, color="tab:green", alpha=0.15, label="±10%")
         ax.plot(line, line, color="black", lw=1, label="y = x")
         ax.scatter(part["measured"], part["predicted"], s=7, alpha=0.45, color="tab:blue", lw=0,
@@ -76,9 +89,11 @@ def plot_pred_vs_measured(predictions: pd.DataFrame, path: str | Path, *, title:
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
         extra = f", {missing} missing" if missing else ""
-        if len(part):
-            mape = part["pct_error"].abs().mean()
-            within = (part["pct_error"].abs() <= 10).mean() * 100
+        extra += f"\n{not_drawn} at ≤ 0 ms not drawn" if not_drawn else ""
+        _readable_log_ticks(ax)
+        if len(scored):  # the same points as the tables
+            mape = scored["pct_error"].abs().mean()
+            within = (scored["pct_error"].abs() <= 10).mean() * 100
             ax.set_title(f"{name}\nMAPE {mape:.2f}%, {within:.0f}% within ±10%{extra}", fontsize=9)
         else:
             ax.set_title(f"{name}\nno predictions{extra}", fontsize=9)

@@ -414,6 +414,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         stored = _store_models(database, sweep.sweep_id, fitted, result.models)
     with _timed(stage_s, "4. one-shot pruning"):
         result.pruned = _prune(fitted, config, net, model_backend)
+        result.pruned.to_csv(out / "oneshot.csv", index=False)
     if config.finetune:
         with _timed(stage_s, "5. train, prune while fine-tuning, export, time"):
             result.finetuned, result.schedules = _finetune(config, out, database, fitted, stored, model_backend,
@@ -483,7 +484,8 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
         lines += [
             "## 3. Latency models", "",
             "Each model is fitted on half of the LUT keys and scored on the other half (split by distinct key); "
-            "details, plots and per-point predictions in [latency_models/report.md](latency_models/report.md).",
+            "details, plots and per-point predictions in [latency_models/report.md](latency_models/report.md). "
+            "`mape` and `max_ape` are in %, `within_5` / `within_10` shares of the held-out points.",
             "", render(r.models[cols].round(4).to_dict(orient="records"), "markdown"),
         ]
     if r.whole_network is not None:
@@ -509,6 +511,7 @@ def _report(r: DemoResult, hardware: str, plan: dict[str, Any]) -> str:
             render(r.pruned[[k for k in ("method", "target", "status", "solve_s", "predicted_conv_ms", "measured_ms",
                                          "speedup", "params", "removed_blocks", "max_logit_delta")
                              if k in r.pruned.columns]].to_dict(orient="records"), "markdown"),
+            "CSV: [oneshot.csv](oneshot.csv)", "",
         ]
 
     if r.finetuned is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,6 +16,7 @@ from latlab.cli._options import (
     MgpOption,
     TrustCheckpointOption,
     WeightsOption,
+    command_line,
     echo_rows,
 )
 
@@ -126,15 +128,21 @@ def measure(
     timing_backend = get_backend(backend, protocol)
     database = open_database(db) if store or latency_model else None
     predicted = _predictions(database, latency_model, net, input_size, batch, dtype, layout) if latency_model else {}
+    details: dict[str, Any] = {"input_size": input_size, "command": command_line()}
+    if predicted:
+        details["predicted_conv_ms"] = predicted
+    for what, path in (("mask", mask), ("module", module), ("weights", weights)):
+        if path is not None:  # which file: two masks.pt are told apart by their digest
+            details[what] = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     timed = measure_models_interleaved(
         database if store else None, timing_backend, nets, name=name, rounds=rounds if speedup else 1,
         input_shape=(batch, 3, input_size, input_size), dtype=dtype, layout=layout, hardware_name=hardware_name,
-        extra_details={variant: {"predicted_conv_ms": predicted}} if predicted else None,
+        extra_details={variant: details},
     )
     result = timed[variant]
     row = {
         "model": result.model, "variant": result.variant, "hardware": result.hardware, "backend": result.backend,
-        "batch": batch, "dtype": dtype, "layout": layout, "status": result.status,
+        "batch": batch, "input_size": input_size, "dtype": dtype, "layout": layout, "status": result.status,
         "median_ms": result.median_ms, "iqr_ms": result.iqr_ms, "n": result.n,
         "images_per_s": result.images_per_s, "gmacs_per_image": (result.details.get("macs_per_image") or 0) / 1e9,
         "params_m": result.details.get("params", 0) / 1e6,

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group, echo_rows
+from latlab.cli._options import (
+    DbOption,
+    FormatOption,
+    HardwareOption,
+    SweepOption,
+    command_group,
+    command_line,
+    echo_rows,
+)
 
 app = command_group("Stored latency models: list them.")
 
@@ -141,8 +149,8 @@ def fit(
     rows = []
     for kind, model, metrics in results:
         stored = names[kind]
-        training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "holdout": holdout, "seed": seed,
-                    "n_rows": len(X)}
+        training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "layout": layout, "op": op,
+                    "holdout": holdout, "seed": seed, "n_rows": len(X), "command": command_line()}
         save_model(database, stored, model, sweep_id=sweep_id, training=training, metrics=metrics, replace=replace)
         rows.append({"name": stored, "kind": kind, "n_train": len(train), "n_test": len(test),
                      **{k: metrics.get(k) for k in ("missing", "within_5", "within_10", "mape", "max_ape")}})
