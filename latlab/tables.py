@@ -15,7 +15,7 @@ from rich.table import Table
 from db.errors import LatlabError
 
 FORMATS = ("table", "csv", "markdown", "json")
-WIDE = 120  # a one-row terminal table wider than this is printed transposed (one line per column)
+WIDE = 120  # a one-row record table wider than this is printed transposed (one line per column)
 
 
 def _cell(value: Any) -> str:
@@ -31,8 +31,9 @@ def _width(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> int:
     return sum(max(len(c), *(len(_cell(r.get(c))) for r in rows)) + 3 for c in columns) + 1
 
 
-def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None = None) -> str:
-    """Rows as text in ``fmt``, ending with one newline; the columns are the keys of the first row."""
+def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None = None, record: bool = False) -> str:
+    """Rows as text in ``fmt``, ending with one newline; the columns are the keys of the first row. A ``record``
+    (one result, not a listing) wider than :data:`WIDE` prints as a terminal table of field | value."""
     if fmt not in FORMATS:
         raise LatlabError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt == "json":
@@ -48,7 +49,7 @@ def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
         lines += ["| " + " | ".join(_cell(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
         return ("\n".join(([f"**{title}**", ""] if title else []) + lines)) + "\n"
-    if len(rows) == 1 and _width(rows, columns) > WIDE:  # one wide record reads better down the page
+    if record and len(rows) == 1 and _width(rows, columns) > WIDE:  # reads better down the page
         rows, columns = [{"field": c, "value": rows[0].get(c)} for c in columns], ["field", "value"]
     table = Table(title=escape(title) if title else None, show_lines=False)  # text, not Rich markup: "ms[lut]"
     for c in columns:

@@ -41,7 +41,7 @@ def unseen_shape_error(exc: Exception, input_size: int, command: str) -> Excepti
 
 
 def echo_rows(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None = None, err: bool = False,
-              empty: str = "no rows") -> None:
+              empty: str = "no rows", record: bool = False) -> None:
     """Print rows in ``fmt`` (see :func:`latlab.tables.render`) with no blank line after them.
 
     No rows: ``[]`` in JSON, nothing in CSV or Markdown; the ``empty`` message goes to stderr then (on stdout
@@ -52,7 +52,7 @@ def echo_rows(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | N
             typer.echo("[]", err=err)
         typer.echo(empty, err=err or fmt != "table")
         return
-    typer.echo(render(rows, fmt, title=title), nl=False, err=err)
+    typer.echo(render(rows, fmt, title=title, record=record), nl=False, err=err)
 
 
 DbOption = Annotated[

@@ -87,7 +87,7 @@ def graph(
         typer.echo(json.dumps(description, indent=2))
         return
     summary = {"model": spec.model_name, **spec.summary()}
-    echo_rows([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}")
+    echo_rows([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}", record=True)
     if checked:
         typer.echo(checked)
     if format == "table":

@@ -153,4 +153,4 @@ def measure(
         row.update(dense_median_ms=timed["dense"].median_ms, speedup=paired_speedup(timed["dense"], result))
     if result.message:
         row["message"] = result.message
-    echo_rows([row], fmt, title="whole-model latency")
+    echo_rows([row], fmt, title="whole-model latency", record=True)

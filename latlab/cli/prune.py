@@ -149,5 +149,5 @@ def prune(
     with staged_folder(out) as stage:  # all files or none: a stopped run leaves a previous result whole
         paths = save_outputs(res, spec, stage, config)
         (stage / "config.json").write_text(json.dumps(config, indent=2))
-    echo_rows([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned")
+    echo_rows([res.summary() | {"removed_blocks": len(res.removed_blocks)}], "table", title="pruned", record=True)
     typer.echo(f"wrote {', '.join(str(out / p.name) for p in paths.values())}, {out / 'config.json'}")

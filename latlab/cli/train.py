@@ -80,5 +80,5 @@ def train(
 
     result = run_training(cfg, progress=not quiet)
     final = {k: result.metrics.get(k) for k in ("epoch", "top1", "top5", "predicted_ms", "removed_blocks")}
-    echo_rows([final | {"finished": result.finished}], "table", title="training")
+    echo_rows([final | {"finished": result.finished}], "table", title="training", record=True)
     typer.echo(f"run directory: {result.out_dir}")

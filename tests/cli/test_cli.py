@@ -141,10 +141,13 @@ def test_markdown_cells_and_wide_tables() -> None:
     wide = render([{f"column_{i}": 123456789 for i in range(14)}] * 2, "table")
     assert all("123456789" in line for line in wide.splitlines() if "12345" in line)  # no number folded
     assert sum("123456789" in line for line in wide.splitlines()) == 2
-    record = render([{f"column_{i}": 123456789 for i in range(14)}], "table", title="pruned").splitlines()
+    record = render([{f"column_{i}": 123456789 for i in range(14)}], "table", title="pruned", record=True)
+    record = record.splitlines()
     assert "field" in record[2] and "value" in record[2] and len(record) == 14 + 5  # one wide row: transposed
     assert "column_13" in record[-2] and "123456789" in record[-2] and max(map(len, record)) < 40
-    narrow = render([{"a": 1, "b": 2}], "table").splitlines()
+    listing = render([{f"column_{i}": 123456789 for i in range(14)}], "table").splitlines()
+    assert sum("123456789" in line for line in listing) == 1  # a listing of one stays a table
+    narrow = render([{"a": 1, "b": 2}], "table", record=True).splitlines()
     assert "a" in narrow[1] and "b" in narrow[1] and len(narrow) == 5
 
 
