@@ -289,6 +289,18 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
     return out
 
 
+def sweep_caption(sweep: Sweep) -> str:
+    """Where and how a sweep measured, in one line: hardware, software, backend and timing protocol, commit."""
+    hw = sweep.hardware
+    software = ", ".join(f"{name} {v}" for name, v in (("torch", hw.torch_version), ("CUDA", hw.cuda_version),
+                                                       ("cuDNN", hw.cudnn_version), ("driver", hw.driver_version))
+                         if v)
+    cache = "L2 flushed" if sweep.l2_flush else "LLC flushed" if sweep.llc_flush else "warm cache"
+    threads = f", {sweep.num_threads} thread{'s' * (sweep.num_threads != 1)}" if sweep.num_threads else ""
+    return (f"sweep {sweep.id} on {hw.name} ({software}); {sweep.backend}: timer {sweep.timer}, {sweep.warmup} "
+            f"warm-up, up to {sweep.repeats} samples, {cache}{threads}; latlab {sweep.git_sha or '?'}")
+
+
 def family_summaries(session: Session, sweep_id: int) -> list[dict[str, Any]]:
     """Per shape family: configurations ok/failed, channel ranges and latency range."""
     stats: dict[str, dict[str, Any]] = defaultdict(

@@ -59,13 +59,14 @@ def show(
 
     from db.engine import open_database
     from db.keys import ConvFamily
-    from db.lut import family_summaries, find_sweep
+    from db.lut import family_summaries, find_sweep, sweep_caption
     from db.models import Measurement
     database = open_database(db, create=False)
     with database.session() as session:
-        sweep_id = find_sweep(session, sweep, hardware).id
+        found = find_sweep(session, sweep, hardware)
+        sweep_id, caption = found.id, sweep_caption(found)
         if not rows and family is None and status is None:
-            echo_rows(family_summaries(session, sweep_id), fmt, title=f"sweep {sweep_id}")
+            echo_rows(family_summaries(session, sweep_id), fmt, title=caption)
             return
     query = select(Measurement).where(Measurement.sweep_id == sweep_id)
     if family:
@@ -76,7 +77,7 @@ def show(
     with database.session() as session:
         rows_found = session.scalars(query.limit(limit + 1 if limit else None))
         out = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in rows_found]
-    echo_rows(out[:limit or None], fmt, title=f"sweep {sweep_id}", empty="no matching rows")
+    echo_rows(out[:limit or None], fmt, title=caption, empty="no matching rows")
     if limit and len(out) > limit:  # on stderr, so that a CSV on stdout stays a CSV
         typer.echo(f"first {limit} rows shown; --limit 0 shows all", err=True)
 

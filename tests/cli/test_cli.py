@@ -80,6 +80,9 @@ def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
     assert code == 0 and len(out.splitlines()) == 16  # header + the 15 ResNet50 families, no blank line after
     code, out, _ = cli(["lut", "show", "--sweep", "1", "--db", db, "-f", "json"])
     assert code == 0 and len(json.loads(out)) == 15 and out.endswith("]\n")
+    code, out, _ = cli(["lut", "show", "--sweep", "1", "--db", db, "-f", "markdown"])
+    assert re.match(r"\*\*sweep 1 on latlab-fake-gpu .*\(torch [^)]+\); fake: timer model, .* samples, warm cache; "
+                    r"latlab \S+\*\*\n", out), out.splitlines()[0]  # where and how, above the table
     code, out, _ = cli(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "64", "--cout", "64", "--db", db])
     assert code == 0 and re.match(r"^\d+(\.\d+)? ms", out)
     code, _, err = cli(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "65", "--cout", "64", "--db", db])
