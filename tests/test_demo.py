@@ -71,3 +71,15 @@ def test_demo_cli_checks_its_stage_sizes_before_any_work(tmp_path, cli) -> None:
         code, _, err = cli(["demo", "--out", str(tmp_path / "d"), flag, "0"])
         assert code != 0 and f"{flag} must be >= 1, got 0" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_finetune_schedules_fit_any_run_length() -> None:
+    """`--max-iters 5` compresses HALP's 6 steps 3 apart and MDP's step at 10 into the run (each must end
+    before the run does); at 18+ iterations they are the papers' own."""
+    from latlab.demo import finetune_schedules
+
+    for iterations in range(1, 40):
+        for method, s in finetune_schedules(iterations).items():
+            assert 1 <= s["prune.steps"] * s["prune.every"] <= iterations, (iterations, method, s)
+    assert finetune_schedules(18) == {"halp": {"prune.steps": 6, "prune.every": 3},
+                                      "mdp": {"prune.steps": 1, "prune.every": 10}}
