@@ -11,7 +11,7 @@ from latency_models.base import LatencyModel, get_model
 from latency_models.features import configs_from_frame, lut_frame
 from latency_models.store import load_model
 
-__all__ = ["LutSettings", "resolve_latency_model"]
+__all__ = ["LutSettings", "model_settings", "resolve_latency_model"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ def resolve_latency_model(
     """
     if latency_model is not None:
         model = load_model(database, latency_model)
-        X = model.train_data_[0]
         source = f"stored model {latency_model!r}"
     else:
         with database.session() as session:
@@ -45,11 +44,19 @@ def resolve_latency_model(
             X, y = lut_frame(session, row.id)
             source = f"{kind} fitted on sweep {row.id} ({row.hardware.name})"
         model = get_model(kind).fit(X, y)
+    return model, model_settings(model, source), source
+
+
+def model_settings(model: LatencyModel, source: str) -> LutSettings:
+    """The one batch, dtype, layout and op a fitted model's training rows share; several raise (the prices would
+    depend on the row order), naming them and the ``latlab fit`` that makes a model of one. ``source`` names the
+    model in the message."""
+    X = model.train_data_[0]
     settings = X[["batch", "dtype", "layout", "op"]].drop_duplicates()
-    if len(settings) > 1:  # which one the prices are for would depend on the row order
+    if len(settings) > 1:
         listed = "; ".join(" ".join(map(str, row)) for row in settings.itertuples(index=False))
         raise LatlabError(f"{source} covers {len(settings)} settings (batch dtype layout op: {listed}); fit a model "
                           "on one (`latlab fit --batch B --dtype D --layout L --op OP --name NAME`) and pass it as "
                           "--latency-model NAME")
     first = configs_from_frame(X.iloc[:1])[0]
-    return model, LutSettings(first.batch, first.dtype, first.layout, first.op), source
+    return LutSettings(first.batch, first.dtype, first.layout, first.op)

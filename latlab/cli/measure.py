@@ -24,15 +24,22 @@ from latlab.cli._options import (
 def _predictions(database, names: list[str], net, input_size: int, batch: int, dtype: str,  # type: ignore[no-untyped-def]
                  layout: str) -> dict[str, float]:
     """Conv latency (ms) each stored latency model predicts for ``net`` as it is (its real cin and cout), at the
-    measurement's batch, dtype and layout and at the op (conv, conv_bn_relu) the model was fitted on."""
+    op (conv, conv_bn_relu) the model was fitted on; its batch, dtype and layout must be the measurement's."""
     from latency_models.network import predict_network
-    from latency_models.resolve import LutSettings
+    from latency_models.resolve import model_settings
     from latency_models.store import load_model as load_latency_model
 
-    models = {name: load_latency_model(database, name) for name in names}
-    table = predict_network(net, input_size, {
-        name: (m, LutSettings(batch, dtype, layout, str(m.train_data_[0]["op"].iloc[0])))
-        for name, m in models.items()})
+    priced = {}
+    for name in names:
+        model = load_latency_model(database, name)
+        settings = model_settings(model, f"stored model {name!r}")
+        if (settings.batch, settings.dtype, settings.layout) != (batch, dtype, layout):
+            raise LatlabError(
+                f"stored model {name!r} was fitted on batch {settings.batch} {settings.dtype} {settings.layout} "
+                f"({settings.op}) rows; this measurement is batch {batch} {dtype} {layout}: measure with --batch "
+                f"{settings.batch} --dtype {settings.dtype} --layout {settings.layout}, or fit a model on this setting")
+        priced[name] = (model, settings)
+    table = predict_network(net, input_size, priced)
     return {name: float(table[name].sum()) for name in names}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 
@@ -177,6 +178,12 @@ def test_measure_cli_with_mdp_mask_and_module_prefixed_checkpoint(tmp_path, cli,
     with open_database(db).session() as session:
         row = session.scalars(select(ModelMeasurement)).one()
     assert row.variant == "mask:layer_masks.pkl" and row.details["predicted_conv_ms"]["r18-mdlm"] > 0
+    digest = hashlib.sha256((tmp_path / "layer_masks.pkl").read_bytes()).hexdigest()
+    assert row.details["mask"]["sha256"] == digest and row.details["input_size"] == SIZE
+    code, out, err = cli(["measure", "--model", "resnet18", "--num-classes", "10", "--input-size", str(SIZE),
+                          "--backend", "fake", "--batch", "8", "--latency-model", "r18-mdlm", "--db", db])
+    assert code == 1 and "'r18-mdlm' was fitted on batch 1 fp32 nchw (conv_bn_relu) rows" in err, err
+    assert "measure with --batch 1 --dtype fp32 --layout nchw" in err
     torch.save(net, tmp_path / "whole.pth")  # a whole-model pickle: refused without --trust-checkpoint
     code, out, err = cli(["measure", "--model", "resnet18", "--num-classes", "10", "--weights",
                           str(tmp_path / "whole.pth"), "--backend", "cpu", "--no-store"])
