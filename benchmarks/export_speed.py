@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     # the other ops are priced like the LUT's convs: timed alone under the sweep's cache protocol
     ops_backend = with_protocol(backend, **cache)
     other = measure_other_ops(ops_backend, net, trace_network(net, 224), batch=settings.batch, dtype=settings.dtype,
-                              layout=settings.layout)
+                              layout=settings.layout, op=settings.op)
     rows = {"dense": {"method": "dense", "target": 1.0, "removed_blocks": 0, **_predict(models, spec, settings),
                       "other_ms": other.dense_ms,
                       "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2)}}

@@ -159,14 +159,37 @@ def _timed_op(
     return kind, call, tuple(shape)
 
 
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6)  # what a ``conv_bn_relu`` LUT entry fuses after the batch norm
+
+
+def _fused_into_conv(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> set[str]:
+    """Nodes a ``conv_bn_relu`` LUT entry already times: each batch norm fed by a conv alone, and a ReLU fed by
+    such a batch norm alone."""
+    def module(node: fx.Node) -> nn.Module | None:
+        return modules.get(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
+
+    def fed_by(node: fx.Node, ok: Callable[[fx.Node], bool]) -> bool:
+        inputs = node.all_input_nodes
+        return len(inputs) == 1 and len(inputs[0].users) == 1 and ok(inputs[0])
+
+    fused: set[str] = set()
+    for node in graph.nodes:
+        mod = module(node)
+        norm = isinstance(mod, nn.BatchNorm2d) and fed_by(node, lambda n: isinstance(module(n), nn.Conv2d))
+        if norm or isinstance(mod, _ACTIVATIONS) and fed_by(node, lambda n: n.name in fused):
+            fused.add(node.name)
+    return fused
+
+
 def measure_other_ops(
     backend: Backend, model: nn.Module, trace: TraceResult, *, batch: int, dtype: str = "fp32",
-    layout: str = "nchw",
+    layout: str = "nchw", op: str = "conv",
 ) -> OtherOps:
     """Time every non-conv op of ``model`` (dense, eval) alone on ``backend``; see the module docstring.
 
-    ``trace`` is :func:`profiler.plan.trace_network` of the same model at the input size to price.
-    An op the backend cannot time is listed in ``failed`` and left out of the sum.
+    ``trace`` is :func:`profiler.plan.trace_network` of the same model at the input size to price; ``op`` is the
+    LUT's: with ``conv_bn_relu`` the batch norm and ReLU right after each conv are in its entries already and
+    are left out here. An op the backend cannot time is listed in ``failed`` and left out of the sum.
     """
     from profiler.widths import _conv_groups, _conv_node_names, _width_sources
 
@@ -176,8 +199,9 @@ def measure_other_ops(
     _, group_of = _conv_groups(trace)
     ops: list[OpCost] = []
     failed: dict[str, str] = {}
+    fused = _fused_into_conv(graph, modules) if op == "conv_bn_relu" else set()
     for node in graph.nodes:
-        timed = _timed_op(node, modules, batch)
+        timed = None if node.name in fused else _timed_op(node, modules, batch)
         if timed is None:
             continue
         kind, module, shape = timed

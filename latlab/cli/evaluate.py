@@ -160,7 +160,7 @@ def evaluate(
             measure = measure_pruned(backend, module, trace, batch=first.batch, dtype=first.dtype,
                                      layout=first.layout)
             ops_backend = with_protocol(backend, **sweep_cache)
-            other = measure_other_ops(ops_backend, module, trace, batch=first.batch, dtype=first.dtype,
+            other = measure_other_ops(ops_backend, module, trace, batch=first.batch, dtype=first.dtype, op=first.op,
                                       layout=first.layout).latency
         whole = whole_network_eval(fitted, trace, pruned, seed, measure=measure, truth=truth, other=other,
                                    group_sizes=group_sizes, multiple=multiple, **settings)

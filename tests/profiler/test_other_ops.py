@@ -82,3 +82,16 @@ def test_an_op_the_backend_cannot_time_is_reported_not_summed() -> None:
     assert len(other.failed) == 20 and "not supported here" in next(iter(other.failed.values()))
     assert other.ops and other.dense_ms == sum(op.ms for op in other.ops)
     assert not measure_other_ops(FakeBackend(), net, trace_network(net, SIZE), batch=1).failed
+
+
+def test_a_conv_bn_relu_lut_leaves_the_fused_batch_norms_and_relus_out() -> None:
+    """Its entries time conv + BN + ReLU: those BNs and ReLUs must not be priced again (the ReLU after a
+    residual add, the pooling, the adds and the classifier still are)."""
+    from collections import Counter
+
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    trace = trace_network(net, SIZE)
+    plain = Counter(op.op for op in measure_other_ops(FakeBackend(), net, trace, batch=1).ops)
+    fused = Counter(op.op for op in measure_other_ops(FakeBackend(), net, trace, batch=1, op="conv_bn_relu").ops)
+    assert plain - fused == Counter({"BatchNorm2d": 20, "ReLU": 9})  # every BN; the stem's and each bn1's ReLU
+    assert fused["ReLU"] == 8 and fused["add"] == 8 and fused["MaxPool2d"] == 1 and fused["Linear"] == 1
