@@ -48,7 +48,8 @@ def evaluate(
     budget_curve: Annotated[bool, typer.Option(help="Also accuracy vs training share 5/10/25/50%.")] = False,
     network: Annotated[str | None, typer.Option(help="Whole-network check on random prunings of this model.")] = None,
     pruned: Annotated[int, typer.Option(help="Random pruned configurations for --network.")] = 20,
-    input_size: Annotated[int, typer.Option(help="Input resolution of --network.")] = 224,
+    input_size: Annotated[int | None, typer.Option(
+        help="Input resolution of --network (default: the one the sweep profiled it at, else 224).")] = None,
     width_multiple: Annotated[int | None, typer.Option(
         help="Pruned widths are multiples of this (default: the sweep's grid step / reference groups).")] = None,
     measure_backend: Annotated[str | None, typer.Option(
@@ -100,11 +101,10 @@ def evaluate(
         raise LatlabError(f"--threads {threads}: give a count >= 1 with --measure-backend")
     if not 0 < train_fraction < 1:
         raise LatlabError(f"--train-fraction must be in (0, 1), got {train_fraction}")
-    trace = None
     if network is not None:
-        from profiler.plan import trace_network
+        from profiler.plan import resolve_model
 
-        trace = trace_network(network, input_size)
+        resolve_model(network)  # an unknown network fails before the LUT is read
     database = open_database(db, create=False, upgrade=False)
     with database.session() as session:
         sweep_row = find_sweep(session, sweep, hardware)
@@ -127,6 +127,13 @@ def evaluate(
             raise LatlabError(f"--strict: model {bad.iloc[0]['model']} cannot predict "
                               f"{int(bad.iloc[0]['missing'])} held-out points: {bad.iloc[0]['error']}")
     tables = {f"Held-out accuracy ({split} split, {train_fraction:.0%} of keys for training)": table}
+    trace = None
+    if network is not None:
+        from profiler.plan import trace_network
+
+        swept = _sweep_run(plan, network).get("input_size") or [224]
+        input_size = input_size or int(swept[0])
+        trace = trace_network(network, input_size)
     if budget_curve:
         tables["Accuracy vs training share"] = accuracy_vs_budget(candidates, X, y, split_kind=split, seeds=(seed,))
     whole = None

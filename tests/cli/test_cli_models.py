@@ -63,12 +63,13 @@ def test_fit_params(lut_db: str, cli) -> None:
 def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, cli) -> None:
     out_dir = tmp_path / "eval"
     code, out, err = cli(["evaluate", "--models", "lut,llm,mdlm,rf", "--db", lut_db, "--train-fraction", "0.5",
-                          "--network", "resnet18", "--input-size", "64", "--pruned", "3", "--measure-backend",
+                          "--network", "resnet18", "--pruned", "3", "--measure-backend",
                           "fake", "--param", "rf.n_estimators=20", "--out", str(out_dir)])
     assert code == 0, err
     config = json.loads((out_dir / "config.json").read_text())
     assert config["models"]["rf"]["n_estimators"] == 20 and config["models"]["lut"]["missing"] == "bilinear"
     assert config["network"] == "resnet18" and config["train_fraction"] == 0.5
+    assert config["input_size"] == 64  # the size the sweep profiled resnet18 at
     report = (out_dir / "report.md").read_text()
     assert "Held-out accuracy" in report and "Whole-network latency" in report
     for png in ("pred_vs_measured.png", "error_cdf.png", "whole_network.png"):
