@@ -248,8 +248,9 @@ def row_config(row: Measurement) -> ConvConfig:
 
 
 def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[str, Any]]:
-    """One dict per sweep with hardware name, backend, the row settings (batch, dtype, layout), timing protocol
-    (cache, threads, timer) and counts by status: what tells two sweeps of one device apart."""
+    """One dict per sweep with hardware name, backend, the row settings (batch, dtype, layout, and op unless
+    conv), timing protocol (cache, threads, timer) and counts by status: what tells two sweeps of one device
+    apart."""
     query = select(Sweep).order_by(Sweep.id)
     if hardware is not None:
         query = query.where(Sweep.hardware_id == find_hardware(session, hardware).id)
@@ -269,11 +270,12 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
         ).all()
     )
     settings: dict[int, list[str]] = {}
-    for sid, batch, dtype, layout in session.execute(
-        select(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout).distinct()
-        .order_by(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout)
+    for sid, batch, dtype, layout, op in session.execute(
+        select(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout, Measurement.op)
+        .distinct().order_by(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout,
+                             Measurement.op)
     ):
-        settings.setdefault(sid, []).append(f"b{batch} {dtype} {layout}")
+        settings.setdefault(sid, []).append(f"b{batch} {dtype} {layout}" + (f" {op}" if op != "conv" else ""))
     out = []
     for s in session.scalars(query):
         cache = ("unknown" if s.backend == "legacy" else "llc-flush" if s.llc_flush else "l2-flush" if s.l2_flush
