@@ -92,7 +92,7 @@ def predict(
     for label, (_, settings) in models.items():
         ms = float(table[label].sum())
         rows.append({"latency_model": label, "source": sources[label], "batch": settings.batch,
-                     "dtype": settings.dtype, "layout": settings.layout, "convs": len(table),
+                     "dtype": settings.dtype, "layout": settings.layout, "op": settings.op, "convs": len(table),
                      "conv_ms": ms, "images_per_s": settings.batch / ms * 1e3 if ms > 0 else None})
     title = f"predicted conv latency, {name} at {input_size} px"
     if not per_layer:
