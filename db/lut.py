@@ -225,7 +225,13 @@ def lookup(session: Session, sweep_id: int, config: ConvConfig) -> float:
     """Median latency (ms) of ``config`` in a sweep; raises :class:`LUTMissError` naming it."""
     row = session.scalar(_key_query(sweep_id, config))
     if row is None:
-        raise LUTMissError(f"LUT miss: no measurement of {config.describe()} in sweep {sweep_id}")
+        held = session.execute(
+            select(Measurement.batch, Measurement.dtype, Measurement.layout, Measurement.op).distinct()
+            .where(Measurement.sweep_id == sweep_id)).all()
+        hint = "" if (config.batch, config.dtype, config.layout, config.op) in {tuple(h) for h in held} else (
+            f"; it holds batch dtype layout op {'; '.join(' '.join(map(str, h)) for h in held) or 'nothing'} "
+            "(choose with --batch/--dtype/--layout/--op)")
+        raise LUTMissError(f"LUT miss: no measurement of {config.describe()} in sweep {sweep_id}{hint}")
     if row.status != "ok":
         raise LUTMissError(
             f"LUT miss: {config.describe()} in sweep {sweep_id} failed to measure ({row.status}: {row.message})"

@@ -86,7 +86,10 @@ def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
     code, out, _ = cli(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "64", "--cout", "64", "--db", db])
     assert code == 0 and re.match(r"^\d+(\.\d+)? ms", out)
     code, _, err = cli(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "65", "--cout", "64", "--db", db])
-    assert code == 1 and "LUT miss" in err and "cin=65" in err and "f56x56_k3x3" in err
+    assert code == 1 and "LUT miss" in err and "cin=65" in err and "f56x56_k3x3" in err and "it holds" not in err
+    code, _, err = cli(["lut", "query", "--fmap", "56", "--k", "3", "--cin", "64", "--cout", "64", "--batch", "8",
+                        "--db", db])
+    assert code == 1 and "batch=8" in err and "it holds batch dtype layout op 256 fp32 nchw conv (choose" in err
     pkl = tmp_path / "rn50.pkl"
     code, out, err = cli(["lut", "export", str(pkl), "--format", "halp", "--db", db])
     assert code == 0, err
