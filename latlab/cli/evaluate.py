@@ -117,6 +117,11 @@ def evaluate(
         sweep_threads = {"num_threads": sweep_row.num_threads} if same and sweep_row.num_threads else {}
     if threads is not None:
         sweep_threads = {"num_threads": threads}
+    settings_held = X[["batch", "dtype", "layout", "op"]].drop_duplicates()
+    if network is not None and len(settings_held) != 1:  # before the models are fitted
+        listed = "; ".join(" ".join(map(str, r)) for r in settings_held.itertuples(index=False))
+        raise LatlabError(f"the sweep holds {len(settings_held)} settings (batch dtype layout op: {listed}); "
+                          "choose one with --batch/--dtype/--layout/--op for --network")
     candidates = candidate_models(kinds, seed=seed, strict=strict, params=overrides)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}
@@ -138,11 +143,6 @@ def evaluate(
         tables["Accuracy vs training share"] = accuracy_vs_budget(candidates, X, y, split_kind=split, seeds=(seed,))
     whole = None
     if trace is not None:
-        settings_held = X[["batch", "dtype", "layout", "op"]].drop_duplicates()
-        if len(settings_held) != 1:
-            listed = "; ".join(" ".join(map(str, r)) for r in settings_held.itertuples(index=False))
-            raise LatlabError(f"the sweep holds {len(settings_held)} settings (batch dtype layout op: {listed}); "
-                              "choose one with --batch/--dtype/--layout/--op for --network")
         first = configs_from_frame(X.iloc[:1])[0]
         measured = dict(zip(configs_from_frame(X), y, strict=True))
         run = _sweep_run(plan, str(network))

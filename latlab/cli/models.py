@@ -63,9 +63,9 @@ def parse_params(texts: Sequence[str] | None, kinds: Sequence[str]) -> dict[str,
             raise LatlabError(f"--param {text!r}: {kind!r} is not among --models ({', '.join(kinds)})")
         targets = [kind] if dot else [k for k in kinds if name in known[k]]
         if not targets or name not in known[targets[0]]:
-            where = f"{kind} has" if dot else f"none of {', '.join(kinds)} has"
+            where = f"{kind} has no" if dot else f"none of {', '.join(kinds)} has a"
             listing = "; ".join(f"{k}: {', '.join(known[k])}" for k in ([kind] if dot else kinds))
-            raise LatlabError(f"--param {text!r}: {where} a parameter {name!r} ({listing})")
+            raise LatlabError(f"--param {text!r}: {where} parameter {name!r} ({listing})")
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:

@@ -292,8 +292,10 @@ class FakeBackend(Backend):
                 total += self._true_latency_s(config)
                 parts.append(_config_token(config))
                 continue
-            in_n = math.prod(op.in_shape) if op.in_shape else 0
-            out_n = math.prod(op.out_shape) if op.out_shape else 0
+            # elements per image: the trace runs at batch 1, but an operand held at the full batch (an op timed
+            # alone by profiler.other_ops) broadcasts its output to it
+            in_n = math.prod(op.in_shape[1:]) if op.in_shape else 0
+            out_n = math.prod(op.out_shape[1:]) if op.out_shape else 0
             t = e * batch * (in_n + out_n) / self._bw
             if op.linear is not None:
                 fin, fout = op.linear

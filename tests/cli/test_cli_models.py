@@ -45,7 +45,7 @@ def test_fit_params(lut_db: str, cli) -> None:
 
     forest = load_model(open_database(lut_db), "p-rf").forest_
     assert len(forest.estimators_) == 7 and forest.max_samples == 50
-    for params, message in ((["rf.trees=3"], "rf has a parameter 'trees' (rf: max_depth, max_features"),
+    for params, message in ((["rf.trees=3"], "rf has no parameter 'trees' (rf: max_depth, max_features"),
                             (["gbdt.max_iter=3"], "'gbdt' is not among --models (rf, lut)"),
                             (["depth=3"], "none of rf, lut has a parameter 'depth'"),
                             (["rf.n_estimators"], "expected KIND.NAME=VALUE"),
@@ -189,3 +189,14 @@ def test_reading_commands_leave_an_old_database_as_it_is(tmp_path: Path, cli, ar
     again = open_database(path, create=False, upgrade=False, check_schema=False)
     assert again.revision() == "0004"
     again.dispose()
+
+
+def test_evaluate_network_on_a_sweep_of_two_settings_stops_before_fitting(lut_db: str, cli) -> None:
+    code, _, err = cli(["profile", "--model", "resnet18", "--backend", "fake", "--grid", "full:64", "--batch", "8",
+                        "--input-size", "64", "-q", "--db", lut_db])
+    assert code == 0, err
+    code, _, err = cli(["evaluate", "--models", "rf", "--param", "rf.n_estimators=100000", "--db", lut_db,
+                        "--network", "resnet18", "--out", "never"])  # 100,000 trees: would take hours if fitted
+    assert code == 1, err
+    assert "the sweep holds 2 settings (batch dtype layout op: 32 fp32 nchw conv; 8 fp32 nchw conv)" in err
+    assert "choose one with --batch/--dtype/--layout/--op for --network" in err

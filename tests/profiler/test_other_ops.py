@@ -95,3 +95,17 @@ def test_a_conv_bn_relu_lut_leaves_the_fused_batch_norms_and_relus_out() -> None
     fused = Counter(op.op for op in measure_other_ops(FakeBackend(), net, trace, batch=1, op="conv_bn_relu").ops)
     assert plain - fused == Counter({"BatchNorm2d": 20, "ReLU": 9})  # every BN; the stem's and each bn1's ReLU
     assert fused["ReLU"] == 8 and fused["add"] == 8 and fused["MaxPool2d"] == 1 and fused["Linear"] == 1
+
+
+def test_fake_prices_an_op_with_a_full_batch_operand_per_image() -> None:
+    """A residual add timed alone holds its second operand at the full batch: the fake backend's batch-1 trace
+    then broadcasts to that batch, and must not count it twice (it did: 256× at batch 256)."""
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    trace = trace_network(net, SIZE)
+    launch = FakeBackend().launch_us / 1e3
+
+    def adds(batch: int) -> float:
+        ops = measure_other_ops(FakeBackend(noise=0.0), net, trace, batch=batch).ops
+        return sum(op.ms - launch for op in ops if op.op == "add")
+
+    assert adds(8) == pytest.approx(8 * adds(1), rel=1e-9)
