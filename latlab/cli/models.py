@@ -67,10 +67,10 @@ def parse_params(texts: Sequence[str] | None, kinds: Sequence[str]) -> dict[str,
             listing = "; ".join(f"{k}: {', '.join(known[k])}" for k in ([kind] if dot else kinds))
             raise LatlabError(f"--param {text!r}: {where} parameter {name!r} ({listing})")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw.strip()
-        if isinstance(value, dict | list) or raw.strip() == "":
+        if not raw.strip() or isinstance(value, dict | list):
             raise LatlabError(f"--param {text!r}: the value must be one number, word, true/false or null")
         for k in targets:
             out[k][name] = value
