@@ -262,9 +262,10 @@ class FakeBackend(Backend):
         """Sum of modelled conv latencies + memory-bound costs of other layers + launches, with noise.
 
         The model is traced once at batch 1 on its own device (eval, inference mode) to learn
-        every ``nn.Conv2d``'s input size; the convs are then priced at batch ``input_shape[0]``.
-        Functional ops (``x + y``, ``torch.flatten``) are invisible to hooks and not priced. A torch.export
-        graph (``pruned.pt2``) is read from its aten calls instead, priced exactly like its nn.Module.
+        every ``nn.Conv2d``'s input size; the convs are then priced at batch ``input_shape[0]``, every other
+        leaf module and every tensor op outside them (``x + y``; views are free) as a memory-bound pass. A
+        torch.export graph (``pruned.pt2``) is read from its aten calls instead, priced exactly like its
+        nn.Module.
         """
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -369,15 +370,33 @@ class _Op:
     linear: tuple[int, int] | None = None
 
 
-# aten ops of a torch.export graph priced like the leaf modules they come from (module name for the seed);
-# functional ops (adds, views, flatten) are not priced, as for an nn.Module, nor are in-place ones (``relu_``),
-# which an nn.Module's hook sees as identities
+# aten ops of a torch.export graph priced like the leaf modules they come from (module name for the seed); an
+# in-place one (``relu_``) is not priced, as an nn.Module's hook sees it as an identity
 _GRAPH_LAYERS = {
     "batch_norm": "BatchNorm2d", "_native_batch_norm_legit_no_training": "BatchNorm2d", "relu": "ReLU",
     "silu": "SiLU", "sigmoid": "Sigmoid", "hardswish": "Hardswish",
     "hardsigmoid": "Hardsigmoid", "gelu": "GELU", "max_pool2d": "MaxPool2d", "avg_pool2d": "AvgPool2d",
     "adaptive_avg_pool2d": "AdaptiveAvgPool2d", "layer_norm": "LayerNorm", "linear": "Linear",
 }
+
+
+# functional calls that move no data (views, shape queries): free, as in profiler.other_ops
+_FREE_FUNCTIONAL = {"getitem", "flatten", "reshape", "squeeze", "unsqueeze", "view", "size", "dim",
+                    "contiguous", "permute", "transpose", "expand", "sym_size"}
+_CONTAINERS = {"Sequential", "ModuleList", "ModuleDict"}
+
+
+_OPERATORS = {"add", "sub", "mul", "truediv", "floordiv", "div", "matmul", "pow", "and", "or", "xor"}
+
+
+def _functional_name(name: str) -> str:
+    """One name for a tensor op however it was called: ``__iadd__``, ``__radd__``, ``add_`` (aten's in-place
+    add) and ``add`` are all ``add``; in place or not, it moves the same data."""
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name[:1] in ("i", "r") and name[1:] in _OPERATORS:
+            name = name[1:]
+    return name.rstrip("_")
 
 
 def _priced_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_Op]:
@@ -394,14 +413,26 @@ def _priced_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_O
     return _module_ops(model, input_shape)
 
 
-def _from_layer(node: torch.fx.Node, layer: str) -> bool:
-    """Whether ``node`` is the call of a ``layer`` module (a graph without module records: assume so), not a
-    functional call in some module's ``forward`` (which an nn.Module's hooks would not see either)."""
+def _owner(node: torch.fx.Node) -> str | None:
+    """Qualified class name of the module whose ``forward`` made this call (None: a graph without records)."""
     stack = node.meta.get("nn_module_stack")
     if not stack:
-        return True
+        return None
     owner = list(stack.values())[-1][-1]
-    return (owner.__name__ if isinstance(owner, type) else str(owner).rsplit(".", 1)[-1]) == layer
+    return f"{owner.__module__}.{owner.__qualname__}" if isinstance(owner, type) else str(owner)
+
+
+def _from_layer(node: torch.fx.Node, layer: str) -> bool:
+    """Whether ``node`` is the call of a ``layer`` module (a graph without module records: assume so)."""
+    owner = _owner(node)
+    return owner is None or owner.rsplit(".", 1)[-1] == layer
+
+
+def _functional(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is a call in the ``forward`` of a block or network (a residual add), not inside a torch.nn
+    layer: what an nn.Module's forward makes outside its leaf modules."""
+    owner = _owner(node)
+    return owner is not None and not (owner.startswith("torch.nn.") and owner.rsplit(".", 1)[-1] not in _CONTAINERS)
 
 
 def _sample_input(model: torch.nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
@@ -414,11 +445,29 @@ def _sample_input(model: torch.nn.Module, input_shape: tuple[int, ...]) -> torch
 
 
 def _module_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_Op]:
-    """One :class:`_Op` per leaf module call (hooks on a batch-1 forward pass in eval mode)."""
+    """One :class:`_Op` per leaf module call (hooks on a batch-1 forward pass in eval mode), and per tensor op
+    called outside every leaf module (a residual add in a block's ``forward``; views and shape queries are free)."""
     import torch
     from torch import nn
+    from torch.overrides import TorchFunctionMode
 
     ops: list[_Op] = []
+    inside = [0]  # leaf modules running now
+
+    class Functional(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            name = _functional_name(getattr(func, "__name__", ""))
+            x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if not inside[0] and isinstance(out, torch.Tensor) and x is not None and name not in _FREE_FUNCTIONAL:
+                ops.append(_Op(name, tuple(x.shape), tuple(out.shape)))
+            return out
+
+    def enter(module: nn.Module, inputs: Any) -> None:
+        inside[0] += 1
+
+    def leave(module: nn.Module, inputs: Any, output: Any) -> None:
+        inside[0] -= 1
 
     def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
@@ -434,12 +483,13 @@ def _module_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_O
         ops.append(_Op(type(module).__name__, in_shape, out_shape, conv, linear))
 
     skip = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.Unflatten)
-    leaves = [m for m in model.modules() if next(m.children(), None) is None and not isinstance(m, skip)]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(hook) for m in leaves if not isinstance(m, skip)]
+    handles += [m.register_forward_pre_hook(enter) for m in leaves] + [m.register_forward_hook(leave) for m in leaves]
     was_training = model.training
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), Functional():
             model(_sample_input(model, input_shape))
     finally:
         for h in handles:
@@ -477,6 +527,10 @@ def _graph_ops(model: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> lis
             cout, cin = weight[0], weight[1] * groups
             family = _family(in_shape, weight[2:], stride, padding, dilation, groups, cin, cout)
             ops.append(_Op("Conv2d", in_shape, out_shape, conv=(family, cin, cout)))
+        elif _functional(node):
+            name = _functional_name(name)
+            if name not in _FREE_FUNCTIONAL and in_shape is not None and out_shape is not None:
+                ops.append(_Op(name, in_shape, out_shape))
         elif name in _GRAPH_LAYERS and _from_layer(node, _GRAPH_LAYERS[name]):
             weight = shape(node.args[1]) if name == "linear" else None
             linear = (weight[1], weight[0]) if weight is not None else None

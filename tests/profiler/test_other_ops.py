@@ -109,3 +109,18 @@ def test_fake_prices_an_op_with_a_full_batch_operand_per_image() -> None:
         return sum(op.ms - launch for op in ops if op.op == "add")
 
     assert adds(8) == pytest.approx(8 * adds(1), rel=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_a_fake_network_costs_its_convs_plus_its_other_ops(arch: str) -> None:
+    """The fake backend prices a whole network from the same parts (residual adds included), so
+    `evaluate --measure-backend fake` compares latency models, not the backend with itself."""
+    from db.keys import ConvConfig
+
+    net = getattr(torchvision.models, arch)(num_classes=10).eval()
+    trace = trace_network(net, SIZE)
+    fake = FakeBackend(noise=0.0)
+    convs = sum(fake.true_latency_ms(ConvConfig(layer.family, layer.cin, layer.cout, 16)) for layer in trace.layers)
+    other = measure_other_ops(fake, net, trace, batch=16)
+    assert "add" in {op.op for op in other.ops}
+    assert convs + other.dense_ms == pytest.approx(fake.model_latency_ms(net, (16, 3, SIZE, SIZE)), rel=1e-9)
