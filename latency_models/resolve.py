@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 from db.engine import Database
 from db.errors import LatlabError
 from db.lut import find_sweep
@@ -11,7 +13,7 @@ from latency_models.base import LatencyModel, get_model
 from latency_models.features import configs_from_frame, lut_frame
 from latency_models.store import load_model
 
-__all__ = ["LutSettings", "model_settings", "resolve_latency_model"]
+__all__ = ["LutSettings", "held_settings", "model_settings", "resolve_latency_model"]
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,21 @@ def resolve_latency_model(
     return model, model_settings(model, source), source
 
 
+def held_settings(X: pd.DataFrame) -> list[str]:
+    """The distinct settings of LUT rows, each as ``"batch dtype layout op"`` (for messages that list them)."""
+    return [" ".join(map(str, row)) for row in X[["batch", "dtype", "layout", "op"]].drop_duplicates()
+            .itertuples(index=False)]
+
+
 def model_settings(model: LatencyModel, source: str) -> LutSettings:
     """The one batch, dtype, layout and op a fitted model's training rows share; several raise (the prices would
     depend on the row order), naming them and the ``latlab fit`` that makes a model of one. ``source`` names the
     model in the message."""
     X = model.train_data_[0]
-    settings = X[["batch", "dtype", "layout", "op"]].drop_duplicates()
-    if len(settings) > 1:
-        listed = "; ".join(" ".join(map(str, row)) for row in settings.itertuples(index=False))
-        raise LatlabError(f"{source} covers {len(settings)} settings (batch dtype layout op: {listed}); fit a model "
-                          "on one (`latlab fit --batch B --dtype D --layout L --op OP --name NAME`) and pass it as "
-                          "--latency-model NAME")
+    held = held_settings(X)
+    if len(held) > 1:
+        raise LatlabError(f"{source} covers {len(held)} settings (batch dtype layout op: {'; '.join(held)}); fit a "
+                          "model on one (`latlab fit --batch B --dtype D --layout L --op OP --name NAME`) and pass it "
+                          "as --latency-model NAME")
     first = configs_from_frame(X.iloc[:1])[0]
     return LutSettings(first.batch, first.dtype, first.layout, first.op)

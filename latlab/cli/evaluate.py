@@ -90,6 +90,7 @@ def evaluate(
     )
     from latency_models.features import configs_from_frame, lut_frame
     from latency_models.network import lattice_sum
+    from latency_models.resolve import held_settings
     from latency_models.splits import make_split
     from profiler.protocol import cache_flags
     from profiler.runner import provenance
@@ -101,10 +102,11 @@ def evaluate(
         raise LatlabError(f"--threads {threads}: give a count >= 1 with --measure-backend")
     if not 0 < train_fraction < 1:
         raise LatlabError(f"--train-fraction must be in (0, 1), got {train_fraction}")
+    module = None
     if network is not None:
         from profiler.plan import resolve_model
 
-        resolve_model(network)  # an unknown network fails before the LUT is read
+        _, module = resolve_model(network)  # an unknown network fails before the LUT is read
     database = open_database(db, create=False, upgrade=False)
     with database.session() as session:
         sweep_row = find_sweep(session, sweep, hardware)
@@ -117,10 +119,9 @@ def evaluate(
         sweep_threads = {"num_threads": sweep_row.num_threads} if same and sweep_row.num_threads else {}
     if threads is not None:
         sweep_threads = {"num_threads": threads}
-    settings_held = X[["batch", "dtype", "layout", "op"]].drop_duplicates()
-    if network is not None and len(settings_held) != 1:  # before the models are fitted
-        listed = "; ".join(" ".join(map(str, r)) for r in settings_held.itertuples(index=False))
-        raise LatlabError(f"the sweep holds {len(settings_held)} settings (batch dtype layout op: {listed}); "
+    held = held_settings(X)
+    if network is not None and len(held) != 1:  # before the models are fitted
+        raise LatlabError(f"the sweep holds {len(held)} settings (batch dtype layout op: {'; '.join(held)}); "
                           "choose one with --batch/--dtype/--layout/--op for --network")
     candidates = candidate_models(kinds, seed=seed, strict=strict, params=overrides)
     train, test = make_split(X, split, train_fraction, seed)
@@ -160,9 +161,7 @@ def evaluate(
         if measure_backend is not None:
             from profiler.backends import get_backend, with_protocol
             from profiler.other_ops import measure_other_ops
-            from profiler.plan import resolve_model
 
-            _, module = resolve_model(network)
             backend = with_protocol(get_backend(measure_backend), **sweep_threads)
             measure = measure_pruned(backend, module, trace, batch=first.batch, dtype=first.dtype,
                                      layout=first.layout)
