@@ -305,8 +305,11 @@ def sweep_caption(sweep: Sweep) -> str:
                          if v)
     cache = "L2 flushed" if sweep.l2_flush else "LLC flushed" if sweep.llc_flush else "warm cache"
     threads = f", {sweep.num_threads} thread{'s' * (sweep.num_threads != 1)}" if sweep.num_threads else ""
+    flags = "".join(f", {text} {'on' if on else 'off'}" for text, on in (
+        ("cuDNN autotune", sweep.cudnn_benchmark), ("cuDNN deterministic", sweep.cudnn_deterministic),
+        ("TF32", sweep.allow_tf32)) if on is not None)
     return (f"sweep {sweep.id} on {hw.name} ({software}); {sweep.backend}: timer {sweep.timer}, {sweep.warmup} "
-            f"warm-up, up to {sweep.repeats} samples, {cache}{threads}; latlab {sweep.git_sha or '?'}")
+            f"warm-up, up to {sweep.repeats} samples, {cache}{threads}{flags}; latlab {sweep.git_sha or '?'}")
 
 
 def family_summaries(session: Session, sweep_id: int) -> list[dict[str, Any]]:

@@ -314,7 +314,7 @@ def measure_models_interleaved(
     info = backend.hardware()
     if hardware_name:
         info = named(info, hardware_name)
-    protocol = {**backend.protocol.to_dict(), "timer": backend.timer}
+    protocol = backend.recorded_protocol()
     if rounds > 1:
         protocol["interleaved"] = {"rounds": rounds, "variants": order}
     out: dict[str, ModelLatency] = {}

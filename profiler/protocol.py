@@ -77,6 +77,7 @@ class TimingProtocol:
 
 _LATER_FIELDS: dict[str, Any] = {"llc_flush": False}  # field -> default, left out of the hash at that value
 CACHE_FIELDS = ("l2_flush", "llc_flush")
+CUDNN_FIELDS = ("cudnn_benchmark", "cudnn_deterministic", "allow_tf32")
 
 
 def cache_flags(source: Any) -> dict[str, bool]:

@@ -121,7 +121,7 @@ def start_sweep(
     info = backend.hardware()
     if hardware_name:
         info = named(info, hardware_name)
-    protocol = {**backend.protocol.to_dict(), "timer": backend.timer}
+    protocol = backend.recorded_protocol()
     with db.session() as session:
         hw = get_or_create_hardware(session, info)
         sweep = get_or_create_sweep(

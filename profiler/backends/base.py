@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from db.errors import LatlabError
 from db.keys import ConvConfig
-from profiler.protocol import TimingProtocol
+from profiler.protocol import CUDNN_FIELDS, TimingProtocol
 
 if TYPE_CHECKING:
     import torch
@@ -91,6 +91,7 @@ class Backend(ABC):
     name: ClassVar[str]
     default_timer: ClassVar[str]
     supports_llc_flush: ClassVar[bool] = False
+    uses_cudnn: ClassVar[bool] = False
 
     def __init__(self, protocol: TimingProtocol | None = None) -> None:
         self.protocol = protocol or TimingProtocol()
@@ -135,6 +136,14 @@ class Backend(ABC):
                 except MeasurementFailed as exc:
                     failed[i] = exc
         return results, failed
+
+    def recorded_protocol(self) -> dict[str, Any]:
+        """The protocol as stored beside its numbers: the effective timer, and the cuDNN/TF32 flags left out
+        (None) where this backend never calls cuDNN."""
+        out = {**self.protocol.to_dict(), "timer": self.timer}
+        if not self.uses_cudnn:
+            out.update(dict.fromkeys(CUDNN_FIELDS))
+        return out
 
     def hardware(self) -> dict[str, Any]:
         """Description of the device this backend times on (see :mod:`profiler.hardware`)."""

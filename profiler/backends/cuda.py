@@ -85,6 +85,7 @@ class CudaBackend(Backend):
 
     name: ClassVar[str] = "cuda"
     default_timer: ClassVar[str] = "cuda_events"
+    uses_cudnn: ClassVar[bool] = True
 
     def __init__(self, protocol: TimingProtocol | None = None, device_index: int = 0,
                  queue_backlog: bool = True) -> None:

@@ -14,8 +14,10 @@ from db.lut import (
     lookup,
     measured_keys,
     record_measurement,
+    sweep_caption,
     sweep_summaries,
 )
+from db.models import Hardware, Sweep
 
 HW = {"fingerprint": "f00dfeed", "name": "Test GPU", "kind": "fake", "torch_version": "2.x", "extra": 1}
 CFG = ConvConfig(ConvFamily.square(56, 3, 1), 64, 64, batch=256)
@@ -128,3 +130,15 @@ def test_find_sweep_choices(database) -> None:  # type: ignore[no-untyped-def]
         assert find_sweep(s, sweep=a).id == a
         with pytest.raises(LatlabError, match="no sweep with id 999"):
             find_sweep(s, sweep=999)
+
+
+def test_caption_names_the_cudnn_flags_of_a_cuda_sweep_only() -> None:
+    hw = Hardware(name="NVIDIA H200", torch_version="2.9", cuda_version="13.0", cudnn_version="91000")
+    cuda = Sweep(id=2, hardware=hw, backend="cuda", timer="cuda_events", warmup=10, repeats=50, l2_flush=True,
+                 cudnn_benchmark=True, cudnn_deterministic=False, allow_tf32=False, git_sha="abc")
+    assert sweep_caption(cuda) == (
+        "sweep 2 on NVIDIA H200 (torch 2.9, CUDA 13.0, cuDNN 91000); cuda: timer cuda_events, 10 warm-up, up to 50 "
+        "samples, L2 flushed, cuDNN autotune on, cuDNN deterministic off, TF32 off; latlab abc")
+    cpu = Sweep(id=3, hardware=Hardware(name="cpu", torch_version="2.9"), backend="cpu", timer="torch_benchmark",
+                warmup=3, repeats=20, num_threads=1)
+    assert sweep_caption(cpu).endswith("up to 20 samples, warm cache, 1 thread; latlab ?")

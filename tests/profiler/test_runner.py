@@ -101,6 +101,23 @@ def test_other_protocol_is_another_sweep(sqlite_path: Path, small_plan) -> None:
     assert a.sweep_id != b.sweep_id and b.measured == len(small_plan)
 
 
+def test_cudnn_flags_are_recorded_only_where_cudnn_runs(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
+    """A CPU or fake sweep never calls cuDNN: its row leaves the cuDNN/TF32 flags empty, not at their defaults."""
+    database = open_database(sqlite_path)
+    report = run_sweep(database, small_plan, FakeBackend(TimingProtocol(repeats=5, cudnn_benchmark=False)),
+                       progress=False)
+    with database.session() as s:
+        sweep = s.get(Sweep, report.sweep_id)
+        assert (sweep.cudnn_benchmark, sweep.cudnn_deterministic, sweep.allow_tf32) == (None, None, None)
+        assert sweep.timer == "model" and sweep.repeats == 5
+
+    class CudnnFake(FakeBackend):
+        uses_cudnn = True
+
+    recorded = CudnnFake(TimingProtocol(cudnn_benchmark=False)).recorded_protocol()
+    assert [recorded[k] for k in ("cudnn_benchmark", "cudnn_deterministic", "allow_tf32")] == [False, False, True]
+
+
 def test_failures_are_rows_and_the_sweep_goes_on(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
     def fail_on(config):  # type: ignore[no-untyped-def]
         if config.cout >= 256:
