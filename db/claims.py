@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
@@ -31,7 +30,7 @@ from db.engine import Database
 from db.errors import InvalidKeyError
 from db.keys import ConvConfig, ConvFamily
 from db.lut import KEY_COLUMNS, MeasurementValues, config_key, measured_keys, record_measurement
-from db.models import Measurement, Sweep, SweepClaim, SweepWorker, utcnow
+from db.models import Measurement, Sweep, SweepClaim, SweepWorker, as_utc, utcnow
 
 _CLAIMS = SweepClaim.__table__
 _WORKERS = SweepWorker.__table__
@@ -60,10 +59,6 @@ def parse_claim_key(key: str) -> ConvConfig:
 def default_worker_id() -> str:
     """``host-pid``: unique per process on a fleet of machines."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def register_worker(db: Database, sweep_id: int, worker_id: str, heartbeat_timeout_s: float) -> None:
@@ -177,7 +172,7 @@ def release_dead(conn: Connection, sweep_id: int) -> list[str]:
     ).all()
     dead = []
     for worker_id, beat, timeout in rows:
-        if (now - _aware(beat)).total_seconds() <= timeout:
+        if (now - as_utc(beat)).total_seconds() <= timeout:
             continue
         marked = conn.execute(
             update(_WORKERS).where(_WORKERS.c.sweep_id == sweep_id, _WORKERS.c.worker_id == worker_id,
@@ -265,7 +260,7 @@ def worker_rows(db: Database, sweep_id: int) -> list[dict[str, Any]]:
         workers = conn.execute(select(_WORKERS).where(_WORKERS.c.sweep_id == sweep_id).order_by(_WORKERS.c.id)).all()
     out = []
     for w in workers:
-        age = (now - _aware(w.heartbeat_at)).total_seconds()
+        age = (now - as_utc(w.heartbeat_at)).total_seconds()
         alive = w.state == "running" and age <= w.heartbeat_timeout_s
         out.append({
             "worker": w.worker_id, "host": w.host, "pid": w.pid,

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from db.engine import hide_passwords
 from db.errors import LatlabError, LUTMissError
 from db.keys import ConvConfig, ConvFamily
-from db.models import Hardware, Measurement, ModelMeasurement, Sweep, utcnow
+from db.models import Hardware, Measurement, ModelMeasurement, Sweep, as_utc, utcnow
 
 _HARDWARE_COLUMNS = {c.key for c in Hardware.__table__.columns} - {"id", "created_at", "details"}
 _TELEMETRY_COLUMNS = ("sm_clock_mhz", "mem_clock_mhz", "temperature_c", "power_w", "throttle_reasons")
@@ -268,13 +269,13 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
             )
         )
     }
-    families = dict(
-        session.execute(
-            select(Measurement.sweep_id, func.count(func.distinct(Measurement.family))).group_by(
-                Measurement.sweep_id
-            )
-        ).all()
-    )
+    families: dict[int, int] = {}
+    last_row: dict[int, datetime] = {}
+    for sid, n_families, last in session.execute(
+        select(Measurement.sweep_id, func.count(func.distinct(Measurement.family)),
+               func.max(Measurement.created_at)).group_by(Measurement.sweep_id)
+    ):
+        families[sid], last_row[sid] = n_families, last
     settings: dict[int, list[str]] = {}
     for sid, batch, dtype, layout, op in session.execute(
         select(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout, Measurement.op)
@@ -283,18 +284,40 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
     ):
         settings.setdefault(sid, []).append(f"b{batch} {dtype} {layout}" + (f" {op}" if op != "conv" else ""))
     out = []
+    now = utcnow()
     for s in session.scalars(query):
         cache = ("unknown" if s.backend == "legacy" else "llc-flush" if s.llc_flush else "l2-flush" if s.l2_flush
                  else "warm")  # an imported LUT does not say how it was timed
         out.append({
             "sweep": s.id, "hardware": s.hardware.name, "hardware_id": s.hardware_id, "backend": s.backend,
             "name": s.name, "settings": "; ".join(settings.get(s.id, [])), "cache": cache,
-            "threads": s.num_threads, "timer": s.timer, "status": s.status, "planned": s.plan.get("n_configs"),
+            "threads": s.num_threads, "timer": s.timer, "status": _status_now(s, last_row.get(s.id), now),
+            "planned": s.plan.get("n_configs"),
             "ok": counts.get((s.id, "ok"), 0), "oom": counts.get((s.id, "oom"), 0),
             "error": counts.get((s.id, "error"), 0), "families": families.get(s.id, 0),
             "updated": s.updated_at.strftime("%Y-%m-%d %H:%M") if s.updated_at else "",
         })
     return out
+
+
+STALLED_AFTER_S = 600.0  # a running sweep that stored nothing for this long is shown as stalled
+
+
+def _status_now(sweep: Sweep, last_row: datetime | None, now: datetime) -> str:
+    """A sweep's status, with "running" qualified when nothing was stored for a while: a sweep killed with
+    SIGKILL (or a lost machine) never gets to write "interrupted"."""
+    if sweep.status != "running":
+        return sweep.status
+    times = [as_utc(t) for t in (sweep.updated_at, last_row) if t is not None]
+    idle = (now - max(times)).total_seconds() if times else 0.0
+    if idle < STALLED_AFTER_S:
+        return "running"
+    return f"stalled: no row for {_duration(idle)} (killed? rerun to resume)"
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 def sweep_caption(sweep: Sweep) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from sqlalchemy import update
 
 from db import ConvConfig, ConvFamily, LatlabError, LUTMissError, MeasurementValues, open_database
 from db.lut import (
@@ -17,7 +20,7 @@ from db.lut import (
     sweep_caption,
     sweep_summaries,
 )
-from db.models import Hardware, Sweep
+from db.models import Hardware, Measurement, Sweep, utcnow
 
 HW = {"fingerprint": "f00dfeed", "name": "Test GPU", "kind": "fake", "torch_version": "2.x", "extra": 1}
 CFG = ConvConfig(ConvFamily.square(56, 3, 1), 64, 64, batch=256)
@@ -67,6 +70,22 @@ def test_miss_names_the_configuration(database) -> None:  # type: ignore[no-unty
         lookup(s, sid, other)
     msg = str(info.value)
     assert "f56x56_k3x3_s1x1_p1x1_d1x1_g1" in msg and "cin=64" in msg and "cout=128" in msg and "batch=256" in msg
+
+
+def test_a_running_sweep_that_stored_nothing_for_long_is_shown_stalled(database) -> None:  # type: ignore[no-untyped-def]
+    """A sweep killed with SIGKILL never writes "interrupted": `lut list` says it stalled instead of running."""
+    sid = _sweep(database)
+    with database.session() as s:
+        record_measurement(s, sid, CFG, MeasurementValues(median_ms=1.0, n=5))
+    with database.session() as s:
+        assert sweep_summaries(s)[0]["status"] == "running"
+        s.get(Sweep, sid).updated_at = utcnow() - timedelta(hours=3)
+        s.execute(update(Measurement).values(created_at=utcnow() - timedelta(hours=2, minutes=5)))
+    with database.session() as s:
+        assert sweep_summaries(s)[0]["status"] == "stalled: no row for 2 h 5 min (killed? rerun to resume)"
+        s.get(Sweep, sid).status = "interrupted"
+    with database.session() as s:
+        assert sweep_summaries(s)[0]["status"] == "interrupted"
 
 
 def test_failed_rows_are_stored_and_are_misses(database) -> None:  # type: ignore[no-untyped-def]
