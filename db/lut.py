@@ -320,6 +320,20 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
+def sweep_provenance(sweep: Sweep) -> dict[str, Any]:
+    """Where and how a sweep measured, as flat columns to repeat on each exported row: files from several
+    machines can then be concatenated and still be told apart."""
+    hw = sweep.hardware
+    return {
+        "sweep": sweep.id, "hardware": hw.name, "fingerprint": hw.fingerprint, "backend": sweep.backend,
+        "timer": sweep.timer, "warmup": sweep.warmup, "repeats": sweep.repeats,
+        "cache": "llc-flush" if sweep.llc_flush else "l2-flush" if sweep.l2_flush else "warm",
+        "threads": sweep.num_threads, "cudnn_benchmark": sweep.cudnn_benchmark, "allow_tf32": sweep.allow_tf32,
+        "torch": hw.torch_version, "cuda": hw.cuda_version, "cudnn": hw.cudnn_version, "driver": hw.driver_version,
+        "latlab": sweep.git_sha,
+    }
+
+
 def sweep_caption(sweep: Sweep) -> str:
     """Where and how a sweep measured, in one line: hardware, software, backend and timing protocol, commit."""
     hw = sweep.hardware

@@ -142,7 +142,9 @@ def export(
     r"""Export a sweep: a HALP/MDP pickle (keys like 256_64_64_56_3_1[_1] -> ms) or a CSV/JSON table.
 
     The pickle is what HALP/MDP's released training code loads as its LUT. CSV and JSON have one row per
-    measurement: shape family, channels, batch, dtype, layout, median/IQR/mean ms, status and telemetry.
+    measurement: shape family, channels, batch, dtype, layout, median/IQR/mean ms, status, telemetry and when
+    it was measured, then where and how (sweep, hardware, backend, timer, cache, cuDNN flags, torch/CUDA/cuDNN/
+    driver versions, latlab commit), so that files from several machines can be concatenated.
 
     Examples:
 
@@ -155,12 +157,13 @@ def export(
 
     from db.engine import open_database
     from db.legacy import export_legacy
-    from db.lut import find_sweep
-    from db.models import Measurement
+    from db.lut import find_sweep, sweep_provenance
+    from db.models import Measurement, as_utc
     fmt = _export_format(out, fmt)
     database = open_database(db, create=False)
     with database.session() as session:
-        sweep_id = find_sweep(session, sweep, hardware).id
+        found = find_sweep(session, sweep, hardware)
+        sweep_id, provenance = found.id, sweep_provenance(found)
     where = {k: v for k, v in {"dtype": dtype, "batch": batch, "op": op, "layout": layout}.items() if v is not None}
     to_stdout = str(out) == "-"
     if not to_stdout and not out.parent.is_dir():
@@ -173,7 +176,8 @@ def export(
     for column, value in where.items():
         query = query.where(getattr(Measurement, column) == value)
     with database.session() as session:
-        table = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in session.scalars(query.order_by(Measurement.id))]
+        table = [{**{c: getattr(m, c) for c in _ROW_COLUMNS}, "measured_at": as_utc(m.created_at).isoformat(),
+                  **provenance} for m in session.scalars(query.order_by(Measurement.id))]
     if not table:
         raise LatlabError(f"sweep {sweep_id} has no rows{' with ' + str(where) if where else ''}; nothing written")
     if to_stdout:

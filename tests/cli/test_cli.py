@@ -115,6 +115,9 @@ def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
     assert code == 0 and (tmp_path / "z.csv").read_text().startswith("family,cin,cout,")
     code, out, _ = cli(["lut", "export", "-", "-f", "json", "--db", db2])  # to stdout, nothing else there
     assert code == 0 and len(json.loads(out)) == 1423
+    row = json.loads(out)[0]  # each row says where and how it was measured
+    assert row["hardware"] == "TITAN V" and row["backend"] == "legacy" and row["measured_at"].endswith("+00:00")
+    assert {"sweep", "fingerprint", "timer", "cache", "torch", "cuda", "cudnn", "driver", "latlab"} <= set(row)
     for argv, why in ((["z.csv", "-f", "halp"], "does not match"), (["z.pkl", "-f", "csv"], "does not match"),
                       (["z.txt"], "cannot tell the format"), (["-"], "needs --format csv or json"),
                       (["-", "-f", "mdp"], "writes a pickle")):
