@@ -34,7 +34,7 @@ def random_masks(spec: NetworkSpec, seed: int) -> dict[str, torch.Tensor]:
         keep = torch.zeros(g.width, dtype=torch.bool)
         n = int(rng.integers(1, g.m + 1)) * g.q if g.prunable else g.width
         keep[torch.as_tensor(importance_order(rng.random(g.width), g.stripes)[:n].copy())] = True
-        for conv in g.convs:
+        for conv in g.modules:
             masks[conv] = keep
     return masks
 

@@ -258,7 +258,7 @@ def solution_masks(spec: NetworkSpec, result: SolveResult, mapping: ProblemMap) 
         keep = torch.zeros(g.width, dtype=torch.bool)
         n = int(k) * g.q if k else g.width  # a removed block's internal groups: irrelevant, keep dense
         keep[torch.as_tensor(mapping.order[gid][:n].copy())] = True
-        for conv in g.convs:
+        for conv in g.modules:
             masks[conv] = keep
     return masks, removed
 

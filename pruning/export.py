@@ -78,10 +78,13 @@ def _check_masks(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch
     mods = dict(model.named_modules())
     convs = {_base(layer.name): layer for layer in trace.layers}
     out: dict[str, torch.Tensor] = {}
-    for name, keep in masks.items():
+    for call, keep in masks.items():
+        name = _base(call)  # a later call of a module (conv#2) is the module
         if name not in convs or not isinstance(mods.get(name), nn.Conv2d):
-            raise LatlabError(f"mask given for {name!r}, which is not a traced conv of the model")
+            raise LatlabError(f"mask given for {call!r}, which is not a traced conv of the model")
         keep = torch.as_tensor(keep).detach().cpu()
+        if name in out and not torch.equal(out[name], keep):
+            raise LatlabError(f"conv {name} is called more than once and is given different masks ({call!r})")
         if keep.dtype != torch.bool or keep.shape != (mods[name].out_channels,):
             raise LatlabError(f"mask of conv {name} must be a bool tensor of shape ({mods[name].out_channels},), "
                               f"got {keep.dtype} {tuple(keep.shape)}")

@@ -114,6 +114,11 @@ class ChannelGroup:
         """Number of channel items (``width // q``)."""
         return self.width // self.q
 
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The conv modules the mask applies to: :attr:`convs` less later calls of one module (``conv#2`` …)."""
+        return tuple(c for c in self.convs if "#" not in c)
+
 
 @dataclass(frozen=True)
 class Block:
@@ -148,8 +153,9 @@ class NetworkSpec:
             raise LatlabError(f"network {self.model_name!r} has no conv {name!r}") from None
 
     def group_members(self) -> dict[str, list[tuple[str, str | None]]]:
-        """``{group id: [(conv, its BN or None)]}``: the input of importance and masks."""
-        return {gid: [(c, self.conv(c).bn) for c in g.convs] for gid, g in self.groups.items()}
+        """``{group id: [(conv, its BN or None)]}``: the input of importance and masks. A conv module's later calls
+        (``conv#2`` …) are left out: they share its weight, and their group is fixed."""
+        return {gid: [(c, self.conv(c).bn) for c in g.modules] for gid, g in self.groups.items()}
 
     def group_of(self, conv: str) -> str:
         """Group id of ``conv``'s output channels."""

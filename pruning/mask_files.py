@@ -170,8 +170,8 @@ def masks_for_model(
             masks[conv] = _dead_channels(model, spec, conv)
     masks = {c: k for c, k in masks.items() if c not in in_removed}
     for gid, g in spec.groups.items():  # a coupled group is given whole, or not at all
-        given = [c for c in g.convs if c in masks]
-        live = [c for c in g.convs if c not in in_removed]
+        given = [c for c in g.modules if c in masks]
+        live = [c for c in g.modules if c not in in_removed]
         if given and len(given) < len(live) and not all(bool(masks[c].all()) for c in given):
             lacking = next(c for c in live if c not in masks)
             raise LatlabError(f"the mask file prunes {given[0]} but has no mask for {lacking}, which shares its "

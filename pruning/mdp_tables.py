@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db.errors import LatlabError
-from pruning.graph import NetworkSpec
+
+if TYPE_CHECKING:
+    from pruning.graph import NetworkSpec
 
 __all__ = ["REG_TYPES", "mdp_table_paths", "read_mdp_tables", "write_mdp_tables"]
 
@@ -53,28 +55,31 @@ def write_mdp_tables(spec: NetworkSpec, outdir: str | Path, arch_name: str, *, p
 
     consumers: dict[str, list[str]] = {c.name: [] for c in spec.convs}
     for c in spec.convs:
+        module = c.name.split("#", 1)[0]
         for prod in c.producers:
-            consumers[prod].append(c.name)
+            if module not in consumers[prod]:
+                consumers[prod].append(module)
     reg_groups = []
     for g in spec.groups.values():
         pre = []
-        for name in g.convs:
+        for name in g.modules:  # the tables name modules: a later call (conv#2) is its module
             conv = spec.conv(name)
             if conv.producer_group is None:
                 pre.append(None)
             elif len(conv.producers) == 1:
-                pre.append(p(conv.producers[0]))
+                pre.append(p(conv.producers[0].split("#", 1)[0]))
             else:
                 pre.append(p(_group_head(spec, conv.producer_group)))
         reg_groups.append({
             "reg_type": "CL_GROUP" if g.coupled else "GS_SPARSE",
-            "layers": [p(n) for n in g.convs],
-            "bn_name": [p(spec.conv(n).bn) for n in g.convs],
+            "layers": [p(n) for n in g.modules],
+            "bn_name": [p(spec.conv(n).bn) for n in g.modules],
             "pre_conv": pre,
-            "aft_conv": [[p(a) for a in consumers[n]] for n in g.convs],
+            "aft_conv": [[p(a) for a in consumers[n]] for n in g.modules],
         })
-    fmap = {p(c.name): c.fmap_in for c in spec.convs}
-    sizes = {p(c.name): spec.groups[c.group].q for c in spec.convs}
+    modules = [c for c in spec.convs if "#" not in c.name]
+    fmap = {p(c.name): c.fmap_in for c in modules}
+    sizes = {p(c.name): spec.groups[c.group].q for c in modules}
     for kind, data in (("structure", {"reg_groups": reg_groups}), ("fmap", fmap), ("group_size", sizes)):
         paths[kind].write_text(json.dumps(data, indent=2) + "\n")
     return paths

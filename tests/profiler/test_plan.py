@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -537,3 +538,12 @@ def test_depthwise_sampled(mbv2: TraceResult) -> None:
     for kind in ("random:5", "lhs:5"):
         configs = plan_from_layers(layers, parse_grid(kind))
         assert all(c.cin == c.cout for c in configs if c.family.depthwise)
+
+
+def test_convs_no_lut_prices_are_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A transposed, 1-D or 3-D conv is not swept: its latency is left out, and the trace says so."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.Conv2d(8, 4, 1))
+    with caplog.at_level(logging.WARNING):
+        layers = trace_convs(net, 16)
+    assert [layer.name for layer in layers] == ["0", "2"]
+    assert "ConvTranspose2d 1 is not planned (only nn.Conv2d modules are): no LUT prices it" in caplog.text

@@ -366,3 +366,37 @@ def test_a_branch_ending_in_a_traced_norm_is_not_removable() -> None:
     """Zeroing the conv before a norm leaves the norm's bias: no gate, no block (ResNet-50-GN)."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(3, 1, 1), _GroupNormBlock())
     assert build_network_spec(model, 16).blocks == []
+
+
+class _SharedConv(nn.Module):
+    """``shared`` is called twice (recurrent refinement): its input is ``a``'s output, then its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bna = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.shared = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(16), nn.BatchNorm2d(16)
+        self.c, self.bnc = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bna(self.a(x)))
+        x = F.relu(self.bn2(self.shared(F.relu(self.bn1(self.shared(x))))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.bnc(self.c(x))), 1), 1))
+
+
+def test_a_conv_called_twice_keeps_its_channels_and_the_rest_prunes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One weight read by two inputs: its group and its producers' stay whole (fixed, saying why), both calls are
+    priced, and the rest of the network prunes, exports and writes HALP/MDP tables of module names."""
+    from pruning.mdp_tables import write_mdp_tables
+
+    spec = build_network_spec(_SharedConv().eval(), 16)
+    why = "shared is called 2 times (shared weights)"
+    assert {g.convs: (g.prunable, g.fixed_by) for g in spec.groups.values()} == {
+        ("a",): (False, why), ("shared", "shared#2"): (False, why), ("c",): (True, "")}
+    assert [c.name for c in spec.convs] == ["a", "shared", "shared#2", "c"]
+    assert {m for members in spec.group_members().values() for m in members} == {
+        ("a", "bna"), ("shared", "bn1"), ("c", "bnc")}
+    assert check_export(_SharedConv().eval(), spec, seed=1).max_logit_delta < 1e-9
+    tables = write_mdp_tables(spec, tmp_path, "shared")
+    assert not any("#" in path.read_text() for path in tables.values())
