@@ -1,6 +1,7 @@
 """From a network to a sweep plan: which (family, cin, cout) points a LUT sweep must measure.
 
-1. :func:`resolve_model` builds a torchvision (or ``timm:``) model by name, without weights, or takes a module.
+1. :func:`resolve_model` builds a torchvision (or ``timm:``) model by name, without weights, your own network
+   (``FILE.py:NAME``), or takes a module.
 2. :func:`trace_convs` traces it with ``torch.fx`` and shape propagation at batch 1 and lists every
    ``nn.Conv2d`` as a :class:`ConvLayer` (geometry, dense widths, producer convs).
 3. :func:`parse_grid` reads a grid spec (CLI syntax) into a :class:`GridSpec`.
@@ -37,6 +38,7 @@ from profiler._trace import (
     register_sliceable_conv,
     trace_model,
 )
+from profiler.custom_model import build_custom_model, is_custom_reference
 
 __all__ = [
     "GRID_KINDS", "GRID_SYNTAX", "TIMM_PREFIX", "ConvLayer", "GridSpec", "SweepPlan", "TraceResult", "build_plan",
@@ -68,24 +70,29 @@ def resolve_model(model: str | nn.Module, num_classes: int = 1000) -> tuple[str,
     A torchvision name is built with ``torchvision.models.get_model(name, weights=None)`` (and
     ``weights_backbone=None`` where the builder has it); ``num_classes`` is passed only when it is not
     1000. A name ``timm:NAME`` (e.g. ``timm:resnet50d``, ``timm:efficientnet_b0.ra_in1k``) is built with
-    ``timm.create_model(NAME, pretrained=False)`` when the optional ``timm`` package is installed. Nothing is
+    ``timm.create_model(NAME, pretrained=False)`` when the optional ``timm`` package is installed. Your own
+    network is ``FILE.py:NAME`` or ``package.module:NAME`` (:mod:`profiler.custom_model`). Nothing is
     downloaded: weights come from a local file (``profiler.measure.load_model``). An unknown name raises
     :class:`LatlabError` listing close matches. A module is put in eval mode in place.
     """
     if isinstance(model, nn.Module):
         return _display_name(model), model.eval()
     if not isinstance(model, str) or not model.strip():
-        raise LatlabError(f"model must be a torchvision model name, timm:NAME or an nn.Module, got {model!r}")
+        raise LatlabError(f"model must be a torchvision model name, timm:NAME, FILE.py:NAME or an nn.Module, got "
+                          f"{model!r}")
     name = model.strip()
     if name.lower().startswith(TIMM_PREFIX):
         return _timm_model(name[len(TIMM_PREFIX):].strip(), num_classes)
+    if is_custom_reference(name):
+        return name, build_custom_model(name, num_classes).eval()
     import torchvision
 
     name = name.lower()
     known = torchvision.models.list_models()
     if name not in known:
         raise LatlabError(f"unknown torchvision model {model.strip()!r}; "
-                          f"{_close_matches(name, known, 'torchvision.models.list_models()')}")
+                          f"{_close_matches(name, known, 'torchvision.models.list_models()')} (your own network: "
+                          "FILE.py:NAME or package.module:NAME)")
     kwargs: dict[str, Any] = {"weights": None}
     if num_classes != 1000:  # 1000 keeps each builder's own default (detection: 91, segmentation: 21)
         kwargs["num_classes"] = num_classes

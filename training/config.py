@@ -18,7 +18,7 @@ import yaml
 
 from db.engine import hide_passwords
 from db.errors import LatlabError
-from pruning.cost import METHODS as PRUNE_METHODS
+from pruning.methods import METHODS as PRUNE_METHODS
 
 __all__ = [
     "DataConfig", "ModelConfig", "OptimConfig", "PruneConfig", "RunConfig", "TrainConfig", "describe_config",
@@ -43,9 +43,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A torchvision (or timm:NAME) model built with random init, optionally loaded from a local state-dict file."""
+    """A torchvision, timm:NAME or FILE.py:NAME model built with random init, optionally loaded from a local state-dict
+    file."""
 
-    name: str = "resnet50"  # torchvision model name, or timm:NAME
+    name: str = "resnet50"  # torchvision model name, timm:NAME, or FILE.py:NAME / package.module:NAME
     weights: str | None = None  # local state dict to start from (no downloads; `module.` prefixes are fine)
     num_classes: int = 1000  # classifier width (the dataset may have fewer classes)
 

@@ -14,6 +14,8 @@ from db.defaults import ENV_VAR
 from db.errors import LatlabError
 from latlab.tables import FORMATS, render
 
+MODEL_HELP = "torchvision name (resnet50), timm:NAME (timm:resnet50d) or your own network as FILE.py:NAME"
+
 #: Docstrings and option help are Markdown: paragraphs reflow to the terminal, indented examples stay as written.
 MARKUP_MODE = "markdown"
 
@@ -29,6 +31,16 @@ def command_line() -> str:
     from db.engine import hide_passwords
 
     return hide_passwords("latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+
+def parse_group_sizes(text: str) -> str | int:
+    """``--group-sizes``: ``auto``, ``reference`` or an integer q >= 1 (case and spaces ignored)."""
+    value = text.strip().lower()
+    if value in ("auto", "reference"):
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise LatlabError(f"--group-sizes must be auto, reference or an integer >= 1, got {text!r}")
 
 
 def unseen_shape_error(exc: Exception, input_size: int, command: str) -> Exception:

@@ -10,6 +10,7 @@ import typer
 
 from db.errors import LatlabError
 from latlab.cli._options import (
+    MODEL_HELP,
     MaskOption,
     MgpOption,
     TrustCheckpointOption,
@@ -30,8 +31,8 @@ def _formats(text: str) -> list[str]:
 
 def export(
     out: Annotated[Path, typer.Option(help="Directory for pruned.pt2 / pruned.onnx, masks.pt and result.json.")],
-    model: Annotated[str | None, typer.Option(help="torchvision name or timm:NAME (random init without --weights).")
-                     ] = None,
+    model: Annotated[str | None, typer.Option(
+        help=f"{MODEL_HELP} (random init without --weights).")] = None,
     weights: WeightsOption = None,
     trust_checkpoint: TrustCheckpointOption = False,
     mask: MaskOption = None,

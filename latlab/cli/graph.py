@@ -11,22 +11,13 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import KeepOption, echo_rows
+from latlab.cli._options import MODEL_HELP, KeepOption, echo_rows, parse_group_sizes
 
 FORMATS = ("table", "mdp", "json")
 
 
-def _group_sizes(text: str) -> str | int:
-    value = text.strip().lower()
-    if value in ("auto", "reference"):
-        return value
-    if re.fullmatch(r"\d+", value) and int(value) >= 1:
-        return int(value)
-    raise LatlabError(f"--group-sizes must be auto, reference or an integer >= 1, got {text!r}")
-
-
 def graph(
-    model: Annotated[str, typer.Option(help="torchvision name (resnet50) or timm:NAME (timm:resnet50d).")],
+    model: Annotated[str, typer.Option(help=f"{MODEL_HELP}.")],
     outdir: Annotated[Path | None, typer.Argument(help="Folder for the files of --format mdp/json.")] = None,
     format: Annotated[str, typer.Option(
         "--format", "-f",
@@ -63,7 +54,11 @@ def graph(
         raise LatlabError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
     if format == "mdp" and outdir is None:
         raise LatlabError("--format mdp needs an OUTDIR argument to write the tables into")
-    sizes = _group_sizes(group_sizes)
+    if format == "table" and (outdir is not None or prefix):
+        raise LatlabError("--format table only prints; OUTDIR and --prefix apply to --format mdp (and OUTDIR to json)")
+    if format == "json" and prefix:
+        raise LatlabError("--prefix names the entries of the mdp tables; it does not apply to --format json")
+    sizes = parse_group_sizes(group_sizes)
     if check:  # a real network to export (the graph alone is traced on the meta device)
         from profiler.plan import resolve_model
 

@@ -10,6 +10,7 @@ import typer
 
 from db.errors import LatlabError
 from latlab.cli._options import (
+    MODEL_HELP,
     DbOption,
     FormatOption,
     MaskOption,
@@ -44,7 +45,7 @@ def _predictions(database, names: list[str], net, input_size: int, batch: int, d
 
 
 def measure(
-    model: Annotated[str | None, typer.Option(help="torchvision name or timm:NAME (random init).")] = None,
+    model: Annotated[str | None, typer.Option(help=f"{MODEL_HELP} (random init).")] = None,
     module: Annotated[Path | None, typer.Option(help="Saved TorchScript (.pt) or torch.export (.pt2) module.")] = None,
     weights: WeightsOption = None,
     trust_checkpoint: TrustCheckpointOption = False,

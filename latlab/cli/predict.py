@@ -10,6 +10,7 @@ import typer
 
 from db.errors import LatlabError, LUTMissError
 from latlab.cli._options import (
+    MODEL_HELP,
     DbOption,
     FormatOption,
     HardwareOption,
@@ -22,7 +23,7 @@ from latlab.cli._options import (
 
 
 def predict(
-    model: Annotated[str | None, typer.Option(help="torchvision name or timm:NAME.")] = None,
+    model: Annotated[str | None, typer.Option(help=f"{MODEL_HELP}.")] = None,
     module: Annotated[Path | None, typer.Option(
         help="A saved TorchScript (.pt) or torch.export (.pt2) module, e.g. the pruned.pt2 of `latlab prune`.")
     ] = None,

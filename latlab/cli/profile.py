@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, command_line
+from latlab.cli._options import MODEL_HELP, DbOption, command_line
 
 if TYPE_CHECKING:
     from db.engine import Database
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def profile(
-    model: Annotated[str, typer.Option(help="torchvision name (resnet50) or timm:NAME (timm:resnet50d).")],
+    model: Annotated[str, typer.Option(help=f"{MODEL_HELP}.")],
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake (seeded synthetic GPU, for CI)")] = "cpu",
     grid: Annotated[str, typer.Option(
         help="full[:STEP] | lattice (what `latlab prune` asks for, auto group sizes) | reference (ResNet50 "

@@ -11,12 +11,14 @@ import typer
 
 from db.errors import LatlabError
 from latlab.cli._options import (
+    MODEL_HELP,
     DbOption,
     HardwareOption,
     KeepOption,
     SweepOption,
     command_line,
     echo_rows,
+    parse_group_sizes,
     unseen_shape_error,
 )
 from pruning.methods import METHODS
@@ -45,7 +47,7 @@ def _step(text: str) -> None:
 
 
 def prune(
-    model: Annotated[str, typer.Option(help="torchvision model name, or timm:NAME (needs timm).")],
+    model: Annotated[str, typer.Option(help=f"{MODEL_HELP}.")],
     method: Annotated[str, typer.Option(help=f"{' | '.join(METHODS)} (HALP=OCP+LLM, MGP+LLM, OCP+MDLM, MDP).")],
     target: Annotated[float, typer.Option(help="Kept share of the dense latency, e.g. 0.5 (HALP50).")],
     out: Annotated[Path, typer.Option(help="Directory for masks.pt, pruned.pt2, result.json, report.md.")],
@@ -106,8 +108,8 @@ def prune(
         raise LatlabError(f"--time-limit must be a positive number of seconds, got {time_limit}")
     if not 0 < target <= 1:  # before loading anything
         raise LatlabError(f"--target must be the kept share of latency in (0, 1], got {target}")
+    sizes = parse_group_sizes(group_sizes)
     database = open_database(db, create=False, upgrade=False)
-    sizes: str | int = int(group_sizes) if group_sizes.isdigit() else group_sizes
     torch.manual_seed(seed)  # the random initial weights without --weights: the same pruned.pt2 every run
     name, net = load_network(model, weights=weights, num_classes=num_classes)
     spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())

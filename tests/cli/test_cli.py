@@ -198,6 +198,8 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["hw", "--backend", "cuda"], "torch.cuda.is_available"),
         (["prune", "--model", "resnet18", "--method", "halp", "--target", "0.5", "--out", str(tmp / "o"),
           "--db", fresh], "no LUT database"),
+        (["prune", "--model", "resnet18", "--method", "mdp", "--target", "0.5", "--group-sizes", "big", "--out",
+          str(tmp / "o"), "--db", fresh], "--group-sizes must be auto, reference or an integer"),
     ]
 
 

@@ -195,6 +195,9 @@ def test_cli_mdp_and_json(app: typer.Typer, tmp_path: Path) -> None:
         (["--format", "xml"], "unknown format"),
         (["--format", "mdp"], "needs an OUTDIR"),
         (["--group-sizes", "big"], "--group-sizes"),
+        (["out_dir"], "--format table only prints"),  # an OUTDIR nothing would be written to
+        (["--prefix", "module."], "--format table only prints"),
+        (["--format", "json", "--prefix", "module."], "does not apply to --format json"),
     ],
 )
 def test_cli_errors(app: typer.Typer, argv: list[str], message: str) -> None:

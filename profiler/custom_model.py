@@ -1,0 +1,116 @@
+"""Your own network by reference: ``FILE.py:NAME`` or ``package.module:NAME`` wherever a model name is taken.
+
+``NAME`` is an ``nn.Module`` subclass or a function returning one; it is called with no arguments, or with
+``num_classes=`` when a command asks for a class count other than 1000 (it must then accept that keyword).
+``NAME`` may be dotted (``nets.py:zoo.small``). A file path is relative to the working directory; a module
+name is imported with the working directory first on ``sys.path`` (as ``python -m`` does). This runs the
+file's code, as importing it in Python would: refer only to files you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from db.errors import LatlabError
+
+__all__ = ["build_custom_model", "is_custom_reference"]
+
+_MODULE_NAME = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+
+
+def is_custom_reference(name: str) -> bool:
+    """True for ``FILE.py:NAME`` and ``package.module:NAME`` (``timm:NAME`` is not one)."""
+    import re
+
+    source, sep, attr = name.strip().rpartition(":")
+    if not sep or not attr or source.lower() == "timm":
+        return False
+    return source.endswith(".py") or re.fullmatch(_MODULE_NAME, source) is not None
+
+
+def build_custom_model(reference: str, num_classes: int = 1000) -> nn.Module:
+    """The network ``reference`` (``FILE.py:NAME`` or ``package.module:NAME``) names, built; a clear
+    :class:`LatlabError` when the file, module or name is missing, its code fails, or it is not an nn.Module."""
+    source, _, attr = reference.strip().rpartition(":")
+    module = _load_file(source) if source.endswith(".py") else _import(source)
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise LatlabError(f"{source} has no {attr!r}; {_candidates(module)}")
+        target = getattr(target, part)
+    if isinstance(target, nn.Module):
+        raise LatlabError(f"{reference} is a module instance; name its class or a function that builds it")
+    if not callable(target):
+        raise LatlabError(f"{reference} is a {type(target).__name__}, not an nn.Module class or a function")
+    kwargs = {"num_classes": num_classes} if num_classes != 1000 else {}
+    if kwargs and not _accepts(target, "num_classes"):
+        raise LatlabError(f"{reference} takes no num_classes argument; drop --num-classes (or model.num_classes) "
+                          "or give it one")
+    try:
+        built = target(**kwargs)
+    except Exception as exc:
+        raise LatlabError(f"building {reference} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(built, nn.Module):
+        raise LatlabError(f"{reference}() returned a {type(built).__name__}, not an nn.Module")
+    return built
+
+
+def _load_file(source: str) -> ModuleType:
+    path = Path(source).expanduser().resolve()
+    if not path.is_file():
+        raise LatlabError(f"no Python file {source} (from the working directory {Path.cwd()})")
+    name = f"latlab_user_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:  # loaded once per process, like an import
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise LatlabError(f"cannot load {source} as Python code")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise LatlabError(f"running {source} failed: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def _import(source: str) -> ModuleType:
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(source)
+    except ModuleNotFoundError as exc:
+        if exc.name and source.startswith(exc.name):
+            raise LatlabError(f"no module {source!r} (looked in {cwd} and on sys.path)") from None
+        raise LatlabError(f"importing {source} failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise LatlabError(f"importing {source} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _accepts(fn: Any, keyword: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True  # cannot tell: let the call say
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _candidates(module: ModuleType) -> str:
+    names = sorted(n for n, v in vars(module).items() if not n.startswith("_") and inspect.isclass(v)
+                   and issubclass(v, nn.Module) and v.__module__ == module.__name__)
+    return f"its nn.Module classes: {', '.join(names)}" if names else "it defines no nn.Module class"
