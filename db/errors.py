@@ -10,7 +10,12 @@ class LatlabError(Exception):
     """Base of every error latlab raises on purpose (bad input, missing data, unusable backend)."""
 
 
-class InvalidKeyError(LatlabError, ValueError):
+class InvalidValueError(LatlabError, ValueError):
+    """A parameter or input has an invalid value; a ``ValueError`` too, as scikit-learn's estimator contract has it
+    (``except ValueError`` catches latlab's estimators' errors like scikit-learn's)."""
+
+
+class InvalidKeyError(InvalidValueError):
     """A LUT key (family string, legacy key, channel count, dtype, ...) is malformed."""
 
 

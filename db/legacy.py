@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from db.engine import Database
 from db.errors import InvalidKeyError, LatlabError, LegacyFormatError
 from db.keys import ConvConfig, ConvFamily, parse_legacy_key
@@ -38,6 +36,7 @@ from db.lut import (
     matching_hardware,
     record_measurement,
     row_config,
+    sweep_rows,
 )
 from db.models import Measurement, Sweep
 from db.safe_pickle import check_nesting, latin1_bytes
@@ -247,9 +246,7 @@ def export_legacy(
     with db.session() as session:
         if session.get(Sweep, sweep_id) is None:
             raise LegacyFormatError(f"no sweep with id {sweep_id}")
-        query = select(Measurement).where(Measurement.sweep_id == sweep_id, Measurement.status == "ok")
-        for column, value in (where or {}).items():
-            query = query.where(getattr(Measurement, column) == value)
+        query = sweep_rows(sweep_id, statuses=("ok",), **(where or {}))
         rows = session.scalars(query.order_by(Measurement.family, Measurement.cin, Measurement.cout)).all()
         for row in rows:
             config = row_config(row)

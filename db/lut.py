@@ -9,19 +9,34 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.engine import hide_passwords
-from db.errors import LatlabError, LUTMissError
+from db.errors import InvalidKeyError, LatlabError, LUTMissError
 from db.keys import ConvConfig, ConvFamily
 from db.models import Hardware, Measurement, ModelMeasurement, Sweep, as_utc, utcnow
 
 _HARDWARE_COLUMNS = {c.key for c in Hardware.__table__.columns} - {"id", "created_at", "details"}
 _TELEMETRY_COLUMNS = ("sm_clock_mhz", "mem_clock_mhz", "temperature_c", "power_w", "throttle_reasons")
 KEY_COLUMNS = ("family", "cin", "cout", "batch", "dtype", "layout", "op")
+
+
+def sweep_rows(sweep_id: int, *columns: Any, statuses: Iterable[str] | None = None, **where: Any) -> Select:
+    """A select of a sweep's measurements (``columns``, or whole rows) with these ``statuses`` whose columns equal
+    ``where`` (None values ignored: ``batch=None`` means any batch)."""
+    query = select(*columns) if columns else select(Measurement)
+    query = query.where(Measurement.sweep_id == sweep_id)
+    if statuses is not None:
+        query = query.where(Measurement.status.in_(list(statuses)))
+    for column, value in where.items():
+        if column not in KEY_COLUMNS:
+            raise InvalidKeyError(f"cannot filter LUT rows by {column!r}; choose from {', '.join(KEY_COLUMNS)}")
+        if value is not None:
+            query = query.where(getattr(Measurement, column) == value)
+    return query
 
 
 def get_or_create_hardware(session: Session, info: Mapping[str, Any]) -> Hardware:

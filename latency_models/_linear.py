@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from db.errors import InvalidKeyError, LatlabError
+from db.errors import InvalidKeyError, InvalidValueError
 from db.keys import ConvConfig
 from latency_models._common import GroupTable, check_rows, group_rows, group_tables, out_of_row, prepare
 from latency_models.base import LatencyModel, register_model
@@ -102,10 +102,10 @@ class LinearLatencyModel(LatencyModel):
         """
         self._check_fitted()
         if int(q) < 1:
-            raise LatlabError(f"channel group size q must be >= 1, got {q}")
+            raise InvalidValueError(f"channel group size q must be >= 1, got {q}")
         n = config.cout // int(q) if n_groups is None else int(n_groups)
         if n < 0:
-            raise LatlabError(f"n_groups must be >= 0, got {n_groups}")
+            raise InvalidValueError(f"n_groups must be >= 0, got {n_groups}")
         couts = int(q) * np.arange(1, n + 1)
         frame = pd.DataFrame({
             "family": config.family.key, "cin": config.cin, "cout": couts, "batch": config.batch,

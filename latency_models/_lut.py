@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from db.errors import LatlabError, LUTMissError
+from db.errors import InvalidValueError, LUTMissError
 from db.keys import ConvConfig
 from latency_models._common import GroupTable, check_rows, describe_row, group_rows, group_tables, prepare
 from latency_models.base import LatencyModel, register_model
@@ -57,7 +57,7 @@ class LUTModel(LatencyModel):
     def fit(self, X: pd.DataFrame | Sequence[ConvConfig], y: Any) -> LUTModel:
         """Store the measured table (mean of duplicates) of every group."""
         if self.missing not in MISSING_POLICIES:
-            raise LatlabError(f"LUTModel missing={self.missing!r}; choose from {', '.join(MISSING_POLICIES)}")
+            raise InvalidValueError(f"LUTModel missing={self.missing!r}; choose from {', '.join(MISSING_POLICIES)}")
         frame, target = self._validate_xy(X, y)
         frame = prepare(frame)
         self.tables_ = group_tables(frame, target)

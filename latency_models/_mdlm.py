@@ -19,7 +19,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Kernel, Matern, WhiteKernel
 
-from db.errors import InvalidKeyError, LatlabError, LUTMissError
+from db.errors import InvalidKeyError, InvalidValueError, LatlabError, LUTMissError
 from db.keys import ConvConfig, ConvFamily
 from latency_models._common import (
     GroupKey,
@@ -196,7 +196,7 @@ class MDLM(LatencyModel):
 
     def _fit(self, frame: pd.DataFrame, target: np.ndarray, hyper: dict[str, Any] | None) -> MDLM:
         if self.surface not in SURFACES:
-            raise LatlabError(f"MDLM surface={self.surface!r}; choose from {', '.join(SURFACES)}")
+            raise InvalidValueError(f"MDLM surface={self.surface!r}; choose from {', '.join(SURFACES)}")
         tables = group_tables(frame, target)
         self.surfaces_: dict[GroupKey, _Surface] = _fit_surfaces(tables, use_gp=self.surface == "gp",
                                                                   random_state=self.random_state, hyper=hyper or {})

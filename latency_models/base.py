@@ -12,7 +12,7 @@ the training snapshot and any learned state that refitting would not reproduce e
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
-from db.errors import LatlabError
+from db.errors import InvalidValueError, LatlabError
 from db.keys import ConvConfig
 from latency_models.features import FEATURE_COLUMNS, as_frame
 
@@ -71,11 +71,11 @@ class LatencyModel(RegressorMixin, BaseEstimator):
         frame = as_frame(X).reset_index(drop=True)
         target = np.asarray(y, dtype=float).ravel()
         if len(frame) == 0:
-            raise LatlabError("cannot fit a latency model on an empty LUT")
+            raise InvalidValueError("cannot fit a latency model on an empty LUT")
         if len(frame) != len(target):
-            raise LatlabError(f"X has {len(frame)} rows but y has {len(target)}")
+            raise InvalidValueError(f"X has {len(frame)} rows but y has {len(target)}")
         if not np.all(np.isfinite(target)) or np.any(target < 0):
-            raise LatlabError("latencies must be finite and >= 0")
+            raise InvalidValueError("latencies must be finite and >= 0")
         return frame, target
 
     def to_state(self) -> dict[str, Any]:
@@ -98,7 +98,9 @@ _REGISTRY: dict[str, type[LatencyModel]] = {}
 
 
 def register_model(cls: type[LatencyModel]) -> type[LatencyModel]:
-    """Class decorator: make ``cls`` reachable as ``get_model(cls.kind)``; duplicates raise."""
+    """Class decorator: make ``cls`` reachable as ``get_model(cls.kind)``; duplicates (of a built-in kind too)
+    raise."""
+    _load_builtins()
     if cls.kind in _REGISTRY:
         raise LatlabError(f"a latency model kind {cls.kind!r} is already registered")
     _REGISTRY[cls.kind] = cls
@@ -131,13 +133,14 @@ _loaded: list[bool] = []
 
 
 def _load_builtins() -> None:
-    if _loaded:
+    if _loaded:  # also while they load: their own register_model calls land here
         return
     import importlib
 
-    for name in _BUILTIN_MODULES:
-        importlib.import_module(name)
     _loaded.append(True)
-
-
-Predictor = Callable[[Sequence[ConvConfig]], np.ndarray]
+    try:
+        for name in _BUILTIN_MODULES:
+            importlib.import_module(name)
+    except BaseException:
+        _loaded.clear()
+        raise

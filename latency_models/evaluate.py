@@ -354,7 +354,7 @@ def _cell(value: Any) -> str:
         v = float(value)
         if abs(v) < 1e-9:
             return "0"
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"  # as latlab.tables: 12346, not 1.235e+04
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 

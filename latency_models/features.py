@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.errors import LatlabError
+from db.errors import InvalidValueError, LatlabError
 from db.keys import ConvConfig, ConvFamily
+from db.lut import KEY_COLUMNS, sweep_rows
 from db.models import Measurement
 
-FEATURE_COLUMNS = ("family", "cin", "cout", "batch", "dtype", "layout", "op")
+FEATURE_COLUMNS = KEY_COLUMNS  # a LUT key is what a latency model sees
 GROUP_COLUMNS = ("family", "batch", "dtype", "layout", "op")  # fixed within one 2-D (cin, cout) surface
 _ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -46,11 +46,11 @@ def as_frame(X: pd.DataFrame | Sequence[ConvConfig]) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
         missing = [c for c in FEATURE_COLUMNS if c not in X.columns]
         if missing:
-            raise LatlabError(f"feature frame lacks column(s) {', '.join(missing)}; expected {FEATURE_COLUMNS}")
+            raise InvalidValueError(f"feature frame lacks column(s) {', '.join(missing)}; expected {FEATURE_COLUMNS}")
         return X
     configs = list(X)
     if configs and not all(isinstance(c, ConvConfig) for c in configs):
-        raise LatlabError("X must be a feature DataFrame or a sequence of ConvConfig")
+        raise InvalidValueError("X must be a feature DataFrame or a sequence of ConvConfig")
     return frame_from_configs(configs)
 
 
@@ -98,12 +98,8 @@ def lut_frame(session: Session, sweep_id: int, **where: Any) -> tuple[pd.DataFra
 
     Raises :class:`LatlabError` when nothing matches (an empty or foreign LUT).
     """
-    query = select(*[getattr(Measurement, c) for c in FEATURE_COLUMNS], Measurement.median_ms).where(
-        Measurement.sweep_id == sweep_id, Measurement.status == "ok", Measurement.median_ms.is_not(None)
-    )
-    for column, value in where.items():
-        if value is not None:
-            query = query.where(getattr(Measurement, column) == value)
+    query = sweep_rows(sweep_id, *[getattr(Measurement, c) for c in FEATURE_COLUMNS], Measurement.median_ms,
+                       statuses=("ok",), **where).where(Measurement.median_ms.is_not(None))
     rows = session.execute(query.order_by(Measurement.family, Measurement.cin, Measurement.cout)).all()
     if not rows:
         filt = ", ".join(f"{k}={v}" for k, v in where.items() if v is not None)

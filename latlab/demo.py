@@ -135,7 +135,8 @@ def _conv_sum(database: Database, sweep_id: int, configs: list[ConvConfig]) -> t
     return (None if missing else total), missing
 
 
-def _plot(rows: list[dict[str, Any]], database: Database, sweep_id: int, path: Path) -> None:
+def _plot_lut(database: Database, sweep_id: int, path: Path) -> None:
+    """Measured latency against MACs per call, one colour per shape family of the sweep (log axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,7 +425,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
 
     with _timed(stage_s, "report and plots"):
         (out / "lut_summary.csv").write_text(render(lut_rows, "csv"))
-        _plot(lut_rows, database, sweep.sweep_id, out / "lut_latency.png")
+        _plot_lut(database, sweep.sweep_id, out / "lut_latency.png")
         result.report_path = out / "report.md"
     result.report_path.write_text(_report(result, whole.hardware, plan.description))
     database.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ WIDE = 120  # a one-row record table wider than this is printed transposed (one 
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or isinstance(value, float) and math.isnan(value):  # blank, as in the Markdown reports
         return ""
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from db.errors import LatlabError
@@ -58,14 +58,6 @@ class TimingProtocol:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TimingProtocol:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise LatlabError(f"unknown timing protocol field(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
 
     def fingerprint(self, backend: str) -> str:
         """Stable hash of backend + protocol; one sweep row per (hardware, fingerprint, name). Fields added

@@ -159,7 +159,7 @@ def run_sweep(
             values = _measure_one(backend, config)
             if values.status != "ok":
                 report.failed[values.status] += 1
-                bar.write(f"{values.status}: {config.describe()}: {values.message}")
+                tell_failure(bar, config, values)
             else:
                 report.measured += 1
             _store(db, sweep_id, config, values, replace=config_key(config) in failed_before)
@@ -184,6 +184,16 @@ def _store(db: Database, sweep_id: int, config: ConvConfig, values: MeasurementV
             record_measurement(session, sweep_id, config, values, replace=replace)
 
     with_retry(write, what=f"storing {config.describe()}")
+
+
+def tell_failure(bar: tqdm, config: ConvConfig, values: MeasurementValues) -> None:
+    """Say that ``config`` failed: above the progress bar, or as a logged warning when the bar is off (never on
+    stdout then: a library caller with ``progress=False`` keeps its stdout)."""
+    text = f"{values.status}: {config.describe()}: {values.message}"
+    if bar.disable:
+        log.warning(text)
+    else:
+        bar.write(text)
 
 
 def _measure_one(backend: Backend, config: ConvConfig) -> MeasurementValues:

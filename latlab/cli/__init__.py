@@ -42,9 +42,9 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from latlab import __version__
 
-        typer.echo(f"latlab {version('latlab')}")
+        typer.echo(f"latlab {__version__}")
         raise typer.Exit()
 
 

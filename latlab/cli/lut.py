@@ -153,11 +153,10 @@ def export(
         latlab lut export rn50.csv --sweep 1
         latlab lut export - -f json --sweep 1 | jq length
     """
-    from sqlalchemy import select
 
     from db.engine import open_database
     from db.legacy import export_legacy
-    from db.lut import find_sweep, sweep_provenance
+    from db.lut import find_sweep, sweep_provenance, sweep_rows
     from db.models import Measurement, as_utc
     fmt = _export_format(out, fmt)
     database = open_database(db, create=False)
@@ -172,9 +171,7 @@ def export(
         written = export_legacy(database, sweep_id, out, fmt, where=where)
         typer.echo(f"wrote {len(written)} keys ({fmt} format, e.g. {next(iter(written))}) to {out}")
         return
-    query = select(Measurement).where(Measurement.sweep_id == sweep_id)
-    for column, value in where.items():
-        query = query.where(getattr(Measurement, column) == value)
+    query = sweep_rows(sweep_id, **where)
     with database.session() as session:
         table = [{**{c: getattr(m, c) for c in _ROW_COLUMNS}, "measured_at": as_utc(m.created_at).isoformat(),
                   **provenance} for m in session.scalars(query.order_by(Measurement.id))]

@@ -145,7 +145,7 @@ def build_model(problem: PruningProblem) -> LinearModel:
     return m
 
 
-def decode(problem: PruningProblem, model: LinearModel, values) -> tuple[list[int], set[int]]:
+def decode(model: LinearModel, values) -> tuple[list[int], set[int]]:
     """Read ``k_g`` (the state with the largest ``x``) and the removed blocks from a primal vector."""
     kept = [max(xs, key=lambda k, xs=xs: values[xs[k]]) for xs in model.x]
     removed = {b for b, v in model.z.items() if values[v] > 0.5}
@@ -231,7 +231,7 @@ class HighsSolver(Solver):
         if not has_sol:
             status = "timeout" if ms == S.kTimeLimit else "error"
             return SolveResult(status, self.name, bound=bound, message=f"HiGHS: {h.modelStatusToString(ms)}")
-        kept, removed = decode(problem, model, h.getSolution().col_value)
+        kept, removed = decode(model, h.getSolution().col_value)
         status = "optimal" if ms == S.kOptimal else "feasible"
         msg = f"HiGHS: {h.modelStatusToString(ms)}" + (" (time limit)" if ms == S.kTimeLimit else "")
         return SolveResult(status, self.name, decode_sol(problem, kept, removed), bound=bound, message=msg)
@@ -291,7 +291,7 @@ class CbcSolver(Solver):
             return SolveResult("error", self.name, message=f"CBC: {pulp.LpStatus[st]}")
         if prob.sol_status == pulp.LpSolutionNoSolutionFound or st == pulp.LpStatusNotSolved:
             return SolveResult("timeout", self.name, message="CBC: no integer solution within the time limit")
-        kept, removed = decode(problem, model, values)
+        kept, removed = decode(model, values)
         optimal = prob.sol_status == pulp.LpSolutionOptimal
         sol = decode_sol(problem, kept, removed)
         res = SolveResult("optimal" if optimal else "feasible", self.name, sol, message=f"CBC: {pulp.LpStatus[st]}")

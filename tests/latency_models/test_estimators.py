@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -82,6 +85,23 @@ def test_registry_lists_every_kind() -> None:
     classes = (LUTModel, LinearLatencyModel, MDLM, PerFamilyBilinear, RandomForestLatency, GradientBoostingLatency)
     for kind, cls in zip(KINDS, classes, strict=True):
         assert cls.kind == kind and type(get_model(kind)) is cls
+
+
+def test_a_custom_model_cannot_take_a_built_in_kind_even_before_the_built_ins_load() -> None:
+    code = textwrap.dedent("""
+        from latency_models.base import LatencyModel, get_model, register_model
+        class Mine(LatencyModel):
+            kind = "lut"
+            def fit(self, X, y): return self
+            def predict(self, X): return X
+        try:
+            register_model(Mine)
+        except Exception as exc:
+            print("refused:", exc)
+        print(type(get_model("lut")).__name__, type(get_model("mdlm")).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["refused: a latency model kind 'lut' is already registered", "LUTModel MDLM"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -452,10 +472,17 @@ def test_bad_input(kind: str, lut: tuple[list[ConvConfig], np.ndarray]) -> None:
     assert model.predict([]).shape == (0,)
 
 
-def test_lut_bad_missing_policy(lut: tuple[list[ConvConfig], np.ndarray]) -> None:
+def test_bad_parameters_are_value_errors_as_in_sklearn(lut: tuple[list[ConvConfig], np.ndarray]) -> None:
+    """`except ValueError` catches a bad parameter of every kind, as it does for scikit-learn's own estimators."""
     configs, y = lut
     with pytest.raises(LatlabError, match="missing"):
         LUTModel(missing="mean").fit(configs, y)
+    for kind, bad in (("lut", {"missing": "mean"}), ("mdlm", {"surface": "foo"}),
+                      ("rf", {"n_estimators": -1}), ("gbdt", {"max_iter": 0})):
+        with pytest.raises(ValueError):
+            get_model(kind, **bad).fit(configs, y)
+    with pytest.raises(ValueError, match="rows"):
+        get_model("mdlm").fit(configs, y[:-1])
 
 
 def test_gbdt_splits_on_a_lut_too_small_for_sklearns_leaf_size() -> None:

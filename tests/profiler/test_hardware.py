@@ -17,7 +17,6 @@ from profiler.hardware import (
     decode_throttle_reasons,
     detect_hardware,
     gpu_telemetry,
-    hardware_summary,
 )
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
@@ -93,15 +92,6 @@ def test_fake_kind_names_synthetic_gpu() -> None:
 
 def test_fake_hardware_parameters_change_fingerprint() -> None:
     assert hardware.fake_hardware(bandwidth_gbs=900.0).fingerprint != detect_hardware("fake").fingerprint
-
-
-def test_summary_rows() -> None:
-    info = detect_hardware("cpu")
-    rows = hardware_summary(info)
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in rows)
-    labels = [k for k, _ in rows]
-    assert "CPU" in labels and "torch" in labels and "Fingerprint" in labels
-    assert "GPU UUID" not in labels  # None fields are left out
 
 
 @no_gpu

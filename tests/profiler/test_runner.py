@@ -118,7 +118,7 @@ def test_cudnn_flags_are_recorded_only_where_cudnn_runs(sqlite_path: Path, small
     assert [recorded[k] for k in ("cudnn_benchmark", "cudnn_deterministic", "allow_tf32")] == [False, False, True]
 
 
-def test_failures_are_rows_and_the_sweep_goes_on(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
+def test_failures_are_rows_and_the_sweep_goes_on(sqlite_path: Path, small_plan, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
     def fail_on(config):  # type: ignore[no-untyped-def]
         if config.cout >= 256:
             return "oom"
@@ -131,6 +131,8 @@ def test_failures_are_rows_and_the_sweep_goes_on(sqlite_path: Path, small_plan) 
     assert n_oom > 0
     assert report.failed == {"oom": n_oom, "error": n_err}
     assert report.measured == len(small_plan) - n_oom - n_err and report.complete
+    assert capsys.readouterr().out == ""  # without a progress bar, failures are logged, not printed
+    assert sum(r.message.startswith("oom: ") for r in caplog.records) == n_oom
     assert _count(database, "oom") == n_oom
     # a plain re-run skips failed rows; --retry-failed measures them again and replaces the rows
     assert run_sweep(database, small_plan, FakeBackend(fail_on=fail_on), progress=False).measured == 0
