@@ -10,6 +10,8 @@ like a traced one. Layer names come from the program's ``nn_module_stack`` (torc
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from db.keys import ConvFamily
 
-__all__ = ["RecordedConv", "is_saved_module", "recorded_convs"]
+log = logging.getLogger(__name__)
+
+__all__ = ["GraphConv", "RecordedConv", "graph_convs", "is_saved_module", "recorded_convs", "unpadded_family"]
 
 _CONV = torch.ops.aten.convolution.default
 _CONVS = (_CONV, torch.ops.aten._convolution.default)  # what torch.jit.trace records calls the latter
@@ -63,22 +67,66 @@ def is_saved_module(module: nn.Module) -> bool:
     return isinstance(module, fx.GraphModule) and not any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
-def _names(module: nn.Module, shapes: list[tuple[int, ...]]) -> list[str]:
-    """The conv layer names behind the recorded calls (weight shapes ``shapes``, in call order)."""
-    if isinstance(module, fx.GraphModule):
-        names = [str(next(reversed(n.meta["nn_module_stack"].values()))[0]) if n.meta.get("nn_module_stack") else ""
-                 for n in module.graph.nodes
-                 if n.op == "call_function" and n.target in (torch.ops.aten.conv2d.default, _CONV)]
-    else:  # TorchScript: its Conv2d submodules, when each is called once, in order
-        convs = [(name, m) for name, m in module.named_modules() if getattr(m, "original_name", "") == "Conv2d"]
-        names = [name for name, _ in convs] if [tuple(m.weight.shape) for _, m in convs] == shapes else []
-    if len(names) != len(shapes) or not all(names):
-        return [f"conv{i}" for i in range(len(shapes))]
+_PADS = (torch.ops.aten.pad.default, torch.ops.aten.reflection_pad2d.default,
+         torch.ops.aten.replication_pad2d.default)
+
+
+def _conv_nodes(module: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in module.graph.nodes if n.op == "call_function" and n.target in (torch.ops.aten.conv2d.default,
+                                                                                        _CONV)]
+
+
+@dataclass(frozen=True)
+class GraphConv:
+    """What an exported program says about one conv node: the module it came from, the symmetric padding that
+    module applied before it, and whether an ``nn.Conv2d`` made it (not a functional ``F.conv2d``)."""
+
+    node: str
+    module: str
+    own_padding: tuple[int, int]
+    is_module_conv: bool
+
+
+def graph_convs(module: fx.GraphModule) -> list[GraphConv]:
+    """Per conv node, in order. A conv module with ``padding_mode`` reflect, replicate or circular is exported as a
+    pad op of that module, then a conv without padding: the padding is folded back, as torch.fx records the module
+    (a pad of another module, such as an explicit ``nn.ReflectionPad2d``, stays the conv's input). A call whose
+    weight is not the ``weight`` of the module it sits in is a functional conv, which torch.fx does not plan."""
+    out = []
+    for conv in _conv_nodes(module):
+        path = _module_path(conv)
+        pad = conv.args[0] if conv.args else None
+        amounts = [int(a) for a in pad.args[1]] if isinstance(pad, fx.Node) and pad.target in _PADS else []
+        own = (len(amounts) == 4 and path is not None and _module_path(pad) == path and amounts[0] == amounts[1]
+               and amounts[2] == amounts[3])
+        weight = conv.args[1] if len(conv.args) > 1 else conv.kwargs.get("weight")
+        functional = (path is not None and isinstance(weight, fx.Node) and weight.op == "get_attr"
+                      and weight.target != (f"{path}.weight" if path else "weight"))
+        out.append(GraphConv(conv.name, path or "", (amounts[2], amounts[0]) if own else (0, 0), not functional))
+    return out
+
+
+def _module_path(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    return str(next(reversed(stack.values()))[0]) if stack else None
+
+
+def _script_names(module: nn.Module, shapes: list[tuple[int, ...]]) -> list[str]:
+    """TorchScript: its Conv2d submodules when each is called once, in order (weight shapes ``shapes``)."""
+    convs = [(name, m) for name, m in module.named_modules() if getattr(m, "original_name", "") == "Conv2d"]
+    return [name for name, _ in convs] if [tuple(m.weight.shape) for _, m in convs] == shapes else []
+
+
+def _call_names(names: list[str], n: int) -> list[str]:
+    """Call names as :mod:`profiler.plan` gives them (a module called twice: ``name``, ``name#2`` …), or
+    ``conv0``, ``conv1`` … when ``names`` do not account for the ``n`` calls."""
+    if len(names) != n or not all(names):
+        return [f"conv{i}" for i in range(n)]
     seen: Counter[str] = Counter()
     out = []
-    for name in names:  # a module called twice: name, name#1, ... as profiler.plan names them
-        out.append(name if not seen[name] else f"{name}#{seen[name]}")
+    for name in names:
         seen[name] += 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return out
 
 
@@ -91,6 +139,25 @@ def recorded_convs(module: nn.Module, input_size: tuple[int, int], channels: int
     recorder = _ConvRecorder()
     with recorder:
         module(x)
-    names = _names(module, [shape for *_, shape in recorder.calls])
-    return [RecordedConv(name, family, cin, cout)
-            for name, (family, cin, cout, _) in zip(names, recorder.calls, strict=True)]
+    calls = recorder.calls
+    graph = graph_convs(module) if isinstance(module, fx.GraphModule) else []
+    if len(graph) != len(calls):  # TorchScript, or a program whose nodes do not match its calls
+        names = _call_names(_script_names(module, [shape for *_, shape in calls]), len(calls))
+        return [RecordedConv(name, family, cin, cout) for name, (family, cin, cout, _) in zip(names, calls,
+                                                                                                strict=True)]
+    for g in graph:
+        if not g.is_module_conv:
+            log.warning("functional conv2d at node %s is not planned (only nn.Conv2d modules are)", g.node)
+    kept = [(g, call) for g, call in zip(graph, calls, strict=True) if g.is_module_conv]
+    names = _call_names([g.module for g, _ in kept], len(kept))
+    return [RecordedConv(name, unpadded_family(family, g.own_padding), cin, cout)
+            for name, (g, (family, cin, cout, _)) in zip(names, kept, strict=True)]
+
+
+def unpadded_family(family: ConvFamily, pad: tuple[int, int]) -> ConvFamily:
+    """``family`` seen before its own padding ``pad``: the smaller input with the padding its module was given
+    (what :func:`profiler._trace.conv_family` records for the module)."""
+    if pad == (0, 0):
+        return family
+    return dataclasses.replace(family, in_h=family.in_h - 2 * pad[0], in_w=family.in_w - 2 * pad[1],
+                               pad_h=family.pad_h + pad[0], pad_w=family.pad_w + pad[1])

@@ -459,7 +459,11 @@ def _module_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_O
             out = func(*args, **(kwargs or {}))
             name = _functional_name(getattr(func, "__name__", ""))
             x = next((a for a in args if isinstance(a, torch.Tensor)), None)
-            if not inside[0] and isinstance(out, torch.Tensor) and x is not None and name not in _FREE_FUNCTIONAL:
+            if inside[0] or not isinstance(out, torch.Tensor) or x is None or name in _FREE_FUNCTIONAL:
+                return out
+            if name == "conv2d" and x.dim() == 4:  # F.conv2d in a forward: a conv, as in an exported graph
+                ops.append(_functional_conv(x, out, *args[1:], **(kwargs or {})))
+            else:
                 ops.append(_Op(name, tuple(x.shape), tuple(out.shape)))
             return out
 
@@ -498,10 +502,20 @@ def _module_ops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[_O
     return ops
 
 
+def _functional_conv(x: torch.Tensor, out: torch.Tensor, weight: torch.Tensor, bias: Any = None,
+                     stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> _Op:
+    """The :class:`_Op` of a functional ``conv2d(x, weight, ...)`` call."""
+    cout, cin = int(weight.shape[0]), int(weight.shape[1]) * int(groups)
+    family = _family(tuple(x.shape), tuple(weight.shape[2:]), stride, padding, dilation, int(groups), cin, cout)
+    return _Op("Conv2d", tuple(x.shape), tuple(out.shape), conv=(family, cin, cout))
+
+
 def _graph_ops(model: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> list[_Op]:
     """One :class:`_Op` per priced aten call of an FX graph, shapes from a batch-1 shape propagation."""
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
+
+    from profiler.conv_calls import graph_convs, unpadded_family
 
     with torch.inference_mode():
         ShapeProp(model).propagate(_sample_input(model, input_shape))
@@ -510,6 +524,7 @@ def _graph_ops(model: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> lis
         meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
         return tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
+    own_padding = {g.node: g.own_padding for g in graph_convs(model)}  # reflect/circular: priced as the module
     ops: list[_Op] = []
     for node in model.graph.nodes:
         if node.op != "call_function" or not hasattr(node.target, "_schema"):
@@ -517,16 +532,19 @@ def _graph_ops(model: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> lis
         name = node.target._schema.name.split("::")[-1]
         in_shape, out_shape = shape(node.args[0]) if node.args else None, shape(node)
         args = [*node.args, *[None] * 9]
-        if name in ("conv2d", "convolution") and in_shape is not None and len(in_shape) == 4 and not (
-                name == "convolution" and args[6]):  # transposed convolutions are not in the LUT
+        transposed = name.startswith("conv_transpose") or name == "convolution" and args[6]
+        if name in ("conv2d", "convolution") and in_shape is not None and len(in_shape) == 4 and not transposed:
             weight = shape(args[1])
             if weight is None:
                 continue
             stride, padding, dilation = args[3] or 1, args[4] if args[4] is not None else 0, args[5] or 1
             groups = int(args[8] if name == "convolution" else args[6] or 1)
             cout, cin = weight[0], weight[1] * groups
-            family = _family(in_shape, weight[2:], stride, padding, dilation, groups, cin, cout)
+            family = unpadded_family(_family(in_shape, weight[2:], stride, padding, dilation, groups, cin, cout),
+                               own_padding.get(node.name, (0, 0)))
             ops.append(_Op("Conv2d", in_shape, out_shape, conv=(family, cin, cout)))
+        elif transposed and not _functional(node):  # not in the LUT: a memory-bound layer, as its module's hook
+            ops.append(_Op(f"ConvTranspose{len(in_shape or (0, 0, 0, 0)) - 2}d", in_shape, out_shape))
         elif _functional(node):
             name = _functional_name(name)
             if name not in _FREE_FUNCTIONAL and in_shape is not None and out_shape is not None:

@@ -179,6 +179,32 @@ def test_fake_prices_an_exported_program_like_its_module(arch: str) -> None:
         fake.measure_model(torch.jit.trace(torch.nn.Sequential(torch.nn.ReLU()), torch.randn(1, 3)), (1, 3))
 
 
+class _OddLayers(torch.nn.Module):
+    """What custom networks use: a functional conv, convs padding on their own (reflect, circular), a transposed
+    conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1, padding_mode="reflect")
+        self.kernel = torch.nn.Parameter(torch.randn(24, 16, 3, 3))
+        self.up = torch.nn.ConvTranspose2d(24, 16, 2, stride=2)
+        self.b = torch.nn.Conv2d(16, 8, 3, padding=1, padding_mode="circular")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.conv2d(torch.relu(self.a(x)), self.kernel, padding=1)
+        return self.b(torch.relu(self.up(x)))
+
+
+def test_fake_prices_odd_layers_of_an_exported_program_like_its_module() -> None:
+    net = _OddLayers().eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    graph = torch.export.export(net, (torch.randn(2, 3, 64, 64),), dynamic_shapes=({0: batch},)).module()
+    fake = FakeBackend(TimingProtocol(repeats=5, min_repeats=5, seed=1))
+    assert fake.measure_model(graph, (2, 3, 64, 64)).samples_ms == fake.measure_model(net, (2, 3, 64, 64)).samples_ms
+    priced = fake.model_latency_ms(net, (2, 3, 64, 64))
+    assert priced > fake.model_latency_ms(torch.nn.Sequential(net.a), (2, 3, 64, 64)) > 0
+
+
 def test_fake_settings_and_hardware() -> None:
     fake = FakeBackend(FAST, seed=5, bandwidth_gbs=900.0)
     s = fake.settings()
