@@ -8,8 +8,9 @@ Both are frozen dataclasses, so they are hashable and safe as dictionary keys.
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from db.errors import InvalidKeyError
@@ -132,6 +133,9 @@ class ConvFamily:
         return batch * cout * self.out_h * self.out_w * per_out
 
 
+_FAMILY_FIELDS = tuple(f.name for f in fields(ConvFamily))
+
+
 @dataclass(frozen=True, order=True)
 class ConvConfig:
     """One LUT point: a family at (cin, cout) with batch, dtype, memory layout and timed op."""
@@ -170,12 +174,13 @@ class ConvConfig:
 
     def as_row(self) -> dict[str, Any]:
         """Flat column values for the ``measurements`` table."""
-        row = asdict(self.family)
+        row = {name: getattr(self.family, name) for name in _FAMILY_FIELDS}  # flat ints: no asdict deep copy
         row.update(family=self.family.key, cin=self.cin, cout=self.cout, batch=self.batch,
                    dtype=self.dtype, layout=self.layout, op=self.op)
         return row
 
 
+@functools.lru_cache(maxsize=1 << 18)  # an import parses each key several times
 def parse_legacy_key(key: str) -> tuple[int, int, int, int, int, int, int | None]:
     """Split a HALP/MDP key into (batch, cin, cout, fmap, k, stride, groups or None)."""
     parts = str(key).split("_")

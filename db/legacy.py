@@ -34,7 +34,7 @@ from db.lut import (
     get_or_create_hardware,
     get_or_create_sweep,
     matching_hardware,
-    record_measurement,
+    record_measurements,
     row_config,
     sweep_rows,
 )
@@ -205,7 +205,6 @@ def import_legacy(
         "fingerprint": hashlib.sha256(f"imported:{hardware}".encode()).hexdigest()[:16],
     }
     protocol = {"timer": "unknown"}
-    inserted = 0
     if not hardware.strip():
         raise LatlabError("--hardware must name the profile the LUT was measured on")
     with db.session() as session:  # an existing profile (id, name or fingerprint) takes the import
@@ -221,10 +220,9 @@ def import_legacy(
             },
             plan={"n_configs": len(configs), "source": "legacy import"}, status="imported",
         )
-        for config, ms in configs:
-            values = MeasurementValues(status="ok", median_ms=ms, mean_ms=ms, n=None,
-                                       message="imported from legacy pickle")
-            inserted += record_measurement(session, sweep.id, config, values)
+        inserted = record_measurements(session, sweep.id, (
+            (config, MeasurementValues(status="ok", median_ms=ms, mean_ms=ms, n=None,
+                                       message="imported from legacy pickle")) for config, ms in configs))
         sweep_id, hw_name = sweep.id, hw.name
     return ImportReport(sweep_id, hw_name, len(lut), inserted, len(configs) - inserted, zero)
 

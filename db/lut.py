@@ -140,15 +140,7 @@ def record_measurement(
     re-running or concurrently running a sweep never duplicates rows. ``replace=True`` overwrites an
     existing row (used to retry failed configurations).
     """
-    row: dict[str, Any] = config.as_row()
-    row.update(
-        sweep_id=sweep_id, status=values.status, median_ms=values.median_ms, iqr_ms=values.iqr_ms,
-        mean_ms=values.mean_ms, min_ms=values.min_ms, n=values.n, message=values.message,
-        created_at=utcnow(),
-    )
-    telemetry = dict(values.telemetry or {})
-    for col in _TELEMETRY_COLUMNS:
-        row[col] = telemetry.get(col)
+    row = _measurement_row(sweep_id, config, values)
     if replace:
         existing = session.scalar(_key_query(sweep_id, config))
         if existing is not None:
@@ -164,6 +156,37 @@ def record_measurement(
         return True
     except IntegrityError:
         return False
+
+
+def record_measurements(session: Session, sweep_id: int,
+                        measured: Iterable[tuple[ConvConfig, MeasurementValues]]) -> int:
+    """Insert many rows, one statement per 10,000 (not one per row); keys already there are kept, as
+    :func:`record_measurement` does. Returns how many rows were new."""
+    measured = list(measured)
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("sqlite", "postgresql"):
+        return sum(record_measurement(session, sweep_id, config, values) for config, values in measured)
+    rows = [_measurement_row(sweep_id, config, values) for config, values in measured]
+    count = select(func.count()).select_from(Measurement).where(Measurement.sweep_id == sweep_id)
+    before = session.scalar(count) or 0
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    stmt = insert(Measurement.__table__).on_conflict_do_nothing(index_elements=["sweep_id", *KEY_COLUMNS])
+    for start in range(0, len(rows), 10_000):
+        session.execute(stmt, rows[start:start + 10_000])
+    return (session.scalar(count) or 0) - before
+
+
+def _measurement_row(sweep_id: int, config: ConvConfig, values: MeasurementValues) -> dict[str, Any]:
+    row: dict[str, Any] = config.as_row()
+    row.update(
+        sweep_id=sweep_id, status=values.status, median_ms=values.median_ms, iqr_ms=values.iqr_ms,
+        mean_ms=values.mean_ms, min_ms=values.min_ms, n=values.n, message=values.message,
+        created_at=utcnow(),
+    )
+    telemetry = dict(values.telemetry or {})
+    for col in _TELEMETRY_COLUMNS:
+        row[col] = telemetry.get(col)
+    return row
 
 
 _INSERT_IGNORE: dict[str, Any] = {}
@@ -369,18 +392,20 @@ def family_summaries(session: Session, sweep_id: int) -> list[dict[str, Any]]:
     stats: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"ok": 0, "failed": 0, "cin": set(), "cout": set(), "min_ms": None, "max_ms": None, "rel_iqr": []}
     )
-    for m in session.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)):
-        s = stats[m.family]
-        s["cin"].add(m.cin)
-        s["cout"].add(m.cout)
-        if m.status != "ok" or m.median_ms is None:
+    columns = (Measurement.family, Measurement.cin, Measurement.cout, Measurement.status, Measurement.median_ms,
+               Measurement.iqr_ms)  # plain rows, not ORM objects: 96k rows in a fraction of the time
+    for family, cin, cout, status, median_ms, iqr_ms in session.execute(sweep_rows(sweep_id, *columns)):
+        s = stats[family]
+        s["cin"].add(cin)
+        s["cout"].add(cout)
+        if status != "ok" or median_ms is None:
             s["failed"] += 1
             continue
         s["ok"] += 1
-        s["min_ms"] = m.median_ms if s["min_ms"] is None else min(s["min_ms"], m.median_ms)
-        s["max_ms"] = m.median_ms if s["max_ms"] is None else max(s["max_ms"], m.median_ms)
-        if m.iqr_ms is not None and m.median_ms > 0:
-            s["rel_iqr"].append(m.iqr_ms / m.median_ms)
+        s["min_ms"] = median_ms if s["min_ms"] is None else min(s["min_ms"], median_ms)
+        s["max_ms"] = median_ms if s["max_ms"] is None else max(s["max_ms"], median_ms)
+        if iqr_ms is not None and median_ms > 0:
+            s["rel_iqr"].append(iqr_ms / median_ms)
     rows = []
     def order(key: str) -> tuple:  # large feature maps (early layers) first
         f = ConvFamily.from_key(key)

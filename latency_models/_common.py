@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,16 @@ class GroupTable:
     @property
     def ranges(self) -> Ranges:
         return int(self.cin.min()), int(self.cin.max()), int(self.cout.min()), int(self.cout.max())
+
+    @cached_property
+    def axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct measured cin and cout values, sorted."""
+        return np.unique(self.cin), np.unique(self.cout)
+
+    @cached_property
+    def log_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """log cin and log cout of the measured points (for distances in log space)."""
+        return np.log(self.cin), np.log(self.cout)
 
     def lookup(self, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
         """Measured value at each (cin, cout); NaN where not measured."""

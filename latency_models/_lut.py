@@ -95,8 +95,9 @@ class LUTModel(LatencyModel):
 def _nearest(table: GroupTable, ci: int, co: int) -> float:
     """Value of the measured point nearest to (ci, co) in log space; ties (to 1e-12, past rounding) go to the
     smaller cin, then the smaller cout."""
-    d = np.round(np.log(table.cin / ci) ** 2 + np.log(table.cout / co) ** 2, 12)
-    return float(table.y[int(np.lexsort((table.cout, table.cin, d))[0])])
+    log_cin, log_cout = table.log_points
+    d = np.round((log_cin - np.log(ci)) ** 2 + (log_cout - np.log(co)) ** 2, 12)
+    return float(table.y[int(np.flatnonzero(d == d.min())[0])])  # the table is sorted by (cin, cout)
 
 
 def _bilinear(table: GroupTable, ci: int, co: int) -> float | None:
@@ -105,7 +106,7 @@ def _bilinear(table: GroupTable, ci: int, co: int) -> float | None:
     if table.depthwise:  # one axis: linear along the measured diagonal cin == cout
         diag = _bracket(table.cin, ci) if ci == co else None
         return None if diag is None else _lerp(ci, diag[0], diag[1], v[(diag[0],) * 2], v[(diag[1],) * 2])
-    cins, couts = np.unique(table.cin), np.unique(table.cout)
+    cins, couts = table.axes
     bc, bo = _bracket(cins, ci), _bracket(couts, co)
     if bc is not None and bo is not None:
         (c0, c1), (o0, o1) = bc, bo

@@ -197,12 +197,31 @@ class MDLM(LatencyModel):
     def _fit(self, frame: pd.DataFrame, target: np.ndarray, hyper: dict[str, Any] | None) -> MDLM:
         if self.surface not in SURFACES:
             raise InvalidValueError(f"MDLM surface={self.surface!r}; choose from {', '.join(SURFACES)}")
-        tables = group_tables(frame, target)
-        self.surfaces_: dict[GroupKey, _Surface] = _fit_surfaces(tables, use_gp=self.surface == "gp",
-                                                                  random_state=self.random_state, hyper=hyper or {})
-        self.tables_: dict[GroupKey, GroupTable] = tables
+        self.tables_: dict[GroupKey, GroupTable] = group_tables(frame, target)
+        self.surface_hyper_ = {k: _checked_hyper(v) for k, v in (hyper or {}).items() if v is not None}  # a reload's
+        self.surface_cache_: dict[GroupKey, _Surface] = {}  # fitted when first needed: a point off the table
         self._mark_fitted(frame, target)
         return self
+
+    @property
+    def surfaces_(self) -> dict[GroupKey, _Surface]:
+        """Every group's surface; those no prediction has needed yet are fitted now (side by side)."""
+        self._check_fitted()
+        self._fit_surfaces([k for k in self.tables_ if k not in self.surface_cache_])
+        return dict(self.surface_cache_)
+
+    def _surface(self, key: GroupKey) -> _Surface:
+        """The surface of group ``key``, fitted on first use. A surface costs seconds (a GP with restarts per
+        group: 23 s for ResNet-50's 15 families); pricing only measured points, as a pruner on a lattice LUT
+        does, fits none. Each group's fit is seeded on its own, so the result does not depend on when."""
+        if key not in self.surface_cache_:
+            self._fit_surfaces([key])
+        return self.surface_cache_[key]
+
+    def _fit_surfaces(self, keys: list[GroupKey]) -> None:
+        if keys:
+            self.surface_cache_.update(_fit_surfaces({k: self.tables_[k] for k in keys}, use_gp=self.surface == "gp",
+                                                random_state=self.random_state, hyper=self.surface_hyper_))
 
     def _evaluate(self, X: Any, want_std: bool) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()
@@ -215,13 +234,13 @@ class MDLM(LatencyModel):
         for key, idx in rows.items():
             measured = self.tables_[key].lookup(cin[idx], cout[idx])
             hit = ~np.isnan(measured)
-            surface = self.surfaces_[key]
-            mean[idx[hit]], std[idx[hit]] = measured[hit], surface.noise
+            mean[idx[hit]] = measured[hit]
+            std[idx[hit]] = self._surface(key).noise if want_std and hit.any() else np.nan
             miss = idx[~hit]
             if miss.size and self.surface == "none":
                 raise LUTMissError(f"no measurement for {describe_row(frame, miss[0])} (MDLM surface='none')")
             if miss.size:
-                mean[miss], std[miss] = surface.predict(frame.iloc[miss], want_std)
+                mean[miss], std[miss] = self._surface(key).predict(frame.iloc[miss], want_std)
         return mean, std
 
     def predict(self, X: pd.DataFrame | Sequence[ConvConfig]) -> np.ndarray:
@@ -248,9 +267,11 @@ class MDLM(LatencyModel):
         measured = self.is_measured(frame)
         out: dict[GroupKey, tuple[np.ndarray, np.ndarray]] = {}
         for key, idx in group_rows(frame).items():
-            surface = self.surfaces_.get(key)
             idx = idx[~measured[idx]]
-            if surface is None or surface.gp is None or not idx.size:
+            if key not in self.tables_ or not idx.size:
+                continue
+            surface = self._surface(key)
+            if surface.gp is None:
                 continue
             if idx.size > COV_MAX_POINTS:
                 idx = idx[np.unique(np.linspace(0, idx.size - 1, COV_MAX_POINTS).round().astype(int))]

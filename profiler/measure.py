@@ -23,6 +23,7 @@ from torch import nn
 from db.engine import Database
 from db.errors import LatlabError
 from db.lut import get_or_create_hardware, record_model_measurement
+from profiler._trace import shapes_only
 from profiler.backends._modules import eval_mode
 from profiler.backends.base import Backend, TimingResult
 from profiler.hardware import named
@@ -257,17 +258,22 @@ def count_params_and_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dic
 
     params = sum(p.numel() for p in model.parameters())
     first = next(model.parameters(), None)
-    example = torch.zeros((1, *input_shape[1:]), device=first.device if first is not None else "cpu",
-                          dtype=first.dtype if first is not None and first.is_floating_point() else torch.float32)
-    was_training = model.training
-    try:
+
+    def flops() -> int:
+        example = torch.zeros((1, *input_shape[1:]), device=first.device if first is not None else "cpu",
+                              dtype=first.dtype if first is not None and first.is_floating_point() else torch.float32)
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
             eval_mode(model)(example)
+        return counter.get_total_flops()
+
+    was_training = model.training
+    try:
+        total = shapes_only(flops)  # counted on fake tensors: ResNet-152 in 0.4 s instead of 5 s
     finally:
         if was_training:
             with contextlib.suppress(NotImplementedError):  # a torch.export module refuses train()
                 model.train()
-    return {"params": params, "macs_per_image": counter.get_total_flops() // 2}
+    return {"params": params, "macs_per_image": total // 2}
 
 
 def measure_model(

@@ -171,10 +171,10 @@ def export(
         written = export_legacy(database, sweep_id, out, fmt, where=where)
         typer.echo(f"wrote {len(written)} keys ({fmt} format, e.g. {next(iter(written))}) to {out}")
         return
-    query = sweep_rows(sweep_id, **where)
-    with database.session() as session:
-        table = [{**{c: getattr(m, c) for c in _ROW_COLUMNS}, "measured_at": as_utc(m.created_at).isoformat(),
-                  **provenance} for m in session.scalars(query.order_by(Measurement.id))]
+    query = sweep_rows(sweep_id, *(getattr(Measurement, c) for c in _ROW_COLUMNS), Measurement.created_at, **where)
+    with database.session() as session:  # plain rows, not ORM objects
+        table = [{**dict(zip(_ROW_COLUMNS, row[:-1], strict=True)), "measured_at": as_utc(row[-1]).isoformat(),
+                  **provenance} for row in session.execute(query.order_by(Measurement.id))]
     if not table:
         raise LatlabError(f"sweep {sweep_id} has no rows{' with ' + str(where) if where else ''}; nothing written")
     if to_stdout:

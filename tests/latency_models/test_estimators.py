@@ -154,6 +154,20 @@ def test_mdlm_state_keeps_gp_hyperparameters(lut: tuple[list[ConvConfig], np.nda
         assert again.surfaces_[key].gp.optimizer is None  # reloaded without re-optimising
 
 
+def test_mdlm_fits_a_surface_only_for_a_group_priced_off_its_table(lut: tuple[list[ConvConfig], np.ndarray]) -> None:
+    """Pricing measured points (a pruner on a lattice LUT) fits no GP; a point off the table fits its group's
+    surface only, the one a model fitting every surface up front would use."""
+    configs, y = lut
+    lazy = MDLM().fit(configs, y)
+    assert np.array_equal(lazy.predict(configs), y) and lazy.surface_cache_ == {}
+    off = [ConvConfig(DENSE, 24, 40, batch=8)]
+    assert off[0] not in configs
+    value = lazy.predict(off)
+    assert list(lazy.surface_cache_) == [(DENSE.key, 8, "fp32", "nchw", "conv")]
+    eager = MDLM().fit(configs, y)
+    assert len(eager.surfaces_) == 3 and eager.predict(off) == value
+
+
 # ------------------------------------------------------------------------------------------- LUTModel
 
 def test_lut_exact_hits_and_duplicate_mean(lut: tuple[list[ConvConfig], np.ndarray]) -> None:
