@@ -269,6 +269,7 @@ class Database:
             raise DatabaseError(f"database error on {describe_url(self.url)}: {_short(exc)}") from exc
 
     def dispose(self) -> None:
+        """Close the engine's pooled connections (a PostgreSQL server sees them go)."""
         self.engine.dispose()
 
 

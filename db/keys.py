@@ -155,6 +155,7 @@ class ConvConfig:
         check_exec_settings(self.dtype, self.layout, self.op)
 
     def with_channels(self, cin: int, cout: int) -> ConvConfig:
+        """This configuration at other channel counts."""
         return replace(self, cin=cin, cout=cout)
 
     def describe(self) -> str:

@@ -107,6 +107,7 @@ def measured_keys(session: Session, sweep_id: int, statuses: Iterable[str] = ("o
 
 
 def config_key(config: ConvConfig) -> tuple:
+    """The unique key of a measurement row: family, cin, cout, batch, dtype, layout, op."""
     return (config.family.key, config.cin, config.cout, config.batch, config.dtype, config.layout, config.op)
 
 

@@ -108,6 +108,7 @@ def register_model(cls: type[LatencyModel]) -> type[LatencyModel]:
 
 
 def list_models() -> list[str]:
+    """The registered latency model kinds (built-ins and your own), sorted."""
     _load_builtins()
     return sorted(_REGISTRY)
 

@@ -39,7 +39,7 @@ def save_model(
     with db.session() as session:
         row = session.scalar(select(StoredLatencyModel).where(StoredLatencyModel.name == name))
         if row is not None and not replace:
-            raise LatlabError(f"a latency model named {name!r} already exists (use --replace)")
+            raise LatlabError(f"a latency model named {name!r} already exists (--replace or replace=True overwrites)")
         if row is None:
             row = StoredLatencyModel(name=name)
             session.add(row)

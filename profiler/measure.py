@@ -190,13 +190,14 @@ def fixed_input_size(module: nn.Module) -> tuple[int, int] | None:
     return _fixed_hw(next((node for node in module.graph.nodes if node.op == "placeholder"), None))
 
 
-def square_input_size(net: nn.Module, input_size: int | None, module: Path | None, command: str) -> int:
-    """``input_size``, or the size an exported ``net`` is fixed to (224 for others); a clash is an error."""
+def network_input_size(net: nn.Module, input_size: int | None, module: Path | None, command: str) -> tuple[int, int]:
+    """``(height, width)``: the size an exported ``net`` is fixed to (also a non-square one), else ``input_size``
+    square (224 by default); an ``input_size`` that clashes with the fixed size is an error."""
     fixed = fixed_input_size(net)
-    if fixed is not None and (fixed[0] != fixed[1] or input_size not in (None, fixed[0])):
-        raise LatlabError(f"{module} takes {fixed[0]}×{fixed[1]} images (fixed when it was exported); latlab {command} "
-                          f"works on square ones of --input-size{f' {input_size}' if input_size else ''}")
-    return input_size or (fixed[0] if fixed else 224)
+    if fixed is not None and input_size not in (None, *({fixed[0]} if fixed[0] == fixed[1] else set())):
+        raise LatlabError(f"{module} takes {fixed[0]}×{fixed[1]} images (fixed when it was exported); run latlab "
+                          f"{command} without --input-size")
+    return tuple(fixed) if fixed is not None else (input_size or 224, input_size or 224)
 
 
 PROGRAM_LABELS = "latlab.json"  # extra file of a .pt2 latlab wrote: {"model": source network, "variant": label}

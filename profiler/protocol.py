@@ -57,6 +57,7 @@ class TimingProtocol:
             raise LatlabError(f"num_threads must be >= 1, got {self.num_threads}")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (what a ``sweeps`` row stores)."""
         return asdict(self)
 
     def fingerprint(self, backend: str) -> str:

@@ -90,6 +90,7 @@ class PruneResult:
     counts: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        """One flat record of the run: method, target, solver status and time, predicted latencies, counts."""
         return {
             "method": self.method, "target": self.target, "status": self.result.status,
             "solver": self.result.backend, "solve_s": round(self.result.seconds, 4),

@@ -150,6 +150,7 @@ class SolveResult:
         return self.solution is not None and self.status in ("optimal", "feasible", "timeout")
 
     def as_dict(self) -> dict:
+        """The result as plain JSON-ready values."""
         return {
             "status": self.status,
             "backend": self.backend,

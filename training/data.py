@@ -51,13 +51,15 @@ def check_layout(root: str | Path | None, train_dir: str = "train", val_dir: str
     return out[0], out[1]
 
 
-def transforms_for(input_size: int, train: bool) -> transforms.Compose:
-    """Train: RandomResizedCrop + flip; val: Resize(size·256/224) + CenterCrop; both ImageNet-normalised."""
+def transforms_for(input_size: int | tuple[int, int], train: bool) -> transforms.Compose:
+    """Train: RandomResizedCrop + flip; val: Resize(size·256/224) + CenterCrop; both ImageNet-normalised.
+    ``(height, width)`` crops that shape (validation resizes each side by 256/224 first)."""
     norm = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if train:
         return transforms.Compose([transforms.RandomResizedCrop(input_size), transforms.RandomHorizontalFlip(), *norm])
-    return transforms.Compose([transforms.Resize(int(input_size * 256 / 224)), transforms.CenterCrop(input_size),
-                               *norm])
+    resize = int(input_size * 256 / 224) if isinstance(input_size, int) else tuple(int(s * 256 / 224)
+                                                                                   for s in input_size)
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(input_size), *norm])
 
 
 class ShardSampler(Sampler[int]):

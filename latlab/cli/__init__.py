@@ -71,9 +71,22 @@ app.add_typer(db_cmd.app, name="db")
 app.add_typer(sweep.app, name="sweep")
 
 
+def _usage_error(exc: Exception) -> None:
+    """A usage error (missing or unknown option, bad value) as one line like every other latlab error, instead of
+    Typer's boxed panel; exit status 2 as click gives it."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
+        return
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    typer.echo(f"latlab: error: {exc.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``latlab`` script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from typer import rich_utils
+
+    rich_utils.rich_format_error = _usage_error  # Typer looks it up when a usage error happens
     try:
         app(args=argv, prog_name="latlab")
     except LatlabError as exc:

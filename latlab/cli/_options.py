@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,22 @@ def command_line() -> str:
     return hide_passwords("latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 
+INPUT_SIZE_HELP = "Input resolution: N (square) or HxW (e.g. 96x160)."
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """``--input-size``: ``224`` (square) or ``HxW`` (``96x160``) as ``(height, width)``."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[x×]\s*(\d+))?\s*", str(text))
+    if match is None or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < 1):
+        raise LatlabError(f"--input-size must be N or HxW with positive integers (224, 96x160), got {text!r}")
+    return int(match[1]), int(match[2] or match[1])
+
+
+def size_text(hw: tuple[int, int]) -> str:
+    """``224`` for a square input size, ``96×160`` otherwise (as messages and tables print it)."""
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}×{hw[1]}"
+
+
 def parse_group_sizes(text: str) -> str | int:
     """``--group-sizes``: ``auto``, ``reference`` or an integer q >= 1 (case and spaces ignored)."""
     value = text.strip().lower()
@@ -43,12 +60,14 @@ def parse_group_sizes(text: str) -> str | int:
     raise LatlabError(f"--group-sizes must be auto, reference or an integer >= 1, got {text!r}")
 
 
-def unseen_shape_error(exc: Exception, input_size: int, command: str) -> Exception:
+def unseen_shape_error(exc: Exception, input_size: int | tuple[int, int], command: str) -> Exception:
     """A latency model's "never trained on family …" with the way out (another input size); other errors as they are."""
     if "never trained on family" not in str(exc):
         return exc
-    return LatlabError(f"{exc} — the LUT has no conv of this shape: sweep this network at {input_size} px "
-                       f"(`latlab profile --model … --input-size {input_size}`), or {command} at the sweep's input "
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    flag = str(h) if h == w else f"{h}x{w}"
+    return LatlabError(f"{exc} — the LUT has no conv of this shape: sweep this network at {size_text((h, w))} px "
+                       f"(`latlab profile --model … --input-size {flag}`), or {command} at the sweep's input "
                        "size (--input-size)")
 
 

@@ -10,6 +10,7 @@ import typer
 
 from db.errors import LatlabError
 from latlab.cli._options import (
+    INPUT_SIZE_HELP,
     MODEL_HELP,
     MaskOption,
     MgpOption,
@@ -17,6 +18,7 @@ from latlab.cli._options import (
     WeightsOption,
     command_line,
     echo_rows,
+    parse_input_size,
 )
 
 FORMATS = ("pt2", "onnx")
@@ -42,7 +44,7 @@ def export(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: pt2 (torch.export) | onnx.")] = "pt2",
     num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
-    input_size: Annotated[int, typer.Option(help="Input resolution (square) for --model.")] = 224,
+    input_size: Annotated[str, typer.Option(help=f"{INPUT_SIZE_HELP[:-1]}, for --model.")] = "224",
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
 ) -> None:
     r"""Write the physically pruned network that a mask file describes, checked against the masked one.
@@ -84,7 +86,7 @@ def export(
         labels = module_labels(module)
     else:
         name, net = load_model(model, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
-        size = (input_size, input_size)
+        size = parse_input_size(input_size)
         slim, row = net, {"source": name + (f" + {weights.name}" if weights else "")}
         labels = {"model": name, "variant": f"mask:{mask.name}" if mask else "dense"}
         if mask is not None:

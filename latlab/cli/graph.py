@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import MODEL_HELP, KeepOption, echo_rows, parse_group_sizes
+from latlab.cli._options import INPUT_SIZE_HELP, MODEL_HELP, KeepOption, echo_rows, parse_group_sizes, parse_input_size
 
 FORMATS = ("table", "mdp", "json")
 
@@ -22,7 +22,7 @@ def graph(
     format: Annotated[str, typer.Option(
         "--format", "-f",
         help="table (print only) | mdp (HALP/MDP json tables) | json (one description file)")] = "table",
-    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    input_size: Annotated[str, typer.Option(help=INPUT_SIZE_HELP)] = "224",
     group_sizes: Annotated[str, typer.Option(
         help="auto (8/16/32 by width) | reference (HALP/MDP ResNet50 sizes) | an integer q")] = "auto",
     prefix: Annotated[str, typer.Option(help="Prefix for names in the mdp tables, e.g. 'module.' (DDP).")] = "",
@@ -58,14 +58,14 @@ def graph(
         raise LatlabError("--format table only prints; OUTDIR and --prefix apply to --format mdp (and OUTDIR to json)")
     if format == "json" and prefix:
         raise LatlabError("--prefix names the entries of the mdp tables; it does not apply to --format json")
-    sizes = parse_group_sizes(group_sizes)
+    sizes, hw = parse_group_sizes(group_sizes), parse_input_size(input_size)
     if check:  # a real network to export (the graph alone is traced on the meta device)
         from profiler.plan import resolve_model
 
         name, net = resolve_model(model)
-        spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
+        spec = build_network_spec(net, hw, group_sizes=sizes, name=name, keep=keep or ())
     else:
-        spec = build_network_spec(model, input_size, group_sizes=sizes, keep=keep or ())
+        spec = build_network_spec(model, hw, group_sizes=sizes, keep=keep or ())
     arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip().lower())
     description = spec.to_dict()
     checked = ""
@@ -82,7 +82,7 @@ def graph(
         typer.echo(json.dumps(description, indent=2))
         return
     summary = {"model": spec.model_name, **spec.summary()}
-    echo_rows([summary], "table", title=f"{spec.model_name} at {input_size}x{input_size}", record=True)
+    echo_rows([summary], "table", title=f"{spec.model_name} at {hw[0]}x{hw[1]}", record=True)
     if checked:
         typer.echo(checked)
     if format == "table":

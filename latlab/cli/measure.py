@@ -19,10 +19,11 @@ from latlab.cli._options import (
     WeightsOption,
     command_line,
     echo_rows,
+    size_text,
 )
 
 
-def _predictions(database, names: list[str], net, input_size: int, batch: int, dtype: str,  # type: ignore[no-untyped-def]
+def _predictions(database, names: list[str], net, input_size: tuple[int, int], batch: int, dtype: str,  # type: ignore[no-untyped-def]
                  layout: str) -> dict[str, float]:
     """Conv latency (ms) each stored latency model predicts for ``net`` as it is (its real cin and cout), at the
     op (conv, conv_bn_relu) the model was fitted on; its batch, dtype and layout must be the measurement's."""
@@ -106,8 +107,8 @@ def measure(
         load_model,
         measure_models_interleaved,
         module_labels,
+        network_input_size,
         paired_speedup,
-        square_input_size,
     )
     from profiler.protocol import TimingProtocol
     from pruning.mask_files import apply_mask_file
@@ -118,7 +119,7 @@ def measure(
         raise LatlabError(f"--rounds must be >= 1, got {rounds}")
     name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes,
                            trust_checkpoint=trust_checkpoint)
-    input_size = square_input_size(net, input_size, module, "measure")
+    hw = network_input_size(net, input_size, module, "measure")
     nets = {}
     if module is not None and variant == "dense":  # a saved module is a pruned one unless it says otherwise
         variant = module_labels(module)["variant"]
@@ -127,7 +128,7 @@ def measure(
             raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
         if speedup:
             nets["dense"] = net
-        net = apply_mask_file(mask, net, input_size, per_layer=mgp)
+        net = apply_mask_file(mask, net, hw, per_layer=mgp)
         variant = variant if variant != "dense" else f"mask:{mask.name}"
     nets = {variant: net, **nets}
     per_round = max(1, repeats // rounds) if speedup else repeats
@@ -135,8 +136,8 @@ def measure(
                               num_threads=threads)
     timing_backend = get_backend(backend, protocol)
     database = open_database(db) if store or latency_model else None
-    predicted = _predictions(database, latency_model, net, input_size, batch, dtype, layout) if latency_model else {}
-    details: dict[str, Any] = {"input_size": input_size, "command": command_line()}
+    predicted = _predictions(database, latency_model, net, hw, batch, dtype, layout) if latency_model else {}
+    details: dict[str, Any] = {"input_size": hw[0] if hw[0] == hw[1] else list(hw), "command": command_line()}
     if predicted:
         details["predicted_conv_ms"] = predicted
     for what, path in (("mask", mask), ("module", module), ("weights", weights)):
@@ -144,13 +145,13 @@ def measure(
             details[what] = {"path": str(path.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     timed = measure_models_interleaved(
         database if store else None, timing_backend, nets, name=name, rounds=rounds if speedup else 1,
-        input_shape=(batch, 3, input_size, input_size), dtype=dtype, layout=layout, hardware_name=hardware_name,
+        input_shape=(batch, 3, *hw), dtype=dtype, layout=layout, hardware_name=hardware_name,
         extra_details={variant: details},
     )
     result = timed[variant]
     row = {
         "model": result.model, "variant": result.variant, "hardware": result.hardware, "backend": result.backend,
-        "batch": batch, "input_size": input_size, "dtype": dtype, "layout": layout, "status": result.status,
+        "batch": batch, "input_size": size_text(hw), "dtype": dtype, "layout": layout, "status": result.status,
         "median_ms": result.median_ms, "iqr_ms": result.iqr_ms, "n": result.n,
         "images_per_s": result.images_per_s, "gmacs_per_image": (result.details.get("macs_per_image") or 0) / 1e9,
         "params_m": result.details.get("params", 0) / 1e6,

@@ -18,6 +18,7 @@ from latlab.cli._options import (
     MgpOption,
     SweepOption,
     echo_rows,
+    size_text,
     unseen_shape_error,
 )
 
@@ -66,7 +67,7 @@ def predict(
     from latency_models.network import predict_network
     from latency_models.resolve import resolve_latency_model
     from latlab.cli.models import parse_kinds
-    from profiler.measure import load_model, square_input_size
+    from profiler.measure import load_model, network_input_size
     from pruning.mask_files import apply_mask_file
 
     kinds = parse_kinds(kind) if kind is not None else [] if latency_model else ["lut"]
@@ -79,23 +80,23 @@ def predict(
             database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
         models[label] = (fitted, settings)
     name, net = load_model(model, module_file=module, num_classes=num_classes)
-    input_size = square_input_size(net, input_size, module, "predict")
+    hw = network_input_size(net, input_size, module, "predict")
     if mask is not None:
-        net, name = apply_mask_file(mask, net, input_size, per_layer=mgp), f"{name} + {mask.name}"
+        net, name = apply_mask_file(mask, net, hw, per_layer=mgp), f"{name} + {mask.name}"
     try:
-        table = predict_network(net, input_size, models)
+        table = predict_network(net, hw, models)
     except LUTMissError as exc:
         raise LatlabError(f"{exc} — the sweep did not measure this conv; --kind mdlm (or rf, gbdt) predicts "
                           "widths between the measured ones") from None
     except OutOfRangeError as exc:
-        raise unseen_shape_error(exc, input_size, "predict") from None
+        raise unseen_shape_error(exc, hw, "predict") from None
     rows = []
     for label, (_, settings) in models.items():
         ms = float(table[label].sum())
         rows.append({"latency_model": label, "source": sources[label], "batch": settings.batch,
                      "dtype": settings.dtype, "layout": settings.layout, "op": settings.op, "convs": len(table),
                      "conv_ms": ms, "images_per_s": settings.batch / ms * 1e3 if ms > 0 else None})
-    title = f"predicted conv latency, {name} at {input_size} px"
+    title = f"predicted conv latency, {name} at {size_text(hw)} px"
     if not per_layer:
         echo_rows(rows, fmt, title=title)
         return

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import MODEL_HELP, DbOption, command_line
+from latlab.cli._options import INPUT_SIZE_HELP, MODEL_HELP, DbOption, command_line, parse_input_size, size_text
 
 if TYPE_CHECKING:
     from db.engine import Database
@@ -27,7 +27,7 @@ def profile(
         "--keep", help="With --grid lattice: what `latlab prune --keep` will keep (stem, or a glob over conv names "
         "and group ids); those groups are swept at their whole width only. Repeatable.", show_default=False)
     ] = None,
-    input_size: Annotated[int, typer.Option(help="Input resolution (square).")] = 224,
+    input_size: Annotated[str, typer.Option(help=INPUT_SIZE_HELP)] = "224",
     batch: Annotated[int, typer.Option(help="Batch size of every timed call (HALP/MDP LUTs use 256).")] = 256,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
     layout: Annotated[str, typer.Option(help="nchw | nhwc (channels_last)")] = "nchw",
@@ -105,12 +105,13 @@ def profile(
         spec = replace(spec, seed=seed)
     if keep and spec.kind != "lattice":
         raise LatlabError(f"--keep narrows the lattice grid (what `latlab prune --keep` asks for), not {spec.kind!r}")
-    network = trace_keeping(model, input_size, keep) if keep else model
-    plan = build_plan(network, spec, input_size=input_size, batch=batch, dtype=dtype, layout=layout, op=op)
+    hw = parse_input_size(input_size)
+    network = trace_keeping(model, hw, keep) if keep else model
+    plan = build_plan(network, spec, input_size=hw, batch=batch, dtype=dtype, layout=layout, op=op)
     if keep:
         plan.description["keep"] = list(keep)
     if dry_run:
-        typer.echo(f"{model} @ {input_size}: {len(plan.families())} shape families, {len(plan)} configurations")
+        typer.echo(f"{model} @ {size_text(hw)}: {len(plan.families())} shape families, {len(plan)} configurations")
         for fam in plan.families():
             n = sum(1 for c in plan.configs if c.family == fam)
             typer.echo(f"  {fam.key}: {n}")

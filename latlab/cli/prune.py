@@ -11,6 +11,7 @@ import typer
 
 from db.errors import LatlabError
 from latlab.cli._options import (
+    INPUT_SIZE_HELP,
     MODEL_HELP,
     DbOption,
     HardwareOption,
@@ -19,13 +20,14 @@ from latlab.cli._options import (
     command_line,
     echo_rows,
     parse_group_sizes,
+    parse_input_size,
     unseen_shape_error,
 )
 from pruning.methods import METHODS
 from pruning.solvers import list_solvers
 
 
-def _data_batches(path: Path, input_size: int, batch_size: int, seed: int):  # type: ignore[no-untyped-def]
+def _data_batches(path: Path, input_size: tuple[int, int], batch_size: int, seed: int):  # type: ignore[no-untyped-def]
     import torch
     from torchvision import datasets
 
@@ -53,7 +55,7 @@ def prune(
     out: Annotated[Path, typer.Option(help="Directory for masks.pt, pruned.pt2, result.json, report.md.")],
     weights: Annotated[Path | None, typer.Option(help="Local state-dict file (weights_only load).")] = None,
     num_classes: Annotated[int, typer.Option(help="Classifier width of the model.")] = 1000,
-    input_size: Annotated[int, typer.Option(help="Input resolution.")] = 224,
+    input_size: Annotated[str, typer.Option(help=INPUT_SIZE_HELP)] = "224",
     latency_model: Annotated[str | None, typer.Option(
         help="Stored latency model name (`latlab models list`); default: fit one on the sweep's LUT.")] = None,
     kind: Annotated[str | None, typer.Option(help="Kind to fit when no --latency-model (default by method).")] = None,
@@ -108,17 +110,17 @@ def prune(
         raise LatlabError(f"--time-limit must be a positive number of seconds, got {time_limit}")
     if not 0 < target <= 1:  # before loading anything
         raise LatlabError(f"--target must be the kept share of latency in (0, 1], got {target}")
-    sizes = parse_group_sizes(group_sizes)
+    sizes, hw = parse_group_sizes(group_sizes), parse_input_size(input_size)
     database = open_database(db, create=False, upgrade=False)
     torch.manual_seed(seed)  # the random initial weights without --weights: the same pruned.pt2 every run
     name, net = load_network(model, weights=weights, num_classes=num_classes)
-    spec = build_network_spec(net, input_size, group_sizes=sizes, name=name, keep=keep or ())
+    spec = build_network_spec(net, hw, group_sizes=sizes, name=name, keep=keep or ())
     check_prunable(spec, method)
     check_limits(spec, method, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
     counts = spec.summary()
-    _step(f"{name} at {input_size}x{input_size}: {counts['prunable']} prunable channel groups, {counts['items']} "
+    _step(f"{name} at {hw[0]}x{hw[1]}: {counts['prunable']} prunable channel groups, {counts['items']} "
           f"items, {counts['blocks']} removable blocks")
-    batches_iter = _data_batches(data, input_size, batch_size, seed) if data is not None else None
+    batches_iter = _data_batches(data, hw, batch_size, seed) if data is not None else None
     t0 = time.perf_counter()
     lat, settings, source = resolve_latency_model(database, latency_model=latency_model, sweep=sweep, hardware=hardware,
                                                   kind=kind or DEFAULT_KIND[method])
@@ -141,11 +143,12 @@ def prune(
                          solver=solver, time_limit=time_limit, min_keep_share=min_keep_share,
                          max_kept_blocks=max_kept_blocks, layer_importances=layer_importances)
     except OutOfRangeError as exc:
-        raise unseen_shape_error(exc, input_size, "prune") from None
+        raise unseen_shape_error(exc, hw, "prune") from None
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
-              "importance": imp_source, "solver": solver, "time_limit": time_limit, "input_size": input_size,
-              "keep": keep or [], "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks,
+              "importance": imp_source, "solver": solver, "time_limit": time_limit,
+              "input_size": hw[0] if hw[0] == hw[1] else list(hw), "keep": keep or [],
+              "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks,
               "seed": seed, "num_classes": num_classes, "batches": batches, "batch_size": batch_size,
               "data": str(data) if data else None, "command": command_line(), "provenance": provenance()}
     with staged_folder(out) as stage:  # all files or none: a stopped run leaves a previous result whole

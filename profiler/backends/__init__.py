@@ -41,6 +41,7 @@ def register_backend(name: str, cls: type[Backend]) -> type[Backend]:
 
 
 def list_backends() -> list[str]:
+    """The timing backend names (built-ins and registered ones), sorted."""
     return sorted({*_BUILTIN, *_REGISTERED})
 
 

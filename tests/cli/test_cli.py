@@ -225,7 +225,8 @@ def test_entry_point_exit_codes(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and bad.stderr.startswith("latlab: error: no LUT database")
     usage = subprocess.run([sys.executable, "-m", "latlab", "profile"], capture_output=True, text=True, cwd=ROOT)
-    assert usage.returncode == 2 and "--model" in usage.stderr
+    assert usage.returncode == 2 and usage.stderr == ("latlab: error: Missing option '--model'. (see `latlab profile "
+                                                      "--help`)\n")  # one line like every error, no boxed panel
 
 
 def test_measure_and_hw(tmp_path: Path, cli) -> None:

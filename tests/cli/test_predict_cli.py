@@ -39,12 +39,12 @@ def fake_lut(tmp_path_factory: pytest.TempPathFactory) -> str:
     return db
 
 
-def _lut_sum(db: str, net) -> float:  # type: ignore[no-untyped-def]
+def _lut_sum(db: str, net, hw: int | tuple[int, int] = SIZE) -> float:  # type: ignore[no-untyped-def]
     """Σ of the stored medians of the network's convs, looked up by hand."""
     with open_database(db, create=False).session() as session:
         X, y = lut_frame(session, 1)
     table = dict(zip(configs_from_frame(X), y, strict=True))
-    trace = trace_network(net, SIZE)
+    trace = trace_network(net, hw)
     return lattice_sum(table, trace.layers, dense_widths(trace), batch=4)
 
 
@@ -151,6 +151,30 @@ def test_a_lut_of_several_batches_is_refused_not_priced_at_one_of_them(tmp_path:
         assert code == 0, err
     code, _, err = cli(["predict", *NET, "--db", db])
     assert code == 1 and "covers 2 settings" in err and "latlab fit --batch" in err
+
+
+def test_a_non_square_exported_network_is_priced_and_timed_at_its_own_size(tmp_path: Path, cli) -> None:
+    """A .pt2 exported at 32×48 is predicted and measured at that size (a square --input-size would clash)."""
+    from db.engine import open_database as open_db
+    from profiler.backends.fake import FakeBackend
+    from profiler.measure import save_program
+    from profiler.plan import build_plan
+    from profiler.runner import run_sweep
+
+    net = resnet18(num_classes=10).eval()
+    db = str(tmp_path / "wide.db")
+    run_sweep(open_db(db), build_plan(net, "full:64", input_size=(32, 48), batch=4), FakeBackend(), progress=False)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(net, (torch.zeros(2, 3, 32, 48),), dynamic_shapes=({0: batch},))
+    pt2 = save_program(program, tmp_path / "wide.pt2", model="resnet18", variant="dense")
+    code, out, err = cli(["predict", "--module", str(pt2), "-f", "json", "--db", db])
+    assert code == 0, err
+    assert json.loads(out)[0]["conv_ms"] == pytest.approx(_lut_sum(db, net, (32, 48)))
+    code, out, err = cli(["measure", "--module", str(pt2), "--backend", "fake", "--batch", "4", "--repeats", "3",
+                          "-f", "json", "--db", db])
+    assert code == 0 and json.loads(out)[0]["input_size"] == "32×48", err
+    code, _, err = cli(["predict", "--module", str(pt2), "--input-size", "32", "--db", db])
+    assert code == 1 and "takes 32×48 images (fixed when it was exported); run latlab predict without" in err
 
 
 def test_tables_print_brackets_as_text() -> None:

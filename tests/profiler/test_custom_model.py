@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -81,12 +82,16 @@ def test_bad_references_say_what_is_wrong(nets: Path, reference: str, num_classe
         resolve_model(reference, num_classes=num_classes)
 
 
-def test_the_cli_profiles_and_prunes_your_network(nets: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_the_cli_profiles_and_prunes_your_network_at_a_non_square_size(nets: Path, cli) -> None:  # type: ignore[no-untyped-def]
     db = str(nets / "own.db")
     code, out, err = cli(["profile", "--model", "nets.py:Net", "--backend", "fake", "--grid", "lattice",
-                          "--input-size", "64", "--batch", "256", "-q", "--db", db])
+                          "--input-size", "64x96", "--batch", "256", "-q", "--db", db])
     assert code == 0, err
-    code, out, err = cli(["prune", "--model", "nets.py:Net", "--input-size", "64", "--method", "halp", "--target",
+    code, out, err = cli(["prune", "--model", "nets.py:Net", "--input-size", "64x96", "--method", "halp", "--target",
                           "0.99", "--db", db, "--out", str(nets / "pruned")])
     assert code == 0, err
-    assert (nets / "pruned" / "pruned.pt2").is_file() and "nets.py:Net at 64x64" in out
+    assert (nets / "pruned" / "pruned.pt2").is_file() and "nets.py:Net at 64x96" in out
+    code, out, err = cli(["predict", "--module", str(nets / "pruned" / "pruned.pt2"), "-f", "json", "--db", db])
+    assert code == 0 and json.loads(out)[0]["conv_ms"] > 0, err  # at the 64×96 it was exported at
+    code, _, err = cli(["graph", "--model", "nets.py:Net", "--input-size", "64y96"])
+    assert code == 1 and "--input-size must be N or HxW" in err
