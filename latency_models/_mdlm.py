@@ -220,8 +220,9 @@ class MDLM(LatencyModel):
 
     def _fit_surfaces(self, keys: list[GroupKey]) -> None:
         if keys:
-            self.surface_cache_.update(_fit_surfaces({k: self.tables_[k] for k in keys}, use_gp=self.surface == "gp",
-                                                random_state=self.random_state, hyper=self.surface_hyper_))
+            fitted = _fit_surfaces({k: self.tables_[k] for k in keys}, use_gp=self.surface == "gp",
+                                   random_state=self.random_state, hyper=self.surface_hyper_)
+            self.surface_cache_.update(fitted)
 
     def _evaluate(self, X: Any, want_std: bool) -> tuple[np.ndarray, np.ndarray]:
         self._check_fitted()

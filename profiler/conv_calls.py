@@ -72,8 +72,9 @@ _PADS = (torch.ops.aten.pad.default, torch.ops.aten.reflection_pad2d.default,
 
 
 def _conv_nodes(module: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in module.graph.nodes if n.op == "call_function" and n.target in (torch.ops.aten.conv2d.default,
-                                                                                        _CONV)]
+    """The 2-D convolution nodes the recorder sees (not a transposed ``aten.convolution``), in order."""
+    return [n for n in module.graph.nodes if n.op == "call_function" and (
+        n.target is torch.ops.aten.conv2d.default or n.target is _CONV and not (len(n.args) > 6 and n.args[6]))]
 
 
 @dataclass(frozen=True)

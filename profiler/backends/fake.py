@@ -540,8 +540,8 @@ def _graph_ops(model: torch.fx.GraphModule, input_shape: tuple[int, ...]) -> lis
             stride, padding, dilation = args[3] or 1, args[4] if args[4] is not None else 0, args[5] or 1
             groups = int(args[8] if name == "convolution" else args[6] or 1)
             cout, cin = weight[0], weight[1] * groups
-            family = unpadded_family(_family(in_shape, weight[2:], stride, padding, dilation, groups, cin, cout),
-                               own_padding.get(node.name, (0, 0)))
+            family = _family(in_shape, weight[2:], stride, padding, dilation, groups, cin, cout)
+            family = unpadded_family(family, own_padding.get(node.name, (0, 0)))
             ops.append(_Op("Conv2d", in_shape, out_shape, conv=(family, cin, cout)))
         elif transposed and not _functional(node):  # not in the LUT: a memory-bound layer, as its module's hook
             ops.append(_Op(f"ConvTranspose{len(in_shape or (0, 0, 0, 0)) - 2}d", in_shape, out_shape))
