@@ -157,11 +157,7 @@ def run_sweep(
                 report.stopped_by = "time budget"
                 break
             values = _measure_one(backend, config)
-            if values.status != "ok":
-                report.failed[values.status] += 1
-                tell_failure(bar, config, values)
-            else:
-                report.measured += 1
+            count_result(report, bar, config, values)
             _store(db, sweep_id, config, values, replace=config_key(config) in failed_before)
             bar.update(1)
     except KeyboardInterrupt:
@@ -186,9 +182,14 @@ def _store(db: Database, sweep_id: int, config: ConvConfig, values: MeasurementV
     with_retry(write, what=f"storing {config.describe()}")
 
 
-def tell_failure(bar: tqdm, config: ConvConfig, values: MeasurementValues) -> None:
-    """Say that ``config`` failed: above the progress bar, or as a logged warning when the bar is off (never on
-    stdout then: a library caller with ``progress=False`` keeps its stdout)."""
+def count_result(report: Any, bar: tqdm, config: ConvConfig, values: MeasurementValues) -> None:
+    """Count one measurement in ``report`` (``measured``, ``failed`` by status); a failure is said above the
+    progress bar, or logged as a warning when the bar is off (a library caller with ``progress=False`` keeps
+    its stdout)."""
+    if values.status == "ok":
+        report.measured += 1
+        return
+    report.failed[values.status] += 1
     text = f"{values.status}: {config.describe()}: {values.message}"
     if bar.disable:
         log.warning(text)

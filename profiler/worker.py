@@ -23,7 +23,7 @@ from db.lut import config_key, measured_keys
 from db.retry import DEFAULT_RETRY_S, with_retry
 from profiler.backends.base import Backend
 from profiler.plan import SweepPlan
-from profiler.runner import _measure_one, set_sweep_status, start_sweep, tell_failure
+from profiler.runner import _measure_one, count_result, set_sweep_status, start_sweep
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,7 @@ def _do_claim(db, sweep_id, worker_id, claim_id, key, backend, report, bar, retr
                   "storing a measurement")
     if not owned:
         report.lost += 1
-    if values.status != "ok":
-        report.failed[values.status] += 1
-        tell_failure(bar, config, values)
-    else:
-        report.measured += 1
+    count_result(report, bar, config, values)
     bar.update(1)
 
 
