@@ -34,7 +34,7 @@ from latency_models.base import LatencyModel
 from latency_models.features import frame_from_configs
 from latency_models.network import network_latency
 from latency_models.resolve import LutSettings as Settings  # execution settings of the LUT keys
-from pruning.graph import ChannelGroup, NetworkSpec
+from pruning.graph import ChannelGroup, NetworkSpec, PrunableConv
 from pruning.methods import DEFAULT_KIND as DEFAULT_KIND  # re-exported: where most callers import it
 from pruning.methods import METHODS
 from pruning.problem import BlockValue, Group, LinearTerm, PairwiseTerm, PruningProblem, SolveResult
@@ -196,27 +196,41 @@ def build_problem(
     }
     groups, order = _groups(spec, importances, block_of_group, min_keep_share, live or {})
     index = {gid: i for i, gid in enumerate(spec.groups)}
-    linear: list[LinearTerm] = []
-    terms: list[PairwiseTerm] = []
+    # every conv's priced states first, then one prediction for all pairwise and one for all linear terms
+    pair_convs: list[tuple[PrunableConv, ChannelGroup, ChannelGroup, np.ndarray, np.ndarray, np.ndarray,
+                           np.ndarray]] = []
+    line_convs: list[tuple[PrunableConv, ChannelGroup, int, np.ndarray]] = []
+    pair_configs: list[ConvConfig] = []
+    line_configs: list[ConvConfig] = []
+    line_cins: list[int] = []
     for conv in spec.convs:
         g = spec.groups[conv.group]
         ks, rows = _priced_states(g)
-        block = block_of_conv.get(conv.name)
         p = spec.groups.get(conv.producer_group) if conv.producer_group else None
         if pairwise and p is not None and not conv.depthwise:
             kin, cols = _priced_states(p)
-            grid = [(int(i), int(j)) for i in ks for j in kin]
-            configs = [ConvConfig(conv.family, j * p.q, i * g.q, settings.batch, settings.dtype, settings.layout,
-                                  settings.op) for i, j in grid]
-            matrix = np.zeros((g.m + 1, p.m + 1))
-            matrix[1:, 1:] = _predict(model, configs, None).reshape(len(ks), len(kin))[np.ix_(rows, cols)]
-            terms.append(PairwiseTerm(index[g.id], index[p.id], matrix, block, conv.name))
+            pair_configs += [ConvConfig(conv.family, int(j) * p.q, int(i) * g.q, settings.batch, settings.dtype,
+                                        settings.layout, settings.op) for i in ks for j in kin]
+            pair_convs.append((conv, g, p, ks, rows, kin, cols))
             continue
         cins = [int(k * g.q) if conv.depthwise else conv.cin for k in ks]
-        configs = [ConvConfig(conv.family, ci, int(k * g.q), settings.batch, settings.dtype, settings.layout,
-                              settings.op) for ci, k in zip(cins, ks, strict=True)]
-        costs = np.concatenate([[0.0], _predict(model, configs, cins)[rows]])
-        linear.append(LinearTerm(index[g.id], costs, block, conv.name))
+        line_configs += [ConvConfig(conv.family, ci, int(k * g.q), settings.batch, settings.dtype, settings.layout,
+                                    settings.op) for ci, k in zip(cins, ks, strict=True)]
+        line_cins += cins
+        line_convs.append((conv, g, len(ks), rows))
+    pair_ms, start = _predict(model, pair_configs, None), 0
+    terms: list[PairwiseTerm] = []
+    for conv, g, p, ks, rows, kin, cols in pair_convs:
+        matrix = np.zeros((g.m + 1, p.m + 1))
+        matrix[1:, 1:] = pair_ms[start:start + len(ks) * len(kin)].reshape(len(ks), len(kin))[np.ix_(rows, cols)]
+        start += len(ks) * len(kin)
+        terms.append(PairwiseTerm(index[g.id], index[p.id], matrix, block_of_conv.get(conv.name), conv.name))
+    line_ms, start = _predict(model, line_configs, line_cins), 0
+    linear: list[LinearTerm] = []
+    for conv, g, n, rows in line_convs:
+        costs = np.concatenate([[0.0], line_ms[start:start + n][rows]])
+        start += n
+        linear.append(LinearTerm(index[g.id], costs, block_of_conv.get(conv.name), conv.name))
     dense = sum(t.costs[-1] for t in linear) + sum(t.matrix[-1, -1] for t in terms)
     shares = _block_values(spec, importances, layer_importances, order, block_of_conv, block_of_group)
     problem = PruningProblem(groups, budget=float(target * dense), linear=linear, pairwise=terms,
