@@ -325,8 +325,7 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
     out = []
     now = utcnow()
     for s in session.scalars(query):
-        cache = ("unknown" if s.backend == "legacy" else "llc-flush" if s.llc_flush else "l2-flush" if s.l2_flush
-                 else "warm")  # an imported LUT does not say how it was timed
+        cache = cache_label(s)
         out.append({
             "sweep": s.id, "hardware": s.hardware.name, "hardware_id": s.hardware_id, "backend": s.backend,
             "name": s.name, "settings": "; ".join(settings.get(s.id, [])), "cache": cache,
@@ -337,6 +336,14 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
             "updated": s.updated_at.strftime("%Y-%m-%d %H:%M") if s.updated_at else "",
         })
     return out
+
+
+def cache_label(sweep: Sweep) -> str:
+    """How warm the caches were: ``warm``, ``l2-flush``, ``llc-flush``, or ``unknown`` for an imported LUT (a
+    legacy pickle does not say how it was timed)."""
+    if sweep.backend == "legacy":
+        return "unknown"
+    return "llc-flush" if sweep.llc_flush else "l2-flush" if sweep.l2_flush else "warm"
 
 
 STALLED_AFTER_S = 600.0  # a running sweep that stored nothing for this long is shown as stalled
@@ -365,9 +372,9 @@ def sweep_provenance(sweep: Sweep) -> dict[str, Any]:
     hw = sweep.hardware
     return {
         "sweep": sweep.id, "hardware": hw.name, "fingerprint": hw.fingerprint, "backend": sweep.backend,
-        "timer": sweep.timer, "warmup": sweep.warmup, "repeats": sweep.repeats,
-        "cache": "llc-flush" if sweep.llc_flush else "l2-flush" if sweep.l2_flush else "warm",
-        "threads": sweep.num_threads, "cudnn_benchmark": sweep.cudnn_benchmark, "allow_tf32": sweep.allow_tf32,
+        "timer": sweep.timer, "warmup": sweep.warmup, "repeats": sweep.repeats, "cache": cache_label(sweep),
+        "threads": sweep.num_threads, "cudnn_benchmark": sweep.cudnn_benchmark,
+        "cudnn_deterministic": sweep.cudnn_deterministic, "allow_tf32": sweep.allow_tf32,
         "torch": hw.torch_version, "cuda": hw.cuda_version, "cudnn": hw.cudnn_version, "driver": hw.driver_version,
         "latlab": sweep.git_sha,
     }
@@ -379,7 +386,8 @@ def sweep_caption(sweep: Sweep) -> str:
     software = ", ".join(f"{name} {v}" for name, v in (("torch", hw.torch_version), ("CUDA", hw.cuda_version),
                                                        ("cuDNN", hw.cudnn_version), ("driver", hw.driver_version))
                          if v)
-    cache = "L2 flushed" if sweep.l2_flush else "LLC flushed" if sweep.llc_flush else "warm cache"
+    cache = {"warm": "warm cache", "l2-flush": "L2 flushed", "llc-flush": "LLC flushed"}.get(cache_label(sweep),
+                                                                                             "cache unknown")
     threads = f", {sweep.num_threads} thread{'s' * (sweep.num_threads != 1)}" if sweep.num_threads else ""
     flags = "".join(f", {text} {'on' if on else 'off'}" for text, on in (
         ("cuDNN autotune", sweep.cudnn_benchmark), ("cuDNN deterministic", sweep.cudnn_deterministic),

@@ -1,19 +1,22 @@
 """Your own network by reference: ``FILE.py:NAME`` or ``package.module:NAME`` wherever a model name is taken.
 
 ``NAME`` is an ``nn.Module`` subclass or a function returning one; it is called with no arguments, or with
-``num_classes=`` when a command asks for a class count other than 1000 (it must then accept that keyword).
-``NAME`` may be dotted (``nets.py:zoo.small``). A file path is relative to the working directory; a module
-name is imported with the working directory first on ``sys.path`` (as ``python -m`` does). This runs the
-file's code, as importing it in Python would: refer only to files you trust.
+``num_classes=`` when a class count is given and it takes that keyword (one that does not may only be asked
+for 1000, the presets' value). ``NAME`` may be dotted (``nets.py:zoo.small``). A file path is relative to the
+working directory. While the file runs and ``NAME`` is called, the file's folder and the working directory
+are first on ``sys.path``, as ``python nets.py`` and ``python -m`` have them: the file may import the modules
+beside it. This runs the file's code, as importing it in Python would: refer only to files you trust.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,11 +40,17 @@ def is_custom_reference(name: str) -> bool:
     return source.endswith(".py") or re.fullmatch(_MODULE_NAME, source) is not None
 
 
-def build_custom_model(reference: str, num_classes: int = 1000) -> nn.Module:
+def build_custom_model(reference: str, num_classes: int | None = None) -> nn.Module:
     """The network ``reference`` (``FILE.py:NAME`` or ``package.module:NAME``) names, built; a clear
     :class:`LatlabError` when the file, module or name is missing, its code fails, or it is not an nn.Module."""
     source, _, attr = reference.strip().rpartition(":")
-    module = _load_file(source) if source.endswith(".py") else _import(source)
+    folder = Path(source).expanduser().resolve().parent if source.endswith(".py") else None
+    with _on_sys_path(folder, Path.cwd()):
+        module = _load_file(source) if folder is not None else _import(source)
+        return _build(reference, module, source, attr, num_classes)
+
+
+def _build(reference: str, module: ModuleType, source: str, attr: str, num_classes: int | None) -> nn.Module:
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -51,8 +60,8 @@ def build_custom_model(reference: str, num_classes: int = 1000) -> nn.Module:
         raise LatlabError(f"{reference} is a module instance; name its class or a function that builds it")
     if not callable(target):
         raise LatlabError(f"{reference} is a {type(target).__name__}, not an nn.Module class or a function")
-    kwargs = {"num_classes": num_classes} if num_classes != 1000 else {}
-    if kwargs and not _accepts(target, "num_classes"):
+    kwargs = {"num_classes": num_classes} if num_classes is not None and _accepts(target, "num_classes") else {}
+    if not kwargs and num_classes not in (None, 1000):
         raise LatlabError(f"{reference} takes no num_classes argument; drop --num-classes (or model.num_classes) "
                           "or give it one")
     try:
@@ -84,22 +93,28 @@ def _load_file(source: str) -> ModuleType:
     return module
 
 
+@contextlib.contextmanager
+def _on_sys_path(*folders: Path | None) -> Iterator[None]:
+    """``folders`` first on ``sys.path`` for the duration (those already there stay where they are)."""
+    added = [str(f) for f in folders if f is not None and str(f) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+
+
 def _import(source: str) -> ModuleType:
-    cwd = str(Path.cwd())
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
     try:
         return importlib.import_module(source)
     except ModuleNotFoundError as exc:
         if exc.name and source.startswith(exc.name):
-            raise LatlabError(f"no module {source!r} (looked in {cwd} and on sys.path)") from None
+            raise LatlabError(f"no module {source!r} (looked in {Path.cwd()} and on sys.path)") from None
         raise LatlabError(f"importing {source} failed: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
         raise LatlabError(f"importing {source} failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        if added:
-            sys.path.remove(cwd)
 
 
 def _accepts(fn: Any, keyword: str) -> bool:

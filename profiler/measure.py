@@ -118,7 +118,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(
     model: str | None = None, *, weights: str | Path | None = None, module_file: str | Path | None = None,
-    num_classes: int = 1000, trust_checkpoint: bool = False,
+    num_classes: int | None = None, trust_checkpoint: bool = False,
 ) -> tuple[str, nn.Module]:
     """Build the network to time; returns (display name, module in eval mode)."""
     if (model is None) == (module_file is None):
@@ -190,14 +190,15 @@ def fixed_input_size(module: nn.Module) -> tuple[int, int] | None:
     return _fixed_hw(next((node for node in module.graph.nodes if node.op == "placeholder"), None))
 
 
-def network_input_size(net: nn.Module, input_size: int | None, module: Path | None, command: str) -> tuple[int, int]:
+def network_input_size(net: nn.Module, input_size: tuple[int, int] | None, module: Path | None,
+                       command: str) -> tuple[int, int]:
     """``(height, width)``: the size an exported ``net`` is fixed to (also a non-square one), else ``input_size``
-    square (224 by default); an ``input_size`` that clashes with the fixed size is an error."""
+    (224 × 224 by default); an ``input_size`` that clashes with the fixed size is an error."""
     fixed = fixed_input_size(net)
-    if fixed is not None and input_size not in (None, *({fixed[0]} if fixed[0] == fixed[1] else set())):
+    if fixed is not None and input_size not in (None, tuple(fixed)):
         raise LatlabError(f"{module} takes {fixed[0]}×{fixed[1]} images (fixed when it was exported); run latlab "
                           f"{command} without --input-size")
-    return tuple(fixed) if fixed is not None else (input_size or 224, input_size or 224)
+    return tuple(fixed) if fixed is not None else input_size or (224, 224)
 
 
 PROGRAM_LABELS = "latlab.json"  # extra file of a .pt2 latlab wrote: {"model": source network, "variant": label}

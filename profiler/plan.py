@@ -64,16 +64,17 @@ def _display_name(model: nn.Module) -> str:
 TIMM_PREFIX = "timm:"
 
 
-def resolve_model(model: str | nn.Module, num_classes: int = 1000) -> tuple[str, nn.Module]:
+def resolve_model(model: str | nn.Module, num_classes: int | None = None) -> tuple[str, nn.Module]:
     """``(display name, module in eval mode)`` for a model name or a module.
 
     A torchvision name is built with ``torchvision.models.get_model(name, weights=None)`` (and
-    ``weights_backbone=None`` where the builder has it); ``num_classes`` is passed only when it is not
-    1000. A name ``timm:NAME`` (e.g. ``timm:resnet50d``, ``timm:efficientnet_b0.ra_in1k``) is built with
-    ``timm.create_model(NAME, pretrained=False)`` when the optional ``timm`` package is installed. Your own
-    network is ``FILE.py:NAME`` or ``package.module:NAME`` (:mod:`profiler.custom_model`). Nothing is
-    downloaded: weights come from a local file (``profiler.measure.load_model``). An unknown name raises
-    :class:`LatlabError` listing close matches. A module is put in eval mode in place.
+    ``weights_backbone=None`` where the builder has it); ``num_classes`` is passed only when given and not
+    1000 (None: the builder's own). A name ``timm:NAME`` (e.g. ``timm:resnet50d``,
+    ``timm:efficientnet_b0.ra_in1k``) is built with ``timm.create_model(NAME, pretrained=False)`` when the
+    optional ``timm`` package is installed. Your own network is ``FILE.py:NAME`` or ``package.module:NAME``
+    (:mod:`profiler.custom_model`). Nothing is downloaded: weights come from a local file
+    (``profiler.measure.load_model``). An unknown name raises :class:`LatlabError` listing close matches. A
+    module is put in eval mode in place.
     """
     if isinstance(model, nn.Module):
         return _display_name(model), model.eval()
@@ -94,7 +95,7 @@ def resolve_model(model: str | nn.Module, num_classes: int = 1000) -> tuple[str,
                           f"{_close_matches(name, known, 'torchvision.models.list_models()')} (your own network: "
                           "FILE.py:NAME or package.module:NAME)")
     kwargs: dict[str, Any] = {"weights": None}
-    if num_classes != 1000:  # 1000 keeps each builder's own default (detection: 91, segmentation: 21)
+    if num_classes not in (None, 1000):  # 1000 keeps each builder's own default (detection: 91, segmentation: 21)
         kwargs["num_classes"] = num_classes
     if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
         kwargs["weights_backbone"] = None  # detection/segmentation: never download a backbone
@@ -110,7 +111,7 @@ def _close_matches(name: str, known: list[str], where: str) -> str:
     return f"did you mean {', '.join(close)}?" if close else f"see {where}"
 
 
-def _timm_model(name: str, num_classes: int) -> tuple[str, nn.Module]:
+def _timm_model(name: str, num_classes: int | None) -> tuple[str, nn.Module]:
     try:
         import timm
     except ImportError:
@@ -120,7 +121,8 @@ def _timm_model(name: str, num_classes: int) -> tuple[str, nn.Module]:
         hint = _close_matches(arch, timm.list_models(), "timm.list_models()")
         raise LatlabError(f"unknown timm model {name!r}; {hint}")
     try:
-        module = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        classes = {} if num_classes is None else {"num_classes": num_classes}
+        module = timm.create_model(name, pretrained=False, **classes)
     except Exception as exc:  # timm raises several types for bad names and kwargs
         raise LatlabError(f"cannot build timm model {name!r}: {type(exc).__name__}: {exc}") from None
     return f"{TIMM_PREFIX}{name}", module.eval()

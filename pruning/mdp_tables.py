@@ -47,6 +47,9 @@ def write_mdp_tables(spec: NetworkSpec, outdir: str | Path, arch_name: str, *, p
     """Write the three HALP/MDP json tables of ``spec``; return their paths (see the module docstring)."""
     if not arch_name or any(ch in arch_name for ch in "/\\"):
         raise LatlabError(f"arch name must be a plain file-name part, got {arch_name!r}")
+    if spec.input_size[0] != spec.input_size[1]:  # their fmap table holds one number per conv
+        raise LatlabError(f"HALP/MDP's tables describe square feature maps; {spec.model_name} is traced at "
+                          f"{spec.input_size[0]}x{spec.input_size[1]}: use a square --input-size")
     paths = mdp_table_paths(outdir, arch_name)
     Path(outdir).mkdir(parents=True, exist_ok=True)
 

@@ -34,12 +34,15 @@ def command_line() -> str:
     return hide_passwords("latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 
 
+NumClassesOption = Annotated[int | None, typer.Option(
+    help="Classifier width for --model [default: the network's own: 1000 for torchvision and timm].",
+    show_default=False)]
 INPUT_SIZE_HELP = "Input resolution: N (square) or HxW (e.g. 96x160)."
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
     """``--input-size``: ``224`` (square) or ``HxW`` (``96x160``) as ``(height, width)``."""
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[x×]\s*(\d+))?\s*", str(text))
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", str(text))
     if match is None or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < 1):
         raise LatlabError(f"--input-size must be N or HxW with positive integers (224, 96x160), got {text!r}")
     return int(match[1]), int(match[2] or match[1])
@@ -48,6 +51,11 @@ def parse_input_size(text: str) -> tuple[int, int]:
 def size_text(hw: tuple[int, int]) -> str:
     """``224`` for a square input size, ``96×160`` otherwise (as messages and tables print it)."""
     return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}×{hw[1]}"
+
+
+def size_value(hw: tuple[int, int]) -> int | list[int]:
+    """An input size as result and config files store it: ``224``, or ``[96, 160]`` when not square."""
+    return hw[0] if hw[0] == hw[1] else list(hw)
 
 
 def parse_group_sizes(text: str) -> str | int:

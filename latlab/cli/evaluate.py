@@ -10,7 +10,15 @@ import typer
 
 from db.errors import LatlabError
 from latency_models.split_kinds import SPLIT_KINDS
-from latlab.cli._options import DbOption, HardwareOption, SweepOption, command_line, echo_rows
+from latlab.cli._options import (
+    DbOption,
+    HardwareOption,
+    SweepOption,
+    command_line,
+    echo_rows,
+    parse_input_size,
+    size_value,
+)
 from latlab.cli.models import ModelsOption, ParamOption, parse_kinds, parse_params
 
 
@@ -48,8 +56,9 @@ def evaluate(
     budget_curve: Annotated[bool, typer.Option(help="Also accuracy vs training share 5/10/25/50%.")] = False,
     network: Annotated[str | None, typer.Option(help="Whole-network check on random prunings of this model.")] = None,
     pruned: Annotated[int, typer.Option(help="Random pruned configurations for --network.")] = 20,
-    input_size: Annotated[int | None, typer.Option(
-        help="Input resolution of --network (default: the one the sweep profiled it at, else 224).")] = None,
+    input_size: Annotated[str | None, typer.Option(
+        help="Input resolution of --network, N or HxW (default: the one the sweep profiled it at, else 224).")
+    ] = None,
     width_multiple: Annotated[int | None, typer.Option(
         help="Pruned widths are multiples of this (default: the sweep's grid step / reference groups).")] = None,
     measure_backend: Annotated[str | None, typer.Option(
@@ -137,9 +146,9 @@ def evaluate(
     if network is not None:
         from profiler.plan import trace_network
 
-        swept = _sweep_run(plan, network).get("input_size") or [224]
-        input_size = input_size or int(swept[0])
-        trace = trace_network(network, input_size)
+        swept = [int(v) for v in _sweep_run(plan, network).get("input_size") or [224]]
+        hw = parse_input_size(input_size) if input_size else (swept[0], swept[-1])
+        trace = trace_network(network, hw)
     if budget_curve:
         tables["Accuracy vs training share"] = accuracy_vs_budget(candidates, X, y, split_kind=split, seeds=(seed,))
     whole = None
@@ -150,7 +159,7 @@ def evaluate(
         if run.get("keep") and width_multiple is None:  # a lattice swept for `latlab prune --keep`
             from pruning.graph import trace_keeping
 
-            trace = trace_keeping(str(network), input_size, run["keep"])
+            trace = trace_keeping(str(network), trace.input_size, run["keep"])
         group_sizes, multiple = _width_rule(run, trace, width_multiple)
         settings = {"batch": first.batch, "dtype": first.dtype, "layout": first.layout, "op": first.op}
 
@@ -174,7 +183,8 @@ def evaluate(
                           title=f"Latency models on sweep {sweep_id} ({hw_name})")
     config = {"sweep": sweep_id, "hardware": hw_name, "split": split, "train_fraction": train_fraction,
               "batch": batch, "dtype": dtype, "layout": layout, "op": op, "budget_curve": budget_curve,
-              "network": network, "pruned": pruned, "input_size": input_size, "width_multiple": width_multiple,
+              "network": network, "pruned": pruned,
+              "input_size": None if trace is None else size_value(trace.input_size), "width_multiple": width_multiple,
               "measure_backend": measure_backend, "threads": threads, "strict": strict, "seed": seed,
               "models": {kind: model.get_params() for kind, model in candidates.items()},
               "command": command_line(), "provenance": provenance()}

@@ -14,6 +14,7 @@ from latlab.cli._options import (
     MODEL_HELP,
     MaskOption,
     MgpOption,
+    NumClassesOption,
     TrustCheckpointOption,
     WeightsOption,
     command_line,
@@ -43,7 +44,7 @@ def export(
         help="A saved torch.export program (.pt2, e.g. the pruned.pt2 of `latlab prune`) to convert instead.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: pt2 (torch.export) | onnx.")] = "pt2",
-    num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
+    num_classes: NumClassesOption = None,
     input_size: Annotated[str, typer.Option(help=f"{INPUT_SIZE_HELP[:-1]}, for --model.")] = "224",
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
 ) -> None:

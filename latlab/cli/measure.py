@@ -15,11 +15,14 @@ from latlab.cli._options import (
     FormatOption,
     MaskOption,
     MgpOption,
+    NumClassesOption,
     TrustCheckpointOption,
     WeightsOption,
     command_line,
     echo_rows,
+    parse_input_size,
     size_text,
+    size_value,
 )
 
 
@@ -55,11 +58,11 @@ def measure(
     latency_model: Annotated[list[str] | None, typer.Option(
         "--latency-model", help="Stored latency model (`latlab models list`) to predict this network's conv "
         "latency with; repeatable; the predictions are printed and stored with the measurement.")] = None,
-    num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
+    num_classes: NumClassesOption = None,
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
-    input_size: Annotated[int | None, typer.Option(
-        help="Input resolution (square); default 224, or the size a .pt2 module was exported at.")] = None,
+    input_size: Annotated[str | None, typer.Option(
+        help="Input resolution, N or HxW [default: a .pt2's own, else 224].", show_default=False)] = None,
     dtype: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
     layout: Annotated[str, typer.Option(help="nchw | nhwc")] = "nchw",
     warmup: Annotated[int, typer.Option(help="Untimed forward passes.")] = 20,
@@ -119,7 +122,7 @@ def measure(
         raise LatlabError(f"--rounds must be >= 1, got {rounds}")
     name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes,
                            trust_checkpoint=trust_checkpoint)
-    hw = network_input_size(net, input_size, module, "measure")
+    hw = network_input_size(net, parse_input_size(input_size) if input_size else None, module, "measure")
     nets = {}
     if module is not None and variant == "dense":  # a saved module is a pruned one unless it says otherwise
         variant = module_labels(module)["variant"]
@@ -137,7 +140,7 @@ def measure(
     timing_backend = get_backend(backend, protocol)
     database = open_database(db) if store or latency_model else None
     predicted = _predictions(database, latency_model, net, hw, batch, dtype, layout) if latency_model else {}
-    details: dict[str, Any] = {"input_size": hw[0] if hw[0] == hw[1] else list(hw), "command": command_line()}
+    details: dict[str, Any] = {"input_size": size_value(hw), "command": command_line()}
     if predicted:
         details["predicted_conv_ms"] = predicted
     for what, path in (("mask", mask), ("module", module), ("weights", weights)):

@@ -16,8 +16,10 @@ from latlab.cli._options import (
     HardwareOption,
     MaskOption,
     MgpOption,
+    NumClassesOption,
     SweepOption,
     echo_rows,
+    parse_input_size,
     size_text,
     unseen_shape_error,
 )
@@ -37,9 +39,9 @@ def predict(
         "--latency-model).")] = None,
     sweep: SweepOption = None,
     hardware: HardwareOption = None,
-    num_classes: Annotated[int, typer.Option(help="Classifier width for --model.")] = 1000,
-    input_size: Annotated[int | None, typer.Option(
-        help="Input resolution (square) [default: a .pt2's own, else 224].", show_default=False)] = None,
+    num_classes: NumClassesOption = None,
+    input_size: Annotated[str | None, typer.Option(
+        help="Input resolution, N or HxW [default: a .pt2's own, else 224].", show_default=False)] = None,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Also print every conv's predicted latency "
                                             "(with -f csv: the per-conv CSV on stdout, the totals on stderr).")
                          ] = False,
@@ -80,7 +82,7 @@ def predict(
             database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
         models[label] = (fitted, settings)
     name, net = load_model(model, module_file=module, num_classes=num_classes)
-    hw = network_input_size(net, input_size, module, "predict")
+    hw = network_input_size(net, parse_input_size(input_size) if input_size else None, module, "predict")
     if mask is not None:
         net, name = apply_mask_file(mask, net, hw, per_layer=mgp), f"{name} + {mask.name}"
     try:

@@ -16,11 +16,13 @@ from latlab.cli._options import (
     DbOption,
     HardwareOption,
     KeepOption,
+    NumClassesOption,
     SweepOption,
     command_line,
     echo_rows,
     parse_group_sizes,
     parse_input_size,
+    size_value,
     unseen_shape_error,
 )
 from pruning.methods import METHODS
@@ -54,7 +56,7 @@ def prune(
     target: Annotated[float, typer.Option(help="Kept share of the dense latency, e.g. 0.5 (HALP50).")],
     out: Annotated[Path, typer.Option(help="Directory for masks.pt, pruned.pt2, result.json, report.md.")],
     weights: Annotated[Path | None, typer.Option(help="Local state-dict file (weights_only load).")] = None,
-    num_classes: Annotated[int, typer.Option(help="Classifier width of the model.")] = 1000,
+    num_classes: NumClassesOption = None,
     input_size: Annotated[str, typer.Option(help=INPUT_SIZE_HELP)] = "224",
     latency_model: Annotated[str | None, typer.Option(
         help="Stored latency model name (`latlab models list`); default: fit one on the sweep's LUT.")] = None,
@@ -147,7 +149,7 @@ def prune(
     config = {"model": name, "weights": str(weights) if weights else None, "method": method, "target": target,
               "latency_model": source, "lut_settings": settings.__dict__, "group_sizes": group_sizes,
               "importance": imp_source, "solver": solver, "time_limit": time_limit,
-              "input_size": hw[0] if hw[0] == hw[1] else list(hw), "keep": keep or [],
+              "input_size": size_value(hw), "keep": keep or [],
               "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks,
               "seed": seed, "num_classes": num_classes, "batches": batches, "batch_size": batch_size,
               "data": str(data) if data else None, "command": command_line(), "provenance": provenance()}

@@ -46,6 +46,10 @@ def nets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "models.py").write_text(NETS)
     (tmp_path / "bad.py").write_text("raise RuntimeError('no GPU here')\n")
+    (tmp_path / "my nets").mkdir()  # a file importing a module beside it, at import time and when called
+    (tmp_path / "my nets" / "blocks.py").write_text(NETS)
+    (tmp_path / "my nets" / "edge.py").write_text(
+        "from blocks import Net\n\ndef lazy():\n    import blocks\n    return blocks.small()\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -64,6 +68,10 @@ def test_files_and_modules_build_networks(nets: Path) -> None:
     assert resolve_model("nets.py:Zoo.tiny", num_classes=7)[1].fc.out_features == 7
     assert resolve_model(str(nets / "nets.py") + ":Net")[1].fc.out_features == 10  # an absolute path
     assert resolve_model("mypkg.models:Net")[1].fc.out_features == 10  # imported from the working directory
+    assert resolve_model("my nets/edge.py:Net")[1].fc.out_features == 10  # from the file's own folder
+    assert resolve_model("my nets/edge.py:lazy")[1].fc.out_features == 3
+    assert resolve_model("nets.py:Net", num_classes=1000)[1].fc.out_features == 1000  # asked for: passed
+    assert resolve_model("nets.py:small", num_classes=1000)[1].fc.out_features == 3  # takes none: 1000 tolerated
     plan = build_plan("nets.py:Net", "full:8", input_size=32, batch=2)
     assert len(plan.configs) == 8 + 8 * 2  # conv1: cout 8..64; conv2: cin 8..64 × cout 8, 16
 
@@ -93,5 +101,7 @@ def test_the_cli_profiles_and_prunes_your_network_at_a_non_square_size(nets: Pat
     assert (nets / "pruned" / "pruned.pt2").is_file() and "nets.py:Net at 64x96" in out
     code, out, err = cli(["predict", "--module", str(nets / "pruned" / "pruned.pt2"), "-f", "json", "--db", db])
     assert code == 0 and json.loads(out)[0]["conv_ms"] > 0, err  # at the 64×96 it was exported at
+    code, out, err = cli(["predict", "--model", "nets.py:Net", "--input-size", "64X96", "-f", "json", "--db", db])
+    assert code == 0 and json.loads(out)[0]["conv_ms"] > 0, err
     code, _, err = cli(["graph", "--model", "nets.py:Net", "--input-size", "64y96"])
     assert code == 1 and "--input-size must be N or HxW" in err

@@ -198,6 +198,7 @@ def test_cli_mdp_and_json(app: typer.Typer, tmp_path: Path) -> None:
         (["out_dir"], "--format table only prints"),  # an OUTDIR nothing would be written to
         (["--prefix", "module."], "--format table only prints"),
         (["--format", "json", "--prefix", "module."], "does not apply to --format json"),
+        (["--format", "mdp", "--input-size", "32x48", "out_dir"], "describe square feature maps"),
     ],
 )
 def test_cli_errors(app: typer.Typer, argv: list[str], message: str) -> None:
