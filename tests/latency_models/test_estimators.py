@@ -102,6 +102,10 @@ def test_a_custom_model_cannot_take_a_built_in_kind_even_before_the_built_ins_lo
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["refused: a latency model kind 'lut' is already registered", "LUTModel MDLM"]
+    for first in ("_lut", "_mdlm", "_linear", "estimators"):  # any module imported first registers them all
+        code = f"import latency_models.{first}\nfrom latency_models.base import list_models\nprint(*list_models())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.split() == ["bilinear", "gbdt", "llm", "lut", "mdlm", "rf"], first
 
 
 @pytest.mark.parametrize("kind", KINDS)
