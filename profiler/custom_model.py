@@ -59,7 +59,7 @@ def _build(reference: str, module: ModuleType, source: str, attr: str, num_class
     if isinstance(target, nn.Module):
         raise LatlabError(f"{reference} is a module instance; name its class or a function that builds it")
     if not callable(target):
-        raise LatlabError(f"{reference} is a {type(target).__name__}, not an nn.Module class or a function")
+        raise LatlabError(f"{reference} is not an nn.Module class or a function (its type: {type(target).__name__})")
     kwargs = {"num_classes": num_classes} if num_classes is not None and _accepts(target, "num_classes") else {}
     if not kwargs and num_classes not in (None, 1000):
         raise LatlabError(f"{reference} takes no num_classes argument; drop --num-classes (or model.num_classes) "
@@ -69,7 +69,7 @@ def _build(reference: str, module: ModuleType, source: str, attr: str, num_class
     except Exception as exc:
         raise LatlabError(f"building {reference} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(built, nn.Module):
-        raise LatlabError(f"{reference}() returned a {type(built).__name__}, not an nn.Module")
+        raise LatlabError(f"{reference}() returned no nn.Module (its type: {type(built).__name__})")
     return built
 
 

@@ -48,7 +48,7 @@ class ModelConfig:
 
     name: str = "resnet50"  # torchvision model name, timm:NAME, or FILE.py:NAME / package.module:NAME
     weights: str | None = None  # local state dict to start from (no downloads; `module.` prefixes are fine)
-    num_classes: int = 1000  # classifier width (the dataset may have fewer classes)
+    num_classes: int | None = None  # classifier width (default: the network's own; the dataset may have fewer)
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _choice(value: Any, allowed: tuple[Any, ...], key: str, source: str) -> None
 
 def _check_values(cfg: TrainConfig, source: str = "config") -> None:
     positive = {"data.input_size": cfg.data.input_size, "data.batch_size": cfg.data.batch_size,
-                "model.num_classes": cfg.model.num_classes, "optim.epochs": cfg.optim.epochs,
+                "model.num_classes": cfg.model.num_classes or 1, "optim.epochs": cfg.optim.epochs,
                 "optim.lr": cfg.optim.lr, "run.log_every": cfg.run.log_every, "prune.time_limit": cfg.prune.time_limit}
     for key, v in positive.items():
         if not (v > 0 and math.isfinite(v)):

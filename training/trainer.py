@@ -99,6 +99,24 @@ def _build_model(cfg: TrainConfig) -> tuple[str, nn.Module]:
     return name, net.train()
 
 
+def _output_width(net: nn.Module, input_size: int) -> int:
+    """The classifier width of ``net``: its output's last dimension on one image (fake tensors: no compute)."""
+    from profiler._trace import shapes_only
+
+    param = next(net.parameters(), None)
+
+    def forward() -> int:
+        with torch.no_grad():
+            x = torch.zeros(1, 3, input_size, input_size, device=param.device if param is not None else "cpu")
+            return int(net.eval()(x).shape[-1])
+
+    was_training = net.training
+    try:
+        return shapes_only(forward)
+    finally:
+        net.train(was_training)
+
+
 class _Run:
     def __init__(self, cfg: TrainConfig, info: DistInfo, progress: bool) -> None:
         self.cfg, self.info, self.progress = cfg, info, progress and info.main
@@ -117,9 +135,10 @@ class _Run:
             cfg.data.path, input_size=cfg.data.input_size, batch_size=cfg.data.batch_size, workers=cfg.data.workers,
             seed=cfg.run.seed, rank=info.rank, world=info.world, train_dir=cfg.data.train_dir,
             val_dir=cfg.data.val_dir, val_batch_size=cfg.data.val_batch_size, pin_memory=info.device.type == "cuda")
-        if len(classes) > cfg.model.num_classes:
-            raise LatlabError(f"the dataset has {len(classes)} classes but model.num_classes is "
-                              f"{cfg.model.num_classes}")
+        width = cfg.model.num_classes or _output_width(self.model, cfg.data.input_size)
+        if len(classes) > width:
+            raise LatlabError(f"the dataset has {len(classes)} classes but {self.model_name} has {width} outputs "
+                              "(model.num_classes)")
         self.ipe = len(self.train_loader)
         if cfg.run.max_iters_per_epoch:
             self.ipe = min(self.ipe, cfg.run.max_iters_per_epoch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -81,12 +82,12 @@ def test_files_and_modules_build_networks(nets: Path) -> None:
     ("missing.py:Net", 1000, "no Python file missing.py"),
     ("mypkg.nothing:Net", 1000, "no module 'mypkg.nothing'"),
     ("bad.py:Net", 1000, "running bad.py failed: RuntimeError: no GPU here"),
-    ("nets.py:broken", 1000, "is a int, not an nn.Module class or a function"),
+    ("nets.py:broken", 1000, "is not an nn.Module class or a function (its type: int)"),
     ("nets.py:small", 5, "takes no num_classes argument"),
     ("resnet5O", 1000, "your own network: FILE.py:NAME"),
 ])
 def test_bad_references_say_what_is_wrong(nets: Path, reference: str, num_classes: int, message: str) -> None:
-    with pytest.raises(LatlabError, match=message.replace("(", r"\(")):
+    with pytest.raises(LatlabError, match=re.escape(message)):
         resolve_model(reference, num_classes=num_classes)
 
 

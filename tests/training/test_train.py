@@ -112,6 +112,41 @@ def test_weights_that_do_not_match_fail_before_training(digits: Path, tmp_path: 
     assert not (tmp_path / "w" / "checkpoint_last.pt").exists() and not (tmp_path / "w" / "tensorboard").exists()
 
 
+def test_your_own_network_keeps_its_own_class_count(digits: Path, tmp_path: Path) -> None:
+    """`model.name: FILE.py:NAME` without model.num_classes builds the network as it is; a classifier narrower
+    than the dataset is refused before training."""
+    (tmp_path / "nets.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, num_classes: int = 10):
+                super().__init__()
+                self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                self.fc = nn.Linear(16, num_classes)
+
+            def forward(self, x):
+                return self.fc(self.body(x))
+
+        def narrow():
+            return Net(num_classes=3)
+    """))
+    weights = tmp_path / "net.pt"
+    torch.save(_load_net(tmp_path / "nets.py").state_dict(), weights)
+    own = {"model.name": f"{tmp_path / 'nets.py'}:Net", "model.num_classes": None, "model.weights": str(weights)}
+    result = train(tiny_config(digits, tmp_path / "own", None, method="none", **own), progress=False)
+    assert result.epochs_done >= 1
+    narrow = {**own, "model.name": f"{tmp_path / 'nets.py'}:narrow", "model.weights": None}
+    with pytest.raises(LatlabError, match="the dataset has 10 classes but .*narrow has 3 outputs"):
+        train(tiny_config(digits, tmp_path / "narrow", None, method="none", **narrow), progress=False)
+
+
+def _load_net(path: Path) -> torch.nn.Module:
+    from profiler.plan import resolve_model
+
+    return resolve_model(f"{path}:Net")[1]
+
+
 def test_a_run_folder_in_use_is_refused_before_training(digits: Path, tmp_path: Path) -> None:
     from db.files import folder_lock
 
