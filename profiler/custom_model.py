@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +33,6 @@ _MODULE_NAME = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 
 def is_custom_reference(name: str) -> bool:
     """True for ``FILE.py:NAME`` and ``package.module:NAME`` (``timm:NAME`` is not one)."""
-    import re
-
     source, sep, attr = name.strip().rpartition(":")
     if not sep or not attr or source.lower() == "timm":
         return False
