@@ -100,11 +100,12 @@ def _latency(value: object) -> float | None:
 
 def read_legacy_lut(path: str | Path) -> dict[str, float]:
     """Read and validate a HALP/MDP LUT pickle into ``{key: ms}``."""
-    return _read_legacy(path)[0]
+    return read_legacy(path)[0]
 
 
-def _read_legacy(path: str | Path) -> tuple[dict[str, float], bytes]:
-    """``(validated {key: ms}, the file's bytes)``, reading the file once."""
+def read_legacy(path: str | Path) -> tuple[dict[str, float], bytes]:
+    """``(validated {key: ms}, the file's bytes)``, reading the file once (what :func:`import_legacy` takes as
+    ``read``, so that a file checked before a database is opened is not read again)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -171,15 +172,15 @@ class ImportReport:
 
 def import_legacy(
     db: Database, path: str | Path, *, hardware: str, dtype: str = "fp32", layout: str = "nchw",
-    op: str = "conv",
+    op: str = "conv", read: tuple[dict[str, float], bytes] | None = None,
 ) -> ImportReport:
     """Import a HALP/MDP LUT pickle as a sweep of hardware profile ``hardware``. Idempotent.
 
     Keys with a zero channel count (the repos' "layer removed", latency 0) carry no measurement and
-    are skipped; the count is reported.
+    are skipped; the count is reported. ``read``: :func:`read_legacy`'s result for ``path``, if already read.
     """
     path = Path(path)
-    lut, data = _read_legacy(path)
+    lut, data = read if read is not None else read_legacy(path)
     sha = hashlib.sha256(data).hexdigest()
     configs: list[tuple[ConvConfig, float]] = []
     zero = 0

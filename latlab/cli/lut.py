@@ -230,11 +230,11 @@ def import_(
     """
     from db.engine import open_database
     from db.keys import check_exec_settings
-    from db.legacy import import_legacy, read_legacy_lut
+    from db.legacy import import_legacy, read_legacy
     check_exec_settings(dtype, layout, op)
-    read_legacy_lut(path)  # validate the file before creating or touching a database
+    read = read_legacy(path)  # validated before a database is created or touched
     database = open_database(db)
-    report = import_legacy(database, path, hardware=hardware, dtype=dtype, layout=layout, op=op)
+    report = import_legacy(database, path, hardware=hardware, dtype=dtype, layout=layout, op=op, read=read)
     typer.echo(
         f"imported {path.name} into sweep {report.sweep_id} ({report.hardware}): {report.keys} keys, "
         f"{report.inserted} new, {report.already_present} already present, "
