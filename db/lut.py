@@ -168,13 +168,8 @@ def record_measurements(session: Session, sweep_id: int,
     if dialect not in ("sqlite", "postgresql"):
         return sum(record_measurement(session, sweep_id, config, values) for config, values in measured)
     rows = [_measurement_row(sweep_id, config, values) for config, values in measured]
-    count = select(func.count()).select_from(Measurement).where(Measurement.sweep_id == sweep_id)
-    before = session.scalar(count) or 0
-    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-    stmt = insert(Measurement.__table__).on_conflict_do_nothing(index_elements=["sweep_id", *KEY_COLUMNS])
-    for start in range(0, len(rows), 10_000):
-        session.execute(stmt, rows[start:start + 10_000])
-    return (session.scalar(count) or 0) - before
+    return sum(len(session.execute(_insert_ignore(dialect), rows[start:start + 10_000]).all())
+               for start in range(0, len(rows), 10_000))  # RETURNING gives the ids of the new rows only
 
 
 def _measurement_row(sweep_id: int, config: ConvConfig, values: MeasurementValues) -> dict[str, Any]:

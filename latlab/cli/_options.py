@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
 
@@ -40,8 +40,14 @@ NumClassesOption = Annotated[int | None, typer.Option(
 INPUT_SIZE_HELP = "Input resolution: N (square) or HxW (e.g. 96x160)."
 
 
-def parse_input_size(text: str) -> tuple[int, int]:
-    """``--input-size``: ``224`` (square) or ``HxW`` (``96x160``) as ``(height, width)``."""
+@overload
+def parse_input_size(text: str) -> tuple[int, int]: ...
+@overload
+def parse_input_size(text: None) -> None: ...
+def parse_input_size(text: str | None) -> tuple[int, int] | None:
+    """``--input-size``: ``224`` (square) or ``HxW`` (``96x160``) as ``(height, width)``; not given: None."""
+    if text is None:
+        return None
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", str(text))
     if match is None or int(match[1]) < 1 or (match[2] is not None and int(match[2]) < 1):
         raise LatlabError(f"--input-size must be N or HxW with positive integers (224, 96x160), got {text!r}")

@@ -147,7 +147,7 @@ def evaluate(
         from profiler.plan import trace_network
 
         swept = [int(v) for v in _sweep_run(plan, network).get("input_size") or [224]]
-        hw = parse_input_size(input_size) if input_size else (swept[0], swept[-1])
+        hw = parse_input_size(input_size) or (swept[0], swept[-1])
         trace = trace_network(network, hw)
     if budget_curve:
         tables["Accuracy vs training share"] = accuracy_vs_budget(candidates, X, y, split_kind=split, seeds=(seed,))

@@ -122,7 +122,7 @@ def measure(
         raise LatlabError(f"--rounds must be >= 1, got {rounds}")
     name, net = load_model(model, weights=weights, module_file=module, num_classes=num_classes,
                            trust_checkpoint=trust_checkpoint)
-    hw = network_input_size(net, parse_input_size(input_size) if input_size else None, module, "measure")
+    hw = network_input_size(net, parse_input_size(input_size), module, "measure")
     nets = {}
     if module is not None and variant == "dense":  # a saved module is a pruned one unless it says otherwise
         variant = module_labels(module)["variant"]

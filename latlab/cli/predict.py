@@ -82,7 +82,7 @@ def predict(
             database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
         models[label] = (fitted, settings)
     name, net = load_model(model, module_file=module, num_classes=num_classes)
-    hw = network_input_size(net, parse_input_size(input_size) if input_size else None, module, "predict")
+    hw = network_input_size(net, parse_input_size(input_size), module, "predict")
     if mask is not None:
         net, name = apply_mask_file(mask, net, hw, per_layer=mgp), f"{name} + {mask.name}"
     try:
