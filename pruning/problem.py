@@ -285,14 +285,38 @@ class PruningProblem:
         return float(kept - lost)
 
     def latency_scale(self) -> float:
-        """Magnitude used for the feasibility tolerance ``1e-9·scale``."""
+        """Magnitude of the latencies (budget, constant and each term's largest entry), for the feasibility
+        tolerance ``1e-9·scale``; 1 when all are 0."""
         s = abs(self.budget) + abs(self.constant)
         s += sum(float(np.abs(t.costs).max()) for t in self.linear)
         s += sum(float(np.abs(t.matrix).max()) for t in self.pairwise)
-        return max(s, 1.0)
+        return s if s > 0 else 1.0
+
+    def value_scale(self) -> float:
+        """Magnitude of the values (each group's and block value's largest entry), for optimality tolerances
+        relative to it (importance sums may be 1e-6 or 1e6); 1 when all are 0."""
+        s = sum(float(np.abs(g.values).max()) for g in self.groups)
+        s += sum(float(np.abs(t.values).max()) for t in self.block_values)
+        return s if s > 0 else 1.0
 
     def tolerance(self) -> float:
+        """Latency tolerance of the feasibility re-check (relative to :meth:`latency_scale`)."""
         return 1e-9 * self.latency_scale()
+
+    def normalized(self) -> tuple[PruningProblem, float]:
+        """The same problem with values divided by :meth:`value_scale` and latencies by :meth:`latency_scale`, and
+        the value factor. Same decisions, numbers near 1: for back-ends whose tolerances are absolute."""
+        vs, ls = self.value_scale(), self.latency_scale()
+        replace = dataclasses.replace
+        return replace(
+            self,
+            groups=[replace(g, values=g.values / vs) for g in self.groups],
+            block_values=[replace(t, values=t.values / vs) for t in self.block_values],
+            linear=[replace(t, costs=t.costs / ls) for t in self.linear],
+            pairwise=[replace(t, matrix=t.matrix / ls) for t in self.pairwise],
+            budget=self.budget / ls,
+            constant=self.constant / ls,
+        ), vs
 
     def check(self, sol: Solution) -> list[str]:
         """Every violated rule of ``sol`` (empty list = feasible); independent of any solver."""

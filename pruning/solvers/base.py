@@ -68,7 +68,7 @@ def finalize(problem: PruningProblem, res: SolveResult) -> SolveResult:
         return res
     if res.bound is not None:
         res.bound = max(res.bound, res.objective) if res.status != "optimal" else res.bound
-        denom = max(abs(res.bound), 1e-12)
+        denom = max(abs(res.bound), 1e-12 * problem.value_scale())
         res.gap = max(0.0, (res.bound - res.objective) / denom)
     return res
 

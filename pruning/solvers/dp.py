@@ -90,8 +90,12 @@ class DPSolver(Solver):
         if slack < -problem.tolerance():
             return infeasible(self.name, problem, problem.latency(min_sol))
         slack = max(slack, 0.0)
+        span = float(sum(s.max() for s in shifted))
+        if slack >= span:  # every choice fits: the most valuable one is optimal
+            best = Solution(tuple(int(s[np.argmax(v)]) for s, v in zip(states, v_opt, strict=True)))
+            msg = "the budget does not bind"
+            return SolveResult("optimal", self.name, best, bound=problem.value(best), message=msg)
         fixed = self.extra["resolution"]
-        span = max(float(sum(s.max() for s in shifted)), 1e-300)
         steps = int(self.extra["grid_steps"])
         while True:
             res = float(fixed) if fixed is not None else max(min(slack, span), 1e-12 * span) / steps
@@ -124,5 +128,5 @@ class DPSolver(Solver):
             return SolveResult("feasible", self.name, min_sol, bound=bound, message=msg)
         obj, picks = primal
         sol = Solution(tuple(int(s[j]) for s, j in zip(states, picks, strict=True)))
-        status = "optimal" if bound is not None and bound - obj <= 1e-9 * max(1.0, abs(obj)) else "feasible"
+        status = "optimal" if bound is not None and bound - obj <= 1e-9 * problem.value_scale() else "feasible"
         return SolveResult(status, self.name, sol, bound=bound, message=msg)

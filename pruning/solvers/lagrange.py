@@ -250,6 +250,18 @@ class Elimination:
         return x
 
 
+def minimum_latency(problem: PruningProblem, max_table: int = 20_000_000) -> float | None:
+    """The least latency any valid decision reaches (variable elimination on the latency alone), or None:
+    with ``max_kept_blocks`` (it couples every block) or when the graph needs a table over ``max_table``."""
+    if problem.max_kept_blocks is not None and problem.blocks:
+        return None
+    graph = FactorGraph(problem)
+    steps = plan(graph)
+    if max(math.prod(s.shape(graph.sizes)) for s in steps) > max_table:
+        return None
+    return -Plan(graph, steps).min_latency().total
+
+
 LAMBDA_GRID = np.array([1.0, 0.5, 0.8, 0.95, 1.05, 1.25, 2.0])  # multipliers (× the dual optimum) bounding labels
 
 
@@ -310,6 +322,7 @@ class _Search:
         self.deadline, self.mip_gap = deadline, mip_gap
         self.budget = float(problem.budget)
         self.tol = problem.tolerance()
+        self.vtol = 1e-9 * problem.value_scale()  # values may be 1e-6 or 1e6: tolerances relative to them
         self.nodes = 0
         self.stopped = ""  # why the exact search ended early: "time", "handover" or "memory"
 
@@ -326,7 +339,7 @@ class _Search:
         return x, self.problem.value(sol), self.problem.latency(sol), e
 
     def closes(self, bound: float, value: float) -> bool:
-        return bound - value <= self.mip_gap * abs(bound) + 1e-9 * max(1.0, abs(bound))
+        return bound - value <= self.mip_gap * abs(bound) + self.vtol
 
     def run(self, backend: str, beam: int, handover: int, max_labels: int) -> SolveResult:
         """Dual, then beam and exact search; "feasible" with the bound when stopped by time or labels."""
@@ -350,7 +363,7 @@ class _Search:
             if e.total + lam * self.budget < ub:
                 ub, best_e, best_lam = e.total + lam * self.budget, e, lam
             line = vb - lam * tb  # V − λT of both end points
-            if e.total <= line + 1e-12 * max(1.0, abs(line)):
+            if e.total <= line + 1e-3 * self.vtol + 1e-12 * abs(line):
                 break
             if t <= self.budget + self.tol:
                 xb, vb, tb = x, v, t
@@ -404,7 +417,7 @@ class _Search:
         negt = np.array([emin.total])
         t_floor = -(self.budget + self.tol)  # emin holds −T
         lam_b = lams * self.budget
-        cut = best + self.mip_gap * abs(best) + 1e-9 * max(1.0, abs(best))
+        cut = best + self.mip_gap * abs(best) + self.vtol
         assigned: list[int] = []
         prev_live: list[int] = []
         created = 0

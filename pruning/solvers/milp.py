@@ -35,6 +35,9 @@ import numpy as np
 
 from pruning.problem import PruningProblem, SolveResult
 from pruning.solvers.base import Solver, decode_sol, infeasible
+from pruning.solvers.lagrange import minimum_latency
+
+FEASIBILITY_TOLERANCE = 1e-10  # on the normalised latency row: within the re-check's 1e-9 (PruningProblem.check)
 
 
 @dataclass
@@ -152,16 +155,6 @@ def decode(model: LinearModel, values) -> tuple[list[int], set[int]]:
     return kept, removed
 
 
-def min_latency_check(problem: PruningProblem) -> float | None:
-    """Cheap proof of infeasibility for problems without pairwise terms or blocks (else None)."""
-    if problem.has_blocks or not problem.is_linear:
-        return None
-    from pruning.solvers.dp import group_costs
-
-    costs = group_costs(problem)
-    return problem.constant + sum(float(c[g.states()].min()) for c, g in zip(costs, problem.groups, strict=True))
-
-
 @contextlib.contextmanager
 def _silenced_stdout(active: bool = True) -> Iterator[None]:
     """Point file descriptor 1 at /dev/null for the duration (C-level output, e.g. HiGHS' banner)."""
@@ -191,13 +184,17 @@ class HighsSolver(Solver):
     def _solve(self, problem: PruningProblem) -> SolveResult:
         import highspy
 
-        model = build_model(problem)
+        scaled, value_scale = problem.normalized()  # HiGHS' tolerances are absolute
+        model = build_model(scaled)
         o = self.options
         with _silenced_stdout(not o.verbose):  # the constructor prints a banner from C++
             h = highspy.Highs()
         h.setOptionValue("output_flag", bool(o.verbose))
         h.setOptionValue("time_limit", float(o.time_limit))
         h.setOptionValue("mip_rel_gap", float(o.mip_gap))
+        h.setOptionValue("mip_abs_gap", 1e-9)  # the defaults (1e-6; feasibility 1e-6) lose value or
+        h.setOptionValue("mip_feasibility_tolerance", FEASIBILITY_TOLERANCE)  # overshoot the budget
+        h.setOptionValue("primal_feasibility_tolerance", FEASIBILITY_TOLERANCE)
         h.setOptionValue("threads", int(o.threads))
         h.setOptionValue("random_seed", int(o.seed))
         n = len(model.names)
@@ -225,9 +222,9 @@ class HighsSolver(Solver):
         info = h.getInfo()
         S = highspy.HighsModelStatus
         if ms in (S.kInfeasible, S.kUnboundedOrInfeasible):
-            return infeasible(self.name, problem, min_latency_check(problem))
+            return infeasible(self.name, problem, minimum_latency(problem))
         has_sol = info.primal_solution_status == 2
-        bound = float(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else None
+        bound = float(info.mip_dual_bound) * value_scale if np.isfinite(info.mip_dual_bound) else None
         if not has_sol:
             status = "timeout" if ms == S.kTimeLimit else "error"
             return SolveResult(status, self.name, bound=bound, message=f"HiGHS: {h.modelStatusToString(ms)}")
@@ -258,7 +255,7 @@ class CbcSolver(Solver):
             return self._solve_pulp(problem, pulp)
 
     def _solve_pulp(self, problem: PruningProblem, pulp) -> SolveResult:
-        model = build_model(problem)
+        model = build_model(problem.normalized()[0])  # CBC's tolerances are absolute
         o = self.options
         prob = pulp.LpProblem("pruning", pulp.LpMaximize)
         vs = [
@@ -280,13 +277,20 @@ class CbcSolver(Solver):
             timeLimit=float(o.time_limit),
             gapRel=float(o.mip_gap),
             threads=int(o.threads),
-            options=[f"RandomS {int(o.seed)}", *self.extra["cbc_options"]],
+            options=[f"RandomS {int(o.seed)}", f"primalT {FEASIBILITY_TOLERANCE}", *self.extra["cbc_options"]],
         )
-        prob.solve(cmd)
+        try:
+            prob.solve(cmd)
+        except pulp.PulpSolverError:  # CBC writes no solution file when bound tightening proves infeasibility
+            least = minimum_latency(problem)
+            if least is not None and least > problem.budget + problem.tolerance():
+                return infeasible(self.name, problem, least)
+            raise
         st = prob.status
         if st == pulp.LpStatusInfeasible:
-            return infeasible(self.name, problem, min_latency_check(problem))
-        values = [v.value() for v in vs]
+            return infeasible(self.name, problem, minimum_latency(problem))
+        used = {i for i, c in enumerate(model.obj) if c} | {i for row in model.rows for i in row}
+        values = [v.value() if i in used else 0.0 for i, v in enumerate(vs)]  # CBC never sees an unused one
         if any(v is None for v in values) or st not in (pulp.LpStatusOptimal, pulp.LpStatusNotSolved):
             return SolveResult("error", self.name, message=f"CBC: {pulp.LpStatus[st]}")
         if prob.sol_status == pulp.LpSolutionNoSolutionFound or st == pulp.LpStatusNotSolved:

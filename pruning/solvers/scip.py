@@ -13,6 +13,7 @@ import numpy as np
 
 from pruning.problem import PruningProblem, SolveResult
 from pruning.solvers.base import Solver, decode_sol, infeasible
+from pruning.solvers.lagrange import minimum_latency
 
 
 def latency_terms(problem: PruningProblem, x: list[dict[int, object]], z: dict[int, object]):
@@ -77,15 +78,17 @@ class ScipSolver(Solver):
         import pyscipopt
 
         o = self.options
+        scaled, value_scale = problem.normalized()  # SCIP's tolerances are absolute
         m = pyscipopt.Model("pruning")
         if not o.verbose:
             m.hideOutput()
         m.setParam("limits/time", float(o.time_limit))
         m.setParam("limits/gap", float(o.mip_gap))
         m.setParam("randomization/randomseedshift", int(o.seed))
-        z = {b: m.addVar(f"z{b}", vtype="B") for b in problem.blocks}
+        m.setParam("numerics/feastol", 1e-10)  # the default 1e-6 lets the budget overshoot the re-check
+        z = {b: m.addVar(f"z{b}", vtype="B") for b in scaled.blocks}
         x = []
-        for gi, g in enumerate(problem.groups):
+        for gi, g in enumerate(scaled.groups):
             xs = {k: m.addVar(f"x{gi}_{k}", vtype="B") for k in g.states()}
             x.append(xs)
             m.addCons(pyscipopt.quicksum(xs.values()) == 1)
@@ -94,11 +97,12 @@ class ScipSolver(Solver):
                     m.addCons(xs[0] == z[g.block])
                 else:
                     m.addCons(xs[0] >= z[g.block])
-        if problem.max_kept_blocks is not None and z:
-            m.addCons(pyscipopt.quicksum(z.values()) >= len(z) - problem.max_kept_blocks)
-        m.addCons(latency_expression(problem, x, z) <= problem.budget - problem.constant)
-        obj = value_expression(problem, x, z)
-        if problem.block_values:  # SCIP's objective must be linear: maximise t ≤ obj
+        if scaled.max_kept_blocks is not None and z:
+            m.addCons(pyscipopt.quicksum(z.values()) >= len(z) - scaled.max_kept_blocks)
+        empty = pyscipopt.Expr()  # a problem with no latency terms or no values still gets expressions, not numbers
+        m.addCons(empty + latency_expression(scaled, x, z) <= scaled.budget - scaled.constant)
+        obj = empty + value_expression(scaled, x, z)
+        if scaled.block_values:  # SCIP's objective must be linear: maximise t ≤ obj
             t = m.addVar("objective", lb=None)
             m.addCons(t <= obj)
             obj = t
@@ -106,9 +110,9 @@ class ScipSolver(Solver):
         m.optimize()
         st = m.getStatus()
         if st == "infeasible":
-            return infeasible(self.name, problem)
+            return infeasible(self.name, problem, minimum_latency(problem))
         bound = m.getDualbound()
-        bound = float(bound) if np.isfinite(bound) and abs(bound) < 1e19 else None
+        bound = float(bound) * value_scale if np.isfinite(bound) and abs(bound) < 1e19 else None
         if m.getNSols() == 0:
             return SolveResult(
                 "timeout" if st == "timelimit" else "error", self.name, bound=bound, message=f"SCIP: {st}"

@@ -392,3 +392,61 @@ def test_lagrange_label_guard_reports_feasible_with_bound() -> None:
     assert not p.check(res.solution) and res.objective <= exact.objective + 1e-9 <= res.bound + 2e-9
     if res.status == "feasible":
         assert "more than 1 labels" in res.message
+
+
+def _rescaled(p: PruningProblem, value: float, latency: float) -> PruningProblem:
+    """``p`` with every value multiplied by ``value`` and every latency by ``latency`` (same decisions)."""
+    r = dataclasses.replace
+    return r(p, groups=[r(g, values=g.values * value) for g in p.groups],
+             block_values=[r(t, values=t.values * value) for t in p.block_values],
+             linear=[r(t, costs=t.costs * latency) for t in p.linear],
+             pairwise=[r(t, matrix=t.matrix * latency) for t in p.pairwise],
+             budget=p.budget * latency, constant=p.constant * latency)
+
+
+@pytest.mark.parametrize("value_scale", [1e-10, 1e-7, 1e6])
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_backends_ignore_the_scale_of_values_and_latencies(seed: int, value_scale: float) -> None:
+    # Taylor importance sums may total 1e-6: absolute solver tolerances once returned worse "optimal" answers
+    p = inst.random_network(np.random.default_rng(seed), pairwise=bool(seed % 2), blocks=True)
+    ref = get_solver("lagrange").solve(p)
+    assert ref.status == "optimal"
+    for latency_scale in (1.0, 1e-4):
+        q = _rescaled(p, value_scale, latency_scale)
+        for name in EXACT:
+            res = get_solver(name, time_limit=30).solve(q)
+            assert res.status == "optimal", (name, res.message)
+            assert res.objective / value_scale == pytest.approx(ref.objective, rel=1e-7), (name, latency_scale)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_budget_just_below_a_reachable_latency(seed: int) -> None:
+    # HiGHS' default feasibility tolerance once returned an over-budget point (an "error") or a wrong optimum
+    p = inst.random_network(np.random.default_rng(seed), pairwise=bool(seed % 2), blocks=True)
+    q = p.with_budget(get_solver("lagrange").solve(p).latency * (1 - 1e-7))
+    ref = get_solver("lagrange").solve(q)
+    for name in EXACT:
+        res = get_solver(name, time_limit=30).solve(q)
+        assert res.status == ref.status == "optimal", (name, res.message)
+        assert res.objective == pytest.approx(ref.objective, rel=1e-9), name
+
+
+def test_exact_backends_name_the_minimum_latency_when_infeasible() -> None:
+    p = inst.random_network(np.random.default_rng(3), pairwise=True, blocks=True)
+    least = get_solver("lagrange").solve(p.with_budget(-1e9)).min_latency
+    assert least is not None
+    for name in EXACT:
+        res = get_solver(name).solve(p.with_budget(least * 0.99))
+        assert res.status == "infeasible" and res.min_latency == pytest.approx(least), name
+
+
+def test_degenerate_problems_are_solved() -> None:
+    one = [Group.from_importances([1.0], min_keep=1)]
+    # dp: every group pinned and a large spare budget (the cost grid once overflowed)
+    free = PruningProblem(one, budget=5000.0, linear=[LinearTerm(0, np.array([0.0, 3000.0]))])
+    assert get_solver("dp").solve(free).kept == (1,)
+    # a block nothing refers to (CBC leaves its variable without a value); no latency terms at all (SCIP)
+    lonely = PruningProblem([Group.from_importances([1.0, 2.0])], budget=10.0, blocks=[0])
+    for name in EXACT:
+        res = get_solver(name).solve(lonely)
+        assert res.status == "optimal" and res.kept == (2,), (name, res.message)
