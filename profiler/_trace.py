@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from db.errors import LatlabError
 from db.keys import ConvFamily
+from profiler._zeros import Dirty, blame_at_consumer, nonzero_after
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,13 @@ _SLICEABLE_CONVS = {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.conv2d_sa
 _CHANNEL_MIXING_FUNCTIONS = {torch.conv2d, F.conv2d, F.local_response_norm, F.group_norm, torch.group_norm}
 _CHANNEL_MIXING_MODULES: tuple[type[nn.Module], ...] = (nn.LocalResponseNorm, nn.Softmax2d, nn.ChannelShuffle)
 _CHANNEL_AXIS_FUNCTIONS = {torch.softmax, F.softmax, "softmax", torch.log_softmax, F.log_softmax, "log_softmax",
-                           F.normalize, torch.cumsum, "cumsum", torch.cumprod, "cumprod"}
+                           F.normalize, torch.cumsum, "cumsum", torch.cumprod, "cumprod", torch.cummax, "cummax",
+                           torch.cummin, "cummin", torch.logcumsumexp, "logcumsumexp"}
+# ops that reorder or pick entries along their ``dim`` argument (at this position), the channels when it is 1
+_REORDERING_FUNCTIONS = {torch.sort: 1, "sort": 1, torch.argsort: 1, "argsort": 1, torch.gather: 1, "gather": 1,
+                         torch.index_select: 1, "index_select": 1, torch.scatter: 1, "scatter": 1,
+                         torch.scatter_add: 1, "scatter_add": 1, torch.topk: 2, "topk": 2,
+                         torch.take_along_dim: 2, "take_along_dim": 2}
 
 
 @dataclass(frozen=True)
@@ -410,12 +417,16 @@ def changes_channel_axis(node: fx.Node, mod: nn.Module | None) -> bool:
             return False
     elif node.op not in ("call_function", "call_method") or node.target in CHANNEL_MOVERS or node.target in CONCATS:
         return False
+    elif _reorders_channels(node):
+        return True
     out = _shape(node)
     if out is None or len(out) < 2:
         return False
     if isinstance(mod, _CHANNEL_MIXING_MODULES) or node.target in _CHANNEL_MIXING_FUNCTIONS:
         return True
     if node.target in _CHANNEL_AXIS_FUNCTIONS and isinstance(_dim_arg(node), int) and _dim_arg(node) % len(out) == 1:
+        return True
+    if _hard_coded_channels(node, out):
         return True
     for a in node.all_input_nodes:
         shape = _shape(a)
@@ -425,6 +436,74 @@ def changes_channel_axis(node: fx.Node, mod: nn.Module | None) -> bool:
         if not flattened:
             return True
     return False
+
+
+def _hard_coded_channels(node: fx.Node, out: tuple[int, ...]) -> bool:
+    """True for a ``view``/``reshape`` whose size for the dim holding the channels is a number in the code
+    (``x.view(-1, 64 * 7 * 7)``): a pruned network has fewer channels there."""
+    if node.target not in ("view", "reshape", torch.reshape) or not node.args:
+        return False
+    shape = _shape(node.args[0])
+    sizes = node.kwargs.get("shape", node.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], list | tuple):
+        sizes = sizes[0]
+    if shape is None or len(shape) < 2 or len(sizes) != len(out):
+        return False
+    for j in range(1, len(out)):  # the first dim after those that hold the batch holds the channels
+        if math.prod(out[:j]) == shape[0]:
+            return isinstance(sizes[j], int) and sizes[j] != -1
+    return False
+
+
+def _reorders_channels(node: fx.Node) -> bool:
+    """True when ``node`` keeps the channel count but not the channels' order (flip, roll, sort, gather, an
+    index such as ``x[:, order]`` or ``x[:, ::-1]``)."""
+    target, args = node.target, node.args
+    shape = _shape(args[0]) if args else None
+    if shape is None or len(shape) < 2:
+        return False
+    ndim = len(shape)
+
+    def on_channels(dims: Any) -> bool:
+        dims = dims if isinstance(dims, list | tuple) else (dims,)
+        return any(isinstance(d, int) and d % ndim == 1 for d in dims)
+
+    if target in _REORDERING_FUNCTIONS:
+        i = _REORDERING_FUNCTIONS[target]
+        dim = node.kwargs.get("dim", args[i] if len(args) > i else None)
+        return dim is None and target in (torch.take_along_dim, "take_along_dim") or on_channels(dim)
+    if target in (torch.flip, "flip"):
+        return on_channels(node.kwargs.get("dims", args[1:] if len(args) > 2 else args[1] if len(args) > 1 else ()))
+    if target in (torch.fliplr, "fliplr"):
+        return True
+    if target in (torch.roll, "roll"):
+        dims = node.kwargs.get("dims", args[2] if len(args) > 2 else None)
+        return dims is None or on_channels(dims)
+    if target in (torch.rot90, "rot90"):
+        return on_channels(node.kwargs.get("dims", args[2] if len(args) > 2 else (0, 1)))
+    if target is operator.getitem:  # a tensor's subscript (not a tuple's: those have no shape)
+        return not _index_keeps_channels(args[1], ndim)
+    return False
+
+
+def _index_keeps_channels(index: Any, ndim: int) -> bool:
+    """True when the subscript ``index`` of a tensor with ``ndim`` dims takes every channel in order."""
+    index = index if isinstance(index, tuple) else (index,)
+    whole = slice(None, None, None)
+    dim = 0
+    for i, item in enumerate(index):
+        if item is Ellipsis:
+            after = [x for x in index[i + 1:] if x is not None]
+            start = ndim - len(after)
+            return start > 1 or after[1 - start] == whole
+        if item is None:
+            continue
+        if dim == 1:
+            return item == whole
+        if dim == 0 and item != whole:
+            return False  # the batch dim is picked: dim 1 is no longer the channels
+        dim += 1
+    return True
 
 
 def moves_channels(node: fx.Node, mod: nn.Module | None) -> bool:
@@ -588,6 +667,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     layers: list[ConvLayer] = []
     fixed: dict[str, str] = {}
     inexact: set[fx.Node] = set()  # channels that are not one conv group's, one to one (concat, split, reshape)
+    dirty: dict[fx.Node, Dirty] = {}  # convs whose pruned channels are not zero there (profiler._zeros)
     for node in gm.graph.nodes:
         tensors = [a for a in node.all_input_nodes if "tensor_meta" in a.meta]  # not sizes such as x.shape[-2:]
         mod = modules.get(node.target) if node.op == "call_module" else None
@@ -619,6 +699,11 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
             if not sliceable_conv(mod):
                 for conv in (*prods, name):
                     fixed.setdefault(conv, f"{_base_class(mod).__name__} {name} (its own forward)")
+            for conv, why in blame_at_consumer(f"conv {name}", [src], dirty).items():
+                fixed.setdefault(conv, why)
+            norms = [u.target for u in node.users if isinstance(modules.get(u.target), nn.BatchNorm2d)]
+            if len(norms) > 1:  # masking zeroes one BN after a conv
+                fixed.setdefault(name, f"conv {name} feeds {len(norms)} BatchNorms ({', '.join(norms)})")
             out_shape = getattr(node.meta.get("tensor_meta"), "shape", None)
             out_hw = (int(out_shape[2]), int(out_shape[3])) if out_shape is not None and len(out_shape) == 4 else None
             layers.append(ConvLayer(name, conv_family(mod, name, int(shape[2]), int(shape[3]), out_hw),
@@ -634,6 +719,9 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
             log.warning("model %s: %s %s is not planned (only nn.Conv2d modules are): no LUT prices it",
                         model_name, type(mod).__name__, node.target)
         if opaque_module(mod) or node.op in ("placeholder", "get_attr", "output"):
+            if mod is not None:  # a Linear reads the flattened channels
+                for conv, why in blame_at_consumer(f"{type(mod).__name__} {node.target}", tensors, dirty).items():
+                    fixed.setdefault(conv, why)
             sources[node] = frozenset()
             continue
         merged = frozenset().union(*(sources.get(a, frozenset()) for a in tensors))
@@ -652,6 +740,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
                 for name in merged:
                     uf.union(anchor, name)
         sources[node] = merged
+        dirty[node] = nonzero_after(node, mod, tensors, sources, dirty)
 
     for layer in layers:  # one weight read by several inputs: its channels and theirs stay whole
         base = layer.name.split("#", 1)[0]

@@ -27,12 +27,13 @@ __all__ = ["ExportCheck", "calibrate_bn", "check_export", "random_masks", "rando
 
 def random_masks(spec: NetworkSpec, seed: int) -> dict[str, torch.Tensor]:
     """``{conv: keep-vector}`` as the pruner makes them: random importances, a random number of items kept per
-    prunable group (fixed groups keep every channel)."""
+    prunable group, at least one item fewer than all where there are two (so that every such group is tested);
+    fixed groups keep every channel."""
     rng = np.random.default_rng(seed)
     masks = {}
     for g in spec.groups.values():
         keep = torch.zeros(g.width, dtype=torch.bool)
-        n = int(rng.integers(1, g.m + 1)) * g.q if g.prunable else g.width
+        n = int(rng.integers(1, max(g.m, 2))) * g.q if g.prunable else g.width
         keep[torch.as_tensor(importance_order(rng.random(g.width), g.stripes)[:n].copy())] = True
         for conv in g.modules:
             masks[conv] = keep

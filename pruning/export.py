@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_flatten
 
 from db.errors import LatlabError
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
@@ -330,11 +331,15 @@ def verify_export(masked_model: nn.Module, exported: nn.Module, input_shape: tup
     b = copy.deepcopy(exported).double().eval()
     dev = next(a.parameters()).device
     x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dev)
-    ya, yb = a(x), b(x.to(next(b.parameters()).device))
-    if ya.shape != yb.shape:
-        raise LatlabError(f"exported model outputs shape {tuple(yb.shape)}, masked model {tuple(ya.shape)}")
-    diff = float((ya - yb.to(ya.device)).abs().max())
-    scale = float(ya.abs().max())
+    outs_a, spec_a = tree_flatten(a(x))  # a tensor, or a tuple, list or dict of them
+    outs_b, spec_b = tree_flatten(b(x.to(next(b.parameters()).device)))
+    shapes_a = [tuple(t.shape) for t in outs_a if isinstance(t, torch.Tensor)]
+    shapes_b = [tuple(t.shape) for t in outs_b if isinstance(t, torch.Tensor)]
+    if spec_a != spec_b or shapes_a != shapes_b:
+        raise LatlabError(f"exported model outputs shapes {shapes_b}, masked model {shapes_a}")
+    pairs = [(ya, yb.to(ya.device)) for ya, yb in zip(outs_a, outs_b, strict=True) if isinstance(ya, torch.Tensor)]
+    diff = max((float((ya - yb).abs().max()) for ya, yb in pairs if ya.numel()), default=0.0)
+    scale = max((float(ya.abs().max()) for ya, _ in pairs if ya.numel()), default=0.0)
     if not diff <= rtol * scale + 1e-12:
         raise LatlabError(f"exported model differs from the masked model: max |Δ| = {diff:.3g} > {rtol:g} × "
                           f"max |output| {scale:.3g}")

@@ -400,3 +400,103 @@ def test_a_conv_called_twice_keeps_its_channels_and_the_rest_prunes(tmp_path) ->
     assert check_export(_SharedConv().eval(), spec, seed=1).max_logit_delta < 1e-9
     tables = write_mdp_tables(spec, tmp_path, "shared")
     assert not any("#" in path.read_text() for path in tables.values())
+
+
+class _Between(nn.Module):
+    """conv+BN, then ``op`` on its output, then a conv reading it (and a classifier)."""
+
+    def __init__(self, op, **extra: nn.Module) -> None:
+        super().__init__()
+        self.a, self.b = _cbr(3, 16, k=3, padding=1), nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn, self.fc, self.op = nn.BatchNorm2d(16), nn.Linear(16, 5), op
+        for name, module in extra.items():
+            self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.b(self.op(self, self.a(x)))).mean((2, 3)))
+
+
+_ORDERING_OPS = {
+    "flip": lambda m, y: y.flip(1), "roll": lambda m, y: torch.roll(y, 1, 1), "sort": lambda m, y: y.sort(1).values,
+    "gather": lambda m, y: torch.gather(y, 1, y.argsort(-1)), "getitem": lambda m, y: y[:, [i ^ 1 for i in range(16)]],
+    "getitem ": lambda m, y: y[:, torch.arange(15, -1, -1)],
+}
+_NONZERO_OPS = {
+    "sigmoid": lambda m, y: torch.sigmoid(y), "Hardsigmoid": lambda m, y: m.gate(y), "add": lambda m, y: y + 0.5,
+    "sub": lambda m, y: 1 - y, "clamp": lambda m, y: y.clamp(min=0.1), "softplus": lambda m, y: F.softplus(y),
+    "pad": lambda m, y: F.pad(y, (1, 1, 1, 1), value=1.0)[:, :, 1:-1, 1:-1],
+}
+_ZERO_KEEPING_OPS = {
+    "relu": lambda m, y: F.relu(y), "silu by hand": lambda m, y: y * torch.sigmoid(y),
+    "hardswish by hand": lambda m, y: y * F.relu6(y + 3.0) / 6.0, "gelu": lambda m, y: F.gelu(y),
+    "clamp": lambda m, y: y.clamp(0, 6), "squeeze-excitation": lambda m, y: y * torch.sigmoid(y.mean((2, 3), True)),
+    "spatial flip": lambda m, y: y.flip(-1), "zero pad": lambda m, y: F.pad(y, (1, 1, 1, 1))[:, :, 1:-1, 1:-1],
+    "square": lambda m, y: y**2, "divide": lambda m, y: F.relu6(y) / 6.0,
+}
+
+
+@pytest.mark.parametrize("why", list(_ORDERING_OPS) + list(_NONZERO_OPS))
+def test_ops_that_reorder_channels_or_make_pruned_ones_non_zero_fix_them(why: str) -> None:
+    # before, these groups were prunable and export dropped channels the masked network still read
+    net = _Between({**_ORDERING_OPS, **_NONZERO_OPS}[why], gate=nn.Hardsigmoid())
+    spec = build_network_spec(net, 16)
+    fixed = {g.convs[0]: g.fixed_by for g in spec.groups.values() if not g.prunable}
+    assert fixed["a.0"].startswith(why.strip()), fixed
+    assert why in _ORDERING_OPS or "makes its pruned channels non-zero before conv b" in fixed["a.0"]
+    for seed in range(3):
+        assert check_export(net, spec, seed=seed).max_logit_delta < 1e-9
+
+
+@pytest.mark.parametrize("op", list(_ZERO_KEEPING_OPS))
+def test_ops_that_keep_pruned_channels_zero_let_them_prune(op: str) -> None:
+    net = _Between(_ZERO_KEEPING_OPS[op])
+    spec = build_network_spec(net, 16)
+    assert all(g.prunable for g in spec.groups.values()), {g.convs[0]: g.fixed_by for g in spec.groups.values()}
+    for seed in range(3):
+        assert check_export(net, spec, seed=seed).max_logit_delta < 1e-9
+
+
+class _TwoNorms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn1, self.bn2 = nn.Conv2d(3, 16, 3, bias=False), nn.BatchNorm2d(16), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc((F.relu(self.bn1(y)) + F.relu(self.bn2(y))).mean((2, 3)))
+
+
+class _HardCodedView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _cbr(3, 16, k=3, padding=1, stride=2), _cbr(16, 16, k=3, padding=1, stride=2)
+        self.fc = nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(self.a(x)).view(-1, 16 * 4 * 4))
+
+
+def test_a_conv_feeding_two_norms_and_a_hard_coded_view_fix_their_channels() -> None:
+    spec = build_network_spec(_TwoNorms(), 16)
+    assert [g.fixed_by for g in spec.groups.values()] == ["conv conv feeds 2 BatchNorms (bn1, bn2)"]
+    spec = build_network_spec(_HardCodedView(), 16)
+    assert {g.convs[0]: g.fixed_by for g in spec.groups.values()} == {"a.0": "", "b.0": "view"}
+    assert check_export(_HardCodedView(), spec).max_logit_delta < 1e-9
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc1, self.fc2 = _cbr(3, 16, k=3), nn.Linear(16, 5), nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+        f = self.a(x).mean((2, 3))
+        return {"heads": (self.fc1(f), self.fc2(f))}
+
+
+def test_networks_with_several_outputs_export_and_verify() -> None:
+    spec = build_network_spec(_TwoHeads(), 16)
+    assert all(g.prunable for g in spec.groups.values())
+    check = check_export(_TwoHeads(), spec)
+    assert check.max_logit_delta < 1e-9 and check.kept_items < spec.n_items  # the check always prunes something
