@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     except LatlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the launcher (latlab train) says so once
+        return 130
     if result.metrics and os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print({k: result.metrics[k] for k in ("epoch", "top1", "top5", "predicted_ms") if k in result.metrics})
     return 0

@@ -31,7 +31,7 @@ IDENTITY_KEYS = ("model.name", "model.num_classes", "data.input_size", "prune.me
                  "optim.epochs", "optim.warmup_epochs", "optim.schedule", "optim.lr", "optim.momentum",
                  "optim.nesterov", "optim.weight_decay", "optim.label_smoothing", "data.batch_size",
                  "run.max_iters_per_epoch", "run.seed", "prune.hardware", "prune.sweep", "prune.latency_model",
-                 "prune.kind")
+                 "prune.kind", "run.amp", "run.amp_dtype")
 _MISSING = object()
 
 

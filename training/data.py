@@ -13,16 +13,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision import datasets, transforms
 
 from db.errors import LatlabError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "build_loaders", "check_layout", "make_digits_imagefolder"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "UnreadableImageError", "build_loaders", "check_layout",
+           "make_digits_imagefolder", "read_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _LAYOUT = "expected ImageFolder layout ROOT/train/CLASS/img.jpg and ROOT/val/CLASS/img.jpg"
+
+
+class UnreadableImageError(LatlabError):
+    """An image of the dataset cannot be decoded; the message names the file."""
+
+    def __init__(self, message: str) -> None:
+        # re-raised from a DataLoader worker, the message carries the worker's traceback: its last line is ours
+        super().__init__(message.strip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1])
+
+
+def read_image(path: str) -> Image.Image:
+    """The RGB image at ``path`` (ImageFolder's loader); a file PIL cannot decode raises
+    :class:`UnreadableImageError` naming it, not a traceback from inside PIL."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL raises all of these
+        raise UnreadableImageError(f"cannot read image {path} ({type(exc).__name__}: {exc}); replace or remove "
+                                   "it") from None
 
 
 def _image_count(folder: Path) -> int:
@@ -83,8 +104,8 @@ def build_loaders(
     """``(train loader, val loader, class names)``; call ``train.sampler.set_epoch(e)`` each epoch."""
     train_dir_p, val_dir_p = check_layout(root, train_dir, val_dir)
     try:
-        train_set = datasets.ImageFolder(str(train_dir_p), transform=transforms_for(input_size, True))
-        val_set = datasets.ImageFolder(str(val_dir_p), transform=transforms_for(input_size, False))
+        train_set = datasets.ImageFolder(str(train_dir_p), transforms_for(input_size, True), loader=read_image)
+        val_set = datasets.ImageFolder(str(val_dir_p), transforms_for(input_size, False), loader=read_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise LatlabError(f"cannot read {root} as an ImageFolder dataset: {exc}; {_LAYOUT}") from None
     if train_set.classes != val_set.classes:

@@ -142,6 +142,12 @@ class _Run:
         self.ipe = len(self.train_loader)
         if cfg.run.max_iters_per_epoch:
             self.ipe = min(self.ipe, cfg.run.max_iters_per_epoch)
+        saved_ipe = self.resume_state.get("iters_per_epoch") if self.resume_state else None
+        if saved_ipe is not None and saved_ipe != self.ipe:  # the dataset changed size: the schedule would not fit
+            raise LatlabError(f"checkpoint {self.ckpt_path} was written with {saved_ipe} iterations per epoch, this "
+                              f"run has {self.ipe} ({len(self.train_loader.dataset)} training images under "
+                              f"{cfg.data.path}): the learning-rate and pruning schedules would change mid-run; "
+                              "resume on the same data, or start over with run.resume=never")
         self.memory_format = torch.channels_last if cfg.run.channels_last else torch.preserve_format
         self.model.to(info.device, memory_format=self.memory_format)
         self.pruner = self._build_pruner() if cfg.prune.method != "none" else None
@@ -228,10 +234,10 @@ class _Run:
         check_compatible(state.get("config", {}), self.cfg.to_dict(), self.ckpt_path)
         world = state.get("world_size", self.info.world)
         if world != self.info.world:  # the global batch, hence the learning rate and the iterations per epoch
-            raise LatlabError(f"checkpoint {self.ckpt_path} was written by {world} processes, this run has "
-                              f"{self.info.world}: the global batch, learning rate and schedule would change "
-                              f"mid-run; resume with {world} processes (--nproc-per-node), or start over with "
-                              "run.resume=never")
+            procs = f"{world} process{'es' if world != 1 else ''}"
+            raise LatlabError(f"checkpoint {self.ckpt_path} was written by {procs}, this run has {self.info.world}: "
+                              "the global batch, learning rate and schedule would change mid-run; resume with "
+                              f"{procs} (--nproc-per-node), or start over with run.resume=never")
         return state
 
     def _build_pruner(self) -> Any:
@@ -461,7 +467,7 @@ class _Run:
                 "scaler": self.scaler.state_dict(), "pruner": p.state_dict() if p else None,
                 "epoch": self.epoch, "global_step": self.global_step, "best_top1": self.best_top1,
                 "skipped": self.skipped, "history": self.history, "rng": rngs, "config": self.cfg.to_dict(),
-                "world_size": self.info.world, "slim": self.slices is not None,
+                "world_size": self.info.world, "slim": self.slices is not None, "iters_per_epoch": self.ipe,
             }
             save_checkpoint(state, self.ckpt_path)
             self._write_metrics()  # after the checkpoint, from its history: a kill in between loses no row, adds none

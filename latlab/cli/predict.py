@@ -64,6 +64,8 @@ def predict(
             --hardware "NVIDIA H200" --kind lut,mdlm
         latlab predict --module rn50-mdp50/pruned.pt2 --latency-model h200-mdlm
     """
+    from torch import nn
+
     from db.engine import open_database
     from latency_models.base import OutOfRangeError
     from latency_models.network import predict_network
@@ -88,8 +90,13 @@ def predict(
     try:
         table = predict_network(net, hw, models)
     except LUTMissError as exc:
-        raise LatlabError(f"{exc} — the sweep did not measure this conv; --kind mdlm (or rf, gbdt) predicts "
-                          "widths between the measured ones") from None
+        emptied = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and not m.weight.any()]
+        why = (f"the mask empties {', '.join(emptied)}, which latlab keeps as a zeroed channel per stripe (the "
+               "masked network exactly, at any size; HALP's model prices an empty layer at 0); no LUT measures so "
+               "few channels, so --kind llm or mdlm prices it" if emptied and mask is not None else
+               "the sweep did not measure this conv; --kind mdlm (or rf, gbdt) predicts widths between the "
+               "measured ones")
+        raise LatlabError(f"{exc} — {why}") from None
     except OutOfRangeError as exc:
         raise unseen_shape_error(exc, hw, "predict") from None
     rows = []

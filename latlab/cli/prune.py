@@ -33,12 +33,12 @@ def _data_batches(path: Path, input_size: tuple[int, int], batch_size: int, seed
     import torch
     from torchvision import datasets
 
-    from training.data import transforms_for
+    from training.data import read_image, transforms_for
 
     if not path.is_dir():
         raise LatlabError(f"dataset folder {path} does not exist (expected ImageFolder layout: CLASS/IMAGE)")
     try:
-        data = datasets.ImageFolder(str(path), transform=transforms_for(input_size, train=False))
+        data = datasets.ImageFolder(str(path), transform=transforms_for(input_size, train=False), loader=read_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise LatlabError(f"cannot read {path} as an ImageFolder dataset: {exc}") from None
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -68,13 +66,9 @@ def train(
         from training.config import config_path
 
         # `python -P -m training`: not a training/ package in the working directory (-P: no cwd on sys.path)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-               "--no-python", sys.executable, "-P", "-m", "training",
-               *(["--config", str(config_path(config).resolve())] if config else []),
-               *[a for s in sets for a in ("--set", s)], *(["--no-progress"] if quiet else [])]
-        code = subprocess.run(cmd, env=os.environ.copy()).returncode
-        if code:
-            raise LatlabError(f"torchrun exited with status {code}")
+        _torchrun(["--standalone", f"--nproc_per_node={nproc_per_node}", "--no-python", sys.executable, "-P", "-m",
+                   "training", *(["--config", str(config_path(config).resolve())] if config else []),
+                   *[a for s in sets for a in ("--set", s)], *(["--no-progress"] if quiet else [])])
         return
     from training.trainer import train as run_training
 
@@ -82,3 +76,28 @@ def train(
     final = {k: result.metrics.get(k) for k in ("epoch", "top1", "top5", "predicted_ms", "removed_blocks")}
     echo_rows([final | {"finished": result.finished}], "table", title="training", record=True)
     typer.echo(f"run directory: {result.out_dir}")
+
+
+def _torchrun(argv: list[str]) -> None:
+    """torchrun ``argv`` with this process as its agent: a worker that fails or is interrupted ends in one line
+    (the workers print their own error), not the agent's traceback."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    agent_log = logging.getLogger("torch.distributed.elastic")
+    level = agent_log.level
+    agent_log.setLevel(logging.CRITICAL)  # its failure report repeats what the workers printed
+    try:
+        run(parse_args(argv))
+    except SignalException:
+        raise KeyboardInterrupt from None
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        raise LatlabError(f"training stopped: process {rank} exited with status {failure.exitcode} (its error "
+                          "is above)") from None
+    finally:
+        agent_log.setLevel(level)
+

@@ -126,6 +126,10 @@ def test_a_width_the_sweep_lacks_names_the_conv_and_the_way_out(tmp_path: Path, 
     path.write_bytes(pickle.dumps({(conv,): keep.float() for conv, keep in masks.items()}))
     code, _, err = cli(["predict", *NET, "--mask", str(path), "--db", fake_lut])
     assert code == 1 and "no measurement for" in err and "cout=5" in err and "--kind mdlm" in err
+    masks["layer1.0.conv1"][:] = False  # HALP's layer removal: latlab keeps one zeroed channel
+    path.write_bytes(pickle.dumps({(conv,): keep.float() for conv, keep in masks.items()}))
+    code, _, err = cli(["predict", *NET, "--mask", str(path), "--db", fake_lut])
+    assert code == 1 and "cout=1" in err and "the mask empties layer1.0.conv1" in err and "--kind llm" in err
 
 
 def test_a_shape_the_sweep_lacks_says_to_sweep_at_that_input_size(fake_lut: str, cli) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "demo_resnet18_digits.yaml")
@@ -35,6 +37,11 @@ def test_train_cli_runs_and_resumes(cli, tmp_path: Path, digits: Path) -> None:
     assert len((out / "metrics.csv").read_text().splitlines()) == 3 and (out / "final_state.pt").exists()
     assert "tensorboard: true" in (out / "config.resolved.yaml").read_text()
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one per invocation
+    # two processes resuming a one-process run: the workers' error and one line, not torchrun's tracebacks
+    two = subprocess.run([sys.executable, "-m", "latlab", *argv[:-1], "--nproc-per-node", "2"], capture_output=True,
+                         text=True, timeout=600)
+    assert two.returncode != 0 and "written by 1 process, this run has 2" in two.stderr, two.stderr
+    assert "Traceback" not in two.stderr and "latlab: error: training stopped: process" in two.stderr, two.stderr
 
 
 def test_print_config_shows_every_key_and_loads_back(cli, tmp_path: Path) -> None:

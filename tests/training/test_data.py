@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from db.errors import LatlabError
-from training.data import build_loaders, check_layout, make_digits_imagefolder
+from training.data import UnreadableImageError, build_loaders, check_layout, make_digits_imagefolder
 
 
 def test_digits_imagefolder(digits: Path) -> None:
@@ -37,3 +37,17 @@ def test_layout_errors(tmp_path: Path) -> None:
         check_layout(tmp_path)
     with pytest.raises(LatlabError, match="data.path is not set"):
         check_layout(None)
+
+
+def test_an_unreadable_image_is_named_in_one_line(digits: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits, data)
+    bad = sorted((data / "val" / "3").glob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated, as a broken copy leaves it
+    _, val, _ = build_loaders(data, input_size=32, batch_size=8, workers=1, seed=0)  # the error crosses a worker
+    with pytest.raises(UnreadableImageError) as info:
+        for _ in val:
+            pass
+    assert str(info.value).startswith(f"cannot read image {bad} (") and "\n" not in str(info.value)

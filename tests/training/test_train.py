@@ -54,6 +54,12 @@ def test_resume_equals_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) 
     torch.save({**torch.load(ckpt, weights_only=True), "world_size": 2}, ckpt)
     with pytest.raises(LatlabError, match="written by 2 processes, this run has 1"):
         train(tiny_config(digits, tmp_path / "cut", lut_db), progress=False)
+    # another precision, or a dataset of another size (the schedules are in iterations) are refused too
+    with pytest.raises(LatlabError, match="different run.*run.amp: checkpoint False vs config True"):
+        train(tiny_config(digits, tmp_path / "cut", lut_db, **{"run.amp": True}), progress=False)
+    torch.save({**torch.load(ckpt, weights_only=True), "world_size": 1, "iters_per_epoch": 5}, ckpt)
+    with pytest.raises(LatlabError, match="written with 5 iterations per epoch, this run has 3 .*training images"):
+        train(tiny_config(digits, tmp_path / "cut", lut_db), progress=False)
 
 
 def test_mdp_demo_config_exports(digits: Path, lut_db: str, tmp_path: Path) -> None:
