@@ -45,6 +45,9 @@ _ZERO_METHODS = {
     "mean", "sum", "amax", "amin", "max", "min", "view_as", "reshape_as", "detach", "flip", "roll", "rot90",
     "permute", "transpose", "narrow", "repeat", "sort", "topk",
 }
+# functions libraries wrap for torch.fx (so they appear as one call), by qualified name: both scale by a random
+# 0-or-1/keep mask in training and are the identity in eval (dropping a residual branch keeps zeros zero)
+_ZERO_WRAPPED = {"torchvision.ops.stochastic_depth.stochastic_depth", "timm.layers.drop.drop_path"}
 _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 _DIV = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide"}
 _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "add_", "sub", "sub_"}
@@ -78,7 +81,10 @@ def _keeps_zero(node: fx.Node, mod: nn.Module | None) -> bool:
     if target in _POWERS:
         exponent = _arg(node, 1, "exponent")
         return isinstance(exponent, int | float) and exponent > 0
-    return target in (_ZERO_METHODS if node.op == "call_method" else _ZERO_FUNCTIONS)
+    if node.op == "call_method":
+        return target in _ZERO_METHODS
+    return target in _ZERO_FUNCTIONS or f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in (
+        _ZERO_WRAPPED)
 
 
 def _op(node: fx.Node, mod: nn.Module | None) -> str:
