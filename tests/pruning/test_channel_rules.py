@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
+from torchvision.ops import stochastic_depth
 
 from db.errors import LatlabError
 from profiler.plan import register_leaf_module, register_sliceable_conv, trace_network
@@ -432,6 +433,7 @@ _ZERO_KEEPING_OPS = {
     "clamp": lambda m, y: y.clamp(0, 6), "squeeze-excitation": lambda m, y: y * torch.sigmoid(y.mean((2, 3), True)),
     "spatial flip": lambda m, y: y.flip(-1), "zero pad": lambda m, y: F.pad(y, (1, 1, 1, 1))[:, :, 1:-1, 1:-1],
     "square": lambda m, y: y**2, "divide": lambda m, y: F.relu6(y) / 6.0,
+    "stochastic depth": lambda m, y: y + stochastic_depth(F.relu(y), 0.2, "row", m.training),
 }
 
 
