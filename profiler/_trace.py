@@ -653,9 +653,10 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     additionally join the convs of their operands into one channel-coupled group (residual streams,
     squeeze-excitation scales), unless an operand's channels are not one group's (a concat, a slice, a
     parameter, ...): then the convs are ``fixed`` instead. So are the convs carried into the output, a concat,
-    a channel mover, a stateful module, a reshape or reduction of the channel axis, a BN that is not right
-    after a conv and a conv subclass with a forward of its own (see :func:`changes_channel_axis`,
-    :func:`sliceable_conv`).
+    a channel mover, a stateful module, a reshape or reduction of the channel axis, a reordering of the channels,
+    a BN that is not right after a conv, a conv feeding two BNs, a conv subclass with a forward of its own (see
+    :func:`changes_channel_axis`, :func:`sliceable_conv`) and the convs whose pruned channels an op makes
+    non-zero before a conv or Linear reads them (:mod:`profiler._zeros`).
     """
     hw = normalise_size(input_size)
     gm = shaped_graph(model_name, module, hw)
@@ -701,7 +702,8 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
                     fixed.setdefault(conv, f"{_base_class(mod).__name__} {name} (its own forward)")
             for conv, why in blame_at_consumer(f"conv {name}", [src], dirty).items():
                 fixed.setdefault(conv, why)
-            norms = [u.target for u in node.users if isinstance(modules.get(u.target), nn.BatchNorm2d)]
+            norms = [u.target for u in node.users
+                     if u.op == "call_module" and isinstance(modules.get(u.target), nn.BatchNorm2d)]
             if len(norms) > 1:  # masking zeroes one BN after a conv
                 fixed.setdefault(name, f"conv {name} feeds {len(norms)} BatchNorms ({', '.join(norms)})")
             out_shape = getattr(node.meta.get("tensor_meta"), "shape", None)
