@@ -116,6 +116,8 @@ _CHANNEL_MIXING_MODULES: tuple[type[nn.Module], ...] = (nn.LocalResponseNorm, nn
 _CHANNEL_AXIS_FUNCTIONS = {torch.softmax, F.softmax, "softmax", torch.log_softmax, F.log_softmax, "log_softmax",
                            F.normalize, torch.cumsum, "cumsum", torch.cumprod, "cumprod", torch.cummax, "cummax",
                            torch.cummin, "cummin", torch.logcumsumexp, "logcumsumexp"}
+# methods that take their second operand's shape (or type) only
+_SHAPED_LIKE = {"expand_as", "view_as", "reshape_as", "type_as"}
 # ops that reorder or pick entries along their ``dim`` argument (at this position), the channels when it is 1
 _REORDERING_FUNCTIONS = {torch.sort: 1, "sort": 1, torch.argsort: 1, "argsort": 1, torch.gather: 1, "gather": 1,
                          torch.index_select: 1, "index_select": 1, torch.scatter: 1, "scatter": 1,
@@ -152,13 +154,16 @@ class ConvLayer:
 class TraceResult:
     """Output of :func:`trace_model`: the convs, the channel-coupled groups among them, and the convs whose
     output width a pruner must keep (``fixed``: conv -> why; their channels reach the network output, a concat,
-    an op that rearranges channels or a module with per-channel state other than BN, e.g. a LayerNorm)."""
+    an op that rearranges channels or a module with per-channel state other than BN, e.g. a LayerNorm).
+    ``nonzero`` (also in ``fixed``) are those whose pruned channels an op would make non-zero before a conv or
+    Linear reads them: pruning them, export would change what the network computes (:mod:`profiler._zeros`)."""
 
     model_name: str
     input_size: tuple[int, int]
     layers: list[ConvLayer]
     groups: list[tuple[str, ...]] = field(default_factory=list)
     fixed: dict[str, str] = field(default_factory=dict)
+    nonzero: dict[str, str] = field(default_factory=dict)
 
     def group_of(self) -> dict[str, int]:
         """Conv name -> index into :attr:`groups`."""
@@ -517,7 +522,10 @@ def moves_channels(node: fx.Node, mod: nn.Module | None) -> bool:
 def _carries_channels(operand: fx.Node, node: fx.Node) -> bool:
     """True when ``operand`` of the element-wise ``node`` has the output's channels (not broadcast over them)."""
     shape, out = _shape(operand), _shape(node)
-    return shape is not None and out is not None and len(shape) >= 2 and len(out) >= 2 and shape[1] == out[1] > 1
+    if shape is None or out is None or len(out) < 2:
+        return False
+    axis = 1 - (len(out) - len(shape))  # broadcasting aligns the trailing dims: a (C, 1, 1) layer scale has C at 0
+    return axis >= 0 and shape[axis] == out[1] > 1
 
 
 def _base_class(mod: nn.Module) -> type[nn.Module]:
@@ -555,8 +563,8 @@ def _fixes_channels(node: fx.Node, mod: nn.Module | None) -> str | None:
     """Why the channels that reach ``node`` must keep their width (``None``: they need not)."""
     if node.op == "output":
         return "network output"
-    if has_channel_state(mod):
-        return f"{type(mod).__name__} {node.target}"
+    if has_channel_state(mod) or isinstance(mod, _OPAQUE_MODULES) and not isinstance(mod, nn.Linear):
+        return f"{type(mod).__name__} {node.target}"  # export slices the Linear after the convs, no other mixer
     if node.op in ("call_function", "call_method") and node.target in CONCATS or moves_channels(node, mod):
         return _op_where(node) if node.op != "call_module" else f"{type(mod).__name__} {node.target}"
     if node.op in ("call_function", "call_method") and not _is_join(node):  # e.g. F.group_norm(x, g, self.weight)
@@ -669,8 +677,11 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     fixed: dict[str, str] = {}
     inexact: set[fx.Node] = set()  # channels that are not one conv group's, one to one (concat, split, reshape)
     dirty: dict[fx.Node, Dirty] = {}  # convs whose pruned channels are not zero there (profiler._zeros)
+    nonzero: dict[str, str] = {}  # convs whose pruned channels a conv or Linear would read non-zero
     for node in gm.graph.nodes:
         tensors = [a for a in node.all_input_nodes if "tensor_meta" in a.meta]  # not sizes such as x.shape[-2:]
+        if node.op == "call_method" and node.target in _SHAPED_LIKE:
+            tensors = tensors[:1]  # y.expand_as(x) carries y's channels; x only lends its shape
         mod = modules.get(node.target) if node.op == "call_module" else None
         why = _fixes_channels(node, mod)
         if why:
@@ -700,12 +711,14 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
             if not sliceable_conv(mod):
                 for conv in (*prods, name):
                     fixed.setdefault(conv, f"{_base_class(mod).__name__} {name} (its own forward)")
-            for conv, why in blame_at_consumer(f"conv {name}", [src], dirty).items():
-                fixed.setdefault(conv, why)
+            # a depthwise conv shares its producer's mask: what it reads in a pruned channel, it zeroes
+            if not (mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels):
+                for conv, why in blame_at_consumer(f"conv {name}", [src], dirty).items():
+                    nonzero.setdefault(conv, why)
             norms = [u.target for u in node.users
                      if u.op == "call_module" and isinstance(modules.get(u.target), nn.BatchNorm2d)]
-            if len(norms) > 1:  # masking zeroes one BN after a conv
-                fixed.setdefault(name, f"conv {name} feeds {len(norms)} BatchNorms ({', '.join(norms)})")
+            if len(norms) > 1:  # masking zeroes one BN after a conv: the other makes its pruned channels non-zero
+                nonzero.setdefault(name, f"conv {name} feeds {len(norms)} BatchNorms ({', '.join(norms)})")
             out_shape = getattr(node.meta.get("tensor_meta"), "shape", None)
             out_hw = (int(out_shape[2]), int(out_shape[3])) if out_shape is not None and len(out_shape) == 4 else None
             layers.append(ConvLayer(name, conv_family(mod, name, int(shape[2]), int(shape[3]), out_hw),
@@ -723,7 +736,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
         if opaque_module(mod) or node.op in ("placeholder", "get_attr", "output"):
             if mod is not None:  # a Linear reads the flattened channels
                 for conv, why in blame_at_consumer(f"{type(mod).__name__} {node.target}", tensors, dirty).items():
-                    fixed.setdefault(conv, why)
+                    nonzero.setdefault(conv, why)
             sources[node] = frozenset()
             continue
         merged = frozenset().union(*(sources.get(a, frozenset()) for a in tensors))
@@ -756,4 +769,6 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     groups = sorted((tuple(g) for g in by_root.values()), key=lambda g: order[g[0]])
     if not layers:
         log.warning("model %s has no nn.Conv2d layers", model_name)
-    return TraceResult(model_name, hw, layers, groups, fixed)
+    for name, why in nonzero.items():
+        fixed.setdefault(name, why)
+    return TraceResult(model_name, hw, layers, groups, fixed, nonzero)

@@ -12,6 +12,7 @@ factor does (a squeeze-excitation gate ``x * sigmoid(s)`` is zero wherever ``x``
 from __future__ import annotations
 
 import builtins
+import math
 import operator
 from collections.abc import Mapping, Sequence
 
@@ -36,14 +37,19 @@ _ZERO_FUNCTIONS = {
     F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d, F.interpolate,
     F.upsample, F.instance_norm, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.neg,
     operator.neg, torch.abs, torch.square, torch.sqrt, torch.sin, torch.erf, torch.mean, torch.sum, torch.amax,
-    torch.amin, torch.clone, operator.getitem, builtins.getattr, torch.flip, torch.roll, torch.rot90, torch.permute,
-    torch.transpose, torch.narrow, torch.sort, torch.topk,
+    torch.amin, torch.clone, torch.zeros_like, operator.getitem, builtins.getattr, torch.flip, torch.roll,
+    torch.rot90, torch.permute, torch.transpose, torch.narrow, torch.sort, torch.topk,
+    # ops that only move values (where channels move, other rules keep them whole): zeros stay zeros
+    torch.cat, torch.concat, torch.concatenate, torch.stack, torch.hstack, torch.vstack, torch.dstack, torch.chunk,
+    torch.split, torch.unbind, torch.movedim, torch.swapaxes, torch.channel_shuffle, F.pixel_shuffle,
+    F.pixel_unshuffle, torch.unflatten,
 }
 _ZERO_METHODS = {
     "relu", "relu_", "tanh", "abs", "neg", "square", "sqrt", "clone", "contiguous", "view", "reshape", "flatten",
     "squeeze", "unsqueeze", "expand", "expand_as", "float", "half", "double", "bfloat16", "to", "type", "type_as",
     "mean", "sum", "amax", "amin", "max", "min", "view_as", "reshape_as", "detach", "flip", "roll", "rot90",
-    "permute", "transpose", "narrow", "repeat", "sort", "topk",
+    "permute", "transpose", "narrow", "repeat", "sort", "topk", "chunk", "split", "unbind", "movedim", "swapaxes",
+    "unflatten",
 }
 # functions libraries wrap for torch.fx (so they appear as one call), by qualified name: both scale by a random
 # 0-or-1/keep mask in training and are the identity in eval (dropping a residual branch keeps zeros zero)
@@ -52,7 +58,13 @@ _MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 _DIV = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide"}
 _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "add_", "sub", "sub_"}
 _CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
+_CLAMP_MIN = {torch.clamp_min, "clamp_min", "clamp_min_"}
+_CLAMP_MAX = {torch.clamp_max, "clamp_max", "clamp_max_"}
+_EXTREMES = {torch.max, torch.min, torch.maximum, torch.minimum, torch.fmax, torch.fmin, "max", "min", "maximum",
+             "minimum", "fmax", "fmin"}  # of tensors that are zero, or a reduction over other dims: zero
+_WHERE = {torch.where, "where"}
 _PADS = {F.pad}
+_MAX_POOLS = (F.max_pool2d, torch.max_pool2d)
 _POWERS = {operator.pow, torch.pow, "pow", "pow_"}
 
 
@@ -73,11 +85,15 @@ def _keeps_zero(node: fx.Node, mod: nn.Module | None) -> bool:
             return mod.value == 0
         return isinstance(mod, _ZERO_MODULES)
     target = node.target
-    if target in _CLAMPS:
-        low, high = _arg(node, 1, "min"), _arg(node, 2, "max")
+    if target in _CLAMPS | _CLAMP_MIN | _CLAMP_MAX:
+        low = None if target in _CLAMP_MAX else _arg(node, 1, "min")
+        high = _arg(node, 1, "max") if target in _CLAMP_MAX else None if target in _CLAMP_MIN else _arg(node, 2, "max")
         return all(b is None or isinstance(b, int | float) and s * b >= 0 for b, s in ((low, -1), (high, 1)))
     if target in _PADS:
-        return _arg(node, 2, "mode", "constant") != "constant" or not _arg(node, 3, "value", 0)
+        value = _arg(node, 3, "value", 0)
+        if _arg(node, 2, "mode", "constant") != "constant" or not value:
+            return True
+        return value == -math.inf and all(_max_pool(u) for u in node.users)  # TF 'same' max pooling
     if target in _POWERS:
         exponent = _arg(node, 1, "exponent")
         return isinstance(exponent, int | float) and exponent > 0
@@ -85,6 +101,13 @@ def _keeps_zero(node: fx.Node, mod: nn.Module | None) -> bool:
         return target in _ZERO_METHODS
     return target in _ZERO_FUNCTIONS or f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" in (
         _ZERO_WRAPPED)
+
+
+def _max_pool(node: fx.Node) -> bool:
+    if node.op == "call_module":
+        owner = node.graph.owning_module
+        return owner is not None and isinstance(owner.get_submodule(str(node.target)), nn.MaxPool2d)
+    return node.target in _MAX_POOLS
 
 
 def _op(node: fx.Node, mod: nn.Module | None) -> str:
@@ -115,17 +138,21 @@ def nonzero_after(node: fx.Node, mod: nn.Module | None, tensors: Sequence[fx.Nod
         width = _channels(node)
         factors = [a for a in inputs if _channels(a) == width]  # those not broadcast over the channels
         return {} if any(not dirty.get(a) for a in factors) else merged  # zero when one factor is
-    if target in _DIV:
+    if target in _DIV:  # 0 / d is 0 (with a d of 0 the network computes NaN either way)
         numerator = node.args[0] if node.args else None
-        divisor = node.args[1] if len(node.args) > 1 else None
-        if numerator in inputs and not (divisor in tensors and sources.get(divisor)):
-            return dict(dirty.get(numerator, {}))
-        return blame
+        return dict(dirty.get(numerator, {})) if numerator in inputs else blame
     if target in _ADD:
-        others = [a for a in (*node.args, *node.kwargs.values()) if a not in inputs]
+        others = [a for a in node.args if a not in inputs] + [v for k, v in node.kwargs.items() if k != "alpha"]
         if any(a in tensors or isinstance(a, int | float) and a for a in others):
             return blame  # a constant or a tensor broadcast over the channels is added to the zeros
         return merged
+    if target in _EXTREMES:  # max(a, b) of zeros, or over other dims
+        return blame if any(a not in inputs for a in tensors) else merged
+    if target in _WHERE:  # where(c, a, b) is zero where a and b are
+        branches = node.args[1:3] if node.op == "call_function" else (node.args[0], *node.args[2:3])
+        if any(b not in inputs and not (isinstance(b, int | float) and b == 0) for b in branches):
+            return blame
+        return {k: v for b in branches if b in inputs for k, v in dirty.get(b, {}).items()}
     if _keeps_zero(node, mod):
         return merged
     return blame

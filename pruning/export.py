@@ -91,6 +91,10 @@ def _check_masks(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch
                               f"got {keep.dtype} {tuple(keep.shape)}")
         if name not in dropped and not bool(keep.any()):
             raise LatlabError(f"conv {name} keeps no channel; remove its block instead")
+        why = trace.nonzero.get(call) or trace.nonzero.get(name)
+        if why and name not in dropped and not bool(keep.all()):  # the slim network would compute something else
+            raise LatlabError(f"conv {name} must keep all its channels ({why}); its mask drops "
+                              f"{int((~keep).sum())} of {len(keep)}")
         out[name] = keep
     for group in trace.groups:
         live = [_base(n) for n in group if _base(n) not in dropped]
@@ -250,6 +254,9 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                 value[node] = src if src is not None else first
             continue
         # call_function / call_method
+        if "tensor_meta" not in node.meta:  # sizes and arithmetic on them (x.size(2) - y.size(2)) carry no channels
+            value[node] = None
+            continue
         fn = node.target
         if fn in (torch.cat, torch.concat) and _cat_dim(node) in (1, -3):
             parts = [value.get(a) if isinstance(a, fx.Node) else None for a in node.args[0]]

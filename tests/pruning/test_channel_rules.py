@@ -434,6 +434,11 @@ _ZERO_KEEPING_OPS = {
     "spatial flip": lambda m, y: y.flip(-1), "zero pad": lambda m, y: F.pad(y, (1, 1, 1, 1))[:, :, 1:-1, 1:-1],
     "square": lambda m, y: y**2, "divide": lambda m, y: F.relu6(y) / 6.0,
     "stochastic depth": lambda m, y: y + stochastic_depth(F.relu(y), 0.2, "row", m.training),
+    "swish as a division": lambda m, y: y / (1 + torch.exp(-y)), "clamp_min": lambda m, y: y.clamp_min(0),
+    "maximum": lambda m, y: torch.maximum(y, torch.zeros_like(y)), "where": lambda m, y: torch.where(y > 0, y, 0.1 * y),
+    "add with alpha": lambda m, y: torch.add(y, F.relu(y), alpha=0.5),
+    "sigmoid into a depthwise conv": lambda m, y: m.dw(torch.sigmoid(y)), "size arithmetic": lambda m, y: F.pad(
+        y, (0, 16 - y.size(3), 0, 16 - y.size(2))),
 }
 
 
@@ -447,11 +452,14 @@ def test_ops_that_reorder_channels_or_make_pruned_ones_non_zero_fix_them(why: st
     assert why in _ORDERING_OPS or "makes its pruned channels non-zero before conv b" in fixed["a.0"]
     for seed in range(3):
         assert check_export(net, spec, seed=seed).max_logit_delta < 1e-9
+    keep = torch.arange(16) % 2 == 0  # and export refuses to drop its channels, through the Python API too
+    with pytest.raises(LatlabError, match="a.0 must keep all its channels|moves, slices or mixes pruned channels"):
+        export_pruned(net.eval(), trace_network(net, 16), {"a.0": keep})
 
 
 @pytest.mark.parametrize("op", list(_ZERO_KEEPING_OPS))
 def test_ops_that_keep_pruned_channels_zero_let_them_prune(op: str) -> None:
-    net = _Between(_ZERO_KEEPING_OPS[op])
+    net = _Between(_ZERO_KEEPING_OPS[op], dw=nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False))
     spec = build_network_spec(net, 16)
     assert all(g.prunable for g in spec.groups.values()), {g.convs[0]: g.fixed_by for g in spec.groups.values()}
     for seed in range(3):
@@ -502,3 +510,29 @@ def test_networks_with_several_outputs_export_and_verify() -> None:
     assert all(g.prunable for g in spec.groups.values())
     check = check_export(_TwoHeads(), spec)
     assert check.max_logit_delta < 1e-9 and check.kept_items < spec.n_items  # the check always prunes something
+
+
+class _Mixed(nn.Module):
+    """A Linear squeeze-excitation with expand_as, a (C, 1, 1) layer scale and a transposed conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = _cbr(3, 16, k=3), _cbr(16, 16, k=3, padding=1), _cbr(16, 16, k=3, padding=1)
+        self.fc, self.gamma = nn.Linear(16, 16), nn.Parameter(torch.rand(16, 1, 1))
+        self.up, self.head = nn.ConvTranspose2d(16, 8, 2, stride=2), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y = y * torch.sigmoid(self.fc(y.mean((2, 3)))).view(-1, 16, 1, 1).expand_as(y)
+        z = self.b(y)
+        z = z + self.gamma * self.c(z)
+        return self.head(self.up(z).mean((2, 3)))
+
+
+def test_squeeze_excitation_by_linear_layer_scale_and_transposed_conv_keep_their_channels() -> None:
+    spec = build_network_spec(_Mixed(), 16)
+    fixed = {g.convs[0]: g.fixed_by for g in spec.groups.values() if not g.prunable}
+    assert fixed["a.0"] == "mul with expand_as (not one conv group's channels)"
+    assert fixed["c.0"] == "mul with parameter gamma" and fixed["b.0"].startswith("add with mul")
+    assert set(fixed) == {"a.0", "b.0", "c.0"}  # b's channels also reach the ConvTranspose2d up
+    assert check_export(_Mixed(), spec).max_logit_delta < 1e-9
