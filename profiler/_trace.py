@@ -107,6 +107,7 @@ _JOIN_FUNCTIONS = {
     torch.add, torch.sub, torch.mul,
 }
 _JOIN_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 
 # Conv2d subclasses that override forward but compute a plain conv of their weight (timm: dynamic 'same' padding)
 _SLICEABLE_CONVS = {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.conv2d_same.Conv2dSameExport"}
@@ -528,6 +529,14 @@ def _carries_channels(operand: fx.Node, node: fx.Node) -> bool:
     return axis >= 0 and shape[axis] == out[1] > 1
 
 
+def _is_gate(operand: fx.Node, node: fx.Node) -> bool:
+    """True when ``operand`` of the product ``node`` is broadcast over its channels (CBAM's spatial attention
+    ``x * sigmoid(conv(x))`` with a 1-channel map): it scales every channel alike."""
+    out = _shape(node)
+    return (node.op in ("call_function", "call_method") and node.target in _PRODUCTS and out is not None
+            and len(out) >= 2 and out[1] > 1 and not _carries_channels(operand, node))
+
+
 def _base_class(mod: nn.Module) -> type[nn.Module]:
     """``mod``'s own class: the original one of a parametrized module (parametrize injects a subclass)."""
     return type(mod).__bases__[0] if parametrize.is_parametrized(mod) else type(mod)
@@ -739,6 +748,8 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
                     nonzero.setdefault(conv, why)
             sources[node] = frozenset()
             continue
+        gates = [a for a in tensors if sources.get(a) and _is_gate(a, node)]
+        tensors = [a for a in tensors if a not in gates]  # a spatial map scaling every channel is no channel of theirs
         merged = frozenset().union(*(sources.get(a, frozenset()) for a in tensors))
         if any(a in inexact for a in tensors):
             inexact.add(node)

@@ -267,6 +267,10 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
             else:
                 value[node] = torch.cat(parts)  # type: ignore[arg-type]
             continue
+        if fn in _JOIN:  # a map broadcast over the channels (a 1-channel spatial gate) scales them all alike
+            width = node.meta["tensor_meta"].shape[1] if len(node.meta["tensor_meta"].shape) > 1 else None
+            tracked = [k for k in tracked if len(k) == width]
+            first = tracked[0] if tracked else None
         if fn in _JOIN and len(tracked) > 1:
             for k in tracked[1:]:
                 if k.shape != first.shape or not torch.equal(k, first):  # type: ignore[union-attr]

@@ -437,6 +437,7 @@ _ZERO_KEEPING_OPS = {
     "swish as a division": lambda m, y: y / (1 + torch.exp(-y)), "clamp_min": lambda m, y: y.clamp_min(0),
     "maximum": lambda m, y: torch.maximum(y, torch.zeros_like(y)), "where": lambda m, y: torch.where(y > 0, y, 0.1 * y),
     "add with alpha": lambda m, y: torch.add(y, F.relu(y), alpha=0.5),
+    "spatial attention (CBAM)": lambda m, y: y * torch.sigmoid(m.sa(y)),  # a 1-channel map: once refused
     "sigmoid into a depthwise conv": lambda m, y: m.dw(torch.sigmoid(y)), "size arithmetic": lambda m, y: F.pad(
         y, (0, 16 - y.size(3), 0, 16 - y.size(2))),
 }
@@ -459,9 +460,11 @@ def test_ops_that_reorder_channels_or_make_pruned_ones_non_zero_fix_them(why: st
 
 @pytest.mark.parametrize("op", list(_ZERO_KEEPING_OPS))
 def test_ops_that_keep_pruned_channels_zero_let_them_prune(op: str) -> None:
-    net = _Between(_ZERO_KEEPING_OPS[op], dw=nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False))
+    net = _Between(_ZERO_KEEPING_OPS[op], dw=nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+                   sa=nn.Conv2d(16, 1, 7, padding=3))
     spec = build_network_spec(net, 16)
-    assert all(g.prunable for g in spec.groups.values()), {g.convs[0]: g.fixed_by for g in spec.groups.values()}
+    assert all(g.prunable or g.width == 1 for g in spec.groups.values()), {
+        g.convs[0]: g.fixed_by for g in spec.groups.values()}
     for seed in range(3):
         assert check_export(net, spec, seed=seed).max_logit_delta < 1e-9
 
