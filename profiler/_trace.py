@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from db.errors import LatlabError
 from db.keys import ConvFamily
-from profiler._zeros import Dirty, blame_at_consumer, nonzero_after
+from profiler._zeros import PRODUCTS, Dirty, blame_at_consumer, nonzero_after
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,6 @@ _JOIN_FUNCTIONS = {
     torch.add, torch.sub, torch.mul,
 }
 _JOIN_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
-_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 
 # Conv2d subclasses that override forward but compute a plain conv of their weight (timm: dynamic 'same' padding)
 _SLICEABLE_CONVS = {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.conv2d_same.Conv2dSameExport"}
@@ -533,7 +532,7 @@ def _is_gate(operand: fx.Node, node: fx.Node) -> bool:
     """True when ``operand`` of the product ``node`` is broadcast over its channels (CBAM's spatial attention
     ``x * sigmoid(conv(x))`` with a 1-channel map): it scales every channel alike."""
     out = _shape(node)
-    return (node.op in ("call_function", "call_method") and node.target in _PRODUCTS and out is not None
+    return (node.op in ("call_function", "call_method") and node.target in PRODUCTS and out is not None
             and len(out) >= 2 and out[1] > 1 and not _carries_channels(operand, node))
 
 

@@ -47,14 +47,14 @@ _ZERO_FUNCTIONS = {
 _ZERO_METHODS = {
     "relu", "relu_", "tanh", "abs", "neg", "square", "sqrt", "clone", "contiguous", "view", "reshape", "flatten",
     "squeeze", "unsqueeze", "expand", "expand_as", "float", "half", "double", "bfloat16", "to", "type", "type_as",
-    "mean", "sum", "amax", "amin", "max", "min", "view_as", "reshape_as", "detach", "flip", "roll", "rot90",
+    "mean", "sum", "amax", "amin", "view_as", "reshape_as", "detach", "flip", "roll", "rot90",
     "permute", "transpose", "narrow", "repeat", "sort", "topk", "chunk", "split", "unbind", "movedim", "swapaxes",
     "unflatten",
 }
 # functions libraries wrap for torch.fx (so they appear as one call), by qualified name: both scale by a random
 # 0-or-1/keep mask in training and are the identity in eval (dropping a residual branch keeps zeros zero)
 _ZERO_WRAPPED = {"torchvision.ops.stochastic_depth.stochastic_depth", "timm.layers.drop.drop_path"}
-_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 _DIV = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide"}
 _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "add_", "sub", "sub_"}
 _CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
@@ -134,7 +134,7 @@ def nonzero_after(node: fx.Node, mod: nn.Module | None, tensors: Sequence[fx.Nod
         merged.update(dirty.get(a, {}))
     target = node.target if node.op in ("call_function", "call_method") else None
     blame = dict.fromkeys(sorted(carried), _op(node, mod))
-    if target in _MUL:
+    if target in PRODUCTS:
         width = _channels(node)
         factors = [a for a in inputs if _channels(a) == width]  # those not broadcast over the channels
         return {} if any(not dirty.get(a) for a in factors) else merged  # zero when one factor is
