@@ -7,8 +7,6 @@ import os
 import sys
 
 from db.errors import LatlabError
-from training.config import load_config
-from training.trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        from training.config import load_config  # inside: a Ctrl-C while importing is one line too
+        from training.trainer import train
+
         result = train(load_config(args.config, args.overrides), progress=not args.no_progress)
     except LatlabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -64,6 +64,9 @@ def train(
         return
     if nproc_per_node > 1:
         from training.config import config_path
+        from training.data import check_layout
+
+        check_layout(cfg.data.path, cfg.data.train_dir, cfg.data.val_dir)  # once, not in every process
 
         # `python -P -m training`: not a training/ package in the working directory (-P: no cwd on sys.path)
         _torchrun(["--standalone", f"--nproc_per_node={nproc_per_node}", "--no-python", sys.executable, "-P", "-m",
@@ -82,22 +85,28 @@ def _torchrun(argv: list[str]) -> None:
     """torchrun ``argv`` with this process as its agent: a worker that fails or is interrupted ends in one line
     (the workers print their own error), not the agent's traceback."""
     import logging
+    import signal
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    agent_log = logging.getLogger("torch.distributed.elastic")
-    level = agent_log.level
-    agent_log.setLevel(logging.CRITICAL)  # its failure report repeats what the workers printed
+    agent_logs = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                  if n.startswith("torch.distributed.elastic")]  # each has a level of its own
+    levels = [log.level for log in agent_logs]
+    for log in agent_logs:
+        log.setLevel(logging.CRITICAL)  # its failure report repeats what the workers printed
     try:
         run(parse_args(argv))
     except SignalException:
         raise KeyboardInterrupt from None
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        raise LatlabError(f"training stopped: process {rank} exited with status {failure.exitcode} (its error "
-                          "is above)") from None
+        code = failure.exitcode
+        how = (f"was killed by {signal.Signals(-code).name} (out of memory?)" if code < 0 and -code in
+               signal.valid_signals() else f"exited with status {code} (its error is above)")
+        raise LatlabError(f"training stopped: process {rank} {how}") from None
     finally:
-        agent_log.setLevel(level)
+        for log, level in zip(agent_logs, levels, strict=True):
+            log.setLevel(level)
 

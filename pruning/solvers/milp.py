@@ -282,13 +282,10 @@ class CbcSolver(Solver):
         try:
             prob.solve(cmd)
         except pulp.PulpSolverError:  # CBC writes no solution file when bound tightening proves infeasibility
-            least = minimum_latency(problem)
-            if least is not None and least > problem.budget + problem.tolerance():
-                return infeasible(self.name, problem, least)
-            raise
+            return self._infeasible(problem, "CBC stopped without a solution file")
         st = prob.status
         if st == pulp.LpStatusInfeasible:
-            return infeasible(self.name, problem, minimum_latency(problem))
+            return self._infeasible(problem, "CBC reports the budget infeasible")
         used = {i for i, c in enumerate(model.obj) if c} | {i for row in model.rows for i in row}
         values = [v.value() if i in used else 0.0 for i, v in enumerate(vs)]  # CBC never sees an unused one
         if any(v is None for v in values) or st not in (pulp.LpStatusOptimal, pulp.LpStatusNotSolved):
@@ -304,3 +301,12 @@ class CbcSolver(Solver):
         elif prob.sol_status == pulp.LpSolutionIntegerFeasible:
             res.message += " (time limit; CBC's bound is not exposed by PuLP)"
         return res
+
+    def _infeasible(self, problem: PruningProblem, claim: str) -> SolveResult:
+        """CBC's word that no decision fits, checked against the exact minimum latency (near the budget its
+        tolerances have said so of feasible problems)."""
+        least = minimum_latency(problem)
+        if least is not None and least <= problem.budget + problem.tolerance():
+            return SolveResult("error", self.name, message=f"{claim}, but a decision reaches {least:.9g} within the "
+                               f"budget {problem.budget:.9g} (CBC's tolerances); use lagrange or milp-highs")
+        return infeasible(self.name, problem, least)

@@ -450,3 +450,13 @@ def test_degenerate_problems_are_solved() -> None:
     for name in EXACT:
         res = get_solver(name).solve(lonely)
         assert res.status == "optimal" and res.kept == (2,), (name, res.message)
+
+
+def test_budgets_just_below_a_reachable_latency_found_by_an_audit() -> None:
+    # CBC once called this feasible budget infeasible; SCIP with a feasibility tolerance below its epsilon
+    # returned a worse point as "optimal"
+    p = inst.random_problem(np.random.default_rng(1), pairwise=True, block=True).with_budget(5.8978357)
+    assert get_solver("milp-cbc").solve(p).status != "infeasible"
+    q = inst.random_problem(np.random.default_rng(5), pairwise=False, block=False).with_budget(4.8214988)
+    res = get_solver("scip").solve(q)
+    assert res.status == "optimal" and res.objective == pytest.approx(q.brute_force()[0], rel=1e-12)
