@@ -109,4 +109,3 @@ def _torchrun(argv: list[str]) -> None:
     finally:
         for log, level in zip(agent_logs, levels, strict=True):
             log.setLevel(level)
-
