@@ -742,7 +742,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
             log.warning("model %s: %s %s is not planned (only nn.Conv2d modules are): no LUT prices it",
                         model_name, type(mod).__name__, node.target)
         if opaque_module(mod) or node.op in ("placeholder", "get_attr", "output"):
-            if mod is not None:  # a Linear reads the flattened channels
+            if mod is not None:  # a Linear reads the flattened channels (other mixers fix them anyway)
                 for conv, why in blame_at_consumer(f"{type(mod).__name__} {node.target}", tensors, dirty).items():
                     nonzero.setdefault(conv, why)
             sources[node] = frozenset()

@@ -60,6 +60,7 @@ _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, tor
 _CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
 _CLAMP_MIN = {torch.clamp_min, "clamp_min", "clamp_min_"}
 _CLAMP_MAX = {torch.clamp_max, "clamp_max", "clamp_max_"}
+_ANY_CLAMP = _CLAMPS | _CLAMP_MIN | _CLAMP_MAX
 _EXTREMES = {torch.max, torch.min, torch.maximum, torch.minimum, torch.fmax, torch.fmin, "max", "min", "maximum",
              "minimum", "fmax", "fmin"}  # of tensors that are zero, or a reduction over other dims: zero
 _WHERE = {torch.where, "where"}
@@ -85,7 +86,7 @@ def _keeps_zero(node: fx.Node, mod: nn.Module | None) -> bool:
             return mod.value == 0
         return isinstance(mod, _ZERO_MODULES)
     target = node.target
-    if target in _CLAMPS | _CLAMP_MIN | _CLAMP_MAX:
+    if target in _ANY_CLAMP:
         low = None if target in _CLAMP_MAX else _arg(node, 1, "min")
         high = _arg(node, 1, "max") if target in _CLAMP_MAX else None if target in _CLAMP_MIN else _arg(node, 2, "max")
         return all(b is None or isinstance(b, int | float) and s * b >= 0 for b, s in ((low, -1), (high, 1)))

@@ -217,9 +217,10 @@ def _choice(value: Any, allowed: tuple[Any, ...], key: str, source: str) -> None
 
 
 def _check_values(cfg: TrainConfig, source: str = "config") -> None:
+    classes = 1 if cfg.model.num_classes is None else cfg.model.num_classes  # None: the network's own
     positive = {"data.input_size": cfg.data.input_size, "data.batch_size": cfg.data.batch_size,
-                "model.num_classes": cfg.model.num_classes or 1, "optim.epochs": cfg.optim.epochs,
-                "optim.lr": cfg.optim.lr, "run.log_every": cfg.run.log_every, "prune.time_limit": cfg.prune.time_limit}
+                "model.num_classes": classes, "optim.epochs": cfg.optim.epochs, "optim.lr": cfg.optim.lr,
+                "run.log_every": cfg.run.log_every, "prune.time_limit": cfg.prune.time_limit}
     for key, v in positive.items():
         if not (v > 0 and math.isfinite(v)):
             _fail(f"{key} must be a finite number > 0, got {v!r}", source)

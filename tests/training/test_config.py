@@ -41,7 +41,8 @@ def test_types_and_ranges_are_checked(tmp_path: Path) -> None:
     for override, message in (("prune.time_limit=-1", "prune.time_limit must be a finite number > 0"),
                                ("optim.lr=.inf", "optim.lr must be a finite number > 0"),
                                ("optim.weight_decay=.nan", "optim.weight_decay must be a finite number >= 0"),
-                               ("optim.momentum=5", r"optim.momentum must be in \[0, 1\)")):
+                               ("optim.momentum=5", r"optim.momentum must be in \[0, 1\)"),
+                               ("model.num_classes=0", "model.num_classes must be a finite number > 0")):
         with pytest.raises(LatlabError, match=message):
             load_config(None, [override])
 
