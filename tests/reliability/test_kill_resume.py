@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 from db.claims import fleet_status
@@ -22,7 +23,10 @@ def test_sigkill_worker_then_resume(tmp_path: Path, h, reference_plan, figure) -
     assert proc.returncode == -signal.SIGKILL
     killed_at = h.counts(database)["rows"]
     assert 300 <= killed_at < h.N_REFERENCE
-    # the victim's claims stay "claimed" until its heartbeat is 1 s stale; then the survivor takes them
+    # the victim's claims stay "claimed" until its heartbeat is 1 s stale; then the survivor takes them. Waiting
+    # past that makes the survivor declare it dead even when the kill fell between two claim batches (no claims
+    # held: a fast survivor could otherwise finish before the heartbeat went stale)
+    time.sleep(1.5)
     survivor = run_worker(database, reference_plan, FakeBackend(TimingProtocol()), worker_id="survivor",
                           heartbeat_timeout_s=1.0, progress=False)
     after = h.counts(database)
