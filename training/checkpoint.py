@@ -3,7 +3,8 @@
 A checkpoint holds only tensors, numbers, strings, lists, tuples and dicts: the model state (unwrapped from
 DDP, with the mask/gate buffers), the pruner state (masks, removed blocks, importance, schedule), optimizer,
 GradScaler, epoch, global step, best top-1, every rank's RNG states (torch CPU/CUDA, ``random``, numpy as
-tensors) and the resolved config, which resume compares with the current one.
+tensors) and the resolved config, which resume compares with the current one. A checkpoint written between an
+epoch's training and its evaluation holds that epoch's row as ``pending``: a resume evaluates it first.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: str |
     defaults = TrainConfig().to_dict()
     old = {k: _get(saved, k) for k in IDENTITY_KEYS}
     old = {k: _get(defaults, k) if v is _MISSING else v for k, v in old.items()}
+    amp_off = not old["run.amp"] and not _get(current, "run.amp")  # then the AMP dtype is never used
     diffs = [f"{k}: checkpoint {old[k]!r} vs config {_get(current, k)!r}" for k in IDENTITY_KEYS
-             if old[k] != _get(current, k)]
+             if old[k] != _get(current, k) and not (amp_off and k == "run.amp_dtype")]
     if diffs:
         raise LatlabError(f"checkpoint {path} was written by a different run ({'; '.join(diffs)}); use another "
                           "run.out or run.resume=never to start over")

@@ -160,6 +160,7 @@ class _Run:
         self.criterion = loss_fn(cfg.optim.label_smoothing, cfg.optim.aux_loss_weight)
         self.epoch, self.global_step, self.best_top1, self.skipped = 0, 0, 0.0, 0
         self.history: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] | None = None  # the trained, not yet evaluated epoch's row
         if self.resume_state is not None:
             self._restore(self.resume_state)
         p = self.pruner
@@ -308,6 +309,7 @@ class _Run:
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.best_top1, self.skipped = float(state["best_top1"]), int(state["skipped"])
         self.history = [dict(r) for r in state["history"]]
+        self.pending = dict(state["pending"]) if state.get("pending") else None
         rngs = state["rng"]
         if len(rngs) == self.info.world:
             set_rng_state(rngs[self.info.rank])
@@ -316,7 +318,8 @@ class _Run:
                         len(rngs), self.info.world)
         if self.progress:
             tqdm.write(f"resumed from {self.ckpt_path}: epoch {self.epoch}, global step {self.global_step}"
-                       + (" (slim network)" if self.slices is not None else ""))
+                       + (" (slim network)" if self.slices is not None else "")
+                       + (f"; evaluating epoch {self.epoch + 1}, trained before the stop" if self.pending else ""))
 
     # ----------------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
@@ -350,7 +353,10 @@ class _Run:
             while self.epoch < cfg.optim.epochs:
                 if cfg.run.stop_after_epochs is not None and ran >= cfg.run.stop_after_epochs:
                     break
-                row = self._train_epoch()
+                row, self.pending = self.pending, None  # a resumed run evaluates the epoch it had trained
+                if row is None:
+                    row = self._train_epoch()
+                    self._save(pending=row)  # a failed or killed evaluation does not lose the trained epoch
                 row.update(self._evaluate())
                 self._finish_epoch(row)
                 ran += 1
@@ -459,17 +465,9 @@ class _Run:
         self.epoch += 1
         self.best_top1 = max(self.best_top1, row["top1"]) if not math.isnan(row["top1"]) else self.best_top1
         self.history.append(row)
-        rngs = gather_rng_states()  # collective: every rank
+        state = self._save()
         if self.info.main:
             self.tb.scalars("epoch", {k: row.get(k) for k in METRIC_FIELDS if k != "global_step"}, self.global_step)
-            state = {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "pruner": p.state_dict() if p else None,
-                "epoch": self.epoch, "global_step": self.global_step, "best_top1": self.best_top1,
-                "skipped": self.skipped, "history": self.history, "rng": rngs, "config": self.cfg.to_dict(),
-                "world_size": self.info.world, "slim": self.slices is not None, "iters_per_epoch": self.ipe,
-            }
-            save_checkpoint(state, self.ckpt_path)
             self._write_metrics()  # after the checkpoint, from its history: a kill in between loses no row, adds none
             every = self.cfg.run.checkpoint_every
             if every and (self.epoch % every == 0 or self.epoch == self.cfg.optim.epochs):
@@ -479,6 +477,24 @@ class _Run:
                            f"top5 {row['top5']:.2f}" + (f" predicted {row['predicted_ms']:.4g} ms"
                                                        if row["predicted_ms"] is not None else ""))
         barrier()
+
+    def _save(self, pending: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write checkpoint_last.pt on rank 0 (every rank joins the RNG gather); ``pending`` is a trained epoch's
+        row whose evaluation has not run yet, which a resume evaluates before it trains on."""
+        rngs = gather_rng_states()  # collective: every rank
+        if not self.info.main:
+            return {}
+        p = self.pruner
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "pruner": p.state_dict() if p else None,
+            "epoch": self.epoch, "global_step": self.global_step, "best_top1": self.best_top1,
+            "skipped": self.skipped, "history": self.history, "rng": rngs, "config": self.cfg.to_dict(),
+            "world_size": self.info.world, "slim": self.slices is not None, "iters_per_epoch": self.ipe,
+            "pending": pending,
+        }
+        save_checkpoint(state, self.ckpt_path)
+        return state
 
     def _write_metrics(self) -> None:
         """``metrics.csv``: one row per finished epoch, rewritten whole (atomically) from the history."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -60,6 +61,45 @@ def test_resume_equals_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) 
     torch.save({**torch.load(ckpt, weights_only=True), "world_size": 1, "iters_per_epoch": 5}, ckpt)
     with pytest.raises(LatlabError, match="written with 5 iterations per epoch, this run has 3 .*training images"):
         train(tiny_config(digits, tmp_path / "cut", lut_db), progress=False)
+    # the AMP dtype of a run without AMP is never used, so it may differ (the check after the config's is reached)
+    with pytest.raises(LatlabError, match="iterations per epoch"):
+        train(tiny_config(digits, tmp_path / "cut", lut_db, **{"run.amp_dtype": "bf16"}), progress=False)
+
+
+def test_a_failed_evaluation_resumes_without_training_again(digits: Path, lut_db: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import trainer
+
+    evaluate = trainer._Run._evaluate
+    calls = []
+
+    def broken_once(run: trainer._Run) -> dict:
+        calls.append(run.global_step)
+        if len(calls) == 2:
+            raise OSError("val image unreadable")
+        return evaluate(run)
+
+    monkeypatch.setattr(trainer._Run, "_evaluate", broken_once)
+    with pytest.raises(OSError, match="unreadable"):
+        train(tiny_config(digits, tmp_path / "cut", lut_db), progress=False)
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")
+    assert (state["epoch"], state["global_step"], len(state["history"])) == (1, 6, 1)  # epoch 2 trained, kept
+    assert state["pending"]["global_step"] == 6
+    resumed = train(tiny_config(digits, tmp_path / "cut", lut_db), progress=False)
+    assert calls == [3, 6, 6]  # the resume evaluated epoch 2 and trained nothing
+    monkeypatch.setattr(trainer._Run, "_evaluate", evaluate)
+    full = train(tiny_config(digits, tmp_path / "full", lut_db), progress=False)
+    assert resumed.finished and resumed.global_step == full.global_step == 6
+    a = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint_last.pt")
+    _same_state(a["model"], b["model"])
+    assert a["pending"] is b["pending"] is None
+    assert [r["top1"] for r in a["history"]] == [r["top1"] for r in b["history"]]
+    timed = ("images_per_s", "seconds")
+    rows = [[{k: v for k, v in r.items() if k not in timed}
+             for r in csv.DictReader((d / "metrics.csv").read_text().splitlines())]
+            for d in (tmp_path / "cut", tmp_path / "full")]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
 
 
 def test_mdp_demo_config_exports(digits: Path, lut_db: str, tmp_path: Path) -> None:
