@@ -229,6 +229,12 @@ def test_entry_point_exit_codes(tmp_path: Path) -> None:
     usage = subprocess.run([sys.executable, "-m", "latlab", "profile"], capture_output=True, text=True, cwd=ROOT)
     assert usage.returncode == 2 and usage.stderr == ("latlab: error: Missing option '--model'. (see `latlab profile "
                                                       "--help`)\n")  # one line like every error, no boxed panel
+    for package in ("db", "training"):  # a folder in the working directory named like one of latlab's packages
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("raise ImportError('shadowed')\n")
+    shadowed = subprocess.run([sys.executable, "-m", "latlab", "lut", "list", "--db", str(tmp_path / "x.db")],
+                              capture_output=True, text=True, cwd=tmp_path)
+    assert shadowed.returncode == 1 and shadowed.stderr.startswith("latlab: error: no LUT database"), shadowed.stderr
 
 
 def test_measure_and_hw(tmp_path: Path, cli) -> None:
