@@ -118,6 +118,9 @@ _CHANNEL_AXIS_FUNCTIONS = {torch.softmax, F.softmax, "softmax", torch.log_softma
                            torch.cummin, "cummin", torch.logcumsumexp, "logcumsumexp"}
 # methods that take their second operand's shape (or type) only
 _SHAPED_LIKE = {"expand_as", "view_as", "reshape_as", "type_as"}
+# ops that may take a tensor's channel count as a size (``x.view(b, c, -1)``): the slim network's count is right
+_SIZE_TAKERS = {"view", "reshape", torch.reshape, "expand", "unflatten", torch.unflatten, "new_zeros", "new_ones",
+                "new_empty", "new_full", torch.zeros, torch.ones, torch.empty, torch.full, torch.rand, torch.randn}
 # ops that reorder or pick entries along their ``dim`` argument (at this position), the channels when it is 1
 _REORDERING_FUNCTIONS = {torch.sort: 1, "sort": 1, torch.argsort: 1, "argsort": 1, torch.gather: 1, "gather": 1,
                          torch.index_select: 1, "index_select": 1, torch.scatter: 1, "scatter": 1,
@@ -460,6 +463,31 @@ def _hard_coded_channels(node: fx.Node, out: tuple[int, ...]) -> bool:
     return False
 
 
+def _channel_count_of(node: fx.Node) -> fx.Node | None:
+    """The tensor whose channel count ``node`` reads as a number (``x.shape[1]``, ``x.size(1)``, ``c`` of
+    ``b, c, h, w = x.shape``, ``x.numel()``), or ``None``."""
+    if node.op not in ("call_method", "call_function") or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    src, dims = node.args[0], None
+    if node.target in ("numel", torch.numel):
+        return src
+    if node.target == "size":
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    elif node.target is operator.getitem and len(node.args) > 1:  # x.shape[1], x.size()[1], x.shape[1:]
+        base = src
+        whole_size = base.op == "call_method" and base.target == "size" and len(base.args) == 1 and not base.kwargs
+        if not (whole_size or base.op == "call_function" and base.target is getattr and base.args[1:] == ("shape",)):
+            return None
+        src, dims = base.args[0], node.args[1]
+    if not isinstance(src, fx.Node) or dims is None:
+        return None
+    shape = _shape(src)
+    if shape is None or len(shape) < 2:
+        return None
+    picked = range(len(shape))[dims] if isinstance(dims, slice) else [dims] if isinstance(dims, int) else []
+    return src if any(d % len(shape) == 1 for d in picked) else None
+
+
 def _reorders_channels(node: fx.Node) -> bool:
     """True when ``node`` keeps the channel count but not the channels' order (flip, roll, sort, gather, an
     index such as ``x[:, order]`` or ``x[:, ::-1]``)."""
@@ -660,6 +688,25 @@ def _propagate_shapes(sp: _NamedShapeProp, shape: tuple[int, ...], device: torch
     shapes_only(run)
 
 
+def _track_channel_counts(node: fx.Node, sources: dict[fx.Node, frozenset[str]],
+                          counted: dict[fx.Node, frozenset[str]], fixed: dict[str, str]) -> None:
+    """Fix the convs whose channel count a value depends on (``x * (1 / x.shape[1])``): pruned, the count and so
+    the value change. A count that only sizes a view or a new tensor (``x.view(b, c, -1)``) is harmless."""
+    read = _channel_count_of(node)
+    if read is not None:
+        if sources.get(read):
+            counted[node] = sources[read]
+        return
+    convs = frozenset().union(*(counted.get(a, frozenset()) for a in node.all_input_nodes))
+    if not convs:
+        return
+    if "tensor_meta" not in node.meta and node.op != "output":  # arithmetic on the count, a tuple of sizes
+        counted[node] = convs
+    elif node.op == "output" or node.target not in _SIZE_TAKERS:
+        for name in sorted(convs):
+            fixed.setdefault(name, f"{_op_where(node)} uses the channel count as a number")
+
+
 def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int, int] = 224) -> TraceResult:
     """fx-trace ``module`` (already resolved), propagate shapes at batch 1, collect its Conv2d layers.
 
@@ -686,6 +733,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
     inexact: set[fx.Node] = set()  # channels that are not one conv group's, one to one (concat, split, reshape)
     dirty: dict[fx.Node, Dirty] = {}  # convs whose pruned channels are not zero there (profiler._zeros)
     nonzero: dict[str, str] = {}  # convs whose pruned channels a conv or Linear would read non-zero
+    counted: dict[fx.Node, frozenset[str]] = {}  # numbers computed from the channel count of these convs' channels
     for node in gm.graph.nodes:
         tensors = [a for a in node.all_input_nodes if "tensor_meta" in a.meta]  # not sizes such as x.shape[-2:]
         if node.op == "call_method" and node.target in _SHAPED_LIKE:
@@ -697,6 +745,7 @@ def trace_model(model_name: str, module: nn.Module, input_size: int | tuple[int,
                 fixed.setdefault(name, why)
             if node.op != "output":
                 inexact.add(node)
+        _track_channel_counts(node, sources, counted, fixed)
         if isinstance(mod, nn.BatchNorm2d):
             src = node.args[0] if node.args else None
             after_conv = isinstance(src, fx.Node) and src.op == "call_module" and isinstance(

@@ -440,6 +440,13 @@ _ZERO_KEEPING_OPS = {
     "spatial attention (CBAM)": lambda m, y: y * torch.sigmoid(m.sa(y)),  # a 1-channel map: once refused
     "sigmoid into a depthwise conv": lambda m, y: m.dw(torch.sigmoid(y)), "size arithmetic": lambda m, y: F.pad(
         y, (0, 16 - y.size(3), 0, 16 - y.size(2))),
+    "channel count as a view size": lambda m, y: y.view(y.shape[0], y.size(1), -1).reshape(y.shape),
+    "channel count sizing a new tensor": lambda m, y: y * y.new_ones(1, y.shape[1], 1, 1),
+}
+_COUNTING_OPS = {  # values that depend on the number of channels: pruned, the value changes
+    "mul": lambda m, y: y * (1.0 / y.shape[1]), "truediv": lambda m, y: y / y.size(1) ** 0.5,
+    "mul ": lambda m, y: y * y.shape[-3], "truediv ": lambda m, y: y / y.numel(),
+    "mul  ": lambda m, y: y * y.size()[1],
 }
 
 
@@ -456,6 +463,16 @@ def test_ops_that_reorder_channels_or_make_pruned_ones_non_zero_fix_them(why: st
     keep = torch.arange(16) % 2 == 0  # and export refuses to drop its channels, through the Python API too
     with pytest.raises(LatlabError, match="a.0 must keep all its channels|moves, slices or mixes pruned channels"):
         export_pruned(net.eval(), trace_network(net, 16), {"a.0": keep})
+
+
+@pytest.mark.parametrize("op", list(_COUNTING_OPS))
+def test_a_value_computed_from_the_channel_count_fixes_the_channels(op: str) -> None:
+    # before, export changed the count and the network's output with it: refused at export, with no reason
+    net = _Between(_COUNTING_OPS[op])
+    spec = build_network_spec(net, 16)
+    fixed = {g.convs[0]: g.fixed_by for g in spec.groups.values() if not g.prunable}
+    assert fixed == {"a.0": f"{op.strip()} uses the channel count as a number"}
+    assert check_export(net, spec).max_logit_delta < 1e-9
 
 
 @pytest.mark.parametrize("op", list(_ZERO_KEEPING_OPS))
