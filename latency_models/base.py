@@ -54,7 +54,7 @@ class LatencyModel(RegressorMixin, BaseEstimator):
         """Share of rows predicted within ±10% (the nn-Meter accuracy metric), in [0, 1]."""
         pred = self.predict(X)
         y = np.asarray(y, dtype=float)
-        ok = np.abs(pred - y) <= 0.10 * np.abs(y)
+        ok = np.abs(pred - y) <= (0.10 + 1e-11) * np.abs(y)  # a band edge counts as inside, as in within_10
         return float(np.average(ok, weights=sample_weight))
 
     def _mark_fitted(self, frame: pd.DataFrame, target: np.ndarray) -> None:
@@ -119,6 +119,8 @@ def get_model(kind: str, **params: Any) -> LatencyModel:
     _load_builtins()
     if kind not in _REGISTRY:
         raise LatlabError(f"unknown latency model {kind!r}; choose from {', '.join(sorted(_REGISTRY))}")
+    if not isinstance(params.get("strict", False), bool):  # a truthy string would pass for True
+        raise InvalidValueError(f"{kind}: strict must be true or false, got {params['strict']!r}")
     return _REGISTRY[kind](**params)
 
 

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from db.errors import LatlabError, LUTMissError
-from latency_models.features import FEATURE_COLUMNS, as_frame
+from latency_models._common import describe
+from latency_models.features import FEATURE_COLUMNS, GROUP_COLUMNS, as_frame
 from latency_models.metrics import METRIC_COLUMNS, error_metrics
 from latency_models.network import network_latency
 from latency_models.splits import SPLIT_KINDS, Split, make_split
@@ -58,33 +59,47 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
-def _predict_tolerant(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """Predictions with NaN where the model raises; bisects failing chunks. Returns (pred, first error)."""
+def _predict_tolerant(model: Any, X: pd.DataFrame, trained: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Predictions with NaN where the model raises; bisects failing chunks. Returns (pred, first error).
+
+    All rows at once first, then group by group, then halves of a failing group down to single rows. A group
+    not in the ``trained`` rows whose first row the model refuses counts as missing whole (a per-family model
+    refuses a family it does not know) without a call per row."""
     out = np.full(len(X), np.nan)
     first_error = ""
+    columns = list(GROUP_COLUMNS)
+    seen = set(trained[columns].astype(str).itertuples(index=False, name=None))
 
-    def run(lo: int, hi: int) -> None:
+    def run(rows: np.ndarray, split: bool = False) -> None:
         nonlocal first_error
-        if lo >= hi:
+        if not len(rows):
             return
         try:
-            pred = np.asarray(model.predict(X.iloc[lo:hi]), dtype=float).ravel()
-            if pred.shape != (hi - lo,):
-                raise LatlabError(f"predict returned {pred.shape[0]} values for {hi - lo} rows")
+            pred = np.asarray(model.predict(X.iloc[rows]), dtype=float).ravel()
+            if pred.shape != (len(rows),):
+                raise LatlabError(f"predict returned {pred.shape[0]} values for {len(rows)} rows")
         except Exception as exc:
-            if hi - lo == 1:
+            if split:
+                part = X.iloc[rows]
+                for key, where in part[columns].astype(str).groupby(columns, sort=False).indices.items():
+                    group = rows[where]
+                    if key not in seen and len(group) > 1:
+                        run(group[:1])
+                        if np.isnan(out[group[0]]):
+                            continue
+                    run(group)
+            elif len(rows) == 1:
                 first_error = first_error or _one_line(exc)
-            elif hi - lo <= 8:  # small chunks: row by row is cheaper than bisecting further
-                for i in range(lo, hi):
-                    run(i, i + 1)
+            elif len(rows) <= 8:  # small chunks: row by row is cheaper than bisecting further
+                for i in rows:
+                    run(np.array([i]))
             else:
-                mid = (lo + hi) // 2
-                run(lo, mid)
-                run(mid, hi)
+                run(rows[: len(rows) // 2])
+                run(rows[len(rows) // 2:])
             return
-        out[lo:hi] = pred
+        out[rows] = pred
 
-    run(0, len(X))
+    run(np.arange(len(X)), split=True)
     return out, first_error
 
 
@@ -124,6 +139,11 @@ def fit_predict(
     if len(frame) != len(target):
         raise LatlabError(f"X has {len(frame)} rows but y has {len(target)}")
     train, test = (np.asarray(s, dtype=np.int64) for s in split)
+    zero = test[target[test] <= 0]
+    if len(zero):  # an imported LUT may hold them; no percentage error is defined there
+        raise LatlabError(f"{len(zero)} held-out LUT row(s) measure {target[zero[0]]:g} ms, e.g. "
+                          f"{describe(*frame.iloc[zero[0]][list(FEATURE_COLUMNS)])}: percentage errors need latencies "
+                          "> 0; re-measure those configurations or import the LUT without them")
     X_train, y_train = frame.iloc[train], target[train]
     X_test, y_test = frame.iloc[test].reset_index(drop=True), target[test]
     rows: list[dict[str, Any]] = []
@@ -143,7 +163,7 @@ def fit_predict(
             if keep_fitted is not None:
                 keep_fitted[name] = fitted
             t0 = time.perf_counter()
-            pred, error = _predict_tolerant(fitted, X_test)
+            pred, error = _predict_tolerant(fitted, X_test, X_train)
             predict_s = time.perf_counter() - t0
         ok = np.isfinite(pred)
         metrics = error_metrics(y_test[ok], pred[ok])

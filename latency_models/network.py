@@ -23,12 +23,14 @@ from db.keys import ConvConfig, ConvFamily
 from latency_models.features import frame_from_configs
 
 __all__ = [
-    "CIN_REF", "LayerLike", "lattice_sum", "layer_latencies", "network_configs", "network_frame", "network_latency",
-    "predict_network",
+    "CIN_REF", "LAYER_COLUMNS", "LayerLike", "lattice_sum", "layer_latencies", "network_configs", "network_frame",
+    "network_latency", "predict_network",
 ]
 
 CIN_REF = "cin_ref"
 """Extra feature column: the frozen input width an LLM prices a conv at (HALP's assumption)."""
+LAYER_COLUMNS = ("layer", "family", "cin", "cout")
+"""The columns of a per-conv table before its ms columns (:func:`layer_latencies`, :func:`predict_network`)."""
 
 
 class LayerLike(Protocol):
@@ -97,7 +99,7 @@ def layer_latencies(
     """
     frozen = (getattr(model, "kind", None) == "llm") if freeze_cin is None else bool(freeze_cin)
     frame = network_frame(layers, widths, batch=batch, dtype=dtype, layout=layout, op=op, freeze_cin=frozen)
-    out = frame[["layer", "family", "cin", "cout"]].assign(ms=0.0)
+    out = frame[list(LAYER_COLUMNS)].assign(ms=0.0)
     if frame.empty:
         return out
     X = frame.drop(columns=["layer"])
@@ -144,6 +146,9 @@ def predict_network(
         raise LatlabError(f"cannot trace the network to predict its latency: {type(exc).__name__}: {exc}") from None
     widths = {layer.name: (layer.cin, layer.cout) for layer in layers}
     table: pd.DataFrame | None = None
+    clash = sorted(set(models) & set(LAYER_COLUMNS))
+    if clash:
+        raise LatlabError(f"a latency model cannot be labelled {clash[0]!r}, a column of the per-conv table")
     for label, (model, settings) in models.items():
         frame = layer_latencies(model, layers, widths, batch=settings.batch, dtype=settings.dtype,
                                 layout=settings.layout, op=settings.op, freeze_cin=False)

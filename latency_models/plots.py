@@ -73,7 +73,7 @@ def plot_pred_vs_measured(predictions: pd.DataFrame, path: str | Path, *, title:
     pos = ok[(ok["predicted"] > 0)]
     lo = float(min(pos["measured"].min(), pos["predicted"].min())) if len(pos) else 1e-3
     hi = float(max(pos["measured"].max(), pos["predicted"].max())) if len(pos) else 1.0
-    lo, hi = lo / 1.3, hi * 1.3
+    lo, hi = lo / 1.3, min(hi * 1.3, max(hi, 1e300))  # a margin, short of overflowing to inf
     line = np.geomspace(lo, hi, 50)
     for ax, name in zip(axes, models, strict=False):
         scored, part = ok[ok["model"] == name], pos[pos["model"] == name]

@@ -66,7 +66,8 @@ def random_split(X: pd.DataFrame, train_fraction: float, seed: int = 0) -> Split
     """Per (cin, cout) surface, a seeded random ``train_fraction`` of its distinct keys trains.
 
     Every surface keeps at least one training key (a one-key surface trains only), so per-family
-    models are judged on points of families they have seen; the test side is never empty overall.
+    models are judged on points of families they have seen; the test side is never empty overall: where
+    every surface has a single key, one of them is held out (per-family models count it missing).
     """
     f = _check_fraction(train_fraction)
     codes, keys = distinct_keys(X)

@@ -23,8 +23,19 @@ def _cell(value: Any) -> str:
     if value is None or isinstance(value, float) and math.isnan(value):  # blank, as in the Markdown reports
         return ""
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+        return f"{value:.4g}" if abs(value) < 1e4 or not math.isfinite(value) or abs(value) >= 1e15 else f"{value:.0f}"
     return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A value for JSON (RFC 8259: no NaN or Infinity, which strict parsers reject) and CSV: NaN and ±inf -> None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _width(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> int:
@@ -37,8 +48,10 @@ def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None
     (one result, not a listing) wider than :data:`WIDE` prints as a terminal table of field | value."""
     if fmt not in FORMATS:
         raise LatlabError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt in ("json", "csv"):  # a missing number is null in JSON and an empty field in CSV, as in the tables
+        rows = [_plain(dict(r)) for r in rows]
     if fmt == "json":
-        return json.dumps(list(rows), indent=2, default=str) + "\n"
+        return json.dumps(rows, indent=2, default=str, allow_nan=False) + "\n"
     columns = list(rows[0]) if rows else []
     if fmt == "csv":
         buf = io.StringIO()

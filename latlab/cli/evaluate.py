@@ -190,5 +190,5 @@ def evaluate(
               "command": command_line(), "provenance": provenance()}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     cols = ["model", "n_train", "n_test", "missing", "mape", "within_5", "within_10", "max_ape"]
-    echo_rows(table[cols].round(4).to_dict(orient="records"), "table", title="held-out accuracy")
+    echo_rows(table[cols].to_dict(orient="records"), "table", title="held-out accuracy")  # 4 digits, as report.md
     typer.echo(f"report: {report}")

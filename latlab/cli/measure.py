@@ -44,8 +44,9 @@ def _predictions(database, names: list[str], net, input_size: tuple[int, int], b
                 f"({settings.op}) rows; this measurement is batch {batch} {dtype} {layout}: measure with --batch "
                 f"{settings.batch} --dtype {settings.dtype} --layout {settings.layout}, or fit a model on this setting")
         priced[name] = (model, settings)
-    table = predict_network(net, input_size, priced)
-    return {name: float(table[name].sum()) for name in names}
+    labels = {name: f"model{i}" for i, name in enumerate(priced)}  # a model may be named "cout", a table column
+    table = predict_network(net, input_size, {labels[name]: entry for name, entry in priced.items()})
+    return {name: float(table[labels[name]].sum()) for name in names}
 
 
 def measure(

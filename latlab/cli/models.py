@@ -131,29 +131,34 @@ def fit(
     taken = sorted(set(names.values()) & {r["name"] for r in stored_models(database)})
     if taken and not replace:  # before the fits, which may take minutes
         raise LatlabError(f"a latency model named {', '.join(map(repr, taken))} already exists (use --replace)")
-    results: list[tuple[str, LatencyModel, dict]] = []
+    results: list[tuple[str, LatencyModel, dict, str]] = []
     for kind in kinds:  # every model is fitted before any is stored: a bad --param stores nothing
         params = ({"random_state": seed} if "random_state" in get_model(kind).get_params() else {}) | overrides[kind]
         model = get_model(kind, **params)
-        metrics = {}
+        metrics, error = {}, ""
         fitted: dict[str, LatencyModel] = {}
         if len(test):  # tolerant: points a model cannot predict are counted, not fatal
             table, _ = fit_predict({kind: model}, X, y, (train, test), keep_fitted=fitted)
             metrics = {k: v for k, v in table.iloc[0].to_dict().items() if k not in ("model", "error")}
+            error = table.loc[0, "error"]
         try:
             model = fitted[kind] if kind in fitted else model.fit(X.iloc[train].reset_index(drop=True), y[train])
+            model.to_state()  # what is stored; MDLM fits its surfaces (and checks their parameters) only here
         except (ValueError, TypeError) as exc:  # scikit-learn's parameter checks
             given = ", ".join(f"{k}={v}" for k, v in overrides[kind].items()) or "default parameters"
             raise LatlabError(f"cannot fit {kind} ({given}): {' '.join(str(exc).split())}") from None
-        results.append((kind, model, metrics))
+        results.append((kind, model, metrics, error))
     rows = []
-    for kind, model, metrics in results:
+    for kind, model, metrics, error in results:
         stored = names[kind]
         training = {"sweep": sweep_id, "batch": batch, "dtype": dtype, "layout": layout, "op": op,
                     "holdout": holdout, "seed": seed, "n_rows": len(X), "command": command_line()}
         save_model(database, stored, model, sweep_id=sweep_id, training=training, metrics=metrics, replace=replace)
         rows.append({"name": stored, "kind": kind, "n_train": len(train), "n_test": len(test),
-                     **{k: metrics.get(k) for k in ("missing", "within_5", "within_10", "mape", "max_ape")}})
+                     **{k: metrics.get(k) for k in ("missing", "within_5", "within_10", "mape", "max_ape")},
+                     "error": error})  # why held-out points are missing (the first refusal)
+    if not any(r["error"] for r in rows):
+        rows = [{k: v for k, v in r.items() if k != "error"} for r in rows]
     echo_rows(rows, fmt, title=f"fitted on sweep {sweep_id} ({hw_name})")
 
 

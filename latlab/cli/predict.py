@@ -68,7 +68,7 @@ def predict(
 
     from db.engine import open_database
     from latency_models.base import OutOfRangeError
-    from latency_models.network import predict_network
+    from latency_models.network import LAYER_COLUMNS, predict_network
     from latency_models.resolve import resolve_latency_model
     from latlab.cli.models import parse_kinds
     from profiler.measure import load_model, network_input_size
@@ -79,9 +79,11 @@ def predict(
         raise LatlabError("--mask prunes a --model; a saved --module is already pruned")
     database = open_database(db, create=False)
     models, sources = {}, {}
-    for label, stored in [(n, n) for n in latency_model or []] + [(k, None) for k in kinds]:
+    taken = {*kinds, *LAYER_COLUMNS}  # a stored model named like a kind asked for, or a column, gets a suffix
+    stored_labels = {n: f"{n} (stored)" if n in taken else n for n in dict.fromkeys(latency_model or [])}
+    for label, stored in [(label, n) for n, label in stored_labels.items()] + [(k, None) for k in kinds]:
         fitted, settings, sources[label] = resolve_latency_model(
-            database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
+            database, latency_model=stored, sweep=sweep, hardware=hardware, kind=stored or label)
         models[label] = (fitted, settings)
     name, net = load_model(model, module_file=module, num_classes=num_classes)
     hw = network_input_size(net, parse_input_size(input_size), module, "predict")

@@ -160,6 +160,12 @@ def test_markdown_cells_and_wide_tables() -> None:
     assert sum("123456789" in line for line in listing) == 1  # a listing of one stays a table
     narrow = render([{"a": 1, "b": 2}], "table", record=True).splitlines()
     assert "a" in narrow[1] and "b" in narrow[1] and len(narrow) == 5
+    # a number that is not one is null in JSON (strict parsers reject NaN) and empty in CSV, as in the tables
+    odd = [{"mape": float("nan"), "max": float("inf"), "big": 1e300, "ok": 1.5, "list": [float("nan")]}]
+    assert json.loads(render(odd, "json"), parse_constant=lambda c: pytest.fail(c)) == [
+        {"mape": None, "max": None, "big": 1e300, "ok": 1.5, "list": [None]}]
+    assert render(odd, "csv").splitlines()[1] == ",,1e+300,1.5,[None]"
+    assert "1e+300" in render(odd, "table") and "000000" not in render(odd, "table")
 
 
 class _Evil:

@@ -50,8 +50,11 @@ def test_fit_params(lut_db: str, cli) -> None:
                             (["depth=3"], "none of rf, lut has a parameter 'depth'"),
                             (["rf.n_estimators"], "expected KIND.NAME=VALUE"),
                             (["rf.n_estimators=[1, 2]"], "one number, word"),
-                            (["rf.n_estimators=-1"], "cannot fit rf (n_estimators=-1): The 'n_estimators' parameter")):
-        code, _, err = cli(["fit", "--models", "rf,lut", "--name", "bad", "--db", lut_db]
+                            (["rf.n_estimators=-1"], "cannot fit rf (n_estimators=-1): The 'n_estimators' parameter"),
+                            (["strict=maybe"], "rf: strict must be true or false, got 'maybe'"),
+                            (["mdlm.random_state=-5"], "cannot fit mdlm (random_state=-5): The 'random_state'")):
+        kinds = "lut,mdlm" if params[0].startswith("mdlm") else "rf,lut"  # mdlm checks it on its first surface
+        code, _, err = cli(["fit", "--models", kinds, "--name", "bad", "--db", lut_db]
                            + [a for p in params for a in ("--param", p)])
         assert code == 1 and message in err, err
     code, out, _ = cli(["models", "list", "--db", lut_db, "-f", "csv"])

@@ -89,6 +89,15 @@ def test_masked_network_predicts_less_and_a_stored_model_agrees(tmp_path: Path, 
                           "-f", "json", "--db", fake_lut])  # both, side by side
     assert code == 0, err
     assert [row["latency_model"] for row in json.loads(out)] == ["r18-mdlm", "lut"]
+    # a stored model named like a kind asked for, or like a column of the per-conv table, keeps its own row
+    for name in ("mdlm", "cout"):
+        assert cli(["fit", "--models", "lut", "--name", name, "--db", fake_lut])[0] == 0
+    code, out, err = cli(["predict", *NET, "--mask", str(path), "--latency-model", "mdlm", "--latency-model", "cout",
+                          "--kind", "mdlm", "-f", "json", "--db", fake_lut])
+    assert code == 0, err
+    rows = {row["latency_model"]: row["conv_ms"] for row in json.loads(out)}
+    assert list(rows) == ["mdlm (stored)", "cout (stored)", "mdlm"]
+    assert rows["mdlm (stored)"] == rows["cout (stored)"] == pytest.approx(lut["conv_ms"])
 
 
 def test_a_saved_module_predicts_like_the_masked_model(tmp_path: Path, fake_lut: str, cli) -> None:

@@ -9,7 +9,7 @@ import pytest
 from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 
-from db.errors import LUTMissError
+from db.errors import LatlabError, LUTMissError
 from latency_models.base import get_model, list_models
 from latency_models.evaluate import (
     RESULT_COLUMNS,
@@ -48,6 +48,22 @@ class HalfBroken(BaseEstimator):
         if ((X["cout"] // 8) % 2 == 1).any():
             raise LUTMissError("odd cout")
         return np.full(len(X), self.mean_)
+
+
+class PerFamily(BaseEstimator):
+    """Stand-in: refuses the families it was not fitted on, as the per-family models do."""
+
+    kind = "per-family"
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> PerFamily:
+        self.families_, self.calls_ = set(X["family"]), 0
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        self.calls_ += 1
+        if not set(X["family"]) <= self.families_:
+            raise LUTMissError("unknown family")
+        return np.ones(len(X))
 
 
 class CannotFit(BaseEstimator):
@@ -105,6 +121,26 @@ def test_evaluate_models_all_kinds(lut: tuple[pd.DataFrame, np.ndarray]) -> None
         assert rows.loc[kind, "missing"] == 0, rows.loc[kind, "error"]
         assert 0 <= rows.loc[kind, "mape"] < 100 and rows.loc[kind, "fit_s"] >= 0
     assert models["lut"].__dict__.get("tables_") is None  # the caller's models stay unfitted
+
+
+def test_a_family_the_model_never_saw_costs_one_call(lut: tuple[pd.DataFrame, np.ndarray]) -> None:
+    X, y = lut
+    fitted: dict = {}
+    split = make_split(X, "family", 0.5, seed=0)
+    table, _ = fit_predict({"per-family": PerFamily()}, X, y, split, keep_fitted=fitted)
+    families = X.iloc[split[1]]["family"].nunique()
+    assert families > 2 and table.loc[0, "missing"] == len(split[1])
+    # all rows, then each family's first row: no retry row by row (once 25 s for 3,000 rows of a large LUT)
+    assert fitted["per-family"].calls_ == 1 + families
+
+
+def test_zero_latencies_held_out_are_named(lut: tuple[pd.DataFrame, np.ndarray]) -> None:
+    X, y = lut
+    train, test = make_split(X, "random", 0.5, seed=0)
+    y = y.copy()
+    y[test[:3]] = 0.0  # an imported LUT may hold them
+    with pytest.raises(LatlabError, match=r"3 held-out LUT row\(s\) measure 0 ms, e.g. f.* cin=\d+ cout=\d+ batch=32"):
+        fit_predict({"lut": get_model("lut")}, X, y, (train, test))
 
 
 def test_fit_predict_long_frame(lut: tuple[pd.DataFrame, np.ndarray]) -> None:
