@@ -83,7 +83,7 @@ def predict(
     stored_labels = {n: f"{n} (stored)" if n in taken else n for n in dict.fromkeys(latency_model or [])}
     for label, stored in [(label, n) for n, label in stored_labels.items()] + [(k, None) for k in kinds]:
         fitted, settings, sources[label] = resolve_latency_model(
-            database, latency_model=stored, sweep=sweep, hardware=hardware, kind=stored or label)
+            database, latency_model=stored, sweep=sweep, hardware=hardware, kind=label)
         models[label] = (fitted, settings)
     name, net = load_model(model, module_file=module, num_classes=num_classes)
     hw = network_input_size(net, parse_input_size(input_size), module, "predict")
