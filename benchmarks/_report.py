@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from db.engine import hide_passwords
+from db.engine import hide_password
 from profiler.hardware import detect_hardware
 
 
@@ -26,8 +26,8 @@ def machine(backend: str = "cpu") -> dict[str, Any]:
 
 def command_line(benchmark: str, argv: list[str] | None = None) -> str:
     """``python -m benchmarks.<benchmark> ARGS`` as a shell would take it back (empty and spaced args quoted)."""
-    return hide_passwords(shlex.join(["python", "-m", f"benchmarks.{benchmark}",
-                                      *(argv if argv is not None else sys.argv[1:])]))
+    return shlex.join(["python", "-m", f"benchmarks.{benchmark}",
+                       *(hide_password(a) for a in (argv if argv is not None else sys.argv[1:]))])
 
 
 def result_header(benchmark: str, argv: list[str] | None, backend: str = "cpu") -> dict[str, Any]:

@@ -41,7 +41,7 @@ def resolve_url(db: str | os.PathLike[str] | None = None) -> URL:
     try:
         return make_url(raw)
     except (ArgumentError, ValueError) as exc:
-        raise DatabaseError(f"invalid database URL {raw!r}: {exc}") from None
+        raise DatabaseError(f"invalid database URL {hide_password(raw)!r}: {hide_password(str(exc))}") from None
 
 
 def describe_url(url: URL) -> str:
@@ -50,12 +50,19 @@ def describe_url(url: URL) -> str:
 
 
 _URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@'\"]+:)[^\s@'\"]+@")
+_ONE_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@'\"]*:).*@")
 
 
 def hide_passwords(text: str) -> str:
     """``text`` (a command line, a config) with the password of every ``scheme://user:password@`` URL as ``***``,
     for what is stored or written: a sweep's command, a run's resolved config, a benchmark's command."""
     return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def hide_password(value: str) -> str:
+    """One value (a command-line argument, a URL) with its URL's password as ``***``: everything between
+    ``user:`` and the last ``@``, so that a password holding quotes or spaces is hidden too."""
+    return _ONE_URL_PASSWORD.sub(r"\1***@", value)
 
 
 def _sqlite_path(url: URL) -> Path | None:

@@ -92,7 +92,7 @@ def get_or_create_sweep(
         if plan:
             row.plan = dict(plan)
         if command:
-            row.command = command
+            row.command = hide_passwords(command)
     row.updated_at = utcnow()
     return row
 
@@ -216,7 +216,8 @@ def matching_hardware(session: Session, selector: str) -> list[Hardware]:
     if not rows:
         rows = list(session.scalars(select(Hardware).where(Hardware.name == selector)))
     if not rows and len(selector) >= 4:
-        rows = list(session.scalars(select(Hardware).where(Hardware.fingerprint.startswith(selector))))
+        prefix = Hardware.fingerprint.startswith(selector.lower(), autoescape=True)  # hex; SQLite LIKE folds case
+        rows = list(session.scalars(select(Hardware).where(prefix)))
     return rows
 
 
@@ -328,7 +329,7 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
             "planned": s.plan.get("n_configs"),
             "ok": counts.get((s.id, "ok"), 0), "oom": counts.get((s.id, "oom"), 0),
             "error": counts.get((s.id, "error"), 0), "families": families.get(s.id, 0),
-            "updated": s.updated_at.strftime("%Y-%m-%d %H:%M") if s.updated_at else "",
+            "updated": as_utc(s.updated_at).strftime("%Y-%m-%d %H:%M") if s.updated_at else "",
         })
     return out
 

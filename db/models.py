@@ -34,8 +34,12 @@ def utcnow() -> datetime:
 
 
 def as_utc(dt: datetime) -> datetime:
-    """``dt`` with its time zone; SQLite hands timestamps back without one (they are stored in UTC)."""
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    """``dt`` in UTC: SQLite hands timestamps back without a zone (they are stored in UTC), PostgreSQL in the
+    server's zone."""
+    return dt.astimezone(UTC) if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+NAME_LENGTH = 255  # hardware, sweep, stored-model, measured-model and variant names (String columns)
 
 
 class Base(DeclarativeBase):
@@ -49,7 +53,7 @@ class Hardware(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
-    name: Mapped[str] = mapped_column(String(255), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     gpu_uuid: Mapped[str | None] = mapped_column(String(64))
     driver_version: Mapped[str | None] = mapped_column(String(64))
@@ -82,7 +86,7 @@ class Sweep(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     hardware_id: Mapped[int] = mapped_column(ForeignKey("hardware.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(255), default="")
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     backend: Mapped[str] = mapped_column(String(32))
     protocol_hash: Mapped[str] = mapped_column(String(64))
     warmup: Mapped[int | None] = mapped_column(Integer)
@@ -166,8 +170,8 @@ class ModelMeasurement(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     hardware_id: Mapped[int] = mapped_column(ForeignKey("hardware.id", ondelete="CASCADE"), index=True)
-    model_name: Mapped[str] = mapped_column(String(255), index=True)
-    variant: Mapped[str] = mapped_column(String(255), default="dense")
+    model_name: Mapped[str] = mapped_column(String(NAME_LENGTH), index=True)
+    variant: Mapped[str] = mapped_column(String(NAME_LENGTH), default="dense")
     backend: Mapped[str] = mapped_column(String(32))
     input_h: Mapped[int] = mapped_column(Integer)
     input_w: Mapped[int] = mapped_column(Integer)
@@ -195,7 +199,7 @@ class StoredLatencyModel(Base):
     __tablename__ = "latency_models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
     kind: Mapped[str] = mapped_column(String(32))
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="SET NULL"), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -100,7 +100,7 @@ def lut_frame(session: Session, sweep_id: int, **where: Any) -> tuple[pd.DataFra
     """
     query = sweep_rows(sweep_id, *[getattr(Measurement, c) for c in FEATURE_COLUMNS], Measurement.median_ms,
                        statuses=("ok",), **where).where(Measurement.median_ms.is_not(None))
-    rows = session.execute(query.order_by(Measurement.family, Measurement.cin, Measurement.cout)).all()
+    rows = session.execute(query.order_by(*(getattr(Measurement, c) for c in FEATURE_COLUMNS))).all()  # one order
     if not rows:
         filt = ", ".join(f"{k}={v}" for k, v in where.items() if v is not None)
         raise LatlabError(f"sweep {sweep_id} has no successful measurements{' with ' + filt if filt else ''}")

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from db.engine import Database
 from db.errors import LatlabError
-from db.models import StoredLatencyModel, utcnow
+from db.models import StoredLatencyModel, as_utc, utcnow
 from latency_models.base import LatencyModel, get_model, model_from_state
 
 
@@ -94,5 +94,5 @@ def stored_models(db: Database) -> list[dict[str, Any]]:
         return [{
             "name": r.name, "kind": r.kind, "params": _changed_params(r.kind, r.params), "sweep": r.sweep_id,
             "n_train": r.n_train, "mape": r.metrics.get("mape"), "within_5": r.metrics.get("within_5"),
-            "within_10": r.metrics.get("within_10"), "updated": r.updated_at.strftime("%Y-%m-%d %H:%M"),
+            "within_10": r.metrics.get("within_10"), "updated": as_utc(r.updated_at).strftime("%Y-%m-%d %H:%M"),
         } for r in rows]

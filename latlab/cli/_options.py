@@ -29,9 +29,9 @@ def command_group(help: str) -> typer.Typer:
 def command_line() -> str:
     """This invocation as a shell command line (``latlab profile --model …``; database passwords as ``***``), for
     the records and files that keep it."""
-    from db.engine import hide_passwords
+    from db.engine import hide_password
 
-    return hide_passwords("latlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    return "latlab " + " ".join(shlex.quote(hide_password(a)) for a in sys.argv[1:])  # each before it is quoted
 
 
 NumClassesOption = Annotated[int | None, typer.Option(
@@ -120,6 +120,25 @@ def _output_format(value: str) -> str:
 
 
 FormatOption = Annotated[str, typer.Option("--format", "-f", help=" | ".join(FORMATS), callback=_output_format)]
+
+
+def check_stored_name(value: str | None, what: str) -> None:
+    """Refuse a name the database would refuse, before any work starts: PostgreSQL refuses one longer than its
+    column (SQLite would take it), after the sweep, fit or measurement it labels."""
+    from db.models import NAME_LENGTH
+
+    if value is not None and len(value) > NAME_LENGTH:
+        raise LatlabError(f"{what} is {len(value)} characters long; the database keeps names of at most "
+                          f"{NAME_LENGTH}")
+
+
+def stored_name(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Option callback: :func:`check_stored_name` at parse time."""
+    try:
+        check_stored_name(value, "it")
+    except LatlabError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
 KeepOption = Annotated[
     list[str] | None,
     typer.Option("--keep", help="Keep these convs' channels (and their blocks) whole: `stem` (the first convs, "

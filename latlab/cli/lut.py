@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import DbOption, FormatOption, HardwareOption, SweepOption, command_group, echo_rows
+from latlab.cli._options import (
+    DbOption,
+    FormatOption,
+    HardwareOption,
+    SweepOption,
+    command_group,
+    echo_rows,
+    stored_name,
+)
 from latlab.tables import render
 
 app = command_group("Inspect, query, export and import latency lookup tables.")
@@ -73,7 +81,8 @@ def show(
         query = query.where(Measurement.family == ConvFamily.from_key(family).key)
     if status:
         query = query.where(Measurement.status == status)
-    query = query.order_by(Measurement.family, Measurement.cin, Measurement.cout)
+    query = query.order_by(Measurement.family, Measurement.cin, Measurement.cout, Measurement.batch, Measurement.dtype,
+                           Measurement.layout, Measurement.op)  # the same order on SQLite and PostgreSQL
     with database.session() as session:
         rows_found = session.scalars(query.limit(limit + 1 if limit else None))
         out = [{c: getattr(m, c) for c in _ROW_COLUMNS} for m in rows_found]
@@ -213,7 +222,7 @@ def _export_format(out: Path, fmt: str | None) -> str:
 def import_(
     path: Annotated[Path, typer.Argument(help="HALP/MDP LUT pickle: dict key -> ms per batch.")],
     hardware: Annotated[str, typer.Option(help="The hardware profile the LUT was measured on: an existing one (id, "
-                                               "name or fingerprint) or the name of a new one.")],
+                                               "name or fingerprint) or the name of a new one.", callback=stored_name)],
     dtype: Annotated[str, typer.Option(help="Precision the LUT was measured in (not in the file).")] = "fp32",
     layout: Annotated[str, typer.Option(help="nchw | nhwc (not in the file).")] = "nchw",
     op: Annotated[str, typer.Option(help="conv | conv_bn_relu (not in the file).")] = "conv",

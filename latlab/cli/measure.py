@@ -18,6 +18,7 @@ from latlab.cli._options import (
     NumClassesOption,
     TrustCheckpointOption,
     WeightsOption,
+    check_stored_name,
     command_line,
     echo_rows,
     parse_input_size,
@@ -135,6 +136,8 @@ def measure(
         net = apply_mask_file(mask, net, hw, per_layer=mgp)
         variant = variant if variant != "dense" else f"mask:{mask.name}"
     nets = {variant: net, **nets}
+    for option, value in (("the model name", name), ("--variant", variant), ("--hardware-name", hardware_name)):
+        check_stored_name(value, option)  # before the timing: PostgreSQL would refuse it after
     per_round = max(1, repeats // rounds) if speedup else repeats
     protocol = TimingProtocol(warmup=warmup, repeats=per_round, min_repeats=min(10, per_round), timer=timer,
                               num_threads=threads)

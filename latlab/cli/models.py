@@ -13,6 +13,7 @@ from latlab.cli._options import (
     FormatOption,
     HardwareOption,
     SweepOption,
+    check_stored_name,
     command_group,
     command_line,
     echo_rows,
@@ -128,6 +129,8 @@ def fit(
         train, test = np.arange(len(X)), np.array([], dtype=int)
     names = {kind: (f"{name}-{kind}" if name and len(kinds) > 1 else name) or f"sweep{sweep_id}-{kind}"
              for kind in kinds}
+    for stored in names.values():
+        check_stored_name(stored, f"the model name {stored[:40]!r}…")
     taken = sorted(set(names.values()) & {r["name"] for r in stored_models(database)})
     if taken and not replace:  # before the fits, which may take minutes
         raise LatlabError(f"a latency model named {', '.join(map(repr, taken))} already exists (use --replace)")

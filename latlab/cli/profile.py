@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from db.errors import LatlabError
-from latlab.cli._options import INPUT_SIZE_HELP, MODEL_HELP, DbOption, command_line, parse_input_size, size_text
+from latlab.cli._options import (
+    INPUT_SIZE_HELP,
+    MODEL_HELP,
+    DbOption,
+    command_line,
+    parse_input_size,
+    size_text,
+    stored_name,
+)
 
 if TYPE_CHECKING:
     from db.engine import Database
@@ -45,9 +53,12 @@ def profile(
         help="CPU: flush the last-level cache and read the input back before each timed call (all but the "
              "input cold, as in a network too big for the cache).")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads for --backend cpu.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for inputs, random grids and the fake backend.")] = 0,
-    name: Annotated[str, typer.Option(help="Label of the sweep (separate sweeps with equal protocol).")] = "",
-    hardware_name: Annotated[str | None, typer.Option(help="Name the hardware profile yourself.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for inputs, random grids and the fake backend.", min=0,
+                                      max=2**31 - 1)] = 0,
+    name: Annotated[str, typer.Option(help="Label of the sweep (separate sweeps with equal protocol).",
+                                      callback=stored_name)] = "",
+    hardware_name: Annotated[str | None, typer.Option(help="Name the hardware profile yourself.",
+                                                      callback=stored_name)] = None,
     time_budget: Annotated[float | None, typer.Option(help="Stop after this many seconds (resume later).")] = None,
     max_configs: Annotated[int | None, typer.Option(help="Measure at most this many new configurations.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Measure again configurations stored as oom/error.")] = False,

@@ -204,6 +204,14 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["measure", "--model", "nope", "--db", fresh], "unknown torchvision model"),
         (["measure", "--model", "resnet18", "--weights", str(evil), "--db", fresh], "cannot load weights"),
         (["hw", "--backend", "cuda"], "torch.cuda.is_available"),
+        # names and numbers PostgreSQL would refuse after the work (SQLite takes them): before it, on both
+        (["profile", "--model", "resnet18", "--backend", "fake", "--name", "n" * 256, "--db", fresh],
+         "Invalid value for '--name': it is 256 characters long; the database keeps names of at most 255"),
+        (["profile", "--model", "resnet18", "--backend", "fake", "--seed", str(2**31), "--db", fresh],
+         "Invalid value for '--seed'"),
+        (["lut", "import", str(evil), "--hardware", "h" * 256, "--db", fresh], "at most 255"),
+        (["measure", "--model", "resnet18", "--variant", "v" * 256, "--db", fresh],
+         "--variant is 256 characters long"),
         (["prune", "--model", "resnet18", "--method", "halp", "--target", "0.5", "--out", str(tmp / "o"),
           "--db", fresh], "no LUT database"),
         (["prune", "--model", "resnet18", "--method", "mdp", "--target", "0.5", "--group-sizes", "big", "--out",
@@ -217,7 +225,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path: Path, cli) -> Non
     marker.unlink(missing_ok=True)
     for argv, expected in _bad_inputs(tmp_path):
         code, out, err = cli(argv)
-        assert code == 1, (argv, out, err)
+        assert code == (2 if "Invalid value for" in expected or "at most 255" in expected else 1), (argv, out, err)
         lines = [ln for ln in err.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("latlab: error:"), (argv, err)
         assert expected in lines[0], (argv, lines[0])

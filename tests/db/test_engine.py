@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from db import DatabaseError, SchemaError, head_revision, open_database, resolve_url
-from db.engine import Database, hide_passwords
+from db.engine import Database, hide_password, hide_passwords
 
 
 def test_default_path_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -230,6 +230,12 @@ def test_passwords_are_not_stored(sqlite_path: Path) -> None:
     assert hide_passwords("--db 'postgresql+psycopg://me:hunter2@host:5432/lut' -q") == \
         "--db 'postgresql+psycopg://me:***@host:5432/lut' -q"
     assert hide_passwords("postgresql://me@host/lut sqlite:////tmp/a:b.db") == "postgresql://me@host/lut sqlite:////tmp/a:b.db"
+    for password in ("it's", 'x"y', "a b", "p@ss"):  # one argument: everything up to the last @ is the password
+        assert hide_password(f"--db=postgresql+psycopg://me:{password}@host/lut") == \
+            "--db=postgresql+psycopg://me:***@host/lut"
+    with pytest.raises(DatabaseError, match=r"invalid database URL 'postgresql\+psycopg://me:\*\*\*@host:x") as err:
+        open_database("postgresql+psycopg://me:hunter2@host:x/lut")
+    assert "hunter2" not in str(err.value)
     database = open_database(sqlite_path)
     run_sweep(database, build_plan("resnet18", "random:1", input_size=32, batch=2),
               FakeBackend(TimingProtocol(repeats=3)), progress=False,

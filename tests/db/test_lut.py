@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import update
@@ -20,7 +20,7 @@ from db.lut import (
     sweep_caption,
     sweep_summaries,
 )
-from db.models import Hardware, Measurement, Sweep, utcnow
+from db.models import Hardware, Measurement, Sweep, as_utc, utcnow
 
 HW = {"fingerprint": "f00dfeed", "name": "Test GPU", "kind": "fake", "torch_version": "2.x", "extra": 1}
 CFG = ConvConfig(ConvFamily.square(56, 3, 1), 64, 64, batch=256)
@@ -47,9 +47,31 @@ def test_hardware_and_sweep_are_reused(database) -> None:  # type: ignore[no-unt
     with database.session() as s:
         hw = find_hardware(s, "Test GPU")
         assert hw.details == {"extra": 1}
-        assert find_hardware(s, "f00d").id == hw.id
-        with pytest.raises(LatlabError, match="no hardware profile"):
-            find_hardware(s, "TITAN X")
+        assert find_hardware(s, "f00d").id == hw.id == find_hardware(s, "F00D").id  # on SQLite and PostgreSQL
+        for selector in ("TITAN X", "f0_d", "f%ed"):  # no LIKE wildcards
+            with pytest.raises(LatlabError, match="no hardware profile"):
+                find_hardware(s, selector)
+
+
+def test_lut_rows_come_back_in_key_order(database) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from latency_models.features import lut_frame
+
+    sid = _sweep(database)
+    with database.session() as s:  # one (family, cin, cout) at three batch sizes, stored out of order
+        for batch in (256, 8, 64):
+            record_measurement(s, sid, replace(CFG, batch=batch), MeasurementValues(median_ms=float(batch), n=5))
+    with database.session() as s:
+        X, y = lut_frame(s, sid)
+    assert list(X["batch"]) == [8, 64, 256] and list(y) == [8.0, 64.0, 256.0]  # a fit sees one order everywhere
+
+
+def test_timestamps_read_back_in_utc() -> None:
+    # PostgreSQL hands them back in the server's zone, SQLite without one: both list the same UTC time
+    india = datetime(2026, 12, 4, 1, 30, tzinfo=timezone(timedelta(hours=5, minutes=30)))
+    assert as_utc(india) == as_utc(datetime(2026, 12, 3, 20, 0)) == datetime(2026, 12, 3, 20, 0, tzinfo=UTC)
+    assert as_utc(india).utcoffset() == timedelta(0)
 
 
 def test_insert_is_idempotent_and_lookup_works(database) -> None:  # type: ignore[no-untyped-def]
