@@ -49,8 +49,8 @@ class TimingProtocol:
             raise LatlabError(f"repeats must be >= 1, got {self.repeats}")
         if not 1 <= self.min_repeats <= self.repeats:
             object.__setattr__(self, "min_repeats", max(1, min(self.min_repeats, self.repeats)))
-        if self.max_rel_iqr < 0:
-            raise LatlabError(f"max_rel_iqr must be >= 0, got {self.max_rel_iqr}")
+        if not self.max_rel_iqr >= 0:  # NaN too: the rule would never stop sampling, silently
+            raise LatlabError(f"max_rel_iqr must be a number >= 0, got {self.max_rel_iqr}")
         if self.l2_flush and self.llc_flush:
             raise LatlabError("choose one of l2_flush and llc_flush (llc_flush flushes the whole cache)")
         if self.num_threads is not None and self.num_threads < 1:

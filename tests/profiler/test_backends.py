@@ -67,6 +67,9 @@ def test_stop_rule_helpers() -> None:
     assert list(chunk_sizes(TimingProtocol(repeats=20))) == [20]
     sizes = list(chunk_sizes(p))
     assert sizes[0] == 5 and sum(sizes) == 20 and all(s >= 1 for s in sizes)
+    for bad in (-0.1, float("nan")):  # NaN would never stop early, silently
+        with pytest.raises(LatlabError, match="max_rel_iqr must be a number >= 0"):
+            TimingProtocol(max_rel_iqr=bad)
 
 
 # ------------------------------------------------------------------------------- registry
