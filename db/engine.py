@@ -49,8 +49,8 @@ def describe_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@'\"]+:)[^\s@'\"]+@")
-_ONE_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@'\"]*:).*@")
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/'\"]+:)[^\s@'\"]+@")
+_ONE_URL_PASSWORD = re.compile(r"([\w+]+://[^:/]*:)[^@]*@")  # SQLAlchemy's user:password@ (make_url's pattern)
 
 
 def hide_passwords(text: str) -> str:
@@ -60,8 +60,8 @@ def hide_passwords(text: str) -> str:
 
 
 def hide_password(value: str) -> str:
-    """One value (a command-line argument, a URL) with its URL's password as ``***``: everything between
-    ``user:`` and the last ``@``, so that a password holding quotes or spaces is hidden too."""
+    """One value (a command-line argument, a URL) with its URL's password as ``***``: what SQLAlchemy reads as
+    the password (between ``user:`` and the next ``@``; the user may hold an ``@``), quotes and spaces too."""
     return _ONE_URL_PASSWORD.sub(r"\1***@", value)
 
 

@@ -137,7 +137,8 @@ def measure(
         variant = variant if variant != "dense" else f"mask:{mask.name}"
     nets = {variant: net, **nets}
     for option, value in (("the model name", name), ("--variant", variant), ("--hardware-name", hardware_name)):
-        check_stored_name(value, option)  # before the timing: PostgreSQL would refuse it after
+        if store:
+            check_stored_name(value, option)  # before the timing: PostgreSQL would refuse it after
     per_round = max(1, repeats // rounds) if speedup else repeats
     protocol = TimingProtocol(warmup=warmup, repeats=per_round, min_repeats=min(10, per_round), timer=timer,
                               num_threads=threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import sqlite3
@@ -249,6 +250,15 @@ def test_entry_point_exit_codes(tmp_path: Path) -> None:
     shadowed = subprocess.run([sys.executable, "-m", "latlab", "lut", "list", "--db", str(tmp_path / "x.db")],
                               capture_output=True, text=True, cwd=tmp_path)
     assert shadowed.returncode == 1 and shadowed.stderr.startswith("latlab: error: no LUT database"), shadowed.stderr
+    # under -P the working directory is not on sys.path to begin with: PYTHONPATH's first entry stays
+    (tmp_path / "dep").mkdir()
+    (tmp_path / "dep" / "tinynet.py").write_text("from torch import nn\n\ndef build(num_classes=10):\n"
+                                                 "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())\n")
+    paths = [str(tmp_path / "dep"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    safe = subprocess.run([sys.executable, "-P", "-m", "latlab", "graph", "--model", "tinynet:build", "--input-size",
+                           "16", "-f", "json"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert safe.returncode == 0 and "tinynet:build" in safe.stdout, safe.stderr
 
 
 def test_measure_and_hw(tmp_path: Path, cli) -> None:

@@ -201,5 +201,5 @@ def test_evaluate_network_on_a_sweep_of_two_settings_stops_before_fitting(lut_db
     code, _, err = cli(["evaluate", "--models", "rf", "--param", "rf.n_estimators=100000", "--db", lut_db,
                         "--network", "resnet18", "--out", "never"])  # 100,000 trees: would take hours if fitted
     assert code == 1, err
-    assert "the sweep holds 2 settings (batch dtype layout op: 32 fp32 nchw conv; 8 fp32 nchw conv)" in err
+    assert "the sweep holds 2 settings (batch dtype layout op: 8 fp32 nchw conv; 32 fp32 nchw conv)" in err
     assert "choose one with --batch/--dtype/--layout/--op for --network" in err

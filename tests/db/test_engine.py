@@ -230,9 +230,15 @@ def test_passwords_are_not_stored(sqlite_path: Path) -> None:
     assert hide_passwords("--db 'postgresql+psycopg://me:hunter2@host:5432/lut' -q") == \
         "--db 'postgresql+psycopg://me:***@host:5432/lut' -q"
     assert hide_passwords("postgresql://me@host/lut sqlite:////tmp/a:b.db") == "postgresql://me@host/lut sqlite:////tmp/a:b.db"
-    for password in ("it's", 'x"y', "a b", "p@ss"):  # one argument: everything up to the last @ is the password
+    for password in ("it's", 'x"y', "a b"):  # one argument: what SQLAlchemy reads as the password
         assert hide_password(f"--db=postgresql+psycopg://me:{password}@host/lut") == \
             "--db=postgresql+psycopg://me:***@host/lut"
+    assert hide_password("postgresql://alice@srv:pw@srv.example.com/lut") == "postgresql://alice@srv:***@srv.example.com/lut"
+    cert = "postgresql://me:pw@host:5432/lut?sslcert=/home/me/me@corp.crt"  # an @ after the host stays
+    assert hide_password(cert) == "postgresql://me:***@host:5432/lut?sslcert=/home/me/me@corp.crt"
+    assert hide_password("postgresql://me@host:5432/lut") == "postgresql://me@host:5432/lut"
+    assert hide_passwords("--db postgresql://alice@srv:pw@srv.example.com/lut -q") == \
+        "--db postgresql://alice@srv:***@srv.example.com/lut -q"
     with pytest.raises(DatabaseError, match=r"invalid database URL 'postgresql\+psycopg://me:\*\*\*@host:x") as err:
         open_database("postgresql+psycopg://me:hunter2@host:x/lut")
     assert "hunter2" not in str(err.value)
