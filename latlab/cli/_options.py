@@ -139,6 +139,8 @@ def stored_name(ctx: typer.Context, param: typer.CallbackParam, value: str | Non
     except LatlabError as exc:
         raise typer.BadParameter(str(exc)) from None
     return value
+
+
 KeepOption = Annotated[
     list[str] | None,
     typer.Option("--keep", help="Keep these convs' channels (and their blocks) whole: `stem` (the first convs, "
