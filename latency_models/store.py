@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from sqlalchemy import select
 
 from db.engine import Database
 from db.errors import LatlabError
+from db.json_values import finite_or_none
 from db.models import StoredLatencyModel, as_utc, utcnow
 from latency_models.base import LatencyModel, get_model, model_from_state
 
 
 def _jsonable(obj: Any) -> Any:
     """Round-trip through JSON so NaN/inf and numpy scalars cannot reach the database."""
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    return clean(json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))))
+    return finite_or_none(json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o))))
 
 
 def save_model(

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from db.errors import LatlabError
+from db.json_values import finite_or_none
 
 FORMATS = ("table", "csv", "markdown", "json")
 WIDE = 120  # a one-row record table wider than this is printed transposed (one line per column)
@@ -27,17 +28,6 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _plain(value: Any) -> Any:
-    """A value for JSON (RFC 8259: no NaN or Infinity, which strict parsers reject) and CSV: NaN and ±inf -> None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _width(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> int:
     """Characters a terminal table needs so that no number is folded across lines."""
     return sum(max(len(c), *(len(_cell(r.get(c))) for r in rows)) + 3 for c in columns) + 1
@@ -49,7 +39,7 @@ def render(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | None
     if fmt not in FORMATS:
         raise LatlabError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt in ("json", "csv"):  # a missing number is null in JSON and an empty field in CSV, as in the tables
-        rows = [_plain(dict(r)) for r in rows]
+        rows = [finite_or_none(dict(r)) for r in rows]
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str, allow_nan=False) + "\n"
     columns = list(rows[0]) if rows else []
