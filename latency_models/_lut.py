@@ -66,25 +66,45 @@ class LUTModel(LatencyModel):
 
     def predict(self, X: pd.DataFrame | Sequence[ConvConfig]) -> np.ndarray:
         """Measured latency (ms) of each row, or the ``missing`` policy's value for unmeasured rows."""
+        return self._predict(X, tolerate_misses=False)[0]
+
+    def predict_partial(self, X: pd.DataFrame | Sequence[ConvConfig]) -> tuple[np.ndarray, LUTMissError | None]:
+        """:meth:`predict`, but an unmeasured row under ``missing="error"`` gives NaN instead of raising.
+
+        Returns ``(predictions, the first miss's error or None)``; other refusals (an unknown group, a strict
+        range) still raise. Scoring a LUT on held-out keys, all misses, costs one call instead of one per row."""
+        return self._predict(X, tolerate_misses=True)
+
+    def _predict(self, X: pd.DataFrame | Sequence[ConvConfig], tolerate_misses: bool,
+                 ) -> tuple[np.ndarray, LUTMissError | None]:
         self._check_fitted()
         frame = prepare(X)
         rows = group_rows(frame)
         check_rows(frame, rows, {k: t.ranges for k, t in self.tables_.items()}, model="LUTModel",
                    strict=self.strict, per_group=True)
         out = np.empty(len(frame))
+        first_miss = len(frame)  # the first row left NaN when misses are tolerated
         cin, cout = frame["cin"].to_numpy(), frame["cout"].to_numpy()
         for key, idx in rows.items():
             table = self.tables_[key]
             vals = table.lookup(cin[idx], cout[idx])
-            for pos in np.flatnonzero(np.isnan(vals)):
+            misses = np.flatnonzero(np.isnan(vals))
+            if len(misses) and tolerate_misses and self.missing == "error":
+                first_miss = min(first_miss, int(idx[misses[0]]))
+                misses = misses[:0]
+            for pos in misses:
                 i = idx[pos]
                 vals[pos] = self._missing_value(table, frame, i, int(cin[i]), int(cout[i]))
             out[idx] = vals
-        return out
+        return out, LUTMissError(self._miss_message(frame, first_miss)) if first_miss < len(frame) else None
+
+    @staticmethod
+    def _miss_message(frame: pd.DataFrame, i: int) -> str:
+        return f"no measurement for {describe_row(frame, i)} (LUTModel missing='error')"
 
     def _missing_value(self, table: GroupTable, frame: pd.DataFrame, i: int, ci: int, co: int) -> float:
         if self.missing == "error":
-            raise LUTMissError(f"no measurement for {describe_row(frame, i)} (LUTModel missing='error')")
+            raise LUTMissError(self._miss_message(frame, i))
         if self.missing == "bilinear":
             value = _bilinear(table, ci, co)
             if value is not None:

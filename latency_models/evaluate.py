@@ -64,18 +64,29 @@ def _predict_tolerant(model: Any, X: pd.DataFrame, trained: pd.DataFrame) -> tup
 
     All rows at once first, then group by group, then halves of a failing group down to single rows. A group
     not in the ``trained`` rows whose first row the model refuses counts as missing whole (a per-family model
-    refuses a family it does not know) without a call per row."""
+    refuses a family it does not know) without a call per row. A model with ``predict_partial`` (the LUT)
+    marks the rows it cannot predict itself, with no retries."""
     out = np.full(len(X), np.nan)
     first_error = ""
     columns = list(GROUP_COLUMNS)
     seen = set(trained[columns].astype(str).itertuples(index=False, name=None))
+    partial = getattr(model, "predict_partial", None)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        nonlocal first_error
+        if partial is None:
+            return model.predict(X.iloc[rows])
+        pred, refusal = partial(X.iloc[rows])
+        if refusal is not None:
+            first_error = first_error or _one_line(refusal)
+        return pred
 
     def run(rows: np.ndarray, split: bool = False) -> None:
         nonlocal first_error
         if not len(rows):
             return
         try:
-            pred = np.asarray(model.predict(X.iloc[rows]), dtype=float).ravel()
+            pred = np.asarray(predict(rows), dtype=float).ravel()
             if pred.shape != (len(rows),):
                 raise LatlabError(f"predict returned {pred.shape[0]} values for {len(rows)} rows")
         except Exception as exc:

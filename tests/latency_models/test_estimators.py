@@ -191,6 +191,19 @@ def test_lut_missing_error_names_config(lut: tuple[list[ConvConfig], np.ndarray]
     assert miss.describe() in str(info.value)
 
 
+def test_lut_predict_partial_leaves_misses_nan(lut: tuple[list[ConvConfig], np.ndarray]) -> None:
+    configs, y = lut
+    first, second = ConvConfig(DENSE, 48, 80, batch=8), ConvConfig(DW, 40, 40, batch=8)
+    model = LUTModel().fit(configs, y)
+    pred, refusal = model.predict_partial([configs[0], second, first, configs[1]])
+    assert np.array_equal(pred[[0, 3]], y[:2]) and np.isnan(pred[[1, 2]]).all()
+    assert isinstance(refusal, LUTMissError) and second.describe() in str(refusal)  # the first miss, by row
+    assert model.predict_partial(configs[:3])[1] is None
+    assert not np.isnan(LUTModel(missing="nearest").fit(configs, y).predict_partial([first])[0]).any()
+    with pytest.raises(OutOfRangeError):  # refusals other than a miss still raise
+        model.predict_partial([ConvConfig(ConvFamily.square(9, 5), 8, 8, batch=8)])
+
+
 def test_lut_nearest_in_log_space() -> None:
     configs = [ConvConfig(DENSE, ci, co, batch=8) for ci, co in [(32, 32), (32, 128), (128, 32), (128, 128)]]
     model = LUTModel(missing="nearest").fit(configs, [1.0, 2.0, 3.0, 4.0])
