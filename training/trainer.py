@@ -2,7 +2,8 @@
 
 Per iteration (spec §9.3, without its bugs): set the LR of this global step; ``zero_grad``; forward under
 ``torch.autocast`` (bf16 on CPU, fp16 + GradScaler on CUDA, when ``run.amp``); skip the batch on every rank if
-any rank's loss is non-finite (counted); backward; ``scaler.unscale_``; importance; ``optimizer.step``; pruning
+any rank's loss is non-finite (counted); backward; ``scaler.unscale_``; skip the batch if a gradient is non-finite
+(counted; fp16's GradScaler does this itself); importance; ``optimizer.step``; pruning
 step when the schedule says so. After the last pruning step (``prune.slim``) the run goes on with the exported,
 physically smaller network (:mod:`training.slim`). Each epoch: top-1/top-5 on the validation set (all-reduced),
 a row of ``metrics.csv``, ``checkpoint_last.pt``. At the end: the slim network (``pruned.pt2``), ``masks.pt``,
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import get_total_norm
 from tqdm import tqdm
 
 from db.errors import LatlabError
@@ -400,12 +402,15 @@ class _Run:
             else:
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.optimizer)
-                if self.pruner is not None:
-                    self.pruner.after_backward(self.global_step)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                loss_sum += loss.detach().double()
-                counted += 1
+                if not self.scaler.is_enabled() and not self._gradients_finite():
+                    self.skipped += 1  # fp16's GradScaler skips such a step itself (and lowers its scale)
+                else:
+                    if self.pruner is not None:
+                        self.pruner.after_backward(self.global_step)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    loss_sum += loss.detach().double()
+                    counted += 1
             if self.pruner is not None:
                 rec = self.pruner.after_step(self.global_step, self.optimizer)
                 if rec is not None:
@@ -432,6 +437,12 @@ class _Run:
         return {"epoch": self.epoch + 1, "global_step": self.global_step, "lr": lr,
                 "train_loss": float(stats[0] / stats[1]) if stats[1] else math.nan,
                 "images_per_s": float(stats[2]) / seconds if seconds > 0 else math.nan, "seconds": seconds}
+
+    def _gradients_finite(self) -> bool:
+        """No NaN or inf in any gradient (spec §9.3 skips such a batch). DDP has averaged the gradients, so every
+        rank reaches the same verdict without a collective."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return not grads or bool(torch.isfinite(get_total_norm(grads, norm_type="inf")))
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, Any]:

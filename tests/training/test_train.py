@@ -187,6 +187,37 @@ def test_your_own_network_keeps_its_own_class_count(digits: Path, tmp_path: Path
         train(tiny_config(digits, tmp_path / "narrow", None, method="none", **narrow), progress=False)
 
 
+def test_a_non_finite_gradient_skips_the_batch(digits: Path, tmp_path: Path) -> None:
+    """Spec §9.3: a finite loss whose gradient is NaN (here sqrt'(0) * 0 on the 2nd batch) skips the step, counted,
+    instead of writing NaN into the weights (without fp16's GradScaler nothing else would catch it)."""
+    (tmp_path / "nets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, num_classes: int = 10):
+                super().__init__()
+                self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+                self.fc = nn.Linear(8, num_classes)
+                self.calls = 0
+
+            def forward(self, x):
+                x = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+                if self.training:
+                    self.calls += 1
+                    if self.calls == 2:
+                        s = self.conv.weight.sum()
+                        x = x + torch.sqrt(s - s)  # adds 0; its gradient is NaN
+                return self.fc(x)
+    """))
+    cfg = tiny_config(digits, tmp_path / "nan", None, method="none",
+                      **{"model.name": f"{tmp_path / 'nets.py'}:Net", "optim.epochs": 1})
+    result = train(cfg, progress=False)
+    assert result.metrics["skipped_batches"] == 1 and result.metrics["train_loss"] > 0
+    weights = load_checkpoint(tmp_path / "nan" / "checkpoint_last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
 def _load_net(path: Path) -> torch.nn.Module:
     from profiler.plan import resolve_model
 
