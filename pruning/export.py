@@ -381,11 +381,15 @@ def export_program(slim: nn.Module, input_size: tuple[int, int]) -> torch.export
                                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
 
 
-def save_masks(path: Path, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str]) -> Path:
-    """Write ``{"masks", "removed_blocks"}`` to ``path`` (latlab's ``masks.pt``: weights_only-loadable, read by
+def masks_file_content(masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str]) -> dict[str, Any]:
+    """What latlab's ``masks.pt`` holds: ``{"masks", "removed_blocks"}`` (weights_only-loadable, read by
     ``latlab measure --mask`` and :func:`pruning.mask_files.read_mask_file`)."""
-    torch.save({"masks": {k: v.detach().cpu().clone() for k, v in masks.items()},
-                "removed_blocks": list(removed_blocks)}, path)
+    return {"masks": {k: v.detach().cpu().clone() for k, v in masks.items()}, "removed_blocks": list(removed_blocks)}
+
+
+def save_masks(path: Path, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str]) -> Path:
+    """Write :func:`masks_file_content` to ``path``."""
+    torch.save(masks_file_content(masks, removed_blocks), path)
     return path
 
 

@@ -74,6 +74,12 @@ def gather_rng_states() -> list[dict[str, Any]]:
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    return save_atomically(dict(state, format=FORMAT), path)
+
+
+def save_atomically(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, synced, then ``os.replace``: a kill leaves the old
+    file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a run killed while saving
@@ -81,7 +87,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         if not pid.isdigit() or not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(dict(state, format=FORMAT), tmp)
+    torch.save(obj, tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -6,7 +6,8 @@ any rank's loss is non-finite (counted); backward; ``scaler.unscale_``; skip the
 (counted; fp16's GradScaler does this itself); importance; ``optimizer.step``; pruning
 step when the schedule says so. After the last pruning step (``prune.slim``) the run goes on with the exported,
 physically smaller network (:mod:`training.slim`). Each epoch: top-1/top-5 on the validation set (all-reduced),
-a row of ``metrics.csv``, ``checkpoint_last.pt``. At the end: the slim network (``pruned.pt2``), ``masks.pt``,
+a row of ``metrics.csv``, ``checkpoint_last.pt``; ``best_state.pt`` and ``best_masks.pt`` when top-1 is the best
+since pruning finished. At the end: the slim network (``pruned.pt2``), ``masks.pt``,
 ``final_state.pt`` (dense-shaped, zeros where pruned) and ``result.json``.
 """
 
@@ -34,7 +35,14 @@ from db.files import folder_lock
 from profiler.runner import provenance
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.slices import Slices
-from training.checkpoint import check_compatible, gather_rng_states, load_checkpoint, save_checkpoint, set_rng_state
+from training.checkpoint import (
+    check_compatible,
+    gather_rng_states,
+    load_checkpoint,
+    save_atomically,
+    save_checkpoint,
+    set_rng_state,
+)
 from training.config import TrainConfig, save_config
 from training.data import build_loaders, check_layout, seed_epoch
 from training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed, teardown
@@ -160,7 +168,8 @@ class _Run:
         use_scaler = cfg.run.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
         self.criterion = loss_fn(cfg.optim.label_smoothing, cfg.optim.aux_loss_weight)
-        self.epoch, self.global_step, self.best_top1, self.skipped = 0, 0, 0.0, 0
+        self.epoch, self.global_step, self.skipped = 0, 0, 0
+        self.best_top1, self.best_epoch = math.nan, None  # of the final architecture (pruning done)
         self.history: list[dict[str, Any]] = []
         self.pending: dict[str, Any] | None = None  # the trained, not yet evaluated epoch's row
         if self.resume_state is not None:
@@ -309,7 +318,9 @@ class _Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
-        self.best_top1, self.skipped = float(state["best_top1"]), int(state["skipped"])
+        self.skipped = int(state["skipped"])
+        self.best_epoch = state.get("best_epoch")
+        self.best_top1 = float(state["best_top1"]) if self.best_epoch is not None else math.nan
         self.history = [dict(r) for r in state["history"]]
         self.pending = dict(state["pending"]) if state.get("pending") else None
         rngs = state["rng"]
@@ -474,8 +485,9 @@ class _Run:
         row["predicted_ms"] = p.predicted_latency() if p and self.info.main else None
         row["skipped_batches"] = self.skipped
         self.epoch += 1
-        self.best_top1 = max(self.best_top1, row["top1"]) if not math.isnan(row["top1"]) else self.best_top1
         self.history.append(row)
+        if self._is_best(row["top1"]):  # written before the checkpoint: a kill in between rewrites it on resume
+            self._save_best(row["top1"])
         state = self._save()
         if self.info.main:
             self.tb.scalars("epoch", {k: row.get(k) for k in METRIC_FIELDS if k != "global_step"}, self.global_step)
@@ -489,6 +501,25 @@ class _Run:
                                                        if row["predicted_ms"] is not None else ""))
         barrier()
 
+    def _is_best(self, top1: float) -> bool:
+        """A top-1 above every earlier one of the network as pruning leaves it (epochs before the last pruning step
+        do not count: a denser network is no candidate)."""
+        done = self.pruner is None or self.pruner.schedule.done(self.global_step - 1)
+        return done and not math.isnan(top1) and (math.isnan(self.best_top1) or top1 > self.best_top1)
+
+    def _save_best(self, top1: float) -> None:
+        """``best_state.pt`` (dense-shaped state dict, zeros where pruned) and ``best_masks.pt``: spec §9.4's
+        ``best_net.pth``, usable as ``latlab measure/export --weights best_state.pt --mask best_masks.pt``."""
+        self.best_top1, self.best_epoch = top1, self.epoch
+        if not self.info.main:
+            return
+        p = self.pruner
+        if p is not None:
+            from pruning.export import masks_file_content
+
+            save_atomically(masks_file_content(p.masks.conv_masks(), p.removed_blocks()), self.out / "best_masks.pt")
+        save_atomically(self._dense_copy().cpu().float().state_dict(), self.out / "best_state.pt")
+
     def _save(self, pending: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write checkpoint_last.pt on rank 0 (every rank joins the RNG gather); ``pending`` is a trained epoch's
         row whose evaluation has not run yet, which a resume evaluates before it trains on."""
@@ -500,6 +531,7 @@ class _Run:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "pruner": p.state_dict() if p else None,
             "epoch": self.epoch, "global_step": self.global_step, "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
             "skipped": self.skipped, "history": self.history, "rng": rngs, "config": self.cfg.to_dict(),
             "world_size": self.info.world, "slim": self.slices is not None, "iters_per_epoch": self.ipe,
             "pending": pending,
@@ -525,7 +557,8 @@ class _Run:
                  "result": self.out / "result.json"}
         plain = self._dense_copy().cpu().float().eval()
         torch.save(plain.state_dict(), paths["final_state"])
-        summary: dict[str, Any] = {"final": self.history[-1] if self.history else {}, "best_top1": self.best_top1,
+        summary: dict[str, Any] = {"final": self.history[-1] if self.history else {}, "best_epoch": self.best_epoch,
+                                   "best_top1": None if self.best_epoch is None else self.best_top1,
                                    "provenance": provenance()}
         p = self.pruner
         if p is not None:

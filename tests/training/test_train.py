@@ -47,6 +47,9 @@ def test_resume_equals_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) 
     assert full.masks.keys() == resumed.masks.keys()
     assert all(torch.equal(full.masks[g], resumed.masks[g]) for g in full.masks)
     assert sum(int((~m).sum()) for m in full.masks.values()) > 0  # something was pruned
+    # the best epoch counts from the last pruning step (global step 3, in epoch 2) on; resumed or not
+    assert a["best_epoch"] == b["best_epoch"] == 2 and a["best_top1"] == a["history"][1]["top1"]
+    _best_files_work(tmp_path / "full", tmp_path / "cut")
     # a different run in the same folder is refused before training
     with pytest.raises(LatlabError, match="different run.*prune.ratio"):
         train(tiny_config(digits, tmp_path / "cut", lut_db, **{"prune.ratio": 0.5}), progress=False)
@@ -64,6 +67,22 @@ def test_resume_equals_uninterrupted(digits: Path, lut_db: str, tmp_path: Path) 
     # the AMP dtype of a run without AMP is never used, so it may differ (the check after the config's is reached)
     with pytest.raises(LatlabError, match="iterations per epoch"):
         train(tiny_config(digits, tmp_path / "cut", lut_db, **{"run.amp_dtype": "bf16"}), progress=False)
+
+
+def _best_files_work(run: Path, same_run: Path) -> None:
+    """best_state.pt loads into the dense torchvision model, zero where best_masks.pt prunes; a resumed run wrote
+    the same files."""
+    from torchvision.models import resnet18
+
+    from pruning.mask_files import read_mask_file
+
+    state = torch.load(run / "best_state.pt", weights_only=True)
+    resnet18(num_classes=10).load_state_dict(state)
+    masks = read_mask_file(run / "best_masks.pt").masks
+    assert any((keep == 0).any() for keep in masks.values())
+    for convs, keep in masks.items():
+        assert all(not state[f"{conv}.weight"][torch.from_numpy(keep == 0)].any() for conv in convs)
+    _same_state(state, torch.load(same_run / "best_state.pt", weights_only=True))
 
 
 def test_a_failed_evaluation_resumes_without_training_again(digits: Path, lut_db: str, tmp_path: Path,
