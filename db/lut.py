@@ -234,9 +234,13 @@ def find_hardware(session: Session, selector: str) -> Hardware:
 
 
 def find_sweep(session: Session, sweep: int | None = None, hardware: str | None = None, *,
-               choose: str = "--sweep ID") -> Sweep:
+               choose: str = "--sweep ID", holding: Mapping[str, Any] | None = None) -> Sweep:
     """Choose one sweep: by id, or the only sweep of a hardware profile, or the only one (several: an error
-    listing them, newest first, that says to ``choose`` one)."""
+    listing them, newest first, that says to ``choose`` one).
+
+    ``holding`` (row settings such as ``{"batch": 256, "dtype": "fp16"}``; None values ignored) narrows several
+    candidates to those with measured rows of those settings, so ``--batch 256`` finds the one sweep at batch 256.
+    """
     if sweep is not None:
         row = session.get(Sweep, sweep)
         if row is None:
@@ -251,6 +255,15 @@ def find_sweep(session: Session, sweep: int | None = None, hardware: str | None 
     if not rows:
         where = f" for hardware {hardware!r}" if hardware else ""
         raise LatlabError(f"no sweeps{where} in the database; run `latlab profile` or `latlab lut import`")
+    wanted = {k: v for k, v in (holding or {}).items() if v is not None}
+    if len(rows) > 1 and wanted:
+        held = [s for s in rows if session.scalar(select(sweep_rows(s.id, Measurement.id, statuses=("ok",),
+                                                                    **wanted).exists()))]
+        if not held:
+            asked = " ".join(f"{k}={v}" for k, v in wanted.items())
+            raise LatlabError(f"none of sweeps {', '.join(str(s.id) for s in rows)} holds measurements with {asked} "
+                              "(see `latlab lut list`)")
+        rows = held
     if len(rows) > 1:
         ids = ", ".join(f"{s.id} ({s.hardware.name}, {s.backend}{', ' + s.name if s.name else ''})" for s in rows)
         raise LatlabError(f"several sweeps match: {ids}; choose one with {choose}")
@@ -289,6 +302,11 @@ def row_config(row: Measurement) -> ConvConfig:
     return ConvConfig(ConvFamily.from_key(row.family), row.cin, row.cout, row.batch, row.dtype, row.layout, row.op)
 
 
+def setting_label(batch: int, dtype: str, layout: str, op: str) -> str:
+    """``b256 fp16 nhwc`` (the op named unless it is ``conv``)."""
+    return f"b{batch} {dtype} {layout}" + (f" {op}" if op != "conv" else "")
+
+
 def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[str, Any]]:
     """One dict per sweep with hardware name, backend, the row settings (batch, dtype, layout, and op unless
     conv), timing protocol (cache, threads, timer) and counts by status: what tells two sweeps of one device
@@ -317,7 +335,7 @@ def sweep_summaries(session: Session, hardware: str | None = None) -> list[dict[
         .distinct().order_by(Measurement.sweep_id, Measurement.batch, Measurement.dtype, Measurement.layout,
                              Measurement.op)
     ):
-        settings.setdefault(sid, []).append(f"b{batch} {dtype} {layout}" + (f" {op}" if op != "conv" else ""))
+        settings.setdefault(sid, []).append(setting_label(batch, dtype, layout, op))
     out = []
     now = utcnow()
     for s in session.scalars(query):
@@ -393,14 +411,16 @@ def sweep_caption(sweep: Sweep) -> str:
 
 
 def family_summaries(session: Session, sweep_id: int) -> list[dict[str, Any]]:
-    """Per shape family: configurations ok/failed, channel ranges and latency range."""
-    stats: dict[str, dict[str, Any]] = defaultdict(
+    """Per shape family: configurations ok/failed, channel ranges and latency range; per family and ``setting``
+    (batch, dtype, layout, op) when the sweep holds more than one."""
+    stats: dict[tuple[str, tuple], dict[str, Any]] = defaultdict(
         lambda: {"ok": 0, "failed": 0, "cin": set(), "cout": set(), "min_ms": None, "max_ms": None, "rel_iqr": []}
     )
-    columns = (Measurement.family, Measurement.cin, Measurement.cout, Measurement.status, Measurement.median_ms,
+    columns = (Measurement.family, Measurement.batch, Measurement.dtype, Measurement.layout, Measurement.op,
+               Measurement.cin, Measurement.cout, Measurement.status, Measurement.median_ms,
                Measurement.iqr_ms)  # plain rows, not ORM objects: 96k rows in a fraction of the time
-    for family, cin, cout, status, median_ms, iqr_ms in session.execute(sweep_rows(sweep_id, *columns)):
-        s = stats[family]
+    for family, *setting, cin, cout, status, median_ms, iqr_ms in session.execute(sweep_rows(sweep_id, *columns)):
+        s = stats[family, tuple(setting)]
         s["cin"].add(cin)
         s["cout"].add(cout)
         if status != "ok" or median_ms is None:
@@ -416,10 +436,12 @@ def family_summaries(session: Session, sweep_id: int) -> list[dict[str, Any]]:
         f = ConvFamily.from_key(key)
         return (-f.in_h, -f.in_w, f.kernel_h, f.kernel_w, f.stride_h, key)
 
-    for fam, s in sorted(stats.items(), key=lambda kv: order(kv[0])):
+    several = len({setting for _, setting in stats}) > 1
+    for (fam, setting), s in sorted(stats.items(), key=lambda kv: (order(kv[0][0]), kv[0][1])):
         rel = sorted(s["rel_iqr"])
         rows.append({
-            "family": fam, "ok": s["ok"], "failed": s["failed"],
+            "family": fam, **({"setting": setting_label(*setting)} if several else {}), "ok": s["ok"],
+            "failed": s["failed"],
             "cin": f"{min(s['cin'])}..{max(s['cin'])} ({len(s['cin'])})",
             "cout": f"{min(s['cout'])}..{max(s['cout'])} ({len(s['cout'])})",
             "min_ms": s["min_ms"], "max_ms": s["max_ms"],

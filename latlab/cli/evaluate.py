@@ -118,8 +118,9 @@ def evaluate(
         _, module = resolve_model(network)  # an unknown network fails before the LUT is read
     database = open_database(db, create=False, upgrade=False)
     with database.session() as session:
-        sweep_row = find_sweep(session, sweep, hardware)
-        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype, layout=layout, op=op)
+        settings = {"batch": batch, "dtype": dtype, "layout": layout, "op": op}
+        sweep_row = find_sweep(session, sweep, hardware, holding=settings)
+        X, y = lut_frame(session, sweep_row.id, **settings)
         sweep_id, plan, hw_name = sweep_row.id, dict(sweep_row.plan), sweep_row.hardware.name
         # networks and other ops are timed like the LUT's convs: with the sweep's threads (and, for the ops, its
         # cache protocol) when on the sweep's own backend

@@ -129,7 +129,8 @@ def query(
     config = ConvConfig(fam, cin, cout, batch, dtype, layout, op)
     database = open_database(db, create=False)
     with database.session() as session:
-        sweep_row = find_sweep(session, sweep, hardware)
+        settings = {"batch": batch, "dtype": dtype, "layout": layout, "op": op}
+        sweep_row = find_sweep(session, sweep, hardware, holding=settings)
         ms = lookup(session, sweep_row.id, config)
     typer.echo(f"{ms:.6g} ms  ({config.describe()}; sweep {sweep_row.id})")
 
@@ -170,9 +171,9 @@ def export(
     fmt = _export_format(out, fmt)
     database = open_database(db, create=False)
     with database.session() as session:
-        found = find_sweep(session, sweep, hardware)
+        where = {k: v for k, v in {"dtype": dtype, "batch": batch, "op": op, "layout": layout}.items() if v is not None}
+        found = find_sweep(session, sweep, hardware, holding=where)
         sweep_id, provenance = found.id, sweep_provenance(found)
-    where = {k: v for k, v in {"dtype": dtype, "batch": batch, "op": op, "layout": layout}.items() if v is not None}
     to_stdout = str(out) == "-"
     if not to_stdout and not out.parent.is_dir():
         raise LatlabError(f"folder {out.parent} does not exist; create it first")

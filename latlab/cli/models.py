@@ -119,8 +119,9 @@ def fit(
         raise LatlabError(f"--holdout must be in [0, 1), got {holdout}")
     database = open_database(db, create=False, upgrade=True)
     with database.session() as session:
-        sweep_row = find_sweep(session, sweep, hardware)
-        X, y = lut_frame(session, sweep_row.id, batch=batch, dtype=dtype, layout=layout, op=op)
+        settings = {"batch": batch, "dtype": dtype, "layout": layout, "op": op}
+        sweep_row = find_sweep(session, sweep, hardware, holding=settings)
+        X, y = lut_frame(session, sweep_row.id, **settings)
         hw_name = sweep_row.hardware.name
         sweep_id = sweep_row.id
     if holdout > 0:

@@ -9,6 +9,7 @@ from sqlalchemy import update
 
 from db import ConvConfig, ConvFamily, LatlabError, LUTMissError, MeasurementValues, open_database
 from db.lut import (
+    family_summaries,
     find_hardware,
     find_sweep,
     get_or_create_hardware,
@@ -171,6 +172,27 @@ def test_find_sweep_choices(database) -> None:  # type: ignore[no-untyped-def]
         assert find_sweep(s, sweep=a).id == a
         with pytest.raises(LatlabError, match="no sweep with id 999"):
             find_sweep(s, sweep=999)
+
+
+def test_find_sweep_narrows_to_the_sweep_holding_the_settings(database) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    a, b = _sweep(database), _sweep(database, "fp16")
+    with database.session() as s:
+        record_measurement(s, a, CFG, MeasurementValues(median_ms=1.0, n=5))
+        record_measurement(s, b, replace(CFG, dtype="fp16"), MeasurementValues(median_ms=0.5, n=5))
+        record_measurement(s, b, replace(CFG, batch=8), MeasurementValues(status="oom", message="out of memory"))
+    with database.session() as s:
+        assert find_sweep(s, holding={"dtype": "fp16", "batch": None}).id == b
+        assert find_sweep(s, holding={"dtype": "fp32", "batch": 256}).id == a
+        with pytest.raises(LatlabError, match="several sweeps match"):
+            find_sweep(s, holding={"batch": 256, "dtype": None})
+        with pytest.raises(LatlabError, match="none of sweeps .* holds measurements with batch=8"):  # failed rows
+            find_sweep(s, holding={"batch": 8})
+        rows = family_summaries(s, b)  # two settings: one row each, labelled
+        assert [(r["setting"], r["ok"], r["failed"]) for r in rows] == [("b8 fp32 nchw", 0, 1),
+                                                                        ("b256 fp16 nchw", 1, 0)]
+        assert "setting" not in family_summaries(s, a)[0]
 
 
 def test_caption_names_the_cudnn_flags_of_a_cuda_sweep_only() -> None:
