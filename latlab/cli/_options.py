@@ -109,6 +109,20 @@ SweepOption = Annotated[int | None, typer.Option("--sweep", help="Sweep id (see 
 HardwareOption = Annotated[
     str | None, typer.Option("--hardware", help="Hardware profile: id, exact name or fingerprint prefix.")
 ]
+GpuOption = Annotated[int | None, typer.Option(
+    "--gpu", min=0, show_default=False,
+    help="GPU to time on, for --backend cuda: its index among the GPUs this process sees (CUDA_VISIBLE_DEVICES "
+         "renumbers them) [default: 0, the first visible GPU].")]
+
+
+def gpu_options(backend: str, gpu: int | None) -> dict[str, int]:
+    """The backend's constructor options for ``--gpu`` (``device_index`` with --backend cuda; none without
+    --gpu); --gpu with another backend is refused. Call it before any work."""
+    if gpu is None:
+        return {}
+    if backend != "cuda":
+        raise LatlabError(f"--gpu only applies to --backend cuda, not --backend {backend}")
+    return {"device_index": gpu}
 
 
 def _output_format(value: str) -> str:

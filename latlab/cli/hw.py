@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from latlab.cli._options import FormatOption, echo_rows
+from latlab.cli._options import FormatOption, GpuOption, echo_rows, gpu_options
 
 
 def hw(
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
-    device: Annotated[int, typer.Option(help="GPU index for --backend cuda.")] = 0,
+    gpu: GpuOption = None,
     fmt: FormatOption = "table",
 ) -> None:
     """Show the device, host and software versions that a sweep would record, and its fingerprint.
@@ -22,10 +22,12 @@ def hw(
 
     Examples:
 
-        latlab hw                  # this CPU
-        latlab hw --backend cuda   # GPU 0 via NVML and torch
+        latlab hw                          # this CPU
+        latlab hw --backend cuda           # GPU 0 via NVML and torch
+        latlab hw --backend cuda --gpu 1   # the second visible GPU
     """
     from profiler.hardware import detect_hardware, gpu_telemetry
+    device = gpu_options(backend, gpu).get("device_index", 0)
     info = detect_hardware(backend, device_index=device).to_dict()
     if backend == "cuda":
         info.update({f"now_{k}": v for k, v in gpu_telemetry(device).items()})

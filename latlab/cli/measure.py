@@ -13,6 +13,7 @@ from latlab.cli._options import (
     MODEL_HELP,
     DbOption,
     FormatOption,
+    GpuOption,
     MaskOption,
     MgpOption,
     NumClassesOption,
@@ -21,6 +22,7 @@ from latlab.cli._options import (
     check_stored_name,
     command_line,
     echo_rows,
+    gpu_options,
     parse_input_size,
     size_text,
     size_value,
@@ -62,6 +64,7 @@ def measure(
         "latency with; repeatable; the predictions are printed and stored with the measurement.")] = None,
     num_classes: NumClassesOption = None,
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake")] = "cpu",
+    gpu: GpuOption = None,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     input_size: Annotated[str | None, typer.Option(
         help="Input resolution, N or HxW [default: a .pt2's own, else 224].", show_default=False)] = None,
@@ -97,6 +100,7 @@ def measure(
 
         latlab measure --model resnet50 --backend cuda --batch 256 \
             --dtype fp16 --layout nhwc
+        latlab measure --model resnet50 --backend cuda --gpu 1 --batch 256
         latlab measure --model resnet18 --backend cpu --batch 1 --threads 2
         latlab measure --module pruned.pt2 --backend cuda --batch 256 \
             --variant halp55
@@ -118,6 +122,7 @@ def measure(
     from profiler.protocol import TimingProtocol
     from pruning.mask_files import apply_mask_file
     check_exec_settings(dtype, layout)
+    device = gpu_options(backend, gpu)
     if speedup and mask is None:
         raise LatlabError("--speedup compares a --mask-pruned --model with the dense one; give --mask")
     if rounds < 1:
@@ -142,7 +147,7 @@ def measure(
     per_round = max(1, repeats // rounds) if speedup else repeats
     protocol = TimingProtocol(warmup=warmup, repeats=per_round, min_repeats=min(10, per_round), timer=timer,
                               num_threads=threads)
-    timing_backend = get_backend(backend, protocol)
+    timing_backend = get_backend(backend, protocol, **device)
     database = open_database(db) if store or latency_model else None
     predicted = _predictions(database, latency_model, net, hw, batch, dtype, layout) if latency_model else {}
     details: dict[str, Any] = {"input_size": size_value(hw), "command": command_line()}

@@ -12,7 +12,9 @@ from latlab.cli._options import (
     INPUT_SIZE_HELP,
     MODEL_HELP,
     DbOption,
+    GpuOption,
     command_line,
+    gpu_options,
     parse_input_size,
     size_text,
     stored_name,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 def profile(
     model: Annotated[str, typer.Option(help=f"{MODEL_HELP}.")],
     backend: Annotated[str, typer.Option(help="cuda | cpu | fake (seeded synthetic GPU, for CI)")] = "cpu",
+    gpu: GpuOption = None,
     grid: Annotated[str, typer.Option(
         help="full[:STEP] | lattice (what `latlab prune` asks for, auto group sizes) | reference (ResNet50 "
              "HALP/MDP lattice) | explicit:cin=A:B:S,cout=A:B:S | random:N[:STEP] | lhs:N[:STEP]")] = "full:8",
@@ -98,10 +101,11 @@ def profile(
         latlab profile --model resnet50 --backend cuda --grid reference \
             --adaptive --budget 300
         latlab profile --model resnet50 --backend cuda --grid reference \
-            --worker --db postgresql+psycopg://host/lut
+            --worker --gpu 1 --db postgresql+psycopg://host/lut
 
-    With --worker, start the same command on every GPU box (or several processes on one): they claim
-    configurations in batches, send heartbeats, and take over the claims of a worker that died.
+    With --worker, start the same command on every GPU box (or one process per GPU of a box: --gpu 0,
+    --gpu 1, …): they claim configurations in batches, send heartbeats, and take over the claims of a
+    worker that died.
     `latlab sweep status` shows the fleet's progress.
     """
     from db.engine import describe_url, open_database
@@ -111,6 +115,7 @@ def profile(
     from profiler.protocol import TimingProtocol
     from profiler.runner import run_sweep
     from pruning.graph import trace_keeping
+    device = gpu_options(backend, gpu)
     spec = parse_grid(grid)
     if "seed=" not in grid.lower():  # a seed in the grid itself wins over --seed
         spec = replace(spec, seed=seed)
@@ -140,7 +145,7 @@ def profile(
         raise LatlabError(f"--fake-delay-ms must be >= 0, got {fake_delay_ms}")
     if worker and adaptive:
         raise LatlabError("--worker and --adaptive cannot be combined (an adaptive sweep picks points one at a time)")
-    options = {"delay_s": fake_delay_ms / 1000, "inject": fake_fail} if backend == "fake" else {}
+    options = {"delay_s": fake_delay_ms / 1000, "inject": fake_fail} if backend == "fake" else device
     timing_backend = get_backend(backend, protocol, **options)
     database = open_database(db)
     command = command_line()
