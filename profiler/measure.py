@@ -83,9 +83,9 @@ def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict
                    lines[0])  # the unpickler's own words: "Unsupported global: GLOBAL …" or "Unsupported operand …"
         pickled = "Unsupported global" in why  # a pickled object (e.g. a whole model), not a broken file
         if not trust_checkpoint:
-            hint = (". If it is a whole-model pickle you trust, `latlab measure` and `latlab export` load it with "
-                    "--trust-checkpoint; for other commands save its state dict once: torch.save(torch.load(FILE, "
-                    "weights_only=False).state_dict(), 'weights.pth')") if pickled else ""
+            hint = (". If it is a whole-model pickle you trust, `latlab measure`, `latlab export` and `latlab prune` "
+                    "load it with --trust-checkpoint; for other commands save its state dict once: "
+                    "torch.save(torch.load(FILE, weights_only=False).state_dict(), 'weights.pth')") if pickled else ""
             raise LatlabError(f"cannot load weights {path} safely (weights_only=True): {why}{hint}") from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)

@@ -18,6 +18,8 @@ from latlab.cli._options import (
     KeepOption,
     NumClassesOption,
     SweepOption,
+    TrustCheckpointOption,
+    WeightsOption,
     command_line,
     echo_rows,
     parse_group_sizes,
@@ -55,7 +57,8 @@ def prune(
     method: Annotated[str, typer.Option(help=f"{' | '.join(METHODS)} (HALP=OCP+LLM, MGP+LLM, OCP+MDLM, MDP).")],
     target: Annotated[float, typer.Option(help="Kept share of the dense latency, e.g. 0.5 (HALP50).")],
     out: Annotated[Path, typer.Option(help="Directory for masks.pt, pruned.pt2, result.json, report.md.")],
-    weights: Annotated[Path | None, typer.Option(help="Local state-dict file (weights_only load).")] = None,
+    weights: WeightsOption = None,
+    trust_checkpoint: TrustCheckpointOption = False,
     num_classes: NumClassesOption = None,
     input_size: Annotated[str, typer.Option(help=INPUT_SIZE_HELP)] = "224",
     latency_model: Annotated[str | None, typer.Option(
@@ -115,7 +118,7 @@ def prune(
     sizes, hw = parse_group_sizes(group_sizes), parse_input_size(input_size)
     database = open_database(db, create=False, upgrade=False)
     torch.manual_seed(seed)  # the random initial weights without --weights: the same pruned.pt2 every run
-    name, net = load_network(model, weights=weights, num_classes=num_classes)
+    name, net = load_network(model, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
     spec = build_network_spec(net, hw, group_sizes=sizes, name=name, keep=keep or ())
     check_prunable(spec, method)
     check_limits(spec, method, min_keep_share=min_keep_share, max_kept_blocks=max_kept_blocks)
