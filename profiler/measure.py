@@ -11,8 +11,9 @@ import contextlib
 import json
 import logging
 import statistics
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,15 @@ class ModelLatency:
 _STATE_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
+@contextlib.contextmanager
+def _without_warning(category: type[Warning], message: str) -> Iterator[None]:
+    """Silence one library warning (``message``: a regex matched at its start) inside the block, no other: a
+    probing load must not print torch's notes before latlab's one-line answer."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """Load a state dict safely (``weights_only=True``; ``.safetensors`` files with safetensors), unwrapping
     checkpoint dicts and ``module.``.
@@ -76,7 +86,8 @@ def load_state_dict(path: str | Path, *, trust_checkpoint: bool = False) -> dict
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with _without_warning(UserWarning, "Detected pickle protocol"):  # an old pickle: still loads, or is refused
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for bad files
         lines = [line.strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
         why = next((line.split("error: ", 1)[-1].split(" was not")[0] for line in lines if "Unsupported " in line),
@@ -242,7 +253,8 @@ def _load_module_file(path: Path) -> tuple[str, nn.Module]:
     try:
         if path.suffix == ".pt2":
             return module_labels(path)["model"], torch.export.load(str(path)).module()
-        return path.stem, torch.jit.load(str(path), map_location="cpu").eval()
+        with _without_warning(FutureWarning, "`torch.jit.load` is deprecated"):  # TorchScript is still ours to load
+            return path.stem, torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         raise LatlabError(
             f"cannot load {path} as TorchScript (.pt) or torch.export (.pt2): {str(exc).splitlines()[0]}; "

@@ -1,7 +1,10 @@
-"""`--weights` files on the command line: prune's --trust-checkpoint."""
+"""`--weights` and `--module` files on the command line: prune's --trust-checkpoint, and one clean line per error
+(no library warning printed before it)."""
 
 from __future__ import annotations
 
+import pickle
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]
 TINYNET = textwrap.dedent("""
     import torch
     from torch import nn
@@ -62,3 +66,45 @@ def test_prune_help_describes_weights_as_measure_does(monkeypatch: pytest.Monkey
     code, out, _ = cli(["prune", "--help"])
     assert code == 0 and "Local state dict or checkpoint for --model" in out
     assert "--trust-checkpoint" in out and "Allow --weights to be a whole-model pickle" in out
+
+
+def _latlab(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``latlab ARGV`` in a fresh interpreter: a warning torch prints reaches its stderr (pytest catches it in
+    process)."""
+    return subprocess.run([sys.executable, "-m", "latlab", *argv], capture_output=True, text=True, cwd=ROOT)
+
+
+def _protocol_4_pickle(path: Path) -> Path:
+    """A plain pickle of tensors at protocol 4 (torch.save writes 2): torch warns before it refuses it."""
+    path.write_bytes(pickle.dumps({"conv1.weight": torch.zeros(2)}, protocol=4))
+    return path
+
+
+def test_a_module_that_is_no_zip_archive_gives_one_line_and_no_torch_warning(tmp_path: Path) -> None:
+    masks = _protocol_4_pickle(tmp_path / "layer_masks.pkl")
+    run = _latlab("measure", "--module", str(masks), "--no-store")
+    assert run.returncode == 1 and not run.stdout
+    assert run.stderr.startswith(f"latlab: error: cannot load {masks} as TorchScript"), run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+
+
+def test_a_protocol_4_pickle_as_weights_gives_one_line_and_no_torch_warning(tmp_path: Path) -> None:
+    weights = _protocol_4_pickle(tmp_path / "p4.pkl")
+    run = _latlab("measure", "--model", "resnet18", "--weights", str(weights), "--no-store")
+    assert run.returncode == 1 and not run.stdout
+    assert run.stderr.startswith(f"latlab: error: cannot load weights {weights} safely"), run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+
+
+def test_the_probing_loads_hide_only_their_own_warning(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    from db.errors import LatlabError
+    from profiler.measure import load_model, load_state_dict
+
+    p4 = _protocol_4_pickle(tmp_path / "p4.pkl")
+    with pytest.raises(LatlabError):
+        load_state_dict(p4)
+    with pytest.raises(LatlabError):
+        load_model(module_file=p4)
+    assert not [str(w.message) for w in recwarn], "a probing load let a torch warning through"
+    with pytest.warns(UserWarning, match="Detected pickle protocol 4"), pytest.raises(pickle.UnpicklingError):
+        torch.load(p4, weights_only=True)  # outside the probes torch still warns: no global filter
