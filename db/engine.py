@@ -7,9 +7,11 @@ several processes can share one file.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -123,6 +125,19 @@ def schema_history() -> list[tuple[str, str]]:
     script = ScriptDirectory.from_config(_alembic_config())
     return [(r.revision, (r.doc or "").strip().splitlines()[0] if r.doc else "")
             for r in reversed(list(script.walk_revisions()))]
+
+
+def _release_interrupted(exc: BaseException) -> None:
+    """After a Ctrl-C (or another exit exception) inside a statement, free what holds that statement open.
+
+    SQLAlchemy discards the interrupted connection, but sqlite3 closes it only once the half-run cursor is gone,
+    and the exception's traceback keeps it: until then the file's write lock stays taken, so the next write (the
+    sweep's "interrupted" status) would wait on this very process. Clearing the finished frames of the traceback
+    (and collecting their cycles) finalises the cursor and releases the lock."""
+    if isinstance(exc, Exception):
+        return
+    traceback.clear_frames(exc.__traceback__)
+    gc.collect()
 
 
 class Database:
@@ -242,7 +257,8 @@ class Database:
             with self._wrap_errors():
                 yield session
                 session.commit()
-        except BaseException:
+        except BaseException as exc:
+            _release_interrupted(exc)
             session.rollback()
             raise
         finally:
@@ -262,7 +278,8 @@ class Database:
             try:
                 yield conn
                 conn.commit()
-            except BaseException:
+            except BaseException as exc:
+                _release_interrupted(exc)
                 conn.rollback()
                 raise
 

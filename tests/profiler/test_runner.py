@@ -141,6 +141,30 @@ def test_failures_are_rows_and_the_sweep_goes_on(sqlite_path: Path, small_plan, 
     assert _count(database) == len(small_plan) and _count(database, "ok") == len(small_plan)
 
 
+def test_ctrl_c_inside_a_write_releases_the_sqlite_lock(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
+    """A Ctrl-C right after a row's INSERT ran (its transaction holds SQLite's write lock): the sweep is marked
+    interrupted at once, not after two minutes of retries against this process's own lock."""
+    from sqlalchemy import event
+
+    database = open_database(sqlite_path)
+    inserts = []
+
+    @event.listens_for(database.engine, "after_cursor_execute")
+    def interrupt(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO MEASUREMENT"):
+            inserts.append(statement)
+            if len(inserts) == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(database, small_plan, FakeBackend(), progress=False)
+    event.remove(database.engine, "after_cursor_execute", interrupt)
+    with database.session() as s:
+        assert [sweep.status for sweep in s.scalars(select(Sweep))] == ["interrupted"]
+    assert _count(database) == 2  # the interrupted row was rolled back; a re-run measures it
+    assert run_sweep(database, small_plan, FakeBackend(), progress=False).complete
+
+
 def test_max_configs_and_time_budget_stop_and_resume(sqlite_path: Path, small_plan) -> None:  # type: ignore[no-untyped-def]
     database = open_database(sqlite_path)
     part = run_sweep(database, small_plan, FakeBackend(), max_configs=5, progress=False)
