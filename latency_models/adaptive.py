@@ -217,7 +217,8 @@ def adaptive_sweep(
 
     def measure(configs: list[ConvConfig]) -> list[float | None]:
         sub = SweepPlan(configs, plan.description, plan.layers)
-        run_sweep(db, sub, backend, name=name, hardware_name=hardware_name, progress=progress, command=command)
+        run_sweep(db, sub, backend, name=name, hardware_name=hardware_name, progress=progress, command=command,
+                  done_status="running")  # not "complete" between rounds: a stop there leaves a sample
         out: list[float | None] = []
         with db.session() as session:
             for c in configs:
@@ -227,8 +228,12 @@ def adaptive_sweep(
                     out.append(None)
         return out
 
-    result = run_adaptive(plan.configs, measure, budget=budget, per_round=per_round,
-                          target_within_5=target_within_5, seed=seed, already=already)
+    try:
+        result = run_adaptive(plan.configs, measure, budget=budget, per_round=per_round,
+                              target_within_5=target_within_5, seed=seed, already=already)
+    except KeyboardInterrupt:  # e.g. while the surface is fitted between rounds
+        set_sweep_status(db, sweep_id, "interrupted")
+        raise
     # each round ran as a sweep of its own few points: the sweep plans the whole lattice, a sample of it stored
     start_sweep(db, plan, backend, name=name, hardware_name=hardware_name, command=command)
     with db.session() as session:

@@ -136,9 +136,12 @@ def start_sweep(
 def run_sweep(
     db: Database, plan: SweepPlan, backend: Backend, *, name: str = "", hardware_name: str | None = None,
     time_budget_s: float | None = None, max_configs: int | None = None, retry_failed: bool = False,
-    progress: bool = True, command: str | None = None,
+    progress: bool = True, command: str | None = None, done_status: str = "complete",
 ) -> SweepReport:
-    """Measure every configuration of ``plan`` not yet stored for this hardware and protocol."""
+    """Measure every configuration of ``plan`` not yet stored for this hardware and protocol.
+
+    The sweep's status is ``done_status`` once the plan is measured (a caller measuring a sweep in parts says
+    ``"running"``), ``interrupted`` when a budget or Ctrl-C stopped it."""
     sweep_id, hw_name = start_sweep(db, plan, backend, name=name, hardware_name=hardware_name, command=command)
     with db.session() as session:
         done = measured_keys(session, sweep_id, ("ok",) if retry_failed else ("ok", "oom", "error"))
@@ -169,7 +172,7 @@ def run_sweep(
     report.elapsed_s = time.monotonic() - start
     report.remaining = len(todo) - report.measured - sum(report.failed.values())
     with_retry(lambda: close_stored(db, sweep_id, plan.configs), what="closing the fleet claims of stored rows")
-    set_sweep_status(db, sweep_id, "complete" if report.complete else "interrupted")
+    set_sweep_status(db, sweep_id, done_status if report.complete else "interrupted")
     return report
 
 

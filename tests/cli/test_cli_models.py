@@ -130,6 +130,39 @@ def test_profile_adaptive(tmp_path: Path, cli) -> None:
     assert code == 1 and "--budget" in err
 
 
+def test_adaptive_sweep_stopped_between_rounds_is_not_complete(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round measures a few points as a sweep of its own; a Ctrl-C between rounds leaves the sweep
+    interrupted, not complete as the round before had left it, and the same call resumes it."""
+    from sqlalchemy import select
+
+    import latency_models.adaptive as adaptive
+    from db import open_database
+    from db.models import Sweep
+    from profiler.backends.fake import FakeBackend
+    from profiler.plan import build_plan
+
+    database = open_database(tmp_path / "ad.db")
+    plan = build_plan("resnet18", "full:32", input_size=64, batch=8)
+    rounds, real = [], adaptive.run_sweep
+
+    def second_round_interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        rounds.append(kwargs.get("done_status"))
+        if len(rounds) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adaptive, "run_sweep", second_round_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        adaptive.adaptive_sweep(database, plan, FakeBackend(), budget=120, progress=False)
+    with database.session() as s:
+        assert [sweep.status for sweep in s.scalars(select(Sweep))] == ["interrupted"] and rounds[0] == "running"
+    monkeypatch.setattr(adaptive, "run_sweep", real)
+    adaptive.adaptive_sweep(database, plan, FakeBackend(), budget=120, progress=False)
+    with database.session() as s:
+        assert [sweep.status for sweep in s.scalars(select(Sweep))] == ["sampled"]
+
+
 def test_evaluate_times_under_the_sweeps_protocol_or_given_threads(tmp_path: Path, cli,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import profiler.backends.cpu
