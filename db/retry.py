@@ -22,8 +22,15 @@ T = TypeVar("T")
 DEFAULT_RETRY_S = 120.0
 
 
+_LASTING = ("disk is full", "no space left on device", "readonly database", "read-only file system")
+"""Operational errors that waiting does not mend (SQLite's and PostgreSQL's words, lower case)."""
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for connection loss / server shutdown / lock errors worth retrying."""
+    """True for connection loss / server shutdown / lock errors worth retrying; a full disk or a read-only
+    database is not (it fails at once, and the same command resumes once it is fixed)."""
+    if any(words in str(exc).lower() for words in _LASTING):
+        return False
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OperationalError | InterfaceError):

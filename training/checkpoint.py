@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,15 @@ def save_atomically(obj: Any, path: str | Path) -> Path:
         if not pid.isdigit() or not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
+        full = shutil.disk_usage(path.parent).free < 2**20
+        tmp.unlink(missing_ok=True)
+        why = "no space left on device" if full else (getattr(exc, "strerror", None) or str(exc).splitlines()[0])
+        raise LatlabError(f"cannot write {path}: {why} (the previous file, if any, is kept)") from None
     os.replace(tmp, path)
     return path
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -312,8 +313,19 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
         _fill(cfg, data, "", source)
     if overrides:
         _fill(cfg, _parse_overrides(overrides), "", f"{source} (overrides)" if path else "overrides")
+    _expand_home(cfg)
     _check_values(cfg, source)
     return cfg
+
+
+def _expand_home(cfg: TrainConfig) -> None:
+    """``~`` at the start of a file path means the home folder, as in a shell (YAML does not expand it; a folder
+    named ``~`` in the working directory is a trap)."""
+    for section, key in (("data", "path"), ("model", "weights"), ("run", "out"), ("prune", "db")):
+        part = getattr(cfg, section)
+        value = getattr(part, key)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(part, key, os.path.expanduser(value))
 
 
 def _field_comments(section: type) -> dict[str, str]:

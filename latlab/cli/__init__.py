@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     except LatlabError as exc:
         typer.echo(f"latlab: error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # a file the command reads or writes: one line naming it, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"latlab: error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
     except SystemExit as exc:  # typer turns Ctrl-C into exit status 130
         if exc.code == 130:
             typer.echo(_INTERRUPTED, err=True)

@@ -97,6 +97,9 @@ def test_reference_sweep_is_idempotent_and_exports_halp_keys(tmp_path: Path,
     lut = pickle.loads(pkl.read_bytes())
     assert len(lut) == 1423 and "256_64_64_56_3_1_1" in lut
     assert all(re.fullmatch(r"256_\d+_\d+_\d+_\d_\d_1", k) for k in lut)
+    (tmp_path / "a_folder.csv").mkdir()  # a file system error is one line naming the path, not a traceback
+    code, _, err = cli(["lut", "export", str(tmp_path / "a_folder.csv"), "--db", db])
+    assert code == 1 and err == f"latlab: error: Is a directory: {tmp_path / 'a_folder.csv'}\n"
     # import -> export round-trips exactly
     db2 = str(tmp_path / "titan.db")
     code, out, err = cli(["lut", "import", str(pkl), "--hardware", "TITAN V", "--db", db2])

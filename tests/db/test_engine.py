@@ -250,3 +250,23 @@ def test_passwords_are_not_stored(sqlite_path: Path) -> None:
         assert conn.execute(text("SELECT command FROM sweeps")).scalar() == \
             "latlab profile --db postgresql+psycopg://me:***@host/lut"
     database.dispose()
+
+
+def test_a_full_disk_or_read_only_database_is_not_retried() -> None:
+    """Waiting does not free space: the command fails at once (and resumes once fixed), where a dropped connection
+    or a locked file is retried."""
+    from sqlalchemy.exc import OperationalError
+
+    from db.retry import is_transient, with_retry
+
+    calls = []
+
+    def full() -> None:
+        calls.append(1)
+        raise OperationalError("INSERT ...", {}, Exception("database or disk is full"))
+
+    with pytest.raises(OperationalError, match="disk is full"):
+        with_retry(full, retry_s=30)
+    assert len(calls) == 1
+    assert not is_transient(OperationalError("UPDATE ...", {}, Exception("attempt to write a readonly database")))
+    assert is_transient(OperationalError("INSERT ...", {}, Exception("database is locked")))

@@ -105,3 +105,11 @@ def test_presets_by_name_from_any_directory(tmp_path: Path, monkeypatch: pytest.
     assert load_config("mdp_resnet50.yaml").optim.epochs == 30
     with pytest.raises(LatlabError, match=r"elsewhere/mdp_resnet50.yaml does not exist \(bundled presets: demo_"):
         load_config("elsewhere/mdp_resnet50.yaml")
+
+
+def test_a_home_folder_path_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``~`` in a YAML path is the home folder, as in a shell, not a folder named ``~`` in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(None, ["data.path=~/digits", "run.out=~/runs/a", "model.weights=~/w.pt", "prune.db=~/lut.db"])
+    assert (cfg.data.path, cfg.run.out, cfg.model.weights, cfg.prune.db) == (
+        f"{tmp_path}/digits", f"{tmp_path}/runs/a", f"{tmp_path}/w.pt", f"{tmp_path}/lut.db")
