@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from db.errors import LatlabError
 
 LOCK_FILE = ".latlab.lock"
+MARKER_FILE = ".latlab-command"
 _STAGE_PREFIX = ".staged-"
+_TRAIN_FILES = ("checkpoint_last.pt", "config.resolved.yaml")  # a `latlab train` run made before the marker
 
 
 @contextmanager
@@ -63,3 +67,100 @@ def staged_folder(out: Path) -> Iterator[Path]:
                 os.replace(path, out / path.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def claim_output_folder(folder: Path, command: str, *, writes: Collection[str] | None = (),
+                        create: bool = True) -> None:
+    """Make ``folder`` the output folder of ``latlab COMMAND``, or raise one line naming it: a path that is not a
+    folder, a folder that cannot be created or written, one that holds another command's results (its
+    :data:`MARKER_FILE`, else a training checkpoint or a ``command`` in config.json/result.json) or, without an
+    owner, files named in ``writes`` (``None``: any file), and one locked by a running latlab command. ``create``:
+    create the folder and record ``command`` in it; without, only check (a new folder is left uncreated)."""
+    if folder.exists() and not folder.is_dir():
+        raise LatlabError(f"{folder} exists and is not a folder; choose another output folder")
+    if not folder.exists():
+        if not create:
+            _check_creatable(folder)
+            return
+        _create(folder)
+    owner = _owner(folder)
+    if owner is not None and owner != command:
+        raise LatlabError(f"{folder} holds the results of `latlab {owner}`; choose another output folder")
+    if owner is None:
+        _check_unowned(folder, command, writes)
+    try:
+        with folder_lock(folder, wait=False):
+            if create and _marked(folder) != command:
+                _write_marker(folder, command)
+    except OSError as exc:
+        raise LatlabError(f"cannot write to output folder {folder}: {exc.strerror}") from None
+
+
+def _create(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LatlabError(f"cannot create output folder {folder}: {_reason(folder, exc)}") from None
+
+
+def _check_creatable(folder: Path) -> None:
+    """Raise as :func:`_create` would, leaving nothing behind: make and remove a folder in its nearest parent."""
+    parent = next(p for p in folder.parents if p.exists() or p == p.parent)
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        os.rmdir(tempfile.mkdtemp(prefix=".latlab-probe-", dir=parent))
+    except OSError as exc:
+        raise LatlabError(f"cannot create output folder {folder}: {_reason(folder, exc)}") from None
+
+
+def _reason(folder: Path, exc: OSError) -> str:
+    """``exc``'s reason, naming the file that stands where a parent folder should be."""
+    blocker = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    return f"{blocker} is a file" if blocker is not None else str(exc.strerror)
+
+
+def _marked(folder: Path) -> str | None:
+    try:
+        return (folder / MARKER_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _owner(folder: Path) -> str | None:
+    """The command whose results ``folder`` holds: its marker, else what an earlier latlab left there."""
+    marked = _marked(folder)
+    if marked is not None:
+        return marked
+    if any((folder / name).exists() for name in _TRAIN_FILES):
+        return "train"
+    for file in ("config.json", "result.json"):  # "command": "latlab prune --model …"
+        try:
+            words = str(json.loads((folder / file).read_text()).get("command") or "").split()
+        except (OSError, ValueError, AttributeError):
+            continue
+        word = next((w for w in words[1:] if not w.startswith("-")), "") if words[:1] == ["latlab"] else ""
+        if word.isidentifier():
+            return word
+    return None
+
+
+def _check_unowned(folder: Path, command: str, writes: Collection[str] | None) -> None:
+    """A folder no latlab command owns: refuse it when ``command`` would replace files in it (``writes`` is None:
+    when it holds any file at all)."""
+    names = sorted(p.name for p in folder.iterdir() if not _bookkeeping(p.name))
+    clash = names if writes is None else [n for n in names if n in writes]
+    if clash:
+        shown = ", ".join(clash[:5]) + (", …" if len(clash) > 5 else "")
+        raise LatlabError(f"{folder} holds files that `latlab {command}` did not write ({shown}); move them or "
+                          "choose another output folder")
+
+
+def _bookkeeping(name: str) -> bool:
+    return name in (LOCK_FILE, MARKER_FILE) or name.startswith((_STAGE_PREFIX, f"{MARKER_FILE}.", ".latlab-probe-"))
+
+
+def _write_marker(folder: Path, command: str) -> None:
+    tmp = folder / f"{MARKER_FILE}.{os.getpid()}"
+    tmp.write_text(command + "\n")
+    os.replace(tmp, folder / MARKER_FILE)

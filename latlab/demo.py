@@ -33,6 +33,7 @@ import pandas as pd
 
 from db.engine import Database, hide_passwords, open_database
 from db.errors import LatlabError, LUTMissError
+from db.files import claim_output_folder
 from db.keys import ConvConfig
 from db.lut import family_summaries, lookup
 from latency_models.evaluate import (
@@ -377,13 +378,14 @@ def _plot_finetune(frame: pd.DataFrame, path: Path) -> None:
 def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo chain and write its report; returns what it measured."""
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    plan = build_plan(config.model, config.grid, input_size=config.input_size, batch=config.batch)
+    name, net = resolve_model(config.model)  # a bad model or grid fails before anything is written
+    claim_output_folder(out, "demo", writes=None)  # not over files of the user's or of another command
     saved = {**asdict(config), "provenance": provenance()}
     (out / "config.json").write_text(hide_passwords(json.dumps(saved, indent=2)))
     stage_s: dict[str, float] = {}
     database = open_database(config.db or out / "latlab.db")
     with _timed(stage_s, "1. LUT sweep"):
-        plan = build_plan(config.model, config.grid, input_size=config.input_size, batch=config.batch)
         protocol = TimingProtocol(warmup=config.warmup, repeats=config.repeats, min_repeats=min(5, config.repeats),
                                   max_rel_iqr=config.max_rel_iqr, num_threads=config.threads, seed=config.seed,
                                   llc_flush=config.llc_flush)
@@ -395,7 +397,6 @@ def run_demo(config: DemoConfig) -> DemoResult:
     with _timed(stage_s, "2. whole network and its other ops"):
         dense = [ConvConfig(layer.family, layer.cin, layer.cout, config.batch) for layer in plan.layers]
         conv_sum, missing = _conv_sum(database, sweep.sweep_id, dense)
-        name, net = resolve_model(config.model)
         model_protocol = TimingProtocol(warmup=config.warmup, repeats=config.model_repeats,
                                         min_repeats=min(10, config.model_repeats), num_threads=config.threads,
                                         seed=config.seed)

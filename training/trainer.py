@@ -31,7 +31,7 @@ from torch.nn.utils import get_total_norm
 from tqdm import tqdm
 
 from db.errors import LatlabError
-from db.files import folder_lock
+from db.files import claim_output_folder, folder_lock
 from profiler.runner import provenance
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.slices import Slices
@@ -54,6 +54,8 @@ __all__ = ["TrainResult", "train"]
 log = logging.getLogger(__name__)
 METRIC_FIELDS = ["epoch", "global_step", "lr", "train_loss", "val_loss", "top1", "top5", "kept_channels",
                  "removed_blocks", "predicted_ms", "images_per_s", "seconds", "skipped_batches"]
+RUN_FILES = ("checkpoint_last.pt", "config.resolved.yaml", "metrics.csv", "best_state.pt", "best_masks.pt",
+             "final_state.pt", "pruned.pt2", "masks.pt", "result.json", "tensorboard")  # what a run writes in run.out
 
 
 @dataclass
@@ -336,14 +338,28 @@ class _Run:
 
     # ----------------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
+        self._claim(create=False)  # another command's folder, or one in use, is refused before any work
         self._setup()  # every check (data, weights, latency model, checkpoint) before anything is written
         with self._folder_locked():
             return self._run()
+
+    def _claim(self, *, create: bool) -> None:
+        """Rank 0 claims run.out for `latlab train` (:func:`claim_output_folder`); its error stops every rank."""
+        error = ""
+        if self.info.main:
+            try:
+                claim_output_folder(self.out, "train", writes=RUN_FILES, create=create)
+            except LatlabError as exc:
+                error = f"{exc} (run.out)"
+        error = broadcast_object(error)
+        if error:
+            raise LatlabError(error)
 
     @contextmanager
     def _folder_locked(self) -> Iterator[None]:
         """Rank 0 holds the run folder's lock for the run: a second run on the same folder stops with a message
         (on every rank) instead of overwriting this one's checkpoints."""
+        self._claim(create=True)
         with ExitStack() as stack:
             error = ""
             if self.info.main:

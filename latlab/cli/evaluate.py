@@ -21,6 +21,8 @@ from latlab.cli._options import (
 )
 from latlab.cli.models import ModelsOption, ParamOption, parse_kinds, parse_params
 
+WRITES = ("report.md", "config.json", "predictions.csv", "whole_network.csv")
+
 
 def _sweep_run(plan: dict, network: str) -> dict:
     """The plan's run of ``network`` (else its first run with a grid): its grid and what ``--keep`` kept."""
@@ -88,6 +90,7 @@ def evaluate(
             --measure-backend cpu --budget-curve
     """
     from db.engine import open_database
+    from db.files import claim_output_folder
     from db.lut import find_sweep
     from latency_models.evaluate import (
         accuracy_vs_budget,
@@ -111,6 +114,7 @@ def evaluate(
         raise LatlabError(f"--threads {threads}: give a count >= 1 with --measure-backend")
     if not 0 < train_fraction < 1:
         raise LatlabError(f"--train-fraction must be in (0, 1), got {train_fraction}")
+    claim_output_folder(out, "evaluate", writes=WRITES, create=False)  # before any work; created when written
     module = None
     if network is not None:
         from profiler.plan import resolve_model
@@ -180,6 +184,7 @@ def evaluate(
                                       layout=first.layout).latency
         whole = whole_network_eval(fitted, trace, pruned, seed, measure=measure, truth=truth, other=other,
                                    group_sizes=group_sizes, multiple=multiple, **settings)
+    claim_output_folder(out, "evaluate", writes=WRITES)
     report = write_report(out, tables, predictions, whole,
                           title=f"Latency models on sweep {sweep_id} ({hw_name})")
     config = {"sweep": sweep_id, "hardware": hw_name, "split": split, "train_fraction": train_fraction,

@@ -23,6 +23,7 @@ from latlab.cli._options import (
 )
 
 FORMATS = ("pt2", "onnx")
+WRITES = ("masks.pt", "pruned.pt2", "pruned.onnx", "result.json")
 
 
 def _formats(text: str) -> list[str]:
@@ -66,7 +67,7 @@ def export(
     """
     import torch
 
-    from db.files import staged_folder
+    from db.files import claim_output_folder, staged_folder
     from profiler.measure import count_params_and_macs, load_model, load_program, module_labels, save_program
     from profiler.runner import provenance
     from pruning.export import export_checked, export_program, save_masks
@@ -80,6 +81,7 @@ def export(
         raise LatlabError("give either --model (with --weights and --mask) or a saved --module, not both")
     if module is not None and (mask or weights):
         raise LatlabError("--mask and --weights apply to --model; a saved --module is exported as it is")
+    claim_output_folder(out, "export", writes=WRITES, create=False)  # before any work; created when written
     row: dict[str, Any]
     if module is not None:
         program, size = load_program(module)
@@ -100,6 +102,7 @@ def export(
         counts = count_params_and_macs(slim, (1, 3, *size))
         row.update(params=counts["params"], macs=counts["macs_per_image"])
     files: dict[str, str] = {}
+    claim_output_folder(out, "export", writes=WRITES)  # again: a run may have taken the folder meanwhile
     with staged_folder(out) as stage:  # all files or none: a stopped run leaves a previous export whole
         if mask is not None:
             files["masks"] = save_masks(stage / "masks.pt", masks, removed).name

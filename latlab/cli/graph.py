@@ -47,8 +47,9 @@ def graph(
             --prefix module. ./rn50_tables
         latlab graph --model mobilenet_v2 --format json ./tables
     """
+    from db.files import claim_output_folder
     from pruning.graph import build_network_spec
-    from pruning.mdp_tables import write_mdp_tables
+    from pruning.mdp_tables import mdp_table_paths, write_mdp_tables
 
     if format not in FORMATS:
         raise LatlabError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
@@ -59,6 +60,10 @@ def graph(
     if format == "json" and prefix:
         raise LatlabError("--prefix names the entries of the mdp tables; it does not apply to --format json")
     sizes, hw = parse_group_sizes(group_sizes), parse_input_size(input_size)
+    arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip().lower())
+    writes = [p.name for p in mdp_table_paths(".", arch).values()] if format == "mdp" else [f"{arch}_network.json"]
+    if outdir is not None:
+        claim_output_folder(outdir, "graph", writes=writes, create=False)  # before any work; created when written
     if check:  # a real network to export (the graph alone is traced on the meta device)
         from profiler.plan import resolve_model
 
@@ -66,7 +71,6 @@ def graph(
         spec = build_network_spec(net, hw, group_sizes=sizes, name=name, keep=keep or ())
     else:
         spec = build_network_spec(model, hw, group_sizes=sizes, keep=keep or ())
-    arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip().lower())
     description = spec.to_dict()
     checked = ""
     if check:
@@ -97,13 +101,13 @@ def graph(
                       "output group": b.output_group} for b in spec.blocks]
             echo_rows(brows, "table", title="removable blocks")
         return
+    assert outdir is not None
+    claim_output_folder(outdir, "graph", writes=writes)
     if format == "mdp":
-        assert outdir is not None
         paths = write_mdp_tables(spec, outdir, arch, prefix=prefix)
         for path in paths.values():
             typer.echo(f"wrote {path}")
         return
-    assert outdir is not None
     data = json.dumps(description, indent=2)
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / f"{arch}_network.json"

@@ -30,6 +30,8 @@ from latlab.cli._options import (
 from pruning.methods import METHODS
 from pruning.solvers import list_solvers
 
+WRITES = ("masks.pt", "pruned.pt2", "result.json", "report.md", "config.json")
+
 
 def _data_batches(path: Path, input_size: tuple[int, int], batch_size: int, seed: int):  # type: ignore[no-untyped-def]
     import torch
@@ -98,7 +100,7 @@ def prune(
     import torch
 
     from db.engine import open_database
-    from db.files import staged_folder
+    from db.files import claim_output_folder, staged_folder
     from latency_models.base import OutOfRangeError
     from latency_models.resolve import resolve_latency_model
     from profiler.measure import load_model as load_network
@@ -116,6 +118,7 @@ def prune(
     if not 0 < target <= 1:  # before loading anything
         raise LatlabError(f"--target must be the kept share of latency in (0, 1], got {target}")
     sizes, hw = parse_group_sizes(group_sizes), parse_input_size(input_size)
+    claim_output_folder(out, "prune", writes=WRITES, create=False)  # before any work; created when written
     database = open_database(db, create=False, upgrade=False)
     torch.manual_seed(seed)  # the random initial weights without --weights: the same pruned.pt2 every run
     name, net = load_network(model, weights=weights, num_classes=num_classes, trust_checkpoint=trust_checkpoint)
@@ -156,6 +159,7 @@ def prune(
               "min_keep_share": min_keep_share, "max_kept_blocks": max_kept_blocks,
               "seed": seed, "num_classes": num_classes, "batches": batches, "batch_size": batch_size,
               "data": str(data) if data else None, "command": command_line(), "provenance": provenance()}
+    claim_output_folder(out, "prune", writes=WRITES)  # again: a run may have taken the folder meanwhile
     with staged_folder(out) as stage:  # all files or none: a stopped run leaves a previous result whole
         paths = save_outputs(res, spec, stage, config)
         (stage / "config.json").write_text(json.dumps(config, indent=2))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from db.errors import LatlabError
-from db.files import folder_lock, staged_folder
+from db.files import MARKER_FILE, claim_output_folder, folder_lock, staged_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +55,29 @@ def test_a_held_folder_is_refused_or_waited_for(tmp_path: Path) -> None:
     holder.wait(10)
     with folder_lock(tmp_path, wait=False):  # released when its process ended
         pass
+
+
+def test_a_claimed_folder_is_its_command_s_own(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b"
+    claim_output_folder(out, "prune", create=False)  # a check only: a new folder is made when written
+    assert not (tmp_path / "a").exists()
+    claim_output_folder(out, "prune")
+    assert (out / MARKER_FILE).read_text() == "prune\n"
+    (out / "pruned.pt2").write_text("mine")
+    claim_output_folder(out, "prune", writes=("pruned.pt2",))  # a re-run replaces its own files
+    with pytest.raises(LatlabError, match=f"^{out} holds the results of `latlab prune`; choose another output"):
+        claim_output_folder(out, "export")
+
+
+def test_a_folder_without_an_owner_keeps_its_files(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    claim_output_folder(tmp_path / "notes", "export", writes=("result.json",))  # other names are added beside
+    claim_output_folder(tmp_path, "export", writes=("result.json",))
+    assert (tmp_path / MARKER_FILE).read_text() == "export\n"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    for writes in (None, ("config.json",)):  # None: the command may write any name, so any file is in the way
+        with pytest.raises(LatlabError, match=r"holds files that `latlab demo` did not write \(config.json\)"):
+            claim_output_folder(mine, "demo", writes=writes)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json"]

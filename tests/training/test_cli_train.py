@@ -21,6 +21,16 @@ def test_train_cli_rejects_bad_input_before_work(cli, tmp_path: Path, digits: Pa
         code, stdout, err = cli(["train", "--config", CONFIG, "--out", str(out), "--set", "prune.method=none", *extra])
         assert code != 0 and expected in stdout + err, (extra, stdout + err)
     assert not (out / "checkpoint_last.pt").exists()
+    (tmp_path / "afile").write_text("x")
+    pruned = tmp_path / "pruned"
+    pruned.mkdir()
+    (pruned / ".latlab-command").write_text("prune\n")
+    for where, expected in ((tmp_path / "afile" / "run", f"{tmp_path / 'afile'} is a file"),
+                            (pruned, f"{pruned} holds the results of `latlab prune`")):
+        code, stdout, err = cli(["train", "--config", CONFIG, "--data", str(digits), "--out", str(where), "-q",
+                                 "--set", "prune.method=none"])
+        assert code == 1 and expected in err and err.count("\n") == 1 and "(run.out)" in err, err
+    assert sorted(p.name for p in pruned.iterdir()) == [".latlab-command"]
 
 
 def test_train_cli_runs_and_resumes(cli, tmp_path: Path, digits: Path) -> None:
@@ -31,6 +41,7 @@ def test_train_cli_runs_and_resumes(cli, tmp_path: Path, digits: Path) -> None:
     code, stdout, err = cli(argv)
     assert code == 0, err
     assert (out / "config.resolved.yaml").exists() and (out / "checkpoint_last.pt").exists()
+    assert (out / ".latlab-command").read_text() == "train\n"  # `latlab prune --out` it is refused
     assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
     code, stdout, err = cli(argv)  # the same command continues from the checkpoint
     assert code == 0, err
