@@ -60,6 +60,9 @@ def graph(
     if format == "json" and prefix:
         raise LatlabError("--prefix names the entries of the mdp tables; it does not apply to --format json")
     sizes, hw = parse_group_sizes(group_sizes), parse_input_size(input_size)
+    if format == "mdp" and hw[0] != hw[1]:  # their fmap table holds one number per conv
+        raise LatlabError(f"HALP/MDP's tables describe square feature maps; --input-size {input_size} is not: use a "
+                          "square --input-size")
     arch = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.strip().lower())
     writes = [p.name for p in mdp_table_paths(".", arch).values()] if format == "mdp" else [f"{arch}_network.json"]
     if outdir is not None:
