@@ -164,3 +164,25 @@ def _write_marker(folder: Path, command: str) -> None:
     tmp = folder / f"{MARKER_FILE}.{os.getpid()}"
     tmp.write_text(command + "\n")
     os.replace(tmp, folder / MARKER_FILE)
+
+
+def write_atomically(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder: a full disk or a kill leaves the
+    previous file whole (and no temporary file), never a cut-off one."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -27,6 +27,7 @@ from typing import Any
 
 from db.engine import Database
 from db.errors import InvalidKeyError, LatlabError, LegacyFormatError
+from db.files import write_atomically
 from db.keys import ConvConfig, ConvFamily, parse_legacy_key
 from db.lut import (
     MeasurementValues,
@@ -267,6 +268,6 @@ def export_legacy(
     if not out:
         raise LegacyFormatError(f"sweep {sweep_id} has no successful measurements to export")
     if path is not None:
-        Path(path).write_bytes(pickle.dumps(out, protocol=4))
+        write_atomically(Path(path), pickle.dumps(out, protocol=4))
     return out
 

@@ -190,7 +190,9 @@ def export(
     if to_stdout:
         typer.echo(render(table, fmt), nl=False)
         return
-    out.write_text(render(table, fmt))
+    from db.files import write_atomically
+
+    write_atomically(out, render(table, fmt).encode())
     typer.echo(f"wrote {len(table)} rows to {out}")
 
 

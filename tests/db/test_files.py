@@ -81,3 +81,29 @@ def test_a_folder_without_an_owner_keeps_its_files(tmp_path: Path) -> None:
         with pytest.raises(LatlabError, match=r"holds files that `latlab demo` did not write \(config.json\)"):
             claim_output_folder(mine, "demo", writes=writes)
     assert sorted(p.name for p in mine.iterdir()) == ["config.json"]
+
+
+def test_write_atomically_keeps_the_old_file_when_the_write_fails(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from db.files import write_atomically
+
+    path = write_atomically(tmp_path / "lut.csv", b"old\n")
+    assert path.read_bytes() == b"old\n" and path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, b"new, longer content\n")
+    assert path.read_bytes() == b"old\n" and [p.name for p in tmp_path.iterdir()] == ["lut.csv"]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
