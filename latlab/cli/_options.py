@@ -100,10 +100,26 @@ def echo_rows(rows: Sequence[dict[str, Any]], fmt: str = "table", title: str | N
     typer.echo(render(rows, fmt, title=title, record=record), nl=False, err=err)
 
 
+def _lasting_database(value: str | None) -> str | None:
+    """Refuse an in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``): what a command stores there is gone
+    when it ends, though it would say "stored"."""
+    if value and value.strip().lower().startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            database = make_url(value.strip()).database
+        except ArgumentError:
+            return value  # open_database names what is wrong with it
+        if database in (None, "", ":memory:"):
+            raise typer.BadParameter(f"{value!r} is an in-memory database, gone when the command ends; give a file")
+    return value
+
+
 DbOption = Annotated[
     str | None,
     typer.Option("--db", envvar=ENV_VAR, help="SQLite file or SQLAlchemy URL [default: ./latlab.db]",
-                 show_default=False),
+                 show_default=False, callback=_lasting_database),
 ]
 SweepOption = Annotated[int | None, typer.Option("--sweep", help="Sweep id (see `latlab lut list`).")]
 HardwareOption = Annotated[
