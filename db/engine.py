@@ -67,8 +67,13 @@ def hide_password(value: str) -> str:
     return _ONE_URL_PASSWORD.sub(r"\1***@", value)
 
 
+def in_memory(url: URL) -> bool:
+    """An in-memory SQLite URL (``sqlite://``, ``sqlite:///:memory:``): gone when the process ends."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
 def _sqlite_path(url: URL) -> Path | None:
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    if url.get_backend_name() != "sqlite" or in_memory(url):
         return None
     return Path(url.database)
 

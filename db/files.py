@@ -91,7 +91,7 @@ def claim_output_folder(folder: Path, command: str, *, writes: Collection[str] |
     try:
         with folder_lock(folder, wait=False):
             if create and _marked(folder) != command:
-                _write_marker(folder, command)
+                write_atomically(folder / MARKER_FILE, f"{command}\n".encode())
     except OSError as exc:
         raise LatlabError(f"cannot write to output folder {folder}: {exc.strerror}") from None
 
@@ -157,13 +157,7 @@ def _check_unowned(folder: Path, command: str, writes: Collection[str] | None) -
 
 
 def _bookkeeping(name: str) -> bool:
-    return name in (LOCK_FILE, MARKER_FILE) or name.startswith((_STAGE_PREFIX, f"{MARKER_FILE}.", ".latlab-probe-"))
-
-
-def _write_marker(folder: Path, command: str) -> None:
-    tmp = folder / f"{MARKER_FILE}.{os.getpid()}"
-    tmp.write_text(command + "\n")
-    os.replace(tmp, folder / MARKER_FILE)
+    return name in (LOCK_FILE, MARKER_FILE) or name.startswith((_STAGE_PREFIX, f".{MARKER_FILE}.", ".latlab-probe-"))
 
 
 def write_atomically(path: Path, data: bytes) -> Path:

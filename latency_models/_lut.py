@@ -89,12 +89,12 @@ class LUTModel(LatencyModel):
             table = self.tables_[key]
             vals = table.lookup(cin[idx], cout[idx])
             misses = np.flatnonzero(np.isnan(vals))
-            if len(misses) and tolerate_misses and self.missing == "error":
+            if len(misses) and tolerate_misses and self.missing == "error":  # left NaN
                 first_miss = min(first_miss, int(idx[misses[0]]))
-                misses = misses[:0]
-            for pos in misses:
-                i = idx[pos]
-                vals[pos] = self._missing_value(table, frame, i, int(cin[i]), int(cout[i]))
+            else:
+                for pos in misses:
+                    i = idx[pos]
+                    vals[pos] = self._missing_value(table, frame, i, int(cin[i]), int(cout[i]))
             out[idx] = vals
         return out, LUTMissError(self._miss_message(frame, first_miss)) if first_miss < len(frame) else None
 

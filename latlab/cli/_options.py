@@ -107,11 +107,13 @@ def _lasting_database(value: str | None) -> str | None:
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        from db.engine import in_memory
+
         try:
-            database = make_url(value.strip()).database
+            url = make_url(value.strip())
         except ArgumentError:
             return value  # open_database names what is wrong with it
-        if database in (None, "", ":memory:"):
+        if in_memory(url):
             raise typer.BadParameter(f"{value!r} is an in-memory database, gone when the command ends; give a file")
     return value
 
