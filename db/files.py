@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from db.errors import LatlabError
 
@@ -160,23 +162,44 @@ def _bookkeeping(name: str) -> bool:
     return name in (LOCK_FILE, MARKER_FILE) or name.startswith((_STAGE_PREFIX, f".{MARKER_FILE}.", ".latlab-probe-"))
 
 
-def write_atomically(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder: a full disk or a kill leaves the
-    previous file whole (and no temporary file), never a cut-off one."""
+def write_atomically(path: Path, data: bytes | memoryview | Callable[[BinaryIO], object]) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, synced, then ``os.replace``: a full
+    disk or a kill leaves the previous file whole, never a cut-off one.
+
+    ``data`` is bytes or a writer called with an in-memory buffer (e.g. ``partial(torch.save, obj)``): serialising
+    in memory first keeps a library's own file writer (torch's aborts the process on a full disk) off the disk.
+    A write that fails raises :class:`LatlabError` naming the file; a temporary file left by a killed process is
+    removed by the next write.
+    """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
+    if callable(data):
+        buffer = io.BytesIO()
+        data(buffer)
+        data = buffer.getbuffer()
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        pid = stale.name.rsplit(".tmp", 1)[-1]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        os.fchmod(fd, 0o666 & ~umask)  # as a plain open() would, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # as a plain open() gives, whatever the file was before
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            why = exc.strerror or str(exc)
+            raise LatlabError(f"cannot write {path}: {why} (the previous file, if any, is kept)") from None
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

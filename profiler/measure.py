@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from db.engine import Database
 from db.errors import LatlabError
+from db.files import write_atomically
 from db.lut import get_or_create_hardware, record_model_measurement
 from profiler._trace import shapes_only
 from profiler.backends._modules import eval_mode
@@ -219,8 +221,7 @@ def save_program(program: torch.export.ExportedProgram, path: str | Path, *, mod
     """``torch.export.save`` with the source network's name and a variant label (e.g. ``halp50``) inside, so
     ``latlab measure --module`` stores the row under the network it came from (:func:`program_labels`)."""
     labels = json.dumps({"model": model, "variant": variant})
-    torch.export.save(program, str(path), extra_files={PROGRAM_LABELS: labels})
-    return Path(path)
+    return write_atomically(Path(path), partial(torch.export.save, program, extra_files={PROGRAM_LABELS: labels}))
 
 
 def program_labels(path: str | Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
 from db.errors import LatlabError
+from db.files import write_atomically
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
     TraceResult,
@@ -388,9 +390,8 @@ def masks_file_content(masks: Mapping[str, torch.Tensor], removed_blocks: Iterab
 
 
 def save_masks(path: Path, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str]) -> Path:
-    """Write :func:`masks_file_content` to ``path``."""
-    torch.save(masks_file_content(masks, removed_blocks), path)
-    return path
+    """Write :func:`masks_file_content` to ``path`` (atomically)."""
+    return write_atomically(path, partial(torch.save, masks_file_content(masks, removed_blocks)))
 
 
 def save_pruned(out_dir: Path, slim: nn.Module, masks: Mapping[str, torch.Tensor], removed_blocks: Iterable[str],

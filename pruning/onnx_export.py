@@ -41,7 +41,11 @@ def save_onnx(program: torch.export.ExportedProgram, path: str | Path, *, opset:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise LatlabError(f"torch.onnx could not export the network: {type(exc).__name__}: {first}") from None
     assert onnx_program is not None
-    onnx_program.save(str(path))
+    try:
+        onnx_program.save(str(path))
+    except OSError as exc:  # a full disk: the file is cut off
+        path.unlink(missing_ok=True)
+        raise LatlabError(f"cannot write {path}: {exc.strerror or exc}") from None
     if opset is not None:
         import onnx
 

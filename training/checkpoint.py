@@ -9,9 +9,8 @@ epoch's training and its evaluation holds that epoch's row as ``pending``: a res
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from db.errors import LatlabError
-from db.files import pid_alive
+from db.files import write_atomically
 from training.config import TrainConfig
 
 __all__ = ["FORMAT", "check_compatible", "gather_rng_states", "load_checkpoint", "save_checkpoint", "set_rng_state"]
@@ -79,26 +78,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def save_atomically(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, synced, then ``os.replace``: a kill leaves the old
-    file or the new one, never a torn one."""
+    """``torch.save`` through :func:`db.files.write_atomically`: a kill or a full disk leaves the old file or the
+    new one, never a torn one, and a failure is one :class:`LatlabError` naming the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a run killed while saving
-        pid = stale.name.rsplit(".tmp", 1)[-1]
-        if not pid.isdigit() or not pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as a RuntimeError
-        full = shutil.disk_usage(path.parent).free < 2**20
-        tmp.unlink(missing_ok=True)
-        why = "no space left on device" if full else (getattr(exc, "strerror", None) or str(exc).splitlines()[0])
-        raise LatlabError(f"cannot write {path}: {why} (the previous file, if any, is kept)") from None
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, partial(torch.save, obj))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -96,9 +96,23 @@ def test_write_atomically_keeps_the_old_file_when_the_write_fails(tmp_path: Path
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(LatlabError, match=r"cannot write .*lut.csv: No space left on device \(the previous file"):
         write_atomically(path, b"new, longer content\n")
     assert path.read_bytes() == b"old\n" and [p.name for p in tmp_path.iterdir()] == ["lut.csv"]
+
+
+def test_write_atomically_serialises_through_a_writer_and_clears_a_killed_writers_leftover(tmp_path: Path) -> None:
+    from functools import partial
+
+    import torch
+
+    from db.files import write_atomically
+
+    dead = tmp_path / ".w.pt.tmp999999999"  # no such process
+    dead.write_bytes(b"half")
+    path = write_atomically(tmp_path / "w.pt", partial(torch.save, {"w": torch.ones(2)}))
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
 
 
 def _umask() -> int:
