@@ -41,9 +41,13 @@ def resolve_url(db: str | os.PathLike[str] | None = None) -> URL:
     if "://" not in raw:
         return URL.create("sqlite", database=str(Path(raw).expanduser().resolve()))
     try:
-        return make_url(raw)
+        url = make_url(raw)
     except (ArgumentError, ValueError) as exc:
         raise DatabaseError(f"invalid database URL {hide_password(raw)!r}: {hide_password(str(exc))}") from None
+    if url.get_backend_name() == "sqlite" and "?" in raw and not url.query:  # SQLAlchemy drops a bare "?b.db"
+        raise DatabaseError(f"{raw!r}: in a URL, '?' starts options (key=value) and none were given; for a file "
+                            "whose name holds '?', give its path without sqlite://")
+    return url
 
 
 def describe_url(url: URL) -> str:

@@ -19,6 +19,10 @@ def test_default_path_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("LATLAB_DB", str(tmp_path / "x.db"))
     assert resolve_url().database == str(tmp_path / "x.db")
     assert resolve_url("postgresql+psycopg://u@h/db").get_backend_name() == "postgresql"
+    assert resolve_url(tmp_path / "a?b.db").database == str(tmp_path / "a?b.db")  # a path is a path
+    assert resolve_url(f"sqlite:///{tmp_path}/x.db?timeout=5").query == {"timeout": "5"}
+    with pytest.raises(DatabaseError, match=r"'\?' starts options .* give its path without sqlite://"):
+        resolve_url(f"sqlite:///{tmp_path}/a?b.db")  # SQLAlchemy would open a.db
 
 
 def test_creates_and_migrates_to_head(db_url: str) -> None:
