@@ -63,7 +63,12 @@ def staged_folder(out: Path) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}-", dir=out))
     try:
-        yield stage
+        try:
+            yield stage
+        except LatlabError as exc:  # name the file by where it was going, not by the private folder
+            if str(stage) not in str(exc):
+                raise
+            raise LatlabError(str(exc).replace(str(stage), str(out))) from None
         with folder_lock(out, wait=True):
             for path in sorted(stage.iterdir()):
                 os.replace(path, out / path.name)

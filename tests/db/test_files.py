@@ -28,6 +28,8 @@ def test_staged_files_replace_the_old_set_only_when_all_are_written(tmp_path: Pa
     with staged_folder(out) as stage:
         (stage / "a.txt").write_text("new a")
     assert (out / "a.txt").read_text() == "new a" and (out / "b.txt").read_text() == "old b"
+    with pytest.raises(LatlabError, match=rf"^cannot write {out}/c.txt: "), staged_folder(out) as stage:
+        raise LatlabError(f"cannot write {stage / 'c.txt'}: No space left on device")  # named by where it goes
 
 
 def test_a_killed_run_s_stage_is_removed_by_the_next_one(tmp_path: Path) -> None:
