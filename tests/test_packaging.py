@@ -57,19 +57,37 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 def test_wheel_carries_what_runs_outside_the_checkout(tmp_path: Path) -> None:
-    """A pip-installed latlab has its migrations, the training presets (as latlab/configs) and the license."""
+    """A pip-installed latlab has its migrations, the training presets (as latlab/configs) and the license: the
+    wheel holds exactly the tracked files of latlab's packages, also when an earlier build left ``build/lib``
+    behind with a module and a migration since removed (setuptools reuses that folder; a stale revision would
+    give the installed schema a second head)."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
+    packages = ("latlab", "db", "profiler", "latency_models", "pruning", "training")
+    tracked = subprocess.run(["git", "ls-files", *packages, "configs", "setup.py", "pyproject.toml", "README.md",
+                              "LICENSE", "MANIFEST.in"], cwd=ROOT, text=True, capture_output=True,
+                             check=True).stdout.split()
+    src = tmp_path / "src"
+    for name in tracked:  # a copy: building in the checkout would leave build/ and *.egg-info there
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, src / name)
+    stale = [src / "build/lib/latlab/removed_module.py", src / "build/lib/db/migrations/versions/0099_removed.py"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("revision = '0099'\n")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
-    names = set(zipfile.ZipFile(next(tmp_path.glob("latlab-*.whl"))).namelist())
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    names = set(zipfile.ZipFile(next((tmp_path / "dist").glob("latlab-*.whl"))).namelist())
     presets = {p.name for p in (ROOT / "configs").glob("*.yaml")}
     assert {f"latlab/configs/{p}" for p in presets} <= names and len(presets) == 5
-    assert {"db/migrations/env.py", "db/migrations/versions/0001_initial.py"} <= names
+    assert {"db/migrations/env.py", "db/migrations/versions/0001_initial.py", "db/migrations/script.py.mako"} <= names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    expected = {n for n in tracked if n.startswith(tuple(f"{p}/" for p in packages))}
+    expected |= {f"latlab/{n}" for n in tracked if n.startswith("configs/")}
+    assert {n for n in names if ".dist-info/" not in n} == expected
 
 
 def test_sdist_carries_the_tests_and_benchmarks(tmp_path: Path) -> None:
