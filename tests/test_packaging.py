@@ -37,6 +37,18 @@ def test_dockerfile_installs_like_the_readme() -> None:
     assert re.search(r"^VOLUME .*?/data", text, flags=re.M) and "LATLAB_DB=/data/" in text
 
 
+def test_docker_context_leaves_out_what_git_ignores() -> None:
+    """Every .gitignore entry (a venv, build output, training runs, databases) stays out of the image's build context,
+    so `docker build` neither copies a host's checkpoints into the image nor a stale build/ beside the source."""
+    def entries(name: str) -> set[str]:
+        return {ln.strip().strip("/") for ln in (ROOT / name).read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")}
+
+    docker = entries(".dockerignore")
+    missing = [e for e in entries(".gitignore") if e not in docker and f"**/{e}" not in docker]
+    assert not missing, f".dockerignore lacks {missing}"
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
