@@ -32,7 +32,7 @@ def demo(
     repeats: Annotated[int, typer.Option(help="Timed samples per configuration.")] = 15,
     llc_flush: Annotated[bool, typer.Option(
         help="CPU: time the LUT's convs and the other ops with the cache flushed and the input re-read "
-             "(all but the input cold, as inside a network too big for the cache; about 70 s longer here).")
+             "(all but the input cold, as inside a network too big for the cache; about 20 s longer on a 2-core VM).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     db: Annotated[str | None, typer.Option(
