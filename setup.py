@@ -21,7 +21,7 @@ class FreshBuildPy(build_py):
 
 setup(
     packages=[*find_packages(include=["latlab*", "db*", "profiler*", "latency_models*", "pruning*", "training*"]),
-              "latlab.configs"],
+              "latlab.configs", "db.migrations", "db.migrations.versions"],  # Alembic's folders (no __init__.py)
     package_dir={"latlab.configs": "configs"},
     cmdclass={"build_py": FreshBuildPy},
 )
