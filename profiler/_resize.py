@@ -1,6 +1,6 @@
 """Private: narrower copies of Conv2d / BatchNorm2d / Linear layers that keep the layer's own class.
 
-Used by :mod:`profiler.widths` (first channels, for timing) and :mod:`pruning.export` (kept channels). A
+Used by :mod:`pruning.export` (kept channels; :mod:`profiler.widths` rebuilds through it). A
 subclass such as timm's ``BatchNormAct2d`` (BN + activation) or ``Conv2dSame`` (dynamic 'same' padding) stays
 that subclass, with its other attributes and submodules deep-copied; only the sliced tensors and the channel
 counts change. Hooks and parametrizations (latlab's soft masks) are not carried over: a copy of a masked layer

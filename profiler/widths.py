@@ -4,7 +4,8 @@
 channel group the pruner sees, every conv's cout is its group's width and its cin its producer group's
 width; a depthwise conv follows its producer (cin = cout = the producer's width). Channels the pruner
 keeps (concatenated, shuffled, reaching the output) stay dense. :func:`rebuild_with_widths` builds a copy of the
-module whose Conv2d / BatchNorm2d / first Linear have those widths, for timing whole pruned networks.
+module whose Conv2d / BatchNorm2d / first Linear have those widths, for timing whole pruned networks: each conv
+keeps its leading channels and :func:`pruning.export.export_pruned` slices the network.
 
 Widths are ``{conv name: (cin, cout)}`` with the names of :class:`~profiler.plan.ConvLayer`.
 Importing this module does not initialise CUDA.
@@ -12,10 +13,8 @@ Importing this module does not initialise CUDA.
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -23,14 +22,10 @@ from torch import fx, nn
 
 from db.errors import LatlabError
 from profiler._grids import group_stripes, striped_q
-from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
-    STATELESS_OK,
     TraceResult,
-    has_own_state,
     moves_channels,
     opaque_module,
-    shaped_graph,
 )
 
 __all__ = ["Widths", "dense_widths", "random_pruned_widths", "rebuild_with_widths"]
@@ -130,24 +125,8 @@ def random_pruned_widths(
     return out
 
 
-# ------------------------------------------------------------------------------------------------ rebuild
-
-def _width_of(sources: Iterable[str], cout_of: Mapping[str, int], group_of: Mapping[str, int]) -> int:
-    """Channels carried by a tensor built from ``sources``: sum over distinct groups of their widths."""
-    seen: dict[int, int] = {}
-    for name in sources:
-        seen.setdefault(group_of[name], cout_of[name])
-    return sum(seen.values())
-
-
-def _new_conv(old: nn.Conv2d, cin: int, cout: int, depthwise: bool) -> nn.Conv2d:
-    groups = cin if depthwise else old.groups
-    if depthwise and cin != cout:
-        raise LatlabError(f"depthwise conv needs cin == cout, got {cin} and {cout}")
-    if cin % groups or cout % groups:
-        raise LatlabError(f"cin={cin} and cout={cout} must be multiples of the conv's {groups} groups")
-    return sliced_conv(old, torch.arange(cin // groups), torch.arange(cout), groups)
-
+# ------------------------------------------------------------------------------------------------ fx walks
+# (pruning._graph_fx and profiler.other_ops)
 
 def _conv_node_names(graph: fx.Graph, modules: Mapping[str, nn.Module]) -> dict[fx.Node, str]:
     """Conv call nodes -> their trace names (``layer1.0.conv1``; ``name#2`` for a module's 2nd call)."""
@@ -182,93 +161,66 @@ def _width_sources(graph: fx.Graph, modules: Mapping[str, nn.Module], conv_names
     return sources
 
 
-def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[str, tuple[int, int]]) -> nn.Module:
-    """A deep copy of ``model`` whose convs have ``widths`` (missing convs stay dense).
+# ------------------------------------------------------------------------------------------------ rebuild
 
-    torch.fx finds, for every BatchNorm2d, Linear and conv input, which convs' channels it carries;
-    BNs follow them, the first Linear after the convs scales its ``in_features`` (flatten-aware), and
-    each conv's requested cin must equal what its input carries. Kept weights are the leading slices
-    of the dense ones (the network is meant for timing). Unsupported structures (per-channel
-    parameters of other module types, functional use of parameters on conv outputs, a Linear whose
-    input is not a whole multiple of its width) raise :class:`LatlabError` naming the module.
+def _leading_mask(dense: int, width: int, stripes: int) -> torch.Tensor:
+    """``width`` of ``dense`` channels kept: the leading ones, or with ``stripes`` equal stripes (the group counts
+    of grouped convs writing or reading them) the leading ``width / stripes`` of every stripe."""
+    if stripes > 1 and not dense % stripes and not width % stripes:
+        return torch.arange(dense) % (dense // stripes) < width // stripes
+    return torch.arange(dense) < width
+
+
+def rebuild_with_widths(model: nn.Module, trace: TraceResult, widths: Mapping[str, tuple[int, int]]) -> nn.Module:
+    """A copy of ``model`` whose convs have ``widths`` (missing convs stay dense), for timing whole pruned networks.
+
+    Every conv keeps its leading output channels (with grouped convs on them, the leading ones of every conv group)
+    and :func:`pruning.export.export_pruned` slices the network by those masks (``exact=False``: the copy has the
+    widths, not the masked network's outputs): BNs follow their input, the first Linear after the convs scales its
+    ``in_features`` (flatten-aware), a depthwise conv follows its input. Each conv's requested cin must equal what
+    its input then carries, a depthwise conv's cout its cin, a grouped conv's widths be multiples of its groups.
+    Unsupported structures (per-channel state of other module types, parameters applied to pruned channels, ops
+    that move, slice or mix pruned channels, a Linear whose input is not a whole multiple of its width) raise
+    :class:`LatlabError` naming the module or node.
     """
-    graph = shaped_graph(trace.model_name, model, trace.input_size).graph
-    modules = dict(model.named_modules())
+    from pruning.export import export_pruned  # pruning imports this module
+
     layers = {layer.name: layer for layer in trace.layers}
-    _, group_of = _conv_groups(trace)
     for name in widths:
         if name not in layers:
             raise LatlabError(f"widths name conv {name!r}, which the trace does not have")
     new_w = {name: tuple(int(v) for v in widths.get(name, (layer.cin, layer.cout))) for name, layer in layers.items()}
+    modules = dict(model.named_modules())
     for name, (ci, co) in new_w.items():
+        base, fam = _base_name(name), layers[name].family
+        if not isinstance(modules.get(base), nn.Conv2d):
+            raise LatlabError(f"conv {name} is not in the model; trace the same model you rebuild")
         if ci < 1 or co < 1:
             raise LatlabError(f"conv {name}: cannot rebuild with (cin, cout) = ({ci}, {co}); widths must be >= 1")
-    dense_out = {name: layer.cout for name, layer in layers.items()}
-    new_out = {name: w[1] for name, w in new_w.items()}
-
-    names = _conv_node_names(graph, modules)
-    for name in names.values():
-        if name not in layers:
-            raise LatlabError(f"conv {name} is not in the trace; trace the same model you rebuild")
-    sources = _width_sources(graph, modules, names, cut_moved=True)
-
-    def _resized(convs: frozenset[str]) -> bool:
-        return bool(convs) and _width_of(convs, new_out, group_of) != _width_of(convs, dense_out, group_of)
-
-    replace: dict[str, nn.Module] = {}
-    for node in graph.nodes:
-        inputs = node.all_input_nodes
-        merged = frozenset().union(*(sources.get(a, frozenset()) for a in inputs))
-        if node.op == "call_module":
-            mod = modules[node.target]
-            src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-            src_set = sources.get(src, frozenset()) if src is not None else merged
-            if node in names:
-                name = names[node]
-                ci, co = new_w[name]
-                carried = layers[name].cin + _width_of(src_set, new_out, group_of) - _width_of(
-                    src_set, dense_out, group_of)  # channels that no tracked conv carries keep their number
-                if carried != ci:
-                    raise LatlabError(f"inconsistent widths: conv {name} asks for cin={ci} but its input carries "
-                                      f"{carried} channels")
-                if name != node.target and new_w[node.target] != (ci, co):
-                    raise LatlabError(f"module {node.target} is called twice with different widths")
-                if (ci, co) != (mod.in_channels, mod.out_channels):
-                    try:
-                        replace[node.target] = _new_conv(mod, ci, co, layers[name].family.depthwise)
-                    except LatlabError as exc:
-                        raise LatlabError(f"conv {name}: {exc}") from None
-            elif isinstance(mod, nn.BatchNorm2d) and _resized(src_set):
-                if _width_of(src_set, dense_out, group_of) != mod.num_features:
-                    raise LatlabError(f"BatchNorm2d {node.target}: its {mod.num_features} features do not match "
-                                      "the convs feeding it; unsupported structure")
-                n = _width_of(src_set, new_out, group_of)
-                if n != mod.num_features:
-                    replace[node.target] = sliced_bn(mod, torch.arange(n))
-            elif isinstance(mod, nn.Linear) and _resized(src_set):
-                d = _width_of(src_set, dense_out, group_of)
-                if mod.in_features % d:
-                    raise LatlabError(f"Linear {node.target}: in_features={mod.in_features} is not a multiple of "
-                                      f"the {d} channels feeding it; unsupported structure")
-                n = mod.in_features // d * _width_of(src_set, new_out, group_of)
-                if n != mod.in_features:
-                    replace[node.target] = sliced_linear(mod, torch.arange(n))
-            elif _resized(src_set) and not isinstance(mod, STATELESS_OK) and (
-                opaque_module(mod) or has_own_state(mod)
-            ):
-                raise LatlabError(f"module {node.target} ({type(mod).__name__}) has per-channel state or mixes "
-                                  "the channels of pruned convs; rebuild_with_widths cannot resize it")
-            continue
-        if node.op in ("call_function", "call_method") and _resized(merged):
-            attrs = [a for a in inputs if a.op == "get_attr"]
-            if attrs:
-                raise LatlabError(f"parameter {attrs[0].target} is applied to pruned conv outputs at node "
-                                  f"{node.name}; rebuild_with_widths cannot resize it")
-
-    # deepcopy with the replaced modules pre-seeded in the memo: their dense tensors are never copied
-    memo: dict[int, Any] = {}
-    for qualname, module in replace.items():
-        module.train(modules[qualname].training)
-        memo[id(modules[qualname])] = module
-    return copy.deepcopy(model, memo)
-
+        if name != base and new_w[base] != (ci, co):
+            raise LatlabError(f"module {base} is called twice with different widths")
+        if fam.depthwise and ci != co:
+            raise LatlabError(f"conv {name}: depthwise conv needs cin == cout, got {ci} and {co}")
+        if not fam.depthwise and (ci % fam.groups or co % fam.groups):
+            raise LatlabError(f"conv {name}: cin={ci} and cout={co} must be multiples of the conv's {fam.groups} "
+                              "groups")
+    for group in trace.groups:  # a residual add joins them: one width
+        couts = {new_w[name][1] for name in group}
+        if len(couts) > 1:
+            raise LatlabError(f"coupled convs {', '.join(group)} have different output widths {sorted(couts)}")
+    coupled = {name for group in trace.groups if len(group) > 1 for name in group}
+    groups = trace.mask_groups()
+    stripes = group_stripes(trace, groups)
+    masks: dict[str, torch.Tensor] = {}
+    for members, n_stripes in zip(groups, stripes, strict=True):
+        for name in members:  # a module's later calls have its widths; an uncoupled depthwise conv follows its input
+            if name == _base_name(name) and (name in coupled or not layers[name].family.depthwise):
+                masks[name] = _leading_mask(layers[name].cout, new_w[name][1], n_stripes)
+    rebuilt = export_pruned(model, trace, masks, exact=False)
+    convs = dict(rebuilt.named_modules())
+    for name, (ci, _) in new_w.items():  # its cout is its mask's (a depthwise conv's: its cin)
+        carried = convs[_base_name(name)].in_channels
+        if carried != ci:
+            raise LatlabError(f"inconsistent widths: conv {name} asks for cin={ci} but its input carries {carried} "
+                              "channels")
+    return rebuilt

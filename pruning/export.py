@@ -2,12 +2,12 @@
 
 :func:`export_pruned` walks the torch.fx graph and tracks, for every tensor, the boolean keep-vector of
 its channels (a conv's output carries its own mask, a depthwise conv and BN/activations/pooling pass
-their input's on, ``torch.cat`` on dim 1 concatenates, add/sub/mul require equal masks). Every conv is
-sliced by *mask indices* (out channels by its mask, in channels by its input's keep-vector; a depthwise
-conv gets ``groups = kept``; a grouped conv keeps its ``groups`` and needs masks that keep the same input
-positions in every conv group and as many outputs per group, as :class:`pruning.graph.ChannelGroup`'s
-stripes make them), every BN by its input's keep-vector, and the first Linear after the convs by the
-kept features (flatten-aware).
+their input's on, ``torch.cat`` on dim 1 concatenates (an untracked input's channels all kept), add/sub/mul
+require equal masks). Every conv is sliced by *mask indices* (out channels by its mask, in channels by its
+input's keep-vector; a depthwise conv gets ``groups = kept``; a grouped conv keeps its ``groups`` and needs
+masks that keep the same input positions in every conv group and as many outputs per group, as
+:class:`pruning.graph.ChannelGroup`'s stripes make them), every BN by its input's keep-vector, and the first
+Linear after the convs by the kept features (flatten-aware).
 
 Removed residual blocks are replaced by their shortcut (:mod:`pruning._removal`): a torchvision ResNet
 block by ``relu(downsample(x))`` when it has a ``downsample`` projection (kept and sliced, with the ReLU
@@ -20,6 +20,7 @@ block), so its residual branch adds exactly 0.
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from collections.abc import Iterable, Mapping
 from functools import partial
@@ -35,6 +36,7 @@ from db.files import write_atomically
 from profiler._resize import sliced_bn, sliced_conv, sliced_linear
 from profiler._trace import (
     TraceResult,
+    _carries_channels,
     has_channel_state,
     moves_channels,
     opaque_module,
@@ -77,7 +79,7 @@ def _dropped_convs(model: nn.Module, removed: Mapping[str, Removal]) -> set[str]
 
 
 def _check_masks(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch.Tensor],
-                 dropped: set[str]) -> dict[str, torch.Tensor]:
+                 dropped: set[str], exact: bool = True) -> dict[str, torch.Tensor]:
     mods = dict(model.named_modules())
     convs = {_base(layer.name): layer for layer in trace.layers}
     out: dict[str, torch.Tensor] = {}
@@ -93,7 +95,7 @@ def _check_masks(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch
                               f"got {keep.dtype} {tuple(keep.shape)}")
         if name not in dropped and not bool(keep.any()):
             raise LatlabError(f"conv {name} keeps no channel; remove its block instead")
-        why = trace.nonzero.get(call) or trace.nonzero.get(name)
+        why = exact and (trace.nonzero.get(call) or trace.nonzero.get(name))
         if why and name not in dropped and not bool(keep.all()):  # the slim network would compute something else
             raise LatlabError(f"conv {name} must keep all its channels ({why}); its mask drops "
                               f"{int((~keep).sum())} of {len(keep)}")
@@ -112,25 +114,35 @@ def _idx(keep: torch.Tensor) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
-def _grouped_cols(in_keep: torch.Tensor, groups: int) -> torch.Tensor:
-    """The kept input positions within one conv group (the same in every group)."""
-    return _idx(in_keep[: len(in_keep) // groups])
+def _new_conv(old: nn.Conv2d, in_keep: torch.Tensor, out_keep: torch.Tensor, depthwise: bool,
+              exact: bool = True) -> tuple[nn.Conv2d, torch.Tensor | None]:
+    """The sliced conv and the weight's input columns it keeps (``None``: a depthwise conv's one column).
 
-
-def _new_conv(old: nn.Conv2d, in_keep: torch.Tensor, out_keep: torch.Tensor, depthwise: bool) -> nn.Conv2d:
+    Not ``exact``, a grouped conv whose masks do not keep the same positions in every conv group keeps the first
+    ``kept / groups`` positions of each instead: its shape, not its channels."""
     oi = _idx(out_keep)
     if depthwise:
-        return sliced_conv(old, torch.arange(1), oi, len(oi))
+        return sliced_conv(old, torch.arange(1), oi, len(oi)), None
     if old.groups == 1:
-        return sliced_conv(old, _idx(in_keep), oi, 1)
+        return sliced_conv(old, _idx(in_keep), oi, 1), _idx(in_keep)
     groups = old.groups  # grouped: each conv group keeps the same input positions and as many outputs as the others
-    if not bool((in_keep.view(groups, -1) == in_keep[: len(in_keep) // groups]).all()):
+    striped = bool((in_keep.view(groups, -1) == in_keep[: len(in_keep) // groups]).all())
+    even = len(set(out_keep.view(groups, -1).sum(dim=1).tolist())) == 1
+    if not exact and not (striped and even):
+        kept_in = int(in_keep.sum())
+        if kept_in % groups or len(oi) % groups:
+            raise LatlabError(f"{kept_in} input and {len(oi)} output channels kept, which must be multiples of "
+                              f"the conv's {groups} groups")
+        cols = torch.arange(kept_in // groups)
+        return sliced_conv(old, cols, oi, groups), cols
+    if not striped:
         raise LatlabError(f"grouped conv with groups={groups}: its input mask must keep the same channels in "
                           f"each of its {groups} groups (latlab's pruner does: ChannelGroup.stripes)")
-    if len(set(out_keep.view(groups, -1).sum(dim=1).tolist())) > 1:
+    if not even:
         raise LatlabError(f"grouped conv with groups={groups}: its mask must keep as many output channels in "
                           f"each of its {groups} groups")
-    return sliced_conv(old, _grouped_cols(in_keep, groups), oi, groups)
+    cols = _idx(in_keep[: len(in_keep) // groups])  # the kept input positions within one conv group
+    return sliced_conv(old, cols, oi, groups), cols
 
 
 def _linear_columns(old: nn.Linear, keep: torch.Tensor) -> torch.Tensor:
@@ -160,8 +172,30 @@ def _cat_dim(node: fx.Node) -> int:
     return int(dim) if isinstance(dim, int) else 0
 
 
+def _channels(node: Any) -> int | None:
+    """The channel count (dim 1) of ``node``'s tensor, ``None`` when it has none."""
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None) if isinstance(node, fx.Node) else None
+    return int(shape[1]) if shape is not None and len(shape) > 1 else None
+
+
+def _pruned(keep: torch.Tensor | None) -> bool:
+    return keep is not None and not bool(keep.all())
+
+
+def _per_channel_params(node: fx.Node, join: bool) -> list[fx.Node]:
+    """The parameters or buffers (``get_attr``) that ``node`` applies across the channels: a product or sum with
+    one laid out on them (a ``(C, 1, 1)`` layer scale), any with more than one element in another op."""
+    out = []
+    for a in node.all_input_nodes:
+        shape = getattr(a.meta.get("tensor_meta"), "shape", None)
+        if a.op == "get_attr" and math.prod(shape or (1,)) > 1 and (not join or _carries_channels(a, node)):
+            out.append(a)
+    return out
+
+
 def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torch.Tensor],
-                  removed_blocks: RemovedBlocks | None = None, slices: Slices | None = None) -> nn.Module:
+                  removed_blocks: RemovedBlocks | None = None, slices: Slices | None = None, *,
+                  exact: bool = True) -> nn.Module:
     """A physically smaller copy of ``model``: convs/BNs/Linear sliced by the ``masks`` indices.
 
     ``masks``: ``{conv name: bool keep-vector of its output channels}`` (missing convs stay dense; the
@@ -170,10 +204,14 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
     ResNet blocks to drop; their convs' masks are ignored. The source model is not modified.
     ``slices``, when given, is filled with where every sliced tensor of the copy comes from
     (:data:`pruning.slices.Slices`; tensors not in it are copied whole or dropped with their block).
+    ``exact=False`` makes a copy with the masks' widths that need not compute what the masked network does
+    (:func:`profiler.widths.rebuild_with_widths`, networks for timing): masks may drop channels that an op makes
+    non-zero before a conv or Linear reads them (:attr:`TraceResult.nonzero`), and a grouped conv whose masks do
+    not keep the same positions in every conv group keeps the first ones of each (widths multiples of its groups).
     """
     removed = _removed(model, removed_blocks)
     dropped = _dropped_convs(model, removed)
-    keeps = _check_masks(model, trace, masks, dropped)
+    keeps = _check_masks(model, trace, masks, dropped, exact)
     graph = shaped_graph(trace.model_name, model, trace.input_size).graph
     mods = dict(model.named_modules())
     value: dict[fx.Node, torch.Tensor | None] = {}
@@ -213,13 +251,11 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                 else:
                     conv_io[target] = (in_keep, out_keep)
                     try:
-                        replace[target] = _new_conv(mod, in_keep, out_keep, depthwise)
+                        replace[target], cols = _new_conv(mod, in_keep, out_keep, depthwise, exact)
                     except LatlabError as exc:
                         raise LatlabError(f"conv {target}: {exc}") from None
                     if slices is not None:
                         rows = _idx(out_keep)
-                        cols = None if depthwise else _idx(in_keep) if mod.groups == 1 else _grouped_cols(
-                            in_keep, mod.groups)
                         slices[f"{target}.weight"] = (rows, cols)
                         if mod.bias is not None:
                             slices[f"{target}.bias"] = (rows,)
@@ -243,9 +279,9 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
                         slices[f"{target}.weight"] = (None, _linear_columns(mod, src))
                 value[node] = None
                 continue
-            if first is not None and not bool(first.all()) and has_channel_state(mod):
-                raise LatlabError(f"module {target} ({type(mod).__name__}) has per-channel state on pruned "
-                                  "channels; export_pruned cannot resize it")
+            if _pruned(first) and (has_channel_state(mod) or opaque_module(mod)):  # Linear: handled above
+                raise LatlabError(f"module {target} ({type(mod).__name__}) has per-channel state or mixes the "
+                                  "pruned channels; export_pruned cannot resize it")
             if opaque_module(mod):
                 value[node] = None
                 continue
@@ -262,13 +298,15 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
         fn = node.target
         if fn in (torch.cat, torch.concat) and _cat_dim(node) in (1, -3):
             parts = [value.get(a) if isinstance(a, fx.Node) else None for a in node.args[0]]
-            if any(p is None for p in parts):
-                if tracked and not all(bool(k.all()) for k in tracked):
+            if any(p is None for p in parts) and any(_pruned(p) for p in parts):  # untracked channels are whole
+                sizes = [_channels(a) for a in node.args[0]]
+                if any(s is None for s in sizes):
                     raise LatlabError(f"torch.cat at node {node.name} joins pruned and untracked tensors")
-                value[node] = None
-            else:
-                value[node] = torch.cat(parts)  # type: ignore[arg-type]
+                parts = [torch.ones(s, dtype=torch.bool) if p is None else p  # type: ignore[arg-type]
+                         for p, s in zip(parts, sizes, strict=True)]
+            value[node] = None if any(p is None for p in parts) else torch.cat(parts)  # type: ignore[arg-type]
             continue
+        pruned_in = any(_pruned(k) for k in tracked)
         if fn in _JOIN:  # a map broadcast over the channels (a 1-channel spatial gate) scales them all alike
             width = node.meta["tensor_meta"].shape[1] if len(node.meta["tensor_meta"].shape) > 1 else None
             tracked = [k for k in tracked if len(k) == width]
@@ -281,6 +319,10 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
         if moves_channels(node, None):
             _require_dense(node, None, first)
             first = None
+        params = _per_channel_params(node, fn in _JOIN)  # as the trace, which fixes the channels they meet
+        if params and pruned_in:
+            raise LatlabError(f"parameter {params[0].target} is applied to pruned channels at node {node.name}; "
+                              "export_pruned cannot resize it")
         value[node] = first
 
     memo: dict[int, Any] = {}

@@ -236,3 +236,76 @@ def test_export_more_architectures(name: str) -> None:
     assert check.removed_blocks == [b.name for b in spec.blocks][::2]
     assert check.max_logit_delta < 1e-4 and 0 < check.kept_items < check.items
     assert check.counts["macs_pruned"] < check.counts["macs_dense"]
+
+
+class _InputCat(nn.Module):
+    """A conv reading the input image concatenated with a conv's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(11, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b(torch.cat([x, self.a(x)], dim=1)).mean((2, 3)))
+
+
+def test_export_concat_with_an_untracked_input_keeps_its_channels() -> None:
+    model = _model(lambda num_classes: _InputCat(), 12)
+    masks = {"a.0": torch.tensor([1, 0, 1, 1, 0, 1, 1, 0]).bool()}
+    exported = export_pruned(model, trace_network(model, 16), masks)
+    assert exported.b[0].in_channels == 3 + 5
+    assert verify_export(masked_reference(model, masks), exported, (2, 3, 16, 16)) < 1e-5
+
+
+class _Applied(nn.Module):
+    """A conv's channels scaled by a (C, 1, 1) parameter (``how="scale"``) or read by a ConvTranspose2d."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.a = how, nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.gamma, self.up = nn.Parameter(torch.rand(8, 1, 1)), nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.offset = nn.Parameter(torch.rand(1))  # one number: the same for every channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x) * self.offset
+        return (y * self.gamma if self.how == "scale" else self.up(y)).mean((2, 3))
+
+
+@pytest.mark.parametrize(("how", "error"), [("scale", "parameter gamma is applied to pruned channels"),
+                                            ("up", r"module up \(ConvTranspose2d\) has per-channel state or mixes")])
+def test_export_refuses_what_it_cannot_resize_instead_of_a_broken_network(how: str, error: str) -> None:
+    # before, both exported a network whose forward failed
+    model = _Applied(how).eval()
+    trace = trace_network(model, 16)
+    keep = torch.arange(8) < 4
+    with pytest.raises(LatlabError, match=error):
+        export_pruned(model, trace, {"a.0": keep})
+    assert export_pruned(model, trace, {"a.0": torch.ones(8, dtype=torch.bool)})(torch.zeros(1, 3, 16, 16)).shape[1] \
+        == (8 if how == "scale" else 4)
+
+
+def test_inexact_export_keeps_shapes_where_an_exact_one_refuses() -> None:
+    """exact=False (networks for timing): nonzero convs may be pruned, a grouped conv keeps its first positions."""
+
+    class GroupedOnCat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.bn, self.g = nn.BatchNorm2d(16), nn.Conv2d(16, 8, 3, padding=1, groups=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.g(torch.sigmoid(self.bn(torch.cat([self.a(x), self.b(x)], dim=1)))).mean((2, 3))
+
+    model = GroupedOnCat().eval()
+    trace = trace_network(model, 16)
+    assert "a" in trace.nonzero  # the sigmoid makes its pruned channels non-zero
+    masks = {"a": torch.arange(8) < 4}
+    with pytest.raises(LatlabError, match="a must keep all its channels"):
+        export_pruned(model, trace, masks)
+    slim = export_pruned(model, trace, masks, exact=False)
+    assert (slim.g.in_channels, slim.g.groups, slim.a.out_channels, slim.bn.num_features) == (12, 4, 4, 12)
+    assert slim(torch.zeros(1, 3, 16, 16)).shape == (1, 8)
+    with pytest.raises(LatlabError, match="multiples of the conv's 4 groups"):
+        export_pruned(model, trace, {"a": torch.arange(8) < 3}, exact=False)
