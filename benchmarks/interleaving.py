@@ -2,7 +2,7 @@
 
 Three ResNet-18s are timed on the CPU backend: ``dense``, ``twin`` (a second, independently initialised
 ResNet-18: same architecture, so its true speed-up is exactly 1) and ``pruned`` (the inner width of every
-residual block halved, rebuilt by :func:`profiler.widths.rebuild_with_widths`). Each trial times them twice
+residual block halved, rebuilt by :func:`pruning.rebuild.rebuild_with_widths`). Each trial times them twice
 with the same number of forward passes per network:
 
 * ``sequential``: one :func:`profiler.measure.measure_model` call per network, one after the other
@@ -32,7 +32,7 @@ from profiler.backends import get_backend
 from profiler.measure import measure_model, measure_models_interleaved, paired_speedup
 from profiler.plan import trace_network
 from profiler.protocol import TimingProtocol
-from profiler.widths import rebuild_with_widths
+from pruning.rebuild import rebuild_with_widths
 
 
 def networks(input_size: int) -> dict[str, torch.nn.Module]:

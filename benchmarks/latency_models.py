@@ -48,7 +48,6 @@ from latency_models.evaluate import (
     candidate_models,
     evaluate_models,
     markdown_table,
-    measure_pruned,
     summarise_whole_network,
     whole_network_eval,
 )
@@ -62,6 +61,7 @@ from profiler.hardware import detect_hardware
 from profiler.plan import build_plan, resolve_model, trace_network
 from profiler.protocol import TimingProtocol
 from profiler.widths import random_pruned_widths
+from pruning.rebuild import measure_pruned
 
 KINDS = ("lut", "llm", "mdlm", "bilinear", "rf", "gbdt")
 FRACTIONS = (0.05, 0.10, 0.25, 0.50)

@@ -28,14 +28,12 @@ from latency_models.network import network_latency
 from latency_models.splits import SPLIT_KINDS, Split, make_split
 
 if TYPE_CHECKING:
-    from torch import nn
 
     from profiler._trace import TraceResult
-    from profiler.backends.base import Backend
 
 __all__ = [
     "RESULT_COLUMNS", "accuracy_vs_budget", "candidate_models", "evaluate_models", "fit_predict", "markdown_table",
-    "measure_pruned", "prediction_errors", "summarise_whole_network", "whole_network_eval", "write_report",
+    "prediction_errors", "summarise_whole_network", "whole_network_eval", "write_report",
 ]
 
 RESULT_COLUMNS = ("model", "n_train", "n_test", "missing", "fit_s", "predict_s", *METRIC_COLUMNS, "error")
@@ -260,7 +258,7 @@ def whole_network_eval(
 
     ``models`` are fitted. ``truth(widths)`` is the exact lattice sum (e.g. :func:`network.lattice_sum`
     of measured / true per-conv latencies); ``measure(configs)`` the measured whole-model latency of every
-    width assignment (e.g. :func:`measure_pruned`, which times them in interleaved rounds);
+    width assignment (e.g. :func:`pruning.rebuild.measure_pruned`, which times them in interleaved rounds);
     ``other(widths)`` the time of the network's non-conv ops (e.g.
     :meth:`profiler.other_ops.OtherOps.latency`). ``freeze_cin`` optionally overrides the per-model input
     freezing (default: frozen for kind ``"llm"``, HALP's assumption). One row per (configuration, model):
@@ -351,27 +349,6 @@ def summarise_whole_network(whole: pd.DataFrame) -> pd.DataFrame:
             row[f"mape_vs_{ref}"] = float(pruned.abs().mean()) if len(pruned) else float("nan")
         out.append(row)
     return pd.DataFrame(out)
-
-
-def measure_pruned(
-    backend: Backend, module: nn.Module, trace: TraceResult, *, batch: int, dtype: str = "fp32",
-    layout: str = "nchw", rounds: int = 1,
-) -> Callable[[Sequence[Widths]], list[float]]:
-    """A ``measure`` for :func:`whole_network_eval`: rebuild ``module`` at each width assignment and time the
-    networks on ``backend`` in ``rounds`` interleaved rounds (:func:`profiler.measure.measure_models_interleaved`;
-    a network that fails to run gives NaN)."""
-    from profiler.measure import measure_models_interleaved
-    from profiler.widths import rebuild_with_widths
-
-    shape = (int(batch), 3, *trace.input_size)
-
-    def measure(configs: Sequence[Widths]) -> list[float]:
-        nets = {str(i): rebuild_with_widths(module, trace, widths) for i, widths in enumerate(configs)}
-        timed = measure_models_interleaved(None, backend, nets, name="pruned", rounds=rounds, input_shape=shape,
-                                           dtype=dtype, layout=layout)
-        return [float("nan") if timed[k].median_ms is None else float(timed[k].median_ms) for k in nets]
-
-    return measure
 
 
 # ------------------------------------------------------------------------------------------------ report

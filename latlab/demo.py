@@ -39,7 +39,6 @@ from db.lut import family_summaries, lookup
 from latency_models.evaluate import (
     candidate_models,
     fit_predict,
-    measure_pruned,
     prediction_errors,
     summarise_whole_network,
     whole_network_eval,
@@ -58,6 +57,7 @@ from profiler.runner import SweepReport, provenance, run_sweep
 from pruning.cost import DEFAULT_KIND, Settings, spec_latency
 from pruning.graph import build_network_spec
 from pruning.oneshot import magnitude_layer_scores, magnitude_scores, prune_once
+from pruning.rebuild import measure_pruned
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 Modules: ``graph`` (NetworkSpec: groups, items, blocks), ``mdp_tables`` (HALP/MDP json tables),
 ``importance``, ``cost`` (network + latency model → problem), ``problem`` + ``solvers`` (exact back-ends),
-``masks``, ``schedule``, ``export``, ``check`` (export check of a network pruned at random), ``loss``
-(the classification loss importance and training share), ``oneshot`` (the whole chain once).
+``masks``, ``schedule``, ``export``, ``rebuild`` (a network at given widths, for timing), ``check`` (export check
+of a network pruned at random), ``loss`` (the classification loss importance and training share), ``oneshot``
+(the whole chain once).
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def export_pruned(model: nn.Module, trace: TraceResult, masks: Mapping[str, torc
     ``slices``, when given, is filled with where every sliced tensor of the copy comes from
     (:data:`pruning.slices.Slices`; tensors not in it are copied whole or dropped with their block).
     ``exact=False`` makes a copy with the masks' widths that need not compute what the masked network does
-    (:func:`profiler.widths.rebuild_with_widths`, networks for timing): masks may drop channels that an op makes
+    (:func:`pruning.rebuild.rebuild_with_widths`, networks for timing): masks may drop channels that an op makes
     non-zero before a conv or Linear reads them (:attr:`TraceResult.nonzero`), and a grouped conv whose masks do
     not keep the same positions in every conv group keeps the first ones of each (widths multiples of its groups).
     """

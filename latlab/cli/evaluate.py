@@ -96,7 +96,6 @@ def evaluate(
         accuracy_vs_budget,
         candidate_models,
         fit_predict,
-        measure_pruned,
         whole_network_eval,
         write_report,
     )
@@ -106,6 +105,8 @@ def evaluate(
     from latency_models.splits import make_split
     from profiler.protocol import cache_flags
     from profiler.runner import provenance
+    from pruning.rebuild import measure_pruned
+
     kinds = parse_kinds(models)
     overrides = parse_params(param, kinds)
     if split not in SPLIT_KINDS:

@@ -17,7 +17,6 @@ from latency_models.evaluate import (
     evaluate_models,
     fit_predict,
     markdown_table,
-    measure_pruned,
     prediction_errors,
     summarise_whole_network,
     whole_network_eval,
@@ -29,6 +28,7 @@ from latency_models.network import lattice_sum
 from latency_models.splits import make_split
 from profiler.backends.fake import FakeBackend
 from profiler.plan import TraceResult, build_plan, resolve_model, trace_network
+from pruning.rebuild import measure_pruned
 
 BATCH = 32
 FAKE = FakeBackend(noise=0.0)

@@ -10,7 +10,8 @@ from torch import nn
 from db.errors import LatlabError
 from profiler._grids import rn50_group, rn50_group_q
 from profiler.plan import TraceResult, resolve_model, trace_network
-from profiler.widths import dense_widths, random_pruned_widths, rebuild_with_widths
+from profiler.widths import dense_widths, random_pruned_widths
+from pruning.rebuild import rebuild_with_widths
 
 INPUT = 64
 
