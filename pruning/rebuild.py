@@ -88,9 +88,9 @@ def measure_pruned(
     backend: Backend, module: nn.Module, trace: TraceResult, *, batch: int, dtype: str = "fp32",
     layout: str = "nchw", rounds: int = 1,
 ) -> Callable[[Sequence[Widths]], list[float]]:
-    """A ``measure`` for :func:`whole_network_eval`: rebuild ``module`` at each width assignment and time the
-    networks on ``backend`` in ``rounds`` interleaved rounds (:func:`profiler.measure.measure_models_interleaved`;
-    a network that fails to run gives NaN)."""
+    """A ``measure`` for :func:`latency_models.evaluate.whole_network_eval`: rebuild ``module`` at each width
+    assignment and time the networks on ``backend`` in ``rounds`` interleaved rounds
+    (:func:`profiler.measure.measure_models_interleaved`; a network that fails to run gives NaN)."""
     shape = (int(batch), 3, *trace.input_size)
 
     def measure(configs: Sequence[Widths]) -> list[float]:
