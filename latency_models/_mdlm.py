@@ -232,14 +232,20 @@ class MDLM(LatencyModel):
                    per_group=True)
         mean, std = np.empty(len(frame)), np.empty(len(frame))
         cin, cout = frame["cin"].to_numpy(), frame["cout"].to_numpy()
+        looked = {key: self.tables_[key].lookup(cin[idx], cout[idx]) for key, idx in rows.items()}
         for key, idx in rows.items():
-            measured = self.tables_[key].lookup(cin[idx], cout[idx])
+            miss = idx[np.isnan(looked[key])]
+            if miss.size and self.surface == "none":
+                raise LUTMissError(f"no measurement for {describe_row(frame, miss[0])} (MDLM surface='none')")
+        # every surface this call needs, fitted side by side (one at a time per group would leave the cores idle)
+        self._fit_surfaces([key for key, measured in looked.items() if key not in self.surface_cache_
+                            and (np.isnan(measured).any() or want_std)])
+        for key, idx in rows.items():
+            measured = looked[key]
             hit = ~np.isnan(measured)
             mean[idx[hit]] = measured[hit]
             std[idx[hit]] = self._surface(key).noise if want_std and hit.any() else np.nan
             miss = idx[~hit]
-            if miss.size and self.surface == "none":
-                raise LUTMissError(f"no measurement for {describe_row(frame, miss[0])} (MDLM surface='none')")
             if miss.size:
                 mean[miss], std[miss] = self._surface(key).predict(frame.iloc[miss], want_std)
         return mean, std
@@ -267,10 +273,10 @@ class MDLM(LatencyModel):
         frame = prepare(X)
         measured = self.is_measured(frame)
         out: dict[GroupKey, tuple[np.ndarray, np.ndarray]] = {}
-        for key, idx in group_rows(frame).items():
-            idx = idx[~measured[idx]]
-            if key not in self.tables_ or not idx.size:
-                continue
+        wanted = {key: idx[~measured[idx]] for key, idx in group_rows(frame).items() if key in self.tables_}
+        wanted = {key: idx for key, idx in wanted.items() if idx.size}
+        self._fit_surfaces([key for key in wanted if key not in self.surface_cache_])  # side by side
+        for key, idx in wanted.items():
             surface = self._surface(key)
             if surface.gp is None:
                 continue

@@ -172,6 +172,35 @@ def test_mdlm_fits_a_surface_only_for_a_group_priced_off_its_table(lut: tuple[li
     assert len(eager.surfaces_) == 3 and eager.predict(off) == value
 
 
+def test_mdlm_fits_the_surfaces_one_call_needs_side_by_side(
+    lut: tuple[list[ConvConfig], np.ndarray], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A prediction off the table of several groups (a held-out split, adaptive sampling's predict_std and
+    posterior covariance) fits their surfaces in one parallel batch, not one group after another, with the
+    values a group-by-group fit gives."""
+    import latency_models._mdlm as mdlm_module
+
+    configs, y = lut
+    off = [ConvConfig(DENSE, 24, 40, batch=8), ConvConfig(STEM, 3, 40, batch=8), ConvConfig(DW, 40, 40, batch=8)]
+    one_by_one = MDLM().fit(configs, y)
+    expected = np.array([one_by_one.predict([c])[0] for c in off])
+    expected_std = np.array([one_by_one.predict_std([c])[0] for c in off])
+    batches: list[int] = []
+    real = mdlm_module._fit_surfaces
+
+    def counting(tables: dict, **kw: Any) -> dict:
+        batches.append(len(tables))
+        return real(tables, **kw)
+
+    monkeypatch.setattr(mdlm_module, "_fit_surfaces", counting)
+    model = MDLM().fit(configs, y)
+    assert np.array_equal(model.predict(off), expected) and batches == [3]
+    assert np.array_equal(MDLM().fit(configs, y).predict_std(off), expected_std) and batches == [3, 3]
+    fresh = MDLM().fit(configs, y)
+    assert set(fresh.posterior_covariance(off)) == set(fresh.tables_) and batches == [3, 3, 3]
+    assert np.array_equal(model.predict(off + configs), np.concatenate([expected, y])) and batches == [3, 3, 3]
+
+
 # ------------------------------------------------------------------------------------------- LUTModel
 
 def test_lut_exact_hits_and_duplicate_mean(lut: tuple[list[ConvConfig], np.ndarray]) -> None:
