@@ -134,10 +134,12 @@ def candidate_models(
 
 def fit_predict(
     models: Mapping[str, Any], X: Any, y: Any, split: Split, keep_fitted: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit a fresh copy of each model on the training rows and predict the test rows.
 
-    ``keep_fitted``, when given, receives the fitted copies (by name) of the models that fitted.
+    ``keep_fitted``, when given, receives the fitted copies (by name) of the models that fitted; ``progress``, when
+    given, is told (one line) which model is fitted next: on a large LUT a fit takes minutes.
 
     Returns ``(table, predictions)``: one row per model with :data:`RESULT_COLUMNS`, and a long frame
     of the test rows (feature columns, ``measured``, ``model``, ``predicted`` (NaN where missing),
@@ -158,6 +160,8 @@ def fit_predict(
     rows: list[dict[str, Any]] = []
     preds: list[pd.DataFrame] = []
     for name, model in models.items():
+        if progress is not None:
+            progress(f"{name}: fitting on {len(train):,} rows, predicting {len(test):,}")
         fitted = _fresh(model)
         error = ""
         fit_s = predict_s = float("nan")
@@ -189,18 +193,23 @@ def fit_predict(
     return table, predictions
 
 
-def evaluate_models(models: Mapping[str, Any], X: Any, y: Any, split: Split) -> pd.DataFrame:
+def evaluate_models(models: Mapping[str, Any], X: Any, y: Any, split: Split,
+                    progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """One row per model: metrics on the test rows of ``split``, fit/predict seconds, sizes, ``missing``."""
-    return fit_predict(models, X, y, split)[0]
+    return fit_predict(models, X, y, split, progress=progress)[0]
 
 
 def accuracy_vs_budget(
     models: Mapping[str, Any], X: Any, y: Any, fractions: Sequence[float] = (0.05, 0.10, 0.25, 0.50),
     split_kind: str = "random", seeds: Sequence[int] = (0, 1, 2),
+    done: Mapping[tuple[float, int], pd.DataFrame] | None = None, progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Metrics per (model, training fraction), averaged over ``seeds`` (one seed for deterministic kinds).
 
-    ``train_share`` is the realised share of rows used for training.
+    ``train_share`` is the realised share of rows used for training. ``done`` holds tables of
+    :func:`evaluate_models` already computed for these ``models`` on splits of ``split_kind``, by (fraction, seed):
+    those splits are not fitted again (``latlab evaluate``'s held-out split is one of the curve's points).
+    ``progress`` is told what is fitted next.
     """
     if split_kind not in SPLIT_KINDS:
         raise LatlabError(f"unknown split kind {split_kind!r}; choose from {', '.join(SPLIT_KINDS)}")
@@ -211,8 +220,12 @@ def accuracy_vs_budget(
     tables = []
     for fraction in fractions:
         for seed in runs:
-            split = make_split(frame, split_kind, fraction, seed)
-            table = evaluate_models(models, frame, y, split)
+            if (float(fraction), seed) in (done or {}):
+                table = done[(float(fraction), seed)].copy()  # type: ignore[index]
+            else:
+                told = None if progress is None else (
+                    lambda text, f=fraction, s=seed: progress(f"training share {f:.0%} (seed {s}): {text}"))
+                table = evaluate_models(models, frame, y, make_split(frame, split_kind, fraction, seed), progress=told)
             table.insert(1, "train_fraction", float(fraction))
             table["seed"] = seed
             tables.append(table)

@@ -141,7 +141,12 @@ def evaluate(
     candidates = candidate_models(kinds, seed=seed, strict=strict, params=overrides)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}
-    table, predictions = fit_predict(candidates, X, y, (train, test), keep_fitted=fitted)
+
+    def say(text: str) -> None:  # on a large LUT each fit takes minutes: one line per step (stderr: the error alone)
+        typer.echo(text)
+
+    table, predictions = fit_predict(candidates, X, y, (train, test), keep_fitted=fitted,
+                                     progress=lambda text: say(f"held-out {split} split: {text}"))
     if strict:
         bad = table[table["missing"] > 0]
         if len(bad):
@@ -156,7 +161,8 @@ def evaluate(
         hw = parse_input_size(input_size) or (swept[0], swept[-1])
         trace = trace_network(network, hw)
     if budget_curve:
-        tables["Accuracy vs training share"] = accuracy_vs_budget(candidates, X, y, split_kind=split, seeds=(seed,))
+        tables["Accuracy vs training share"] = accuracy_vs_budget(  # the held-out split is one of its points
+            candidates, X, y, split_kind=split, seeds=(seed,), done={(train_fraction, seed): table}, progress=say)
     whole = None
     if trace is not None:
         first = configs_from_frame(X.iloc[:1])[0]
@@ -172,6 +178,8 @@ def evaluate(
         def truth(widths):  # type: ignore[no-untyped-def]
             return lattice_sum(measured, trace.layers, widths, **settings)
 
+        timed = f", timing them on {measure_backend}" if measure_backend is not None else ""
+        say(f"{network}: pricing the dense network and {pruned} random prunings with {len(fitted)} models{timed}")
         measure = other = None
         if measure_backend is not None:
             from profiler.backends import get_backend, with_protocol

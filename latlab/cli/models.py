@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -139,6 +140,9 @@ def fit(
     for kind in kinds:  # every model is fitted before any is stored: a bad --param stores nothing
         params = ({"random_state": seed} if "random_state" in get_model(kind).get_params() else {}) | overrides[kind]
         model = get_model(kind, **params)
+        started = time.perf_counter()  # a fit on a large LUT takes minutes (rf, gbdt, mdlm's surfaces): say what runs
+        scored = f", scoring it on {len(test):,} held-out rows" if len(test) else ""
+        typer.echo(f"fitting {kind} on {len(train):,} LUT rows{scored}…", err=fmt != "table")  # -f csv: the table
         metrics, error = {}, ""
         fitted: dict[str, LatencyModel] = {}
         if len(test):  # tolerant: points a model cannot predict are counted, not fatal
@@ -151,6 +155,7 @@ def fit(
         except (ValueError, TypeError) as exc:  # scikit-learn's parameter checks
             given = ", ".join(f"{k}={v}" for k, v in overrides[kind].items()) or "default parameters"
             raise LatlabError(f"cannot fit {kind} ({given}): {' '.join(str(exc).split())}") from None
+        typer.echo(f"fitted {kind} in {time.perf_counter() - started:.1f} s", err=fmt != "table")
         results.append((kind, model, metrics, error))
     rows = []
     for kind, model, metrics, error in results:

@@ -80,6 +80,32 @@ def test_evaluate_writes_report_and_plots(lut_db: str, tmp_path: Path, cli) -> N
     assert "mdlm" in out
 
 
+def test_fit_and_evaluate_say_what_they_fit(lut_db: str, tmp_path: Path, cli) -> None:
+    """On a large LUT a fit takes minutes: `fit` and `evaluate` name each step as it starts (on stdout, or on
+    stderr when stdout is a CSV or JSON table), and the budget curve reuses the held-out split it contains (25% of
+    keys, the same seed) instead of fitting it again."""
+    import pandas as pd
+
+    code, out, err = cli(["fit", "--models", "llm,lut", "--holdout", "0.5", "--name", "said", "--db", lut_db,
+                          "-f", "csv"])
+    assert code == 0, err
+    assert "fitting llm on " in err and " held-out rows" in err and "fitted lut in " in err
+    assert "fitting" not in out  # stdout is the table only
+    code, out, err = cli(["fit", "--models", "lut", "--name", "said-table", "--db", lut_db])
+    assert code == 0 and err == "" and "fitting lut on " in out and "fitted lut in " in out
+    code, out, err = cli(["evaluate", "--models", "bilinear,llm", "--budget-curve", "--db", lut_db,
+                          "--out", str(tmp_path / "eval")])
+    assert code == 0 and err == "", err
+    said = [line for line in out.splitlines() if "fitting on" in line]
+    assert said[:2] == [line for line in said if line.startswith("held-out random split: ")]
+    shares = [line.split(":")[0] for line in said[2:]]
+    assert shares == [f"training share {p}% (seed 0)" for p in (5, 5, 10, 10, 50, 50)]  # 25% is the held-out split
+    curve = pd.read_csv(tmp_path / "eval" / "accuracy_vs_training_share.csv")
+    held = pd.read_csv(tmp_path / "eval" / next(p.name for p in (tmp_path / "eval").glob("held_out*.csv")))
+    point = curve[curve["train_fraction"] == 0.25].set_index("model")
+    assert list(point["mape"]) == list(held.set_index("model").loc[point.index, "mape"])
+
+
 @pytest.mark.parametrize("keep", [[], ["--keep", "stem"]])
 def test_evaluate_prunes_on_a_lattice_sweep_s_own_lattice(tmp_path: Path, cli, keep: list[str]) -> None:
     """Random prunings of a `--grid lattice` sweep use the pruner's group sizes (and its --keep), so every one

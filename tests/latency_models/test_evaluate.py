@@ -167,6 +167,40 @@ def test_accuracy_vs_budget(lut: tuple[pd.DataFrame, np.ndarray]) -> None:
     assert (grid["n_seeds"] == 1).all()  # deterministic kinds run once
 
 
+class CountingFits(BaseEstimator):
+    """Stand-in: a per-family mean that counts the fits of all its copies."""
+
+    kind = "counting"
+    fits: list[int] = []
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> CountingFits:
+        CountingFits.fits.append(len(X))
+        self.means_ = pd.Series(y, index=X["family"].to_numpy()).groupby(level=0).mean()
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.means_.reindex(X["family"].to_numpy()).to_numpy()
+
+
+def test_accuracy_vs_budget_reuses_a_split_already_evaluated(lut: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """``latlab evaluate --budget-curve``: its held-out split (25% of keys, its seed) is a point of the curve,
+    fitted once, not twice (every model on a 96k-row LUT: minutes); the curve is the one fitted in full."""
+    X, y = lut
+    models = {"bilinear": get_model("bilinear"), "counting": CountingFits()}
+    CountingFits.fits = []
+    full = accuracy_vs_budget(models, X, y, fractions=(0.1, 0.25), seeds=(3,))
+    assert len(CountingFits.fits) == 2
+    told: list[str] = []
+    CountingFits.fits = []
+    held = evaluate_models(models, X, y, make_split(X, "random", 0.25, 3), progress=told.append)
+    assert len(CountingFits.fits) == 1 and told[-1].startswith("counting: fitting on ")
+    reused = accuracy_vs_budget(models, X, y, fractions=(0.1, 0.25), seeds=(3,), done={(0.25, 3): held},
+                                progress=told.append)
+    assert len(CountingFits.fits) == 2 and told[-1].startswith("training share 10% (seed 3): counting: fitting on ")
+    pd.testing.assert_frame_equal(reused.drop(columns="fit_s"), full.drop(columns="fit_s"))
+    assert "train_fraction" not in held  # the caller's table is left as it was
+
+
 @pytest.fixture(scope="module")
 def whole(net: tuple[object, TraceResult]) -> pd.DataFrame:
     module, trace = net
