@@ -141,12 +141,9 @@ def evaluate(
     candidates = candidate_models(kinds, seed=seed, strict=strict, params=overrides)
     train, test = make_split(X, split, train_fraction, seed)
     fitted: dict = {}
-
-    def say(text: str) -> None:  # on a large LUT each fit takes minutes: one line per step (stderr: the error alone)
-        typer.echo(text)
-
+    # on a large LUT each fit takes minutes: one line per step on stdout (stderr holds an error alone)
     table, predictions = fit_predict(candidates, X, y, (train, test), keep_fitted=fitted,
-                                     progress=lambda text: say(f"held-out {split} split: {text}"))
+                                     progress=lambda text: typer.echo(f"held-out {split} split: {text}"))
     if strict:
         bad = table[table["missing"] > 0]
         if len(bad):
@@ -162,7 +159,8 @@ def evaluate(
         trace = trace_network(network, hw)
     if budget_curve:
         tables["Accuracy vs training share"] = accuracy_vs_budget(  # the held-out split is one of its points
-            candidates, X, y, split_kind=split, seeds=(seed,), done={(train_fraction, seed): table}, progress=say)
+            candidates, X, y, split_kind=split, seeds=(seed,), done={(train_fraction, seed): table},
+            progress=typer.echo)
     whole = None
     if trace is not None:
         first = configs_from_frame(X.iloc[:1])[0]
@@ -179,7 +177,8 @@ def evaluate(
             return lattice_sum(measured, trace.layers, widths, **settings)
 
         timed = f", timing them on {measure_backend}" if measure_backend is not None else ""
-        say(f"{network}: pricing the dense network and {pruned} random prunings with {len(fitted)} models{timed}")
+        typer.echo(f"{network}: pricing the dense network and {pruned} random prunings with {len(fitted)} "
+                   f"models{timed}")
         measure = other = None
         if measure_backend is not None:
             from profiler.backends import get_backend, with_protocol
