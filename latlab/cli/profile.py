@@ -109,12 +109,10 @@ def profile(
     `latlab sweep status` shows the fleet's progress.
     """
     from db.engine import describe_url, open_database
-    from latency_models.adaptive import adaptive_sweep
     from profiler.backends import get_backend
     from profiler.plan import build_plan, parse_grid
     from profiler.protocol import TimingProtocol
     from profiler.runner import run_sweep
-    from pruning.graph import trace_keeping
     device = gpu_options(backend, gpu)
     spec = parse_grid(grid)
     if "seed=" not in grid.lower():  # a seed in the grid itself wins over --seed
@@ -122,7 +120,11 @@ def profile(
     if keep and spec.kind != "lattice":
         raise LatlabError(f"--keep narrows the lattice grid (what `latlab prune --keep` asks for), not {spec.kind!r}")
     hw = parse_input_size(input_size)
-    network = trace_keeping(model, hw, keep) if keep else model
+    network = model
+    if keep:
+        from pruning.graph import trace_keeping
+
+        network = trace_keeping(model, hw, keep)
     plan = build_plan(network, spec, input_size=hw, batch=batch, dtype=dtype, layout=layout, op=op)
     if keep:
         plan.description["keep"] = list(keep)
@@ -150,6 +152,8 @@ def profile(
     database = open_database(db)
     command = command_line()
     if adaptive:
+        from latency_models.adaptive import adaptive_sweep  # scikit-learn and pandas: only for this mode
+
         assert budget is not None
         result, sweep_id = adaptive_sweep(
             database, plan, timing_backend, budget=budget, target_within_5=target_accuracy, name=name,
