@@ -91,10 +91,8 @@ class LUTModel(LatencyModel):
             misses = np.flatnonzero(np.isnan(vals))
             if len(misses) and tolerate_misses and self.missing == "error":  # left NaN
                 first_miss = min(first_miss, int(idx[misses[0]]))
-            else:
-                for pos in misses:
-                    i = idx[pos]
-                    vals[pos] = self._missing_value(table, frame, i, int(cin[i]), int(cout[i]))
+            elif len(misses):
+                vals[misses] = self._missing_values(table, frame, idx[misses], cin[idx[misses]], cout[idx[misses]])
             out[idx] = vals
         return out, LUTMissError(self._miss_message(frame, first_miss)) if first_miss < len(frame) else None
 
@@ -102,22 +100,35 @@ class LUTModel(LatencyModel):
     def _miss_message(frame: pd.DataFrame, i: int) -> str:
         return f"no measurement for {describe_row(frame, i)} (LUTModel missing='error')"
 
-    def _missing_value(self, table: GroupTable, frame: pd.DataFrame, i: int, ci: int, co: int) -> float:
+    def _missing_values(self, table: GroupTable, frame: pd.DataFrame, rows: np.ndarray, ci: np.ndarray,
+                        co: np.ndarray) -> np.ndarray:
+        """The ``missing`` policy's values of the unmeasured points (``ci``, ``co``) of one group (frame ``rows``)."""
         if self.missing == "error":
-            raise LUTMissError(self._miss_message(frame, i))
+            raise LUTMissError(self._miss_message(frame, int(rows[0])))
+        values = np.full(len(ci), np.nan)
         if self.missing == "bilinear":
-            value = _bilinear(table, ci, co)
-            if value is not None:
-                return value
-        return _nearest(table, ci, co)
+            for j, (c, o) in enumerate(zip(ci.tolist(), co.tolist(), strict=True)):
+                value = _bilinear(table, c, o)
+                values[j] = np.nan if value is None else value
+        rest = np.flatnonzero(np.isnan(values))
+        values[rest] = _nearest(table, ci[rest], co[rest])
+        return values
 
 
-def _nearest(table: GroupTable, ci: int, co: int) -> float:
-    """Value of the measured point nearest to (ci, co) in log space; ties (to 1e-12, past rounding) go to the
-    smaller cin, then the smaller cout."""
+_NEAREST_CHUNK = 1 << 22  # query × table distances computed at once
+
+
+def _nearest(table: GroupTable, ci: np.ndarray, co: np.ndarray) -> np.ndarray:
+    """Values of the measured points nearest to each (ci, co) in log space; ties (to 1e-12, past rounding) go
+    to the smaller cin, then the smaller cout (the table is sorted by (cin, cout): the first minimum)."""
     log_cin, log_cout = table.log_points
-    d = np.round((log_cin - np.log(ci)) ** 2 + (log_cout - np.log(co)) ** 2, 12)
-    return float(table.y[int(np.flatnonzero(d == d.min())[0])])  # the table is sorted by (cin, cout)
+    qc, qo = np.log(np.asarray(ci, float))[:, None], np.log(np.asarray(co, float))[:, None]
+    nearest = np.empty(len(qc), dtype=np.intp)
+    step = max(1, _NEAREST_CHUNK // max(1, len(log_cin)))
+    for a in range(0, len(qc), step):
+        d = np.round((log_cin[None, :] - qc[a:a + step]) ** 2 + (log_cout[None, :] - qo[a:a + step]) ** 2, 12)
+        nearest[a:a + step] = d.argmin(axis=1)
+    return table.y[nearest]
 
 
 def _bilinear(table: GroupTable, ci: int, co: int) -> float | None:

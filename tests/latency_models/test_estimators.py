@@ -241,6 +241,18 @@ def test_lut_nearest_in_log_space() -> None:
     assert model.predict(queries).tolist() == [1.0, 2.0, 4.0, 1.0]
 
 
+def test_lut_nearest_ties_go_to_smaller_cin_then_cout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import latency_models._lut as lut
+
+    configs = [ConvConfig(DENSE, ci, co, batch=8) for ci, co in [(32, 32), (32, 128), (128, 32), (128, 128)]]
+    model = LUTModel(missing="nearest").fit(configs, [1.0, 2.0, 3.0, 4.0])
+    queries = [ConvConfig(DENSE, ci, co, batch=8) for ci, co in [(64, 64), (64, 128), (128, 64), (40, 60)]]
+    expected = [1.0, 2.0, 3.0, 1.0]  # (64, 64) is as near all four corners in log space
+    assert model.predict(queries).tolist() == expected
+    monkeypatch.setattr(lut, "_NEAREST_CHUNK", 1)  # one query at a time: the same answers
+    assert model.predict(queries).tolist() == expected
+
+
 def _bilinear_fn(cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
     return 0.5 + 0.01 * cin + 0.02 * cout + 3e-4 * cin * cout
 
