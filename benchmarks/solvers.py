@@ -7,8 +7,8 @@ choice" ripple so the tables are non-monotone like real LUTs) and random item im
 MGP+LLM, OCP+MDLM and MDP at latency targets 0.1…0.9 of the dense latency it times every applicable
 back-end on one thread and writes
 ``benchmarks/results/solvers.{md,json}``.  ``--source fake|legacy`` takes the latency tables from a
-model fitted on a LUT; ``--source resnet101|resnet50`` traces the torchvision network (auto group sizes)
-and times its convs with the fake backend.
+model fitted on a LUT; ``--source resnet101`` (any torchvision classifier, e.g. ``regnet_y_32gf``) traces
+that network (auto group sizes) and times its convs with the fake backend.
 
     .venv/bin/python -m benchmarks.solvers --time-limit 10
     .venv/bin/python -m benchmarks.solvers --source resnet101 --backends lagrange,milp-highs \
@@ -225,9 +225,10 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(BACKENDS))
     ap.add_argument("--backends", default=None, help="comma list; default: all applicable")
     ap.add_argument("--mindtpy-targets", default="", help="comma list of targets MindtPy runs at (default: all)")
-    ap.add_argument("--source", default="synthetic", choices=("synthetic", "fake", "legacy", "resnet101", "resnet50"),
-                    help="latency tables: synthetic roofline, a model fitted on the fake / legacy-format LUT, or a "
-                         "torchvision network traced with auto group sizes and timed by the fake backend")
+    ap.add_argument("--source", default="synthetic",
+                    help="latency tables: synthetic (roofline), fake / legacy (a model fitted on the fake / "
+                         "legacy-format LUT), or a torchvision classifier's name (resnet101, regnet_y_32gf: traced "
+                         "with auto group sizes and timed by the fake backend)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="solves faster than 1 s are repeated this many times and the median time is reported")
     ap.add_argument("--out", default="benchmarks/results/solvers")
@@ -340,10 +341,10 @@ _SOURCES = {
             "reference LUT (batch 256, 2% noise).",
     "legacy": "Latency tables from `pruning.cost.build_problem`: LLM / MDLM fitted on a TITAN V-style MDP pickle "
               "(synthetic, 3% noise) read through the legacy importer.",
-    **{arch: f"torchvision {name} traced by `pruning.graph` with the auto group sizes (more channel states than "
-              "the HALP/MDP reference sizes); conv latency tables from the fake backend (batch 256, no noise)."
-       for arch, name in (("resnet101", "ResNet-101"), ("resnet50", "ResNet-50"))},
 }
+_TRACED = ("torchvision {} traced by `pruning.graph` with the auto group sizes (more channel states than the HALP/MDP "
+           "reference sizes); conv latency tables from the fake backend (batch 256, no noise).")
+_NAMES = {"resnet101": "ResNet-101", "resnet50": "ResNet-50", "regnet_y_32gf": "RegNetY-32GF"}
 
 
 def structure(rows: list[dict]) -> str:
@@ -357,14 +358,15 @@ def structure(rows: list[dict]) -> str:
 
 
 def render_md(meta: dict, rows: list[dict]) -> str:
-    net = "ResNet101" if meta.get("source") == "resnet101" else "ResNet50"
+    source = meta.get("source", "synthetic")
+    net = _NAMES.get(source, "ResNet50" if source in _SOURCES else source)
     lines = [
         f"# Pruning solvers on {net} instances",
         "",
         f"Command: `{meta['command']}`  ",
         f"Machine: {meta['machine']}, one solver thread; total {meta['total_seconds']:.0f} s.",
         "",
-        _SOURCES.get(meta.get("source", "synthetic"), "") + " Random log-normal importances. "
+        _SOURCES.get(source, _TRACED.format(net)) + " Random log-normal importances. "
         + structure(rows) + " Objective = kept importance; bound = proven "
         "upper bound where the back-end gives one; gap = (bound − objective)/bound. "
         "MindtPy (ECP, HiGHS master) has no optimality guarantee. "

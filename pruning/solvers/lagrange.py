@@ -212,7 +212,10 @@ class Plan:
 
     def lagrangian(self, lam: float) -> Elimination:
         """Eliminate ``V − λ·T``."""
-        return Elimination(self, [V - lam * T for V, T in zip(self.V, self.T, strict=True)], lam)
+        tables = [np.multiply(T, -lam) for T in self.T]
+        for table, V in zip(tables, self.V, strict=True):
+            table += V  # V − λT, in place: these tables are a few hundred MB on the largest networks
+        return Elimination(self, tables, lam)
 
     def min_latency(self) -> Elimination:
         """Eliminate ``−T`` (rules enforced): ``−total`` is the least latency of any valid assignment."""
@@ -233,8 +236,8 @@ class Elimination:
         total = -wT * p.graph.constant
         offset = len(p.graph.factors)
         for s, psi in zip(p.steps, tables, strict=True):
-            for i, perm, shape in s.inputs:
-                psi = psi + np.transpose(self.msg[i - offset], perm).reshape(shape)
+            for i, perm, shape in s.inputs:  # ``tables`` are the caller's fresh arrays: summed into in place
+                psi += np.transpose(self.msg[i - offset], perm).reshape(shape)
             m = psi.max(axis=0)
             self.psi.append(psi)
             self.msg.append(m)
@@ -262,7 +265,14 @@ def minimum_latency(problem: PruningProblem, max_table: int = 20_000_000) -> flo
     return -Plan(graph, steps).min_latency().total
 
 
+def milp_columns(problem: PruningProblem) -> int:
+    """The one-hot and pairwise product columns of ``milp-highs``' model of ``problem`` (nearly all it has)."""
+    states = [len(g.states()) for g in problem.groups]
+    return sum(states) + sum(states[t.group] * states[t.producer] for t in problem.pairwise if t.producer is not None)
+
+
 LAMBDA_GRID = np.array([1.0, 0.5, 0.8, 0.95, 1.05, 1.25, 2.0])  # multipliers (× the dual optimum) bounding labels
+_CHUNK = 1 << 20  # label × state entries the branch and bound expands at once
 
 
 class LagrangeSolver(Solver):
@@ -272,13 +282,18 @@ class LagrangeSolver(Solver):
     the exact search has created more labels, or an eighth of them on one level — a duality gap the bounds
     cannot close quickly, e.g. from whole-block decisions — and ``highspy`` is installed, ``milp-highs``
     finishes the solve in the time left; a label count rather than a time keeps the result deterministic;
-    0 never hands over); ``max_labels`` (memory guard per level: above it the incumbent is returned as
+    0 never hands over); ``handover_columns`` (no hand-over when HiGHS's model would have more columns: on
+    RegNetY-32GF's MDP problem, a million columns, HiGHS spent minutes in presolve past its time limit where
+    the search took seconds); ``max_labels`` (memory guard per level: above it the incumbent is returned as
     "feasible" with the bound); ``max_table`` (largest elimination table; a graph that needs more goes to
     ``milp-highs`` at once).  Needs only numpy.
     """
 
     name = "lagrange"
-    extra_options = {"beam": 256, "handover_labels": 400_000, "max_labels": 2_000_000, "max_table": 20_000_000}
+    extra_options = {
+        "beam": 256, "handover_labels": 400_000, "handover_columns": 200_000, "max_labels": 2_000_000,
+        "max_table": 20_000_000,
+    }
 
     def _solve(self, problem: PruningProblem) -> SolveResult:
         deadline = time.perf_counter() + float(self.options.time_limit)
@@ -291,6 +306,8 @@ class LagrangeSolver(Solver):
             reason = f"the graph needs an elimination table of {largest} entries"
             return self._highs(problem, reason, float(self.options.time_limit))
         handover = int(self.extra["handover_labels"]) if importlib.util.find_spec("highspy") else 0
+        if milp_columns(problem) > int(self.extra["handover_columns"]):
+            handover = 0  # HiGHS would take far longer than the search, and overrun the time limit in presolve
         search = _Search(problem, Plan(graph, steps), deadline, float(self.options.mip_gap))
         res = search.run(self.name, int(self.extra["beam"]), handover, int(self.extra["max_labels"]))
         left = deadline - time.perf_counter()
@@ -427,28 +444,31 @@ class _Search:
                 return best, best_x, False
             s = p.steps[i]
             rest = list(s.scope[1:])
-            nv = int(sizes[s.var])
-            col = np.ravel_multi_index(tuple(X[:, u] for u in rest), tuple(sizes[rest])) if rest else 0
-            with np.errstate(invalid="ignore"):
-                step = [(e.psi[i].reshape(nv, -1)[:, col] - e.msg[i].reshape(-1)[col]).T for e in elims]
-                fc = F[:, None, :] + np.stack(step, axis=-1)
-                tc = negt[:, None] + (emin.psi[i].reshape(nv, -1)[:, col] - emin.msg[i].reshape(-1)[col]).T
-            bound = (fc + lam_b).min(axis=-1)
-            parent, state = np.nonzero((bound > cut) & (tc >= t_floor))
-            F, negt, bound = fc[parent, state], tc[parent, state], bound[parent, state]
-            X = X[parent]
-            X[:, s.var] = state
+            col = np.ravel_multi_index(tuple(X[:, u] for u in rest), tuple(sizes[rest])) if rest else np.zeros(
+                len(X), np.intp)
+            live = sorted((set(assigned) | {s.var}) & reads_later[depth])
+            compete = len(live) < len(prev_live) + 1  # a variable left: labels may now compete
+            rows = max(1, _CHUNK // int(sizes[s.var]))  # labels expanded at once: memory stays bounded
+            parts, kept = [], 0
+            for a in range(0, len(X), rows):
+                part = self._children(i, s.var, elims, emin, lam_b, X[a:a + rows], F[a:a + rows], negt[a:a + rows],
+                                      col[a:a + rows], cut, t_floor)
+                self.nodes += len(part[0])
+                created += len(part[0])
+                if compete and len(part[0]) > 1:
+                    part = _keep(part, _pareto(part[0], part[1][:, 0] - lams[0] * part[2], -part[2], live, sizes))
+                parts.append(part)
+                kept += len(part[0])
+                if max_labels is not None and kept > max_labels:
+                    self.stopped = "memory"
+                    return best, best_x, False
+            if not parts:  # no label left: the incumbent is optimal
+                return best, best_x, True
+            X, F, negt, bound = (np.concatenate(c) for c in zip(*parts, strict=True))
+            if compete and len(parts) > 1 and len(X) > 1:  # chunks dominate one another too
+                X, F, negt, bound = _keep((X, F, negt, bound), _pareto(X, F[:, 0] - lams[0] * negt, -negt, live, sizes))
             assigned.append(s.var)
-            self.nodes += len(X)
-            created += len(X)
-            live = sorted(set(assigned) & reads_later[depth])
-            if len(X) > 1 and len(live) < len(prev_live) + 1:  # a variable left: labels may now compete
-                sel = _pareto(X, F[:, 0] - lams[0] * negt, -negt, live, sizes)
-                X, F, negt, bound = X[sel], F[sel], negt[sel], bound[sel]
             prev_live = live
-            if max_labels is not None and len(X) > max_labels:
-                self.stopped = "memory"
-                return best, best_x, False
             if handover > 0 and (created > handover or len(X) > handover // 8):
                 self.stopped = "handover"
                 return best, best_x, False
@@ -461,6 +481,35 @@ class _Search:
             if value[j] > best:
                 best, best_x = float(value[j]), X[j].astype(int)
         return best, best_x, True
+
+    def _children(
+        self, i: int, var: int, elims: list[Elimination], emin: Elimination, lam_b: np.ndarray, X: np.ndarray,
+        F: np.ndarray, negt: np.ndarray, col: np.ndarray, cut: float, t_floor: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The labels ``X`` extended by every state of step ``i``'s variable ``var`` (``col``: the labels' index
+        into the step's tables), less those whose bound cannot beat ``cut`` or whose least latency exceeds the
+        budget: their assignments, ``F``, ``negt`` and bounds (see :meth:`branch_and_bound`)."""
+        nv = self.plan.graph.sizes[var]
+
+        def gain(e: Elimination, state=slice(None), at=col) -> np.ndarray:
+            """Best completion after choosing ``state`` minus best completion before, per label."""
+            return e.psi[i].reshape(nv, -1)[state, at] - e.msg[i].reshape(-1)[at]
+
+        with np.errstate(invalid="ignore"):  # −∞ − (−∞) where a rule is broken: NaN, never kept
+            tc = negt[:, None] + gain(emin).T
+            bound = np.full(tc.shape, np.inf)
+            for j, e in enumerate(elims):
+                np.minimum(bound, (F[:, j, None] + gain(e).T) + lam_b[j], out=bound)
+            parent, state = np.nonzero((bound > cut) & (tc >= t_floor))
+            F = np.stack([F[parent, j] + gain(e, state, col[parent]) for j, e in enumerate(elims)], axis=1)
+        X = X[parent]
+        X[:, var] = state
+        return X, F.reshape(len(X), len(elims)), tc[parent, state], bound[parent, state]
+
+
+def _keep(labels: tuple[np.ndarray, ...], sel: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The rows ``sel`` of every array of ``labels``."""
+    return tuple(a[sel] for a in labels)
 
 
 def _pareto(X: np.ndarray, val: np.ndarray, lat: np.ndarray, live: list[int], sizes: np.ndarray) -> np.ndarray:

@@ -385,6 +385,42 @@ def test_lagrange_hands_over_to_highs_when_labels_explode() -> None:
     assert res.objective == pytest.approx(ref.objective, rel=1e-9)
 
 
+def test_lagrange_keeps_large_models_from_highs() -> None:
+    """A problem whose MILP exceeds ``handover_columns`` is finished by the search itself, exactly."""
+    p, _ = _network_needing_search()
+    res = get_solver("lagrange", handover_labels=1, handover_columns=0).solve(p)
+    ref = get_solver("milp-highs").solve(p)
+    assert res.status == ref.status == "optimal" and "milp-highs" not in res.message, res.message
+    assert res.objective == pytest.approx(ref.objective, rel=1e-9)
+
+
+def test_milp_columns_counts_highs_model() -> None:
+    from pruning.solvers.lagrange import milp_columns
+    from pruning.solvers.milp import build_model
+
+    p = inst.random_network(np.random.default_rng(3), pairwise=True, blocks=False)  # no blocks: no u columns
+    assert milp_columns(p) == len(build_model(p).names)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_lagrange_expands_labels_in_chunks_with_same_answer(seed: int) -> None:
+    """Labels expanded a few at a time (each chunk Pareto-filtered, then all together) give the same optimum."""
+    import pruning.solvers.lagrange as lagrange
+
+    p = inst.random_network(np.random.default_rng(seed), pairwise=True, blocks=True)
+    whole = get_solver("lagrange", handover_labels=0).solve(p)
+    saved, lagrange._CHUNK = lagrange._CHUNK, 5  # one or two labels per chunk
+    try:
+        chunked = get_solver("lagrange", handover_labels=0).solve(p)
+    finally:
+        lagrange._CHUNK = saved
+    assert chunked.status == whole.status
+    if whole.status == "optimal":
+        assert chunked.objective == pytest.approx(whole.objective, rel=1e-12)
+        assert not p.check(chunked.solution)
+
+
 def test_lagrange_label_guard_reports_feasible_with_bound() -> None:
     p, exact = _network_needing_search()
     res = get_solver("lagrange", handover_labels=0, max_labels=1, beam=1).solve(p)
