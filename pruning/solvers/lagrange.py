@@ -23,7 +23,8 @@ elimination solves it exactly in a few milliseconds.
    Lagrangian bound.
 
 ``max_kept_blocks`` (a cardinality constraint over all blocks) does not decompose, and a graph of large
-treewidth would need huge tables; such problems are handed to ``milp-highs`` (the message says so).
+treewidth would need huge tables; such problems are handed to ``milp-highs`` (the message says so), unless
+HiGHS's model would be huge too: then the error asks for coarser channel groups.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from db.errors import LatlabError
 from pruning.problem import PruningProblem, Solution, SolveResult
 from pruning.solvers.base import Solver, infeasible
 
@@ -302,11 +304,17 @@ class LagrangeSolver(Solver):
         graph = FactorGraph(problem)
         steps = plan(graph)
         largest = max(math.prod(s.shape(graph.sizes)) for s in steps)
+        columns = milp_columns(problem)
         if largest > int(self.extra["max_table"]):
             reason = f"the graph needs an elimination table of {largest} entries"
+            if columns > int(self.extra["handover_columns"]):
+                raise LatlabError(
+                    f"{reason} and HiGHS's model would have {columns} columns: too large to solve exactly (states per "
+                    f"group: up to {max(graph.sizes)}). Prune coarser channel groups (latlab prune --group-sizes N, "
+                    "prune.group_sizes in a training config), or choose --solver milp-highs to try anyway")
             return self._highs(problem, reason, float(self.options.time_limit))
         handover = int(self.extra["handover_labels"]) if importlib.util.find_spec("highspy") else 0
-        if milp_columns(problem) > int(self.extra["handover_columns"]):
+        if columns > int(self.extra["handover_columns"]):
             handover = 0  # HiGHS would take far longer than the search, and overrun the time limit in presolve
         search = _Search(problem, Plan(graph, steps), deadline, float(self.options.mip_gap))
         res = search.run(self.name, int(self.extra["beam"]), handover, int(self.extra["max_labels"]))

@@ -394,6 +394,16 @@ def test_lagrange_keeps_large_models_from_highs() -> None:
     assert res.objective == pytest.approx(ref.objective, rel=1e-9)
 
 
+@pytest.mark.skipif(not _available("milp-highs"), reason="highspy not installed")
+def test_lagrange_gives_a_graph_too_wide_for_its_tables_to_highs_or_refuses_it() -> None:
+    p, exact = _network_needing_search()
+    res = get_solver("lagrange", max_table=1).solve(p)
+    assert res.status == "optimal" and "elimination table" in res.message and "milp-highs" in res.message
+    assert res.objective == pytest.approx(exact.objective, rel=1e-9)
+    with pytest.raises(LatlabError, match=r"too large to solve exactly.*--group-sizes"):
+        get_solver("lagrange", max_table=1, handover_columns=0).solve(p)
+
+
 def test_milp_columns_counts_highs_model() -> None:
     from pruning.solvers.lagrange import milp_columns
     from pruning.solvers.milp import build_model
