@@ -288,7 +288,8 @@ class LagrangeSolver(Solver):
     RegNetY-32GF's MDP problem, a million columns, HiGHS spent minutes in presolve past its time limit where
     the search took seconds); ``max_labels`` (memory guard per level: above it the incumbent is returned as
     "feasible" with the bound); ``max_table`` (largest elimination table; a graph that needs more goes to
-    ``milp-highs`` at once).  Needs only numpy.
+    ``milp-highs`` at once, or is refused when HiGHS's model would exceed ``handover_columns`` too).  Needs
+    only numpy.
     """
 
     name = "lagrange"
