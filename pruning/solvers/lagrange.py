@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from db.errors import LatlabError
 from pruning.problem import PruningProblem, Solution, SolveResult
@@ -289,7 +290,7 @@ class LagrangeSolver(Solver):
     the search took seconds); ``max_labels`` (memory guard per level: above it the incumbent is returned as
     "feasible" with the bound); ``max_table`` (largest elimination table; a graph that needs more goes to
     ``milp-highs`` at once, or is refused when HiGHS's model would exceed ``handover_columns`` too).  Needs
-    only numpy.
+    only numpy and pandas.
     """
 
     name = "lagrange"
@@ -526,18 +527,23 @@ def _pareto(X: np.ndarray, val: np.ndarray, lat: np.ndarray, live: list[int], si
 
     ``val``/``lat`` may be off by a constant shared by labels with the same live assignment.
     """
-    if not live:
-        key = np.zeros(len(X), np.int64)
-    elif math.prod(int(sizes[u]) for u in live) < 2**62:
-        key = np.ravel_multi_index(tuple(X[:, u] for u in live), tuple(sizes[live]))
-    else:
-        key = np.unique(X[:, live], axis=0, return_inverse=True)[1].reshape(-1)
-    idx = np.lexsort((-val, lat, key))  # by key, then latency ascending, then value descending
-    k, v = key[idx], val[idx]
-    rank = np.unique(v, return_inverse=True)[1].reshape(-1)  # equal values share a rank: ties are dominated
-    start = np.r_[True, k[1:] != k[:-1]]
-    group = np.cumsum(start) - 1
-    code = group * (len(v) + 1) + rank  # exact group-wise running maximum through one global accumulate
-    running = np.maximum.accumulate(code)
-    prev = np.r_[-1, running[:-1]]
-    return idx[start | (prev < code)]
+    words = _live_words(X, live, sizes)
+    idx = np.lexsort((-val, lat, *reversed(words)))  # by live assignment, latency ascending, value descending
+    v = val[idx]
+    start = np.r_[True, np.any([w[idx][1:] != w[idx][:-1] for w in words], axis=0)]
+    running = pd.Series(v).groupby(np.cumsum(start)).cummax().to_numpy()  # best value so far, per assignment
+    return idx[start | (v > np.r_[-np.inf, running[:-1]])]  # a tie in value is dominated
+
+
+def _live_words(X: np.ndarray, live: list[int], sizes: np.ndarray) -> list[np.ndarray]:
+    """Each label's assignment of ``live`` as a few exact mixed-radix int64 words (one when it fits 62 bits)."""
+    words, chunk, radix = [], [], 1
+    for u in live:
+        if chunk and radix * int(sizes[u]) >= 2**62:
+            words.append(np.ravel_multi_index(tuple(X[:, w] for w in chunk), tuple(sizes[chunk])))
+            chunk, radix = [], 1
+        chunk.append(u)
+        radix *= int(sizes[u])
+    if chunk:
+        words.append(np.ravel_multi_index(tuple(X[:, w] for w in chunk), tuple(sizes[chunk])))
+    return words or [np.zeros(len(X), np.int64)]
