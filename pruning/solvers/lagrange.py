@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from db.errors import LatlabError
 from pruning.problem import PruningProblem, Solution, SolveResult
@@ -289,7 +290,7 @@ class LagrangeSolver(Solver):
     the search took seconds); ``max_labels`` (memory guard per level: above it the incumbent is returned as
     "feasible" with the bound); ``max_table`` (largest elimination table; a graph that needs more goes to
     ``milp-highs`` at once, or is refused when HiGHS's model would exceed ``handover_columns`` too).  Needs
-    only numpy.
+    only numpy and pandas.
     """
 
     name = "lagrange"
@@ -530,10 +531,8 @@ def _pareto(X: np.ndarray, val: np.ndarray, lat: np.ndarray, live: list[int], si
     idx = np.lexsort((-val, lat, *reversed(words)))  # by live assignment, latency ascending, value descending
     v = val[idx]
     start = np.r_[True, np.any([w[idx][1:] != w[idx][:-1] for w in words], axis=0)]
-    rank = np.unique(v, return_inverse=True)[1].reshape(-1)  # equal values share a rank: ties are dominated
-    code = (np.cumsum(start) - 1) * (len(v) + 1) + rank  # exact running maximum per assignment, one accumulate
-    running = np.maximum.accumulate(code)
-    return idx[start | (np.r_[-1, running[:-1]] < code)]
+    running = pd.Series(v).groupby(np.cumsum(start)).cummax().to_numpy()  # best value so far, per assignment
+    return idx[start | (v > np.r_[-np.inf, running[:-1]])]  # a tie in value is dominated
 
 
 def _live_words(X: np.ndarray, live: list[int], sizes: np.ndarray) -> list[np.ndarray]:
