@@ -65,7 +65,8 @@ def _summary(pruned: pd.DataFrame) -> pd.DataFrame:
         out.append({"predictor": p, "pruned networks": len(pruned), "speed-up error, mean abs %": speed.mean(),
                     "speed-up error, max abs %": speed.max(), "within 5%": f"{int((speed <= 5).sum())}/{len(pruned)}",
                     "+ other ops: speed-up error, mean abs %": with_other.mean(),
-                    "+ other ops: latency error, mean %": pruned[f"{p}+other_err_pct"].mean()})
+                    "+ other ops: latency error, mean abs %": pruned[f"{p}+other_err_pct"].abs().mean(),
+                    "+ other ops: latency error, mean (bias) %": pruned[f"{p}+other_err_pct"].mean()})
     return pd.DataFrame(out).round(2)
 
 

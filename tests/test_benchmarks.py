@@ -47,3 +47,16 @@ def test_recorded_command_can_be_pasted_back() -> None:
 
     line = command_line("export_speed", ["--sweep-name", "", "--db", "my luts.db"])
     assert line == "python -m benchmarks.export_speed --sweep-name '' --db 'my luts.db'"
+
+
+def test_export_speed_summary_keeps_error_size_apart_from_bias() -> None:
+    import pandas as pd
+
+    from benchmarks.export_speed import _summary
+
+    errors = {"_speedup_err_pct": [2.0, -6.0], "+other_speedup_err_pct": [1.0, -1.0], "+other_err_pct": [8.0, -8.0]}
+    pruned = pd.DataFrame({f"{p}{k}": v for p in ("llm_frozen", "mdlm") for k, v in errors.items()})
+    row = _summary(pruned).set_index("predictor").loc["mdlm"]
+    assert row["speed-up error, mean abs %"] == 4.0 and row["within 5%"] == "1/2"
+    assert row["+ other ops: latency error, mean abs %"] == 8.0  # errors of either sign do not cancel out
+    assert row["+ other ops: latency error, mean (bias) %"] == 0.0
