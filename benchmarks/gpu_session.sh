@@ -50,8 +50,8 @@ fi
 
 if wanted prediction_error; then
   step "ResNet-18 chain on the GPU: fresh lattice LUT, HALP / MDP one-shot, predicted vs measured"
-  timeout 90 python3 -m benchmarks.prediction_error --backend cuda --batch 64 --dtype fp16 --layout nhwc \
-      --repeats 1 --rounds 12 --out "$OUT_DIR/prediction_error_gpu" > "$OUT_DIR/prediction_error.log" 2>&1
+  timeout 130 python3 -m benchmarks.prediction_error --backend cuda --batch 256 --dtype fp16 --layout nhwc \
+      --repeats 1 --rounds 8 --out "$OUT_DIR/prediction_error_gpu" > "$OUT_DIR/prediction_error.log" 2>&1
   tail -12 "$OUT_DIR/prediction_error.log"; pack
 fi
 
