@@ -18,8 +18,8 @@ ops) against the measured one.
 
     latlab profile --model resnet50 --backend cpu --grid reference --threads 1 --db rn50_cpu.db
     python -m benchmarks.export_speed --db rn50_cpu.db --sweep-name ""
-    python -m benchmarks.export_speed --db rn50_h200.db --sweep-name "" --backend cuda \
-        --out benchmarks/results/export_speed_h200
+    python -m benchmarks.export_speed --db benchmarks/data/rn50_h200.db --sweep-name "" --backend cuda \
+        --targets 0.7,0.5,0.3 --repeats 5 --out benchmarks/results/export_speed_nvidia_h200
 """
 
 from __future__ import annotations
