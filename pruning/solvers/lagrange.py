@@ -466,7 +466,7 @@ class _Search:
                 self.nodes += len(part[0])
                 created += len(part[0])
                 if compete and len(part[0]) > 1:
-                    part = _keep(part, _pareto(part[0], part[1][:, 0] - lams[0] * part[2], -part[2], live, sizes))
+                    part = _front(part, lams[0], live, sizes)
                 parts.append(part)
                 kept += len(part[0])
                 if max_labels is not None and kept > max_labels:
@@ -476,7 +476,7 @@ class _Search:
                 return best, best_x, True
             X, F, negt, bound = (np.concatenate(c) for c in zip(*parts, strict=True))
             if compete and len(parts) > 1 and len(X) > 1:  # chunks dominate one another too
-                X, F, negt, bound = _keep((X, F, negt, bound), _pareto(X, F[:, 0] - lams[0] * negt, -negt, live, sizes))
+                X, F, negt, bound = _front((X, F, negt, bound), lams[0], live, sizes)
             assigned.append(s.var)
             prev_live = live
             if handover > 0 and (created > handover or len(X) > handover // 8):
@@ -514,11 +514,13 @@ class _Search:
             F = np.stack([F[parent, j] + gain(e, state, col[parent]) for j, e in enumerate(elims)], axis=1)
         X = X[parent]
         X[:, var] = state
-        return X, F.reshape(len(X), len(elims)), tc[parent, state], bound[parent, state]
+        return X, F, tc[parent, state], bound[parent, state]
 
 
-def _keep(labels: tuple[np.ndarray, ...], sel: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The rows ``sel`` of every array of ``labels``."""
+def _front(labels: tuple[np.ndarray, ...], lam: float, live: list[int], sizes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The labels ``(X, F, negt, bound)`` not dominated at multiplier ``lam`` (see :func:`_pareto`)."""
+    X, F, negt = labels[:3]
+    sel = _pareto(X, F[:, 0] - lam * negt, -negt, live, sizes)
     return tuple(a[sel] for a in labels)
 
 
@@ -529,8 +531,8 @@ def _pareto(X: np.ndarray, val: np.ndarray, lat: np.ndarray, live: list[int], si
     """
     words = _live_words(X, live, sizes)
     idx = np.lexsort((-val, lat, *reversed(words)))  # by live assignment, latency ascending, value descending
-    v = val[idx]
-    start = np.r_[True, np.any([w[idx][1:] != w[idx][:-1] for w in words], axis=0)]
+    v, sorted_words = val[idx], [w[idx] for w in words]
+    start = np.r_[True, np.any([w[1:] != w[:-1] for w in sorted_words], axis=0)]
     running = pd.Series(v).groupby(np.cumsum(start)).cummax().to_numpy()  # best value so far, per assignment
     return idx[start | (v > np.r_[-np.inf, running[:-1]])]  # a tie in value is dominated
 
